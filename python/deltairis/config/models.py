@@ -1,0 +1,254 @@
+"""Typed configuration of the three models and the presets of SPEC section 6.
+
+Every hyper-parameter the models and losses use lives here (not in function bodies). Presets:
+``crafter`` and ``atari`` reproduce the reference; ``tiny`` is a small model for tests and CPU demos.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+PRESETS = ("crafter", "atari", "tiny")
+DEFAULT_NUM_ACTIONS = {"crafter": 17, "atari": 4, "tiny": 5}
+
+
+@dataclass(frozen=True)
+class FrameCnnConfig:
+    """A FrameEncoder/FrameDecoder conv stack (SPEC section 2)."""
+
+    image_channels: int
+    latent_dim: int
+    num_channels: int
+    mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    down: tuple[int, ...] = (1, 0, 1, 1, 0)
+    num_groups: int = 32
+
+    def __post_init__(self) -> None:
+        if len(self.mult) != len(self.down):
+            raise ValueError(f"mult {self.mult} and down {self.down} must have the same length")
+        for m in self.mult:
+            if (m * self.num_channels) % self.num_groups:
+                raise ValueError(f"{m}*{self.num_channels} channels not divisible by {self.num_groups} groups")
+
+    @property
+    def downsampling(self) -> int:
+        return 2 ** sum(1 for d in self.down if d)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    num_actions: int
+    image_channels: int = 3
+    image_size: int = 64
+    encoder: FrameCnnConfig = FrameCnnConfig(7, 64, 64)
+    frame_cnn: FrameCnnConfig = FrameCnnConfig(3, 8, 64)
+    decoder_act_channels: int = 4
+    decoder_num_channels: int = 64
+    tokens_per_frame: int = 4
+    codebook_size: int = 1024
+    codebook_dim: int = 64
+    # quantizer maintenance
+    codebook_ema: float = 0.01
+    freqs_ema: float = 0.02
+    revival_entropy_margin_bits: float = 2.0
+    revival_entropy_floor_bits: float = 1.0
+    revival_freq_factor: float = 0.1
+    max_codebook_updates_with_revival: int = 0
+    # loss weights
+    commitment_weight: float = 0.02
+    l1_weight: float = 0.1
+    l2_weight: float = 1.0
+    max_pixel_weight: float = 0.01
+
+    @property
+    def latent_res(self) -> int:
+        return self.image_size // self.encoder.downsampling
+
+    @property
+    def decoder(self) -> FrameCnnConfig:
+        latent = self.frame_cnn.latent_dim + self.decoder_act_channels + self.encoder.latent_dim
+        return FrameCnnConfig(self.image_channels, latent, self.decoder_num_channels, self.encoder.mult, self.encoder.down)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    max_blocks: int = 21
+    tokens_per_block: int = 6
+    embed_dim: int = 512
+    num_layers: int = 3
+    num_heads: int = 8
+    mlp_ratio: int = 4
+    attention: str = "causal"  # or "block_causal"
+    dropout: float = 0.0
+
+    @property
+    def max_tokens(self) -> int:
+        return self.max_blocks * self.tokens_per_block
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    num_actions: int
+    latent_vocab_size: int = 1024
+    tokens_per_frame: int = 4
+    frame_cnn: FrameCnnConfig = FrameCnnConfig(3, 8, 32)
+    transformer: TransformerConfig = TransformerConfig()
+    head_hidden: int = 512
+    two_hot_rewards: bool = True
+    num_reward_buckets: int = 255
+    bucket_low: float = -20.0
+    bucket_high: float = 20.0
+    latents_weight: float = 1.0
+    rewards_weight: float = 1.0
+    ends_weight: float = 1.0
+
+    @property
+    def num_reward_classes(self) -> int:
+        return self.num_reward_buckets if self.two_hot_rewards else 3
+
+
+@dataclass(frozen=True)
+class ActorCriticConfig:
+    num_actions: int
+    frame_cnn: FrameCnnConfig = FrameCnnConfig(3, 16, 32)
+    lstm_dim: int = 512
+    two_hot_values: bool = True
+    num_value_buckets: int = 255
+    bucket_low: float = -20.0
+    bucket_high: float = 20.0
+    target_tau: float = 0.995
+    gamma: float = 0.997
+    lambda_: float = 0.95
+    entropy_weight: float = 0.001
+    burn_in: int = 5
+    horizon: int = 15
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    preset: str
+    tokenizer: TokenizerConfig
+    world_model: WorldModelConfig
+    actor_critic: ActorCriticConfig
+
+    @property
+    def num_actions(self) -> int:
+        return self.tokenizer.num_actions
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AgentConfig:
+        def build(klass: type, values: dict[str, Any]) -> Any:
+            kwargs = {}
+            for f in dataclasses.fields(klass):
+                if f.name not in values:
+                    continue
+                v = values[f.name]
+                if isinstance(v, dict):
+                    v = build(_NESTED[(klass.__name__, f.name)], v)
+                elif isinstance(v, list):
+                    v = tuple(v)
+                kwargs[f.name] = v
+            unknown = set(values) - {f.name for f in dataclasses.fields(klass)}
+            if unknown:
+                raise ValueError(f"unknown {klass.__name__} keys: {sorted(unknown)}")
+            return klass(**kwargs)
+
+        return build(cls, d)
+
+
+_NESTED = {
+    ("AgentConfig", "tokenizer"): TokenizerConfig,
+    ("AgentConfig", "world_model"): WorldModelConfig,
+    ("AgentConfig", "actor_critic"): ActorCriticConfig,
+    ("TokenizerConfig", "encoder"): FrameCnnConfig,
+    ("TokenizerConfig", "frame_cnn"): FrameCnnConfig,
+    ("WorldModelConfig", "frame_cnn"): FrameCnnConfig,
+    ("WorldModelConfig", "transformer"): TransformerConfig,
+    ("ActorCriticConfig", "frame_cnn"): FrameCnnConfig,
+}
+
+
+def make_agent_config(preset: str = "crafter", num_actions: int | None = None) -> AgentConfig:
+    """The model configuration of a preset (SPEC section 6)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
+    a = DEFAULT_NUM_ACTIONS[preset] if num_actions is None else int(num_actions)
+    if a < 1:
+        raise ValueError(f"num_actions must be >= 1, got {a}")
+    if preset == "crafter":
+        return AgentConfig(
+            preset,
+            TokenizerConfig(num_actions=a),
+            WorldModelConfig(num_actions=a),
+            ActorCriticConfig(num_actions=a),
+        )
+    if preset == "atari":
+        return AgentConfig(
+            preset,
+            TokenizerConfig(
+                num_actions=a, frame_cnn=FrameCnnConfig(3, 16, 32), max_codebook_updates_with_revival=400
+            ),
+            WorldModelConfig(
+                num_actions=a,
+                frame_cnn=FrameCnnConfig(3, 4, 32),
+                transformer=TransformerConfig(max_blocks=26, embed_dim=256, num_heads=4),
+                head_hidden=256,
+                two_hot_rewards=False,
+                latents_weight=0.1,
+                ends_weight=0.1,
+            ),
+            ActorCriticConfig(
+                num_actions=a, two_hot_values=False, gamma=0.995, entropy_weight=0.002, horizon=20
+            ),
+        )
+    # tiny: same structure, narrow layers, for tests and CPU demos
+    return AgentConfig(
+        preset,
+        TokenizerConfig(
+            num_actions=a,
+            encoder=FrameCnnConfig(7, 16, 32, mult=(1, 1, 1, 1, 1)),
+            frame_cnn=FrameCnnConfig(3, 4, 32, mult=(1, 1, 1, 1, 1)),
+            decoder_num_channels=32,
+            codebook_size=64,
+            codebook_dim=16,
+        ),
+        WorldModelConfig(
+            num_actions=a,
+            latent_vocab_size=64,
+            frame_cnn=FrameCnnConfig(3, 2, 32, mult=(1, 1, 1, 1, 1)),
+            transformer=TransformerConfig(max_blocks=21, embed_dim=128, num_layers=2, num_heads=4),
+            head_hidden=128,
+            num_reward_buckets=63,
+            bucket_low=-5.0,
+            bucket_high=5.0,
+        ),
+        ActorCriticConfig(
+            num_actions=a,
+            frame_cnn=FrameCnnConfig(3, 4, 32, mult=(1, 1, 1, 1, 1)),
+            lstm_dim=128,
+            num_value_buckets=63,
+            bucket_low=-5.0,
+            bucket_high=5.0,
+            gamma=0.97,
+            entropy_weight=0.001,
+            horizon=10,
+        ),
+    )
+
+
+__all__ = [
+    "PRESETS",
+    "ActorCriticConfig",
+    "AgentConfig",
+    "FrameCnnConfig",
+    "TokenizerConfig",
+    "TransformerConfig",
+    "WorldModelConfig",
+    "make_agent_config",
+]

@@ -1,0 +1,27 @@
+"""Fused ops: one public function per op, its pure-PyTorch reference ``*_ref``, and a dispatcher.
+
+See :mod:`deltairis.ops._dispatch` for how the backend is chosen.
+"""
+
+from deltairis.ops._dispatch import BACKENDS, interpreter_enabled, requested_backend, triton_available
+from deltairis.ops.attention import attention, attention_kvcache, attention_kvcache_ref, attention_ref
+from deltairis.ops.sampling import counter_uniform, sample_categorical, sample_categorical_ref
+from deltairis.ops.twohot import symexp, symlog, twohot_expectation, twohot_expectation_ref
+
+__all__ = [
+    "BACKENDS",
+    "attention",
+    "attention_kvcache",
+    "attention_kvcache_ref",
+    "attention_ref",
+    "counter_uniform",
+    "interpreter_enabled",
+    "requested_backend",
+    "sample_categorical",
+    "sample_categorical_ref",
+    "symexp",
+    "symlog",
+    "triton_available",
+    "twohot_expectation",
+    "twohot_expectation_ref",
+]

@@ -1,0 +1,100 @@
+"""Backend selection shared by every fused op.
+
+Each op ``f`` has a pure-PyTorch reference ``f_ref`` and, optionally, a Triton kernel in
+``deltairis.kernels``. The backend is chosen per call (``backend=``) or for the whole process with
+``DELTAIRIS_BACKEND=auto|torch|triton``:
+
+* ``torch``: always the reference;
+* ``triton``: the kernel; raises if Triton is missing, if the tensors are not on CUDA (unless
+  ``TRITON_INTERPRET=1``, which runs kernels on CPU tensors), or if the op does not support the
+  shape/dtype;
+* ``auto`` (default): the kernel only for CUDA tensors of supported shape and dtype, else the reference.
+
+Nothing here imports Triton or queries CUDA at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """True when Triton can be imported (checked once, lazily)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        importlib.import_module("triton")
+    except Exception:  # pragma: no cover - broken installs
+        return False
+    return True
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def requested_backend(backend: str | None) -> str:
+    name = backend if backend is not None else os.environ.get("DELTAIRIS_BACKEND", "auto")
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS} (DELTAIRIS_BACKEND or backend=)")
+    return name
+
+
+def load_kernel(module: str, name: str) -> Callable[..., Any] | None:
+    """The Triton implementation ``deltairis.kernels.<module>.<name>``, or None if not shipped."""
+    if not triton_available():
+        return None
+    try:
+        mod = importlib.import_module(f"deltairis.kernels.{module}")
+    except ImportError:
+        return None
+    return getattr(mod, name, None)
+
+
+def choose(
+    op: str,
+    tensors: Iterable[torch.Tensor],
+    backend: str | None,
+    supported: Callable[[], str | None],
+    kernel: tuple[str, str],
+) -> Callable[..., Any] | None:
+    """Return the Triton callable to use, or None for the PyTorch reference.
+
+    ``supported()`` returns None when the kernel handles these inputs, else a reason string.
+    """
+    name = requested_backend(backend)
+    if name == "torch":
+        return None
+    tensors = list(tensors)
+    on_cuda = all(t.is_cuda for t in tensors)
+    if name == "auto":
+        if not on_cuda or not triton_available():
+            return None
+        if supported() is not None:
+            return None
+        return load_kernel(*kernel)
+    # explicit triton
+    if not triton_available():
+        raise RuntimeError(f"{op}: backend 'triton' requested but Triton is not installed")
+    if not on_cuda and not interpreter_enabled():
+        raise RuntimeError(
+            f"{op}: backend 'triton' requested for CPU tensors; use CUDA tensors or set TRITON_INTERPRET=1"
+        )
+    reason = supported()
+    if reason is not None:
+        raise RuntimeError(f"{op}: backend 'triton' does not support these inputs: {reason}")
+    fn = load_kernel(*kernel)
+    if fn is None:
+        raise RuntimeError(f"{op}: backend 'triton' requested but deltairis.kernels.{kernel[0]} is not available")
+    return fn

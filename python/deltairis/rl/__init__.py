@@ -1,0 +1,1 @@
+"""deltairis.rl."""

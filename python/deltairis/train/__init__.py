@@ -1,0 +1,1 @@
+"""deltairis.train."""
