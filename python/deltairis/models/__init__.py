@@ -1,1 +1,29 @@
-"""deltairis.models."""
+"""The Δ-IRIS models: frame CNNs, delta tokenizer, world model, actor-critic."""
+
+from deltairis.models.actor_critic import ActorCritic, ActorCriticModel, ImaginationOutput
+from deltairis.models.common import LossOutput, masked_mean
+from deltairis.models.convnet import FrameDecoder, FrameEncoder
+from deltairis.models.kv_cache import KVCache
+from deltairis.models.optim import configure_optimizer
+from deltairis.models.quantizer import Quantizer
+from deltairis.models.tokenizer import Tokenizer, quantize_frame_values
+from deltairis.models.transformer import Transformer
+from deltairis.models.world_model import WorldModel, WorldModelLogits
+
+__all__ = [
+    "ActorCritic",
+    "ActorCriticModel",
+    "FrameDecoder",
+    "FrameEncoder",
+    "ImaginationOutput",
+    "KVCache",
+    "LossOutput",
+    "Quantizer",
+    "Tokenizer",
+    "Transformer",
+    "WorldModel",
+    "WorldModelLogits",
+    "configure_optimizer",
+    "masked_mean",
+    "quantize_frame_values",
+]

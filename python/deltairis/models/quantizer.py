@@ -1,0 +1,99 @@
+"""Cosine-similarity vector quantizer with EMA codebook, usage frequencies and dead-code revival (SPEC section 3).
+
+All maintenance runs on the device without host synchronisation: invalid (padding) vectors are
+excluded through weights, and the revival decision is a tensor predicate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from deltairis.config.models import TokenizerConfig
+
+
+class QuantizerOutput(NamedTuple):
+    q: torch.Tensor  # (..., input_dim) post-projected straight-through vectors
+    tokens: torch.Tensor  # (...) int64
+    z: torch.Tensor  # (..., codebook_dim) normalized pre-quantization vectors
+    commitment: torch.Tensor  # (...) per-vector mean squared distance to the chosen code (no weight)
+
+
+class Quantizer(nn.Module):
+    def __init__(self, config: TokenizerConfig, input_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        c, e = config.codebook_size, config.codebook_dim
+        self.pre_quant_proj = nn.Linear(input_dim, e)
+        self.post_quant_proj = nn.Linear(e, input_dim)
+        codebook = F.normalize(torch.empty(c, e).uniform_(-1.0 / c, 1.0 / c), dim=-1)
+        self.register_buffer("codebook", codebook)
+        self.register_buffer("codewords_freqs", torch.full((c,), 1.0 / c))
+        self.register_buffer("num_codebook_updates", torch.tensor(0, dtype=torch.int64))
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., input_dim) -> normalized z (..., e) and tokens (...)."""
+        z = F.normalize(self.pre_quant_proj(x), dim=-1)
+        sim = torch.einsum("...e,ce->...c", z, self.codebook.to(z.dtype))
+        return z, sim.argmax(dim=-1)
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (...) -> post-projected code vectors (..., input_dim)."""
+        return self.post_quant_proj(self.codebook[tokens])
+
+    def forward(self, x: torch.Tensor) -> QuantizerOutput:
+        z, tokens = self.encode(x)
+        q = self.codebook[tokens].to(z.dtype)
+        commitment = (z - q.detach()).pow(2).mean(dim=-1)
+        q = z + (q - z).detach()  # straight-through estimator
+        return QuantizerOutput(self.post_quant_proj(q), tokens, z, commitment)
+
+    def entropy_bits(self) -> torch.Tensor:
+        f = self.codewords_freqs
+        return -(f * torch.log2(f.clamp(min=1e-30))).sum()
+
+    @torch.no_grad()
+    def update_codebook(self, z: torch.Tensor, tokens: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """One maintenance step from normalized vectors ``z`` (N, e) and their tokens (N,).
+
+        ``weights`` (N,) in {0, 1} excludes padding vectors from every statistic and from revival.
+        """
+        cfg = self.config
+        c = cfg.codebook_size
+        z = z.detach().float().reshape(-1, z.size(-1))
+        tokens = tokens.reshape(-1)
+        n = z.size(0)
+        w = torch.ones(n, device=z.device) if weights is None else weights.reshape(-1).float()
+        counts = torch.zeros(c, device=z.device).index_add_(0, tokens, w)
+        sums = torch.zeros(c, z.size(1), device=z.device).index_add_(0, tokens, z * w[:, None])
+        means = F.normalize(sums / counts.clamp(min=1.0)[:, None], dim=-1)  # unassigned codes -> zero vector
+        codebook = torch.lerp(self.codebook, means, cfg.codebook_ema)
+        freqs = torch.lerp(self.codewords_freqs, counts / w.sum().clamp(min=1.0), cfg.freqs_ema)
+
+        # Revival of dead codes, decided on the device.
+        entropy = -(freqs * torch.log2(freqs.clamp(min=1e-30))).sum()
+        limit = cfg.max_codebook_updates_with_revival
+        allowed = (entropy < cfg.revival_entropy_floor_bits) | (self.num_codebook_updates < limit)
+        do_revive = (entropy < math.log2(c) - cfg.revival_entropy_margin_bits) & allowed
+        dead = freqs < cfg.revival_freq_factor / c
+        # Random order of the valid vectors (valid first), each used at most once.
+        scores = torch.rand(n, device=z.device).masked_fill(w <= 0, -1.0)
+        order = scores.argsort(descending=True)
+        num_valid = (w > 0).sum()
+        rank = dead.long().cumsum(0) - 1  # rank of each dead code among dead codes
+        revive = dead & do_revive & (rank < num_valid)
+        replacement = z[order[rank.clamp(min=0, max=max(n - 1, 0))]] if n > 0 else codebook
+        codebook = torch.where(revive[:, None], replacement, codebook)
+        freqs = torch.where(revive, torch.full_like(freqs, 1.0 / c), freqs)
+
+        self.codebook.copy_(F.normalize(codebook, dim=-1))
+        self.codewords_freqs.copy_(freqs)
+        self.num_codebook_updates.add_(1)

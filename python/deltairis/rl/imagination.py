@@ -1,0 +1,135 @@
+"""Imagination: roll the world model forward with a KV cache (SPEC sections 4 and 5).
+
+Everything stays on the device: token sampling uses counter-based random streams identified by
+(seed, offset) with Python-int offsets, and the cache position is a Python int, so no step reads a
+value back from the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from deltairis import ops
+from deltairis.models.kv_cache import KVCache
+
+
+@dataclass
+class WorldModelState:
+    """Explicit rollout state of the world model, passed in and out of every step."""
+
+    cache: KVCache
+    obs: torch.Tensor  # (B, 3, H, W) current frame
+    pending: torch.Tensor | None  # (B, 1, E) embedding of the last Δ-token, not yet fed
+    seed: int
+    offset: int  # next counter stream of the sampler
+
+
+@torch.no_grad()
+def world_model_burn_in(
+    tokenizer, world_model, obs: torch.Tensor, act: torch.Tensor, seed: int, cache: KVCache | None = None
+) -> WorldModelState:
+    """Warm the cache on the T-1 real transitions of ``obs`` (B, T, ...); the last frame becomes current."""
+    b = obs.size(0)
+    if cache is None:
+        cache = world_model.transformer.empty_cache(b, obs.device)
+    else:
+        cache.reset()
+    pending = None
+    if obs.size(1) > 1:
+        tokens = tokenizer.encode_tokens(obs[:, :-1], act[:, :-1], obs[:, 1:])  # (B, T-1, K)
+        seq = world_model.embed_sequence(obs[:, :-1], act[:, :-1], tokens)  # (B, (T-1)*(K+2), E)
+        if seq.size(1) > cache.max_tokens:
+            raise ValueError(f"burn-in of {seq.size(1)} tokens exceeds the cache ({cache.max_tokens})")
+        world_model.transformer(seq[:, :-1], cache)
+        pending = seq[:, -1:]
+    return WorldModelState(cache, obs[:, -1], pending, seed, 0)
+
+
+@torch.no_grad()
+def world_model_step(
+    tokenizer, world_model, state: WorldModelState, act: torch.Tensor
+) -> tuple[WorldModelState, torch.Tensor, torch.Tensor]:
+    """One imagined step from ``state.obs`` with actions (B,): returns (state, reward (B,), end (B,))."""
+    wm = world_model
+    cfg = wm.config
+    block = cfg.transformer.tokens_per_block
+    cache, pending, offset = state.cache, state.pending, state.offset
+    if cache.remaining < 2 * block:  # fewer than 2 blocks left: restart from the current frame
+        cache.reset()
+        pending = None
+    frame = wm.embed_frames(state.obs.unsqueeze(1))  # (B, 1, E)
+    a = wm.act_emb(act).unsqueeze(1)  # (B, 1, E)
+    x = torch.cat((frame, a) if pending is None else (pending, frame, a), dim=1)
+    h = wm.transformer(x, cache)[:, -1:]  # (B, 1, E) output at the action position
+    rew_logits = wm.head_rewards(h)[:, 0]
+    end_logits = wm.head_ends(h)[:, 0]
+    tokens = []
+    k = cfg.tokens_per_frame
+    for j in range(k):
+        logits = wm.head_latents(h)[:, 0]  # (B, V)
+        tok = ops.sample_categorical(logits, seed=state.seed, offset=offset)
+        offset += 1
+        tokens.append(tok)
+        emb = wm.latents_emb(tok).unsqueeze(1)  # (B, 1, E)
+        if j < k - 1:
+            h = wm.transformer(emb, cache)
+        else:
+            pending = emb
+    tokens_t = torch.stack(tokens, dim=1).unsqueeze(1)  # (B, 1, K)
+    next_obs = tokenizer.decode_tokens(state.obs.unsqueeze(1), act.unsqueeze(1), tokens_t, clamp=True)[:, 0]
+    if cfg.two_hot_rewards:
+        rew = ops.twohot_expectation(rew_logits, low=cfg.bucket_low, high=cfg.bucket_high)
+    else:
+        rew = ops.sample_categorical(rew_logits, seed=state.seed, offset=offset).float() - 1.0
+        offset += 1
+    end = ops.sample_categorical(end_logits, seed=state.seed, offset=offset)
+    offset += 1
+    return WorldModelState(cache, next_obs.float(), pending, state.seed, offset), rew.float(), end
+
+
+def imagine(batch, tokenizer, world_model, actor_critic, horizon: int, seed: int):
+    """Burn in on the real segment, then imagine ``horizon`` steps with the online policy."""
+    from deltairis.models.actor_critic import ImaginationOutput
+
+    obs, act, mask = batch.obs, batch.act, batch.mask_padding
+    ac = actor_critic
+    cfg = ac.config
+    if obs.size(1) < 1:
+        raise ValueError("imagination needs at least one real frame")
+    wstate = world_model_burn_in(tokenizer, world_model, obs, act, seed)
+    with torch.no_grad():
+        state = ac.model.burn_in(obs[:, :-1], mask[:, :-1])
+        tstate = ac.target_model.burn_in(obs[:, :-1], mask[:, :-1])
+    # Policy sampling uses a stream family disjoint from the world model's (offsets >= 2^32).
+    policy_offset = 1 << 32
+    frames, actions, logits_l, values_l, tvalues, rews, ends = [wstate.obs], [], [], [], [], [], []
+    for _ in range(horizon):
+        out = ac.model(wstate.obs, state)
+        state = out.state
+        with torch.no_grad():
+            tout = ac.target_model(wstate.obs, tstate)
+            tstate = tout.state
+            tvalues.append(ac.target_model.value(tout.value_logits))
+            a = ops.sample_categorical(out.logits.detach(), temperature=cfg.temperature, seed=seed, offset=policy_offset)
+            policy_offset += 1
+        wstate, r, e = world_model_step(tokenizer, world_model, wstate, a)
+        frames.append(wstate.obs)
+        actions.append(a)
+        logits_l.append(out.logits)
+        values_l.append(out.value_logits)
+        rews.append(r)
+        ends.append(e)
+    with torch.no_grad():
+        tout = ac.target_model(wstate.obs, tstate)
+        tvalues.append(ac.target_model.value(tout.value_logits))
+    return ImaginationOutput(
+        obs=torch.stack(frames, 1),
+        act=torch.stack(actions, 1),
+        logits=torch.stack(logits_l, 1),
+        value_logits=torch.stack(values_l, 1),
+        target_values=torch.stack(tvalues, 1),
+        rew=torch.stack(rews, 1),
+        end=torch.stack(ends, 1),
+    )
