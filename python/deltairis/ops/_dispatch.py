@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 from collections.abc import Callable, Iterable
 from functools import lru_cache
@@ -25,6 +26,8 @@ from typing import Any
 import torch
 
 BACKENDS = ("auto", "torch", "triton")
+
+logger = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -40,10 +43,12 @@ def triton_available() -> bool:
 
 
 def interpreter_enabled() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors (slowly)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def requested_backend(backend: str | None) -> str:
+    """The backend named per call or by ``DELTAIRIS_BACKEND`` (default ``auto``), validated."""
     name = backend if backend is not None else os.environ.get("DELTAIRIS_BACKEND", "auto")
     name = name.strip().lower()
     if name not in BACKENDS:
@@ -52,13 +57,24 @@ def requested_backend(backend: str | None) -> str:
 
 
 def load_kernel(module: str, name: str) -> Callable[..., Any] | None:
-    """The Triton implementation ``deltairis.kernels.<module>.<name>``, or None if not shipped."""
+    """The Triton implementation ``deltairis.kernels.<module>.<name>``, or None if not shipped.
+
+    Triton decides at decoration time whether a kernel is compiled or interpreted
+    (``TRITON_INTERPRET``). Each kernel module records that mode in ``INTERPRETED``; when the
+    environment changed since the module was imported (e.g. a test enabled the interpreter after
+    another import), the module is re-imported so the kernels match the current mode.
+    """
     if not triton_available():
         return None
     try:
         mod = importlib.import_module(f"deltairis.kernels.{module}")
-    except ImportError:
-        return None
+    except ImportError as err:
+        if err.name is not None and err.name.startswith("deltairis.kernels"):
+            return None  # kernel module not shipped
+        raise  # a broken kernel module must not silently fall back
+    if getattr(mod, "INTERPRETED", interpreter_enabled()) != interpreter_enabled():
+        logger.debug("re-importing deltairis.kernels.%s for TRITON_INTERPRET=%s", module, interpreter_enabled())
+        mod = importlib.reload(mod)
     return getattr(mod, name, None)
 
 
