@@ -1,0 +1,292 @@
+"""ReplayStore: contents, segment semantics (SPEC section 6), priorities, backends agreeing byte for byte."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from replay_testlib import BACKENDS, FIELDS, expected_segments, fill_store, random_steps
+
+from deltairis.data import Batch, Episode, Prefetcher, ReplayStore
+from deltairis.data.replay import _cpp_available
+
+BATCH_FIELDS = (*FIELDS, "mask_padding", "episode_id", "start", "stop")
+SMALL = (2, 3, 5)  # an odd frame shape keeps the many-input tests fast
+
+
+def assert_batches_equal(a: Batch, b: Batch) -> None:
+    for f in BATCH_FIELDS:
+        x, y = getattr(a, f), getattr(b, f)
+        assert x.dtype == y.dtype and x.shape == y.shape, f
+        assert torch.equal(x, y), f
+
+
+def oracle_draw(
+    counts: np.ndarray, lengths: np.ndarray, alpha: float, u: np.ndarray, seq_len: int, mode: str
+) -> tuple[list[int], list[int], list[int]]:
+    """SPEC section 6 written with plain Python floats and loops, from the documented uniforms."""
+    cdf, acc = [], 0.0
+    for n in counts:
+        acc += math.pow(1.0 / (1.0 + float(n)), alpha)
+        cdf.append(acc)
+    eps, starts, stops = [], [], []
+    for b in range(u.shape[1]):
+        e = min(bisect.bisect_right(cdf, float(u[0, b]) * cdf[-1]), len(cdf) - 1)
+        length = int(lengths[e])
+        t = min(math.floor(float(u[1, b]) * length), length - 1)
+        k = min(math.floor(float(u[2, b]) * seq_len), seq_len - 1)
+        if mode == "both":
+            start = t - k
+            stop = start + seq_len
+        else:
+            stop = min(length, t + 1 + k)
+            start = stop - seq_len
+        eps.append(e)
+        starts.append(start)
+        stops.append(stop)
+    return eps, starts, stops
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_contents_roundtrip_and_reopen(backend: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    store = ReplayStore(tmp_path, backend=backend)
+    model = fill_store(store, rng, num_episodes=9, max_len=17, num_extends=25)
+    assert store.num_episodes == len(model)
+    assert store.num_steps == sum(len(m["act"]) for m in model)
+    np.testing.assert_array_equal(store.lengths, [len(m["act"]) for m in model])
+    for i, m in enumerate(model):
+        ep = store.load_episode(i)
+        assert isinstance(ep, Episode) and len(ep) == len(m["act"])
+        for f in FIELDS:
+            np.testing.assert_array_equal(getattr(ep, f), m[f], err_msg=f)
+    store.commit()
+    # Appended after the commit and never committed: gone after reopening.
+    store.extend_episode(0, **random_steps(rng, 4))
+    store.add_episode(**random_steps(rng, 3))
+    store.close()
+    with ReplayStore(tmp_path, backend=backend) as again:
+        assert again.num_episodes == len(model)
+        np.testing.assert_array_equal(again.lengths, [len(m["act"]) for m in model])
+        ep0 = again.load_episode(0)
+        np.testing.assert_array_equal(ep0.obs, model[0]["obs"])
+        # The dropped rows are really gone: new appends land where they were.
+        new_id = again.add_episode(**random_steps(rng, 2))
+        assert new_id == len(model)
+        assert again.num_steps == sum(len(m["act"]) for m in model) + 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("obs_shape", [(3, 64, 64), SMALL])
+def test_gather_matches_plain_loop(backend: str, obs_shape: tuple[int, ...], tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    store = ReplayStore(tmp_path, backend=backend, obs_shape=obs_shape)
+    model = fill_store(store, rng, num_episodes=7, max_len=12, num_extends=30)
+    for seq_len in (1, 2, 5, 13, 40):
+        b = int(rng.integers(1, 9))
+        ep = rng.integers(0, len(model), b)
+        lengths = store.lengths[ep]
+        start = rng.integers(-seq_len - 2, lengths + 2)  # inside, overlapping either end, and fully outside
+        batch = store.gather(ep, start, start + seq_len)
+        expected = expected_segments(model, ep, start, seq_len, obs_shape)
+        for f, want in expected.items():
+            np.testing.assert_array_equal(getattr(batch, f).numpy(), want, err_msg=f"{f} L={seq_len}")
+        np.testing.assert_array_equal(batch.episode_id.numpy(), ep)
+        np.testing.assert_array_equal(batch.stop.numpy() - batch.start.numpy(), seq_len)
+
+
+@pytest.mark.skipif(not _cpp_available(), reason="deltairis._core not built")
+def test_backends_byte_identical_for_any_thread_count(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    with ReplayStore(tmp_path, backend="numpy") as writer:
+        fill_store(writer, rng, num_episodes=12, max_len=40, num_extends=40)
+        writer.commit()
+    ref = ReplayStore(tmp_path, backend="numpy", read_only=True)
+    fast = {n: ReplayStore(tmp_path, backend="cpp", read_only=True, num_threads=n) for n in (1, 2, 3, 8)}
+    for trial in range(12):
+        seq_len = int(rng.integers(1, 30))
+        b = int(rng.integers(1, 20))
+        ep = rng.integers(0, ref.num_episodes, b)
+        start = rng.integers(-seq_len, ref.lengths[ep] + 1)
+        want = ref.gather(ep, start, start + seq_len)
+        for store in fast.values():
+            assert_batches_equal(store.gather(ep, start, start + seq_len), want)
+        # Same seed -> same batch, ids and counts, whatever the backend and thread count.
+        mode = ("both", "left")[trial % 2]
+        alpha = (0.0, 1.0, 5.0, 0.37)[trial % 4]
+        want = ref.sample("wm", b, seq_len, pad_mode=mode, alpha=alpha, seed=trial)
+        for store in fast.values():
+            assert_batches_equal(store.sample("wm", b, seq_len, pad_mode=mode, alpha=alpha, seed=trial), want)
+    for store in fast.values():
+        np.testing.assert_array_equal(store.visit_counts("wm"), ref.visit_counts("wm"))
+        assert store.visit_counts("wm").sum() > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["both", "left"])
+def test_sample_follows_spec_draws(backend: str, mode: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    store = ReplayStore(tmp_path, backend=backend, obs_shape=SMALL)
+    model = fill_store(store, rng, num_episodes=10, max_len=25, num_extends=20)
+    for call in range(15):
+        seq_len = int(rng.integers(1, 12))
+        b = int(rng.integers(1, 12))
+        alpha = float(rng.choice([0.0, 0.5, 1.0, 5.0]))
+        counts_before = store.visit_counts("tokenizer")
+        u = np.random.default_rng(call).random((3, b))
+        eps, starts, stops = oracle_draw(counts_before, store.lengths, alpha, u, seq_len, mode)
+        batch = store.sample("tokenizer", b, seq_len, pad_mode=mode, alpha=alpha, seed=call)
+        assert batch.episode_id.tolist() == eps
+        assert batch.start.tolist() == starts
+        assert batch.stop.tolist() == stops
+        lengths = store.lengths[np.array(eps)]
+        if mode == "left":  # never padded on the right; real steps end the segment
+            assert np.all(np.array(stops) <= lengths)
+        else:  # the picked step is inside, so every segment holds at least one real step
+            assert np.all(batch.mask_padding.numpy().any(axis=1))
+        want = expected_segments(model, np.array(eps), np.array(starts), seq_len, SMALL)
+        for f, arr in want.items():
+            np.testing.assert_array_equal(getattr(batch, f).numpy(), arr, err_msg=f)
+        # Counts go up once per sampled segment (repeats included).
+        np.testing.assert_array_equal(
+            store.visit_counts("tokenizer") - counts_before, np.bincount(eps, minlength=store.num_episodes)
+        )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_probabilities_exact(backend: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    store = ReplayStore(tmp_path, backend=backend, obs_shape=SMALL)
+    fill_store(store, rng, num_episodes=23, max_len=5, num_extends=0)
+    np.testing.assert_allclose(store.sampling_probabilities("ac", 3.0), np.full(23, 1 / 23), rtol=0, atol=1e-15)
+    for _ in range(6):
+        store.sample("ac", int(rng.integers(1, 40)), 3, alpha=float(rng.random()), seed=int(rng.integers(1 << 30)))
+    counts = store.visit_counts("ac")
+    assert counts.max() > counts.min()
+    for alpha in (0.0, 0.5, 1.0, 5.0, 11.3):
+        p = store.sampling_probabilities("ac", alpha)
+        w = np.array([(1.0 / (1.0 + n)) ** alpha for n in counts.tolist()])
+        np.testing.assert_allclose(p, w / w.sum(), rtol=0, atol=1e-12)
+        assert abs(p.sum() - 1.0) < 1e-12
+    np.testing.assert_array_equal(store.sampling_probabilities("ac", 0.0), np.full(23, 1 / 23))
+    # A consumer that never sampled sees uniform probabilities and zero counts.
+    np.testing.assert_array_equal(store.visit_counts("other"), np.zeros(23, np.int64))
+
+
+@pytest.mark.skipif(not _cpp_available(), reason="deltairis._core not built")
+def test_probabilities_equal_between_backends(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    with ReplayStore(tmp_path, backend="numpy", obs_shape=SMALL) as w:
+        fill_store(w, rng, num_episodes=50, max_len=4, num_extends=0)
+        for i in range(10):
+            w.sample("wm", 64, 2, alpha=1.0, seed=i)
+        w.commit()
+    a = ReplayStore(tmp_path, backend="numpy", read_only=True)
+    c = ReplayStore(tmp_path, backend="cpp", read_only=True)
+    for alpha in (0.0, 0.25, 1.0, 2.0, 5.0, 17.0):
+        np.testing.assert_allclose(
+            a.sampling_probabilities("wm", alpha), c.sampling_probabilities("wm", alpha), rtol=0, atol=1e-12
+        )
+
+
+def _chi2_z(observed: np.ndarray, expected: np.ndarray) -> float:
+    """Wilson-Hilferty z-score of Pearson's chi-square statistic (about N(0, 1) under the null)."""
+    df = observed.size - 1
+    x = float(((observed - expected) ** 2 / expected).sum())
+    return ((x / df) ** (1 / 3) - (1 - 2 / (9 * df))) / math.sqrt(2 / (9 * df))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sampled_ids_follow_probabilities(backend: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    store = ReplayStore(tmp_path, backend=backend, obs_shape=(1,))
+    for _ in range(12):
+        store.add_episode(**random_steps(rng, int(rng.integers(1, 20)), (1,)))
+    for i in range(8):  # uneven counts
+        store.sample("wm", 5 * (i + 1), 1, alpha=0.0, seed=100 + i)
+    alpha = 1.5
+    p = store.sampling_probabilities("wm", alpha)
+    assert p.max() / p.min() > 2.0
+    n = 40_000
+    batch = store.sample("wm", n, 1, alpha=alpha, seed=11, update_counts=False)
+    observed = np.bincount(batch.episode_id.numpy(), minlength=12).astype(np.float64)
+    assert _chi2_z(observed, n * p) < 4.0
+    # Under uniform sampling the same statistic is far off: the test can fail.
+    assert _chi2_z(observed, np.full(12, n / 12)) > 10.0
+    # The timestep is uniform inside the episode: with seq_len 1 and "both", start = t.
+    longest = int(np.argmax(store.lengths))
+    t = batch.start.numpy()[batch.episode_id.numpy() == longest]
+    length = int(store.lengths[longest])
+    observed_t = np.bincount(t, minlength=length).astype(np.float64)
+    assert _chi2_z(observed_t, np.full(length, t.size / length)) < 4.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_counts_persist_with_commit(backend: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    store = ReplayStore(tmp_path, backend=backend, obs_shape=SMALL)
+    fill_store(store, rng, num_episodes=6, max_len=10, num_extends=0)
+    store.sample("tokenizer", 17, 4, seed=0)
+    store.sample("actor_critic", 9, 4, pad_mode="left", seed=1)
+    frozen = store.visit_counts("tokenizer")
+    store.sample("tokenizer", 5, 4, seed=2, update_counts=False)
+    np.testing.assert_array_equal(store.visit_counts("tokenizer"), frozen)
+    store.commit()
+    committed = {c: store.visit_counts(c) for c in ("tokenizer", "actor_critic")}
+    store.sample("tokenizer", 50, 4, seed=3)  # not committed
+    store.close()
+    with ReplayStore(tmp_path, backend=backend) as again:
+        assert again.consumers == ["actor_critic", "tokenizer"]
+        for c, want in committed.items():
+            np.testing.assert_array_equal(again.visit_counts(c), want)
+        assert committed["tokenizer"].sum() == 17 and committed["actor_critic"].sum() == 9
+        # Counts of episodes added later start at zero.
+        again.add_episode(**random_steps(rng, 3, SMALL))
+        assert again.visit_counts("tokenizer")[-1] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_buffers_async_and_prefetcher(backend: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    with ReplayStore(tmp_path, backend=backend, obs_shape=SMALL) as w:
+        fill_store(w, rng, num_episodes=8, max_len=20)
+        w.commit()
+    sync = ReplayStore(tmp_path, backend=backend, read_only=True)
+    other = ReplayStore(tmp_path, backend=backend, read_only=True)
+    out = other.allocate_batch(6, 7)
+    ptr = out.obs.data_ptr()
+    got = other.sample("wm", 6, 7, alpha=1.0, seed=5, out=out)
+    assert got is out and out.obs.data_ptr() == ptr
+    assert_batches_equal(out, sync.sample("wm", 6, 7, alpha=1.0, seed=5))
+    futures = [other.sample_async("wm", 6, 7, alpha=1.0, seed=s) for s in range(6, 10)]
+    for s, fut in zip(range(6, 10), futures):
+        assert_batches_equal(fut.result(), sync.sample("wm", 6, 7, alpha=1.0, seed=s))
+    np.testing.assert_array_equal(other.visit_counts("wm"), sync.visit_counts("wm"))
+    # The prefetcher reproduces plain calls with seeds drawn from its own generator.
+    seeds = np.random.default_rng(42)
+    pre = Prefetcher(other, "ac", 4, 5, pad_mode="left", alpha=2.0, seed=42, num_buffers=3)
+    for _ in range(5):
+        batch = next(pre)
+        want = sync.sample("ac", 4, 5, pad_mode="left", alpha=2.0, seed=int(seeds.integers(0, 2**63 - 1)))
+        assert_batches_equal(batch, want)
+    pre.close()
+    # The batch in flight was drawn too, so counts lead by one batch.
+    assert other.visit_counts("ac").sum() == sync.visit_counts("ac").sum() + 4
+    dev = want.to("cpu")
+    assert dev.obs.dtype == torch.float32 and float(dev.obs.max()) <= 1.0
+
+
+@pytest.mark.gpu
+def test_pinned_buffers(tmp_path: Path) -> None:
+    rng = np.random.default_rng(10)
+    store = ReplayStore(tmp_path, obs_shape=SMALL)
+    fill_store(store, rng, num_episodes=4)
+    out = store.allocate_batch(3, 4, pin_memory=True)
+    assert out.obs.is_pinned()
+    store.sample("wm", 3, 4, seed=0, out=out)
+    assert_batches_equal(out, store.sample("wm", 3, 4, seed=0, update_counts=False))
+    assert out.to("cuda", non_blocking=True).obs.is_cuda
