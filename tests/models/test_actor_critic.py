@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from deltairis.agent import Agent
+from deltairis.config import make_agent_config
+from deltairis.models.actor_critic import ActorCritic
+from deltairis.rl.imagination import world_model_burn_in, world_model_step
+
+from .helpers import make_batch
+
+
+@pytest.fixture(scope="module")
+def agent() -> Agent:
+    torch.manual_seed(0)
+    return Agent(make_agent_config("tiny"))
+
+
+def test_critic_starts_at_zero_and_target_is_a_frozen_copy(agent: Agent) -> None:
+    ac = agent.actor_critic
+    assert torch.count_nonzero(ac.model.critic_linear.weight) == 0
+    assert all(not p.requires_grad for p in ac.target_model.parameters())
+    for p, pt in zip(ac.model.parameters(), ac.target_model.parameters()):
+        assert torch.equal(p, pt)
+
+
+def test_target_ema() -> None:
+    ac = ActorCritic(make_agent_config("tiny").actor_critic)
+    before = [p.clone() for p in ac.target_model.parameters()]
+    with torch.no_grad():
+        for p in ac.model.parameters():
+            p.add_(torch.randn_like(p))
+    ac.update_target()
+    for pt, b, p in zip(ac.target_model.parameters(), before, ac.model.parameters()):
+        torch.testing.assert_close(pt, 0.995 * b + 0.005 * p)
+
+
+def test_burn_in_skips_padding_and_reset_rows() -> None:
+    ac = ActorCritic(make_agent_config("tiny").actor_critic)
+    obs = torch.rand(2, 4, 3, 64, 64)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    mask[0, :2] = False
+    s = ac.burn_in(obs, mask)
+    s_ref = ac.burn_in(obs[:1, 2:])
+    torch.testing.assert_close(s[0][:1], s_ref[0], rtol=1e-5, atol=1e-6)
+    s2 = ac.reset_state_rows(s, torch.tensor([True, False]))
+    assert torch.count_nonzero(s2[0][0]) == 0 and torch.equal(s2[0][1], s[0][1])
+
+
+def test_act_is_deterministic_per_stream_and_epsilon() -> None:
+    ac = ActorCritic(make_agent_config("tiny").actor_critic)
+    obs = torch.rand(64, 3, 64, 64)
+    s = ac.initial_state(64, "cpu")
+    a1, _ = ac.act(obs, s, seed=1, offset=0)
+    a2, _ = ac.act(obs, s, seed=1, offset=0)
+    a3, _ = ac.act(obs, s, seed=2, offset=0)
+    assert torch.equal(a1, a2) and not torch.equal(a1, a3)
+    assert a1.dtype == torch.int64 and a1.min() >= 0 and a1.max() < 5
+    ae, _ = ac.act(obs, s, epsilon=1.0, seed=1, offset=0)
+    assert not torch.equal(ae, a1)
+
+
+def test_imagination_shapes_masks_and_no_nan(agent: Agent) -> None:
+    batch = make_batch(3, 6, 5, pad_left=3)
+    out = agent.actor_critic.imagine(batch, agent.tokenizer, agent.world_model, seed=0, horizon=7)
+    assert out.obs.shape == (3, 8, 3, 64, 64)
+    assert out.act.shape == (3, 7) and out.logits.shape == (3, 7, 5)
+    assert out.target_values.shape == (3, 8) and out.rew.shape == (3, 7) and out.end.shape == (3, 7)
+    for t in out:
+        assert torch.isfinite(t.float()).all()
+    # imagined frames are valid pixels
+    assert out.obs[:, 1:].min() >= 0 and out.obs[:, 1:].max() <= 1
+    torch.testing.assert_close(out.obs[:, 1:] * 255, (out.obs[:, 1:] * 255).round())
+    torch.testing.assert_close(out.obs[:, 0], batch.obs[:, -1])
+    # same seed -> same rollout
+    again = agent.actor_critic.imagine(batch, agent.tokenizer, agent.world_model, seed=0, horizon=7)
+    assert torch.equal(again.act, out.act) and torch.equal(again.obs, out.obs)
+
+
+def test_loss_is_masked_after_first_end(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    ac = agent.actor_critic
+    batch = make_batch(2, 6, 5)
+    real = ac.imagine(batch, agent.tokenizer, agent.world_model, seed=0)
+    end = torch.zeros_like(real.end)
+    end[0, 2] = 1
+    fake = real._replace(end=end)
+    monkeypatch.setattr(type(ac), "imagine", lambda self, *a, **k: fake)
+    base = ac.compute_loss(batch, agent.tokenizer, agent.world_model, seed=0).loss
+    # changing rewards after the end of row 0 (steps > 2 are masked and cut from the returns) changes nothing
+    rew = fake.rew.clone()
+    rew[0, 3:] += 50.0
+    monkeypatch.setattr(type(ac), "imagine", lambda self, *a, **k: fake._replace(rew=rew))
+    torch.testing.assert_close(ac.compute_loss(batch, agent.tokenizer, agent.world_model, seed=0).loss, base)
+    rew[0, 1] += 50.0
+    monkeypatch.setattr(type(ac), "imagine", lambda self, *a, **k: fake._replace(rew=rew))
+    assert not torch.isclose(ac.compute_loss(batch, agent.tokenizer, agent.world_model, seed=0).loss, base)
+
+
+def test_loss_gradients_reach_only_the_online_model(agent: Agent) -> None:
+    agent.zero_grad(set_to_none=True)
+    batch = make_batch(2, 6, 5)
+    out = agent.actor_critic.compute_loss(batch, agent.tokenizer, agent.world_model, seed=3)
+    out.loss.backward()
+    assert all(p.grad is None for p in agent.tokenizer.parameters())
+    assert all(p.grad is None for p in agent.world_model.parameters())
+    assert all(p.grad is None for p in agent.actor_critic.target_model.parameters())
+    assert agent.actor_critic.model.actor_linear.weight.grad.abs().sum() > 0
+    assert agent.actor_critic.model.critic_linear.weight.grad.abs().sum() > 0
+    agent.zero_grad(set_to_none=True)
+
+
+def test_cache_resets_when_full() -> None:
+    cfg = make_agent_config("tiny")
+    wm_cfg = dataclasses.replace(cfg.world_model, transformer=dataclasses.replace(cfg.world_model.transformer, max_blocks=4))
+    cfg = dataclasses.replace(cfg, world_model=wm_cfg)
+    agent = Agent(cfg).eval()
+    b = make_batch(2, 3, 5)
+    st = world_model_burn_in(agent.tokenizer, agent.world_model, b.obs, b.act, seed=0)
+    assert st.cache.size == 11
+    sizes = []
+    for _ in range(4):
+        st, r, e = world_model_step(agent.tokenizer, agent.world_model, st, torch.zeros(2, dtype=torch.long))
+        sizes.append(st.cache.size)
+    # 24 positions: 11 + 6 = 17; then < 12 left -> reset and restart from the current frame (5 tokens)
+    assert sizes == [17, 5, 11, 17]
+    assert r.shape == (2,) and e.dtype == torch.int64
+
+
+def test_imagination_never_syncs_with_the_host(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = make_batch(2, 6, 5)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host synchronisation inside imagination")
+
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "nonzero"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    out = agent.actor_critic.compute_loss(batch, agent.tokenizer, agent.world_model, seed=0)
+    monkeypatch.undo()
+    assert torch.isfinite(out.loss)
