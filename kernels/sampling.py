@@ -7,8 +7,8 @@ arithmetic, so both backends draw the same words; the uniform and Gumbel transfo
 float32 expressions, so for equal logits the samples agree except on float ties (a last-ulp
 difference between two ``log`` implementations can flip an exact near-tie).
 
-One program handles one row and scans it in chunks of ``BLOCK_V`` columns, keeping a running
-(max, argmax); ties go to the lowest index like ``torch.argmax``.
+One program handles ``BLOCK_R`` rows and scans them in chunks of ``BLOCK_V`` columns, keeping a
+running (max, argmax) per row; ties go to the lowest index like ``torch.argmax``.
 """
 
 from __future__ import annotations
@@ -46,27 +46,30 @@ def _lowbias32(x):
 def _sample_kernel(
     logits_ptr,
     out_ptr,
+    n_rows,
     stride_row,
     stride_col,
     n_cols,
     k0,
     k1,
     temperature,
+    BLOCK_R: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # (BLOCK_R,)
+    row_ok = rows < n_rows
     key0 = k0.to(tl.uint32)
     key1 = k1.to(tl.uint32)
     cols = tl.arange(0, BLOCK_V)
-    best_val = tl.full([], float("-inf"), tl.float32)
-    best_idx = tl.full([], 0, tl.int32)
-    row_ptr = logits_ptr + row.to(tl.int64) * stride_row
+    best_val = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    best_idx = tl.zeros([BLOCK_R], tl.int32)
+    row_ptr = logits_ptr + rows.to(tl.int64)[:, None] * stride_row  # (BLOCK_R, 1)
     for start in range(0, n_cols, BLOCK_V):
         c = start + cols
-        valid = c < n_cols
-        logit = tl.load(row_ptr + c * stride_col, mask=valid, other=0.0).to(tl.float32)
+        valid = row_ok[:, None] & (c < n_cols)[None, :]  # (BLOCK_R, BLOCK_V)
+        logit = tl.load(row_ptr + c[None, :] * stride_col, mask=valid, other=0.0).to(tl.float32)
         # Flat element index of the C-ordered logits (< 2^31, checked by the launcher).
-        flat = (row * n_cols + c).to(tl.uint32)
+        flat = (rows[:, None] * n_cols + c[None, :]).to(tl.uint32)
         x = (flat * _GOLDEN) ^ key0
         x = _lowbias32(x)
         x = _lowbias32(x ^ key1)
@@ -74,12 +77,12 @@ def _sample_kernel(
         gumbel = -tl.log(-tl.log(u))
         score = logit / temperature + gumbel
         score = tl.where(valid & (score == score), score, float("-inf"))  # drop padding and NaN
-        chunk_max = tl.max(score, axis=0)
-        chunk_idx = tl.argmax(score, axis=0, tie_break_left=True).to(tl.int32) + start
+        chunk_max = tl.max(score, axis=1)
+        chunk_idx = tl.argmax(score, axis=1, tie_break_left=True).to(tl.int32) + start
         better = chunk_max > best_val  # strict: earlier chunks win ties
         best_idx = tl.where(better, chunk_idx, best_idx)
         best_val = tl.where(better, chunk_max, best_val)
-    tl.store(out_ptr + row, best_idx.to(tl.int64))
+    tl.store(out_ptr + rows, best_idx.to(tl.int64), mask=row_ok)
 
 
 def sample_categorical_triton(
@@ -91,20 +94,26 @@ def sample_categorical_triton(
     k0, k1 = stream_keys(seed, offset)
     n_cols = logits.size(-1)
     rows = logits.reshape(-1, n_cols)  # (N, V), a view when possible
-    out = torch.empty(rows.size(0), dtype=torch.int64, device=logits.device)
-    if rows.size(0) == 0:
+    n_rows = rows.size(0)
+    out = torch.empty(n_rows, dtype=torch.int64, device=logits.device)
+    if n_rows == 0:
         return out.view(logits.shape[:-1])
-    block_v = max(16, min(triton.next_power_of_2(n_cols), 1024))  # rows longer than 1024 take several chunks
-    _sample_kernel[(rows.size(0),)](
+    # Tiles of about 2048 elements: one row per program for wide rows (longer than 1024 columns
+    # are scanned in chunks), many rows per program for narrow ones (reward / end heads).
+    block_v = max(16, min(triton.next_power_of_2(n_cols), 1024))
+    block_r = max(1, min(2048 // block_v, triton.next_power_of_2(n_rows)))
+    _sample_kernel[(triton.cdiv(n_rows, block_r),)](
         rows,
         out,
+        n_rows,
         rows.stride(0),
         rows.stride(1),
         n_cols,
         k0,
         k1,
         float(temperature),
+        BLOCK_R=block_r,
         BLOCK_V=block_v,
-        num_warps=4 if block_v >= 512 else 1,
+        num_warps=4,
     )
     return out.view(logits.shape[:-1])

@@ -12,7 +12,10 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,14 +24,26 @@ import pytest
 _SOURCE_KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 
 
-def _prefer_source_kernels() -> None:
-    if not (_SOURCE_KERNELS / "__init__.py").is_file() or importlib.util.find_spec("triton") is None:
-        return
-    import deltairis.kernels  # imports only the package docstring (no Triton)
+class _SourceKernelFinder(importlib.abc.MetaPathFinder):
+    """Resolves ``deltairis.kernels.<name>`` to ``<repo>/kernels/<name>.py`` (ahead of site-packages)."""
 
-    path = list(deltairis.kernels.__path__)
-    if str(_SOURCE_KERNELS) not in path:
-        deltairis.kernels.__path__[:0] = [str(_SOURCE_KERNELS)]  # type: ignore[index]
+    def find_spec(
+        self, fullname: str, path: object = None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        prefix = "deltairis.kernels."
+        if not fullname.startswith(prefix) or "." in fullname[len(prefix) :]:
+            return None
+        source = _SOURCE_KERNELS / f"{fullname[len(prefix):]}.py"
+        if not source.is_file():
+            return None
+        return importlib.util.spec_from_file_location(fullname, source)
+
+
+def _prefer_source_kernels() -> None:
+    if (_SOURCE_KERNELS / "__init__.py").is_file() and not any(
+        isinstance(f, _SourceKernelFinder) for f in sys.meta_path
+    ):
+        sys.meta_path.insert(0, _SourceKernelFinder())
 
 
 _prefer_source_kernels()

@@ -100,6 +100,14 @@ def _check_kvcache(
         raise ValueError(f"cache_lens must be int32 of shape ({b},), got {cache_lens.dtype} {tuple(cache_lens.shape)}")
     if k_new.dtype != k_cache.dtype:
         raise ValueError(f"k_new dtype {k_new.dtype} differs from the cache's {k_cache.dtype}")
+    if not cache_lens.is_cuda and cache_lens.numel() > 0:
+        # Checked only on the host: reading CUDA values would synchronise the device (and break capture).
+        lo, hi = int(cache_lens.min()), int(cache_lens.max())
+        if lo < 0 or hi + tq > k_cache.size(2):
+            raise ValueError(
+                f"cache_lens must lie in [0, {k_cache.size(2) - tq}] for {tq} new tokens in a cache of "
+                f"{k_cache.size(2)}, got values in [{lo}, {hi}]"
+            )
 
 
 def attention_kvcache_ref(
