@@ -14,6 +14,10 @@
 
 #include "core/info.h"
 #include "core/thread_pool.h"
+#include "envs/crafter/engine.h"
+#include "envs/crafter/opensimplex.h"
+#include "envs/crafter/random.h"
+#include "vecenv/crafter_vector.h"
 #include "replay/replay.h"
 
 namespace py = pybind11;
@@ -187,6 +191,323 @@ void register_replay(py::module_& m) {
 void register_vecenv(py::module_& m) {
   (void)m;
   // BEGIN vecenv bindings
+  namespace cr = deltairis::crafter;
+  using U8Array = py::array_t<std::uint8_t, py::array::c_style>;
+
+  // Checks dtype, C-contiguity and shape of a caller-owned buffer; ValueError names the field.
+  auto check_buffer = [](const py::array& arr, const py::dtype& dtype, const std::vector<py::ssize_t>& shape,
+                         const char* name) {
+    if (!arr.dtype().is(dtype)) {
+      throw py::value_error(std::string(name) + " must have dtype " + std::string(py::str(dtype)) + ", got " +
+                            std::string(py::str(arr.dtype())));
+    }
+    if (!(arr.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+    if (!arr.writeable()) throw py::value_error(std::string(name) + " must be writeable");
+    bool ok = arr.ndim() == static_cast<py::ssize_t>(shape.size());
+    for (std::size_t i = 0; ok && i < shape.size(); ++i) ok = arr.shape(static_cast<py::ssize_t>(i)) == shape[i];
+    if (!ok) {
+      std::string want = "(";
+      for (std::size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+      std::string got = "(";
+      for (py::ssize_t i = 0; i < arr.ndim(); ++i) got += (i ? ", " : "") + std::to_string(arr.shape(i));
+      throw py::value_error(std::string(name) + " must have shape " + want + "), got " + got + ")");
+    }
+  };
+  auto amounts_of = [](const py::handle& obj) {
+    cr::RulesSpec::Amounts out;
+    for (auto kv : py::reinterpret_borrow<py::dict>(obj)) out.emplace_back(py::cast<std::string>(kv.first), py::cast<int>(kv.second));
+    return out;
+  };
+  auto rules_of = [amounts_of](const py::dict& d) {
+    cr::RulesSpec r;
+    r.actions = py::cast<std::vector<std::string>>(d["actions"]);
+    r.materials = py::cast<std::vector<std::string>>(d["materials"]);
+    r.walkable = py::cast<std::vector<std::string>>(d["walkable"]);
+    r.achievements = py::cast<std::vector<std::string>>(d["achievements"]);
+    for (auto kv : py::reinterpret_borrow<py::dict>(d["items"])) {
+      auto info = py::reinterpret_borrow<py::dict>(kv.second);
+      r.items.push_back({py::cast<std::string>(kv.first), py::cast<int>(info["max"]), py::cast<int>(info["initial"])});
+    }
+    for (auto kv : py::reinterpret_borrow<py::dict>(d["collect"])) {
+      auto info = py::reinterpret_borrow<py::dict>(kv.second);
+      cr::RulesSpec::Collect c;
+      c.material = py::cast<std::string>(kv.first);
+      c.require = amounts_of(info["require"]);
+      c.receive = amounts_of(info["receive"]);
+      c.leaves = py::cast<std::string>(info["leaves"]);
+      c.probability = info.contains("probability") ? py::cast<double>(info["probability"]) : 1.0;
+      r.collect.push_back(c);
+    }
+    for (auto kv : py::reinterpret_borrow<py::dict>(d["place"])) {
+      auto info = py::reinterpret_borrow<py::dict>(kv.second);
+      cr::RulesSpec::Place p;
+      p.name = py::cast<std::string>(kv.first);
+      p.uses = amounts_of(info["uses"]);
+      p.where = py::cast<std::vector<std::string>>(info["where"]);
+      p.type = py::cast<std::string>(info["type"]);
+      r.place.push_back(p);
+    }
+    for (auto kv : py::reinterpret_borrow<py::dict>(d["make"])) {
+      auto info = py::reinterpret_borrow<py::dict>(kv.second);
+      cr::RulesSpec::Make mk;
+      mk.name = py::cast<std::string>(kv.first);
+      mk.uses = amounts_of(info["uses"]);
+      mk.nearby = py::cast<std::vector<std::string>>(info["nearby"]);
+      mk.gives = py::cast<int>(info["gives"]);
+      r.make.push_back(mk);
+    }
+    return r;
+  };
+  auto pair_of = [](const std::vector<int>& v, const char* name) {
+    if (v.size() != 2) throw py::value_error(std::string(name) + " must have two entries");
+    return v;
+  };
+
+  py::class_<cr::Assets, std::shared_ptr<cr::Assets>>(
+      m, "CrafterAssets", "Crafter rules, textures and render tables for one (area, view, size) configuration.")
+      .def(py::init([rules_of, pair_of](const py::dict& rules, const py::dict& textures, std::vector<int> area,
+                                        std::vector<int> view, std::vector<int> size, bool reward,
+                                        std::int64_t length) {
+             cr::EnvConfig config;
+             area = pair_of(area, "area");
+             view = pair_of(view, "view");
+             size = pair_of(size, "size");
+             config.area_x = area[0];
+             config.area_y = area[1];
+             config.view_x = view[0];
+             config.view_y = view[1];
+             config.size_x = size[0];
+             config.size_y = size[1];
+             config.reward = reward;
+             config.length = length;
+             std::map<std::string, cr::Texture> tex;
+             for (auto kv : textures) {
+               const std::string name = py::cast<std::string>(kv.first);
+               auto arr = py::cast<U8Array>(kv.second);
+               if (arr.ndim() != 3 || (arr.shape(2) != 3 && arr.shape(2) != 4)) {
+                 throw py::value_error("texture '" + name + "' must have shape (H, W, 3|4)");
+               }
+               cr::Texture t;
+               t.height = static_cast<int>(arr.shape(0));
+               t.width = static_cast<int>(arr.shape(1));
+               t.channels = static_cast<int>(arr.shape(2));
+               t.pixels.assign(arr.data(), arr.data() + arr.size());
+               tex.emplace(name, std::move(t));
+             }
+             try {
+               return std::make_shared<cr::Assets>(rules_of(rules), tex, config);
+             } catch (const std::invalid_argument& e) {
+               throw py::value_error(e.what());
+             }
+           }),
+           py::arg("rules"), py::arg("textures"), py::arg("area"), py::arg("view"), py::arg("size"),
+           py::arg("reward"), py::arg("length"))
+      .def_property_readonly("action_names", &cr::Assets::action_names)
+      .def_property_readonly("item_names", &cr::Assets::item_names)
+      .def_property_readonly("achievement_names", &cr::Assets::achievement_names)
+      .def_property_readonly("material_names", &cr::Assets::material_names)
+      .def_property_readonly("num_actions", &cr::Assets::num_actions)
+      .def_property_readonly("obs_shape", [](const cr::Assets& a) {
+        return py::make_tuple(a.obs_height(), a.obs_width(), 3);
+      });
+
+  auto env_objects = [](const cr::Env& env) {
+    static const char* kNames[] = {"Player", "Cow", "Zombie", "Skeleton", "Arrow", "Plant", "Fence"};
+    py::list out;
+    for (const auto& o : env.objects()) {
+      py::dict d;
+      d["kind"] = kNames[static_cast<int>(o.kind)];
+      d["pos"] = py::make_tuple(o.x, o.y);
+      d["health"] = o.health;
+      d["facing"] = py::make_tuple(o.facing_x, o.facing_y);
+      d["cooldown"] = o.cooldown;
+      d["grown"] = o.grown;
+      out.append(d);
+    }
+    return out;
+  };
+  py::class_<cr::Env>(m, "CrafterEnv", "One native Crafter environment (crafter.Env semantics).")
+      .def(py::init([](std::shared_ptr<cr::Assets> assets, std::int64_t seed) {
+             return std::make_unique<cr::Env>(std::move(assets), seed);
+           }),
+           py::arg("assets"), py::arg("seed"))
+      .def(
+          "reset",
+          [](cr::Env& env) {
+            U8Array obs({env.assets().obs_height(), env.assets().obs_width(), 3});
+            std::uint8_t* ptr = obs.mutable_data();
+            {
+              py::gil_scoped_release release;
+              env.reset(ptr);
+            }
+            return obs;
+          },
+          "Starts the next episode; returns its first observation.")
+      .def(
+          "step",
+          [](cr::Env& env, std::int64_t action) {
+            if (env.step_count() < 0 || env.episode() == 0) throw py::value_error("call reset() before step()");
+            if (action < 0 || action >= env.assets().num_actions()) {
+              throw py::value_error("action must be in [0, " + std::to_string(env.assets().num_actions()) +
+                                    "), got " + std::to_string(action));
+            }
+            U8Array obs({env.assets().obs_height(), env.assets().obs_width(), 3});
+            std::uint8_t* ptr = obs.mutable_data();
+            cr::StepResult r;
+            {
+              py::gil_scoped_release release;
+              r = env.step(static_cast<int>(action), ptr);
+            }
+            return py::make_tuple(obs, r.reward, r.done, r.dead, r.over, r.info_reward);
+          },
+          py::arg("action"), "Returns (obs, reward, done, dead, over, info_reward).")
+      .def_property_readonly("inventory", [](const cr::Env& e) { return e.inventory(); })
+      .def_property_readonly("achievements", [](const cr::Env& e) { return e.achievements(); })
+      .def_property_readonly("player_pos", [](const cr::Env& e) { return py::make_tuple(e.player_x(), e.player_y()); })
+      .def_property_readonly("daylight", &cr::Env::daylight)
+      .def_property_readonly("sleeping", &cr::Env::sleeping)
+      .def_property_readonly("episode", &cr::Env::episode)
+      .def_property_readonly("step_count", &cr::Env::step_count)
+      .def_property_readonly("seed", &cr::Env::seed)
+      .def("semantic",
+           [](const cr::Env& e) {
+             U8Array out({e.assets().config().area_x, e.assets().config().area_y});
+             e.semantic(out.mutable_data());
+             return out;
+           })
+      .def("material_map",
+           [](const cr::Env& e) {
+             U8Array out({e.assets().config().area_x, e.assets().config().area_y});
+             std::copy(e.material_map().begin(), e.material_map().end(), out.mutable_data());
+             return out;
+           })
+      .def("objects", env_objects, "Live objects in creation order (dicts, for tests).");
+
+  py::class_<deltairis::CrafterVectorEnv>(m, "CrafterVectorEnv",
+                                          "N native Crafter envs stepped by a thread pool with auto-reset.")
+      .def(py::init([](std::shared_ptr<cr::Assets> assets, int num_envs, int num_threads) {
+             if (num_envs < 1) throw py::value_error("num_envs must be >= 1, got " + std::to_string(num_envs));
+             return std::make_unique<deltairis::CrafterVectorEnv>(std::move(assets), num_envs,
+                                                                   deltairis::resolve_num_threads(num_threads));
+           }),
+           py::arg("assets"), py::arg("num_envs"), py::arg("num_threads") = 0)
+      .def_property_readonly("num_envs", &deltairis::CrafterVectorEnv::num_envs)
+      .def_property_readonly("num_threads", &deltairis::CrafterVectorEnv::num_threads)
+      .def(
+          "reset",
+          [check_buffer](deltairis::CrafterVectorEnv& v, py::object seeds, py::array obs) {
+            const auto& a = v.assets();
+            const py::ssize_t n = v.num_envs();
+            check_buffer(obs, py::dtype::of<std::uint8_t>(), {n, a.obs_height(), a.obs_width(), 3}, "obs");
+            std::vector<std::int64_t> seed_values;
+            if (!seeds.is_none()) {
+              auto arr = py::cast<py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>>(seeds);
+              if (arr.ndim() != 1 || arr.shape(0) != n) {
+                throw py::value_error("seeds must have shape (" + std::to_string(n) + ",)");
+              }
+              seed_values.assign(arr.data(), arr.data() + n);
+            }
+            auto* ptr = static_cast<std::uint8_t*>(obs.mutable_data());
+            py::gil_scoped_release release;
+            v.reset(seed_values.empty() ? nullptr : seed_values.data(), ptr);
+          },
+          py::arg("seeds"), py::arg("obs"))
+      .def(
+          "step",
+          [check_buffer](deltairis::CrafterVectorEnv& v, py::array actions, py::array obs, py::array reward,
+                         py::array terminated, py::array truncated, py::array final_obs, py::array episode_return,
+                         py::array episode_length, py::array final_inventory, py::array final_achievements,
+                         py::array final_semantic, py::array final_player_pos, py::array final_discount,
+                         py::array final_reward) {
+            const auto& a = v.assets();
+            const py::ssize_t n = v.num_envs();
+            if (!actions.dtype().is(py::dtype::of<std::int64_t>())) {
+              throw py::value_error("actions must have dtype int64, got " + std::string(py::str(actions.dtype())));
+            }
+            if (actions.ndim() != 1 || actions.shape(0) != n) {
+              throw py::value_error("actions must have shape (" + std::to_string(n) + ",)");
+            }
+            if (!(actions.flags() & py::array::c_style)) throw py::value_error("actions must be C-contiguous");
+            const auto* act = static_cast<const std::int64_t*>(actions.data());
+            for (py::ssize_t i = 0; i < n; ++i) {
+              if (act[i] < 0 || act[i] >= a.num_actions()) {
+                throw py::value_error("actions[" + std::to_string(i) + "] = " + std::to_string(act[i]) +
+                                      " is out of range [0, " + std::to_string(a.num_actions()) + ")");
+              }
+            }
+            const py::ssize_t h = a.obs_height(), w = a.obs_width();
+            check_buffer(obs, py::dtype::of<std::uint8_t>(), {n, h, w, 3}, "obs");
+            check_buffer(reward, py::dtype::of<float>(), {n}, "reward");
+            check_buffer(terminated, py::dtype::of<bool>(), {n}, "terminated");
+            check_buffer(truncated, py::dtype::of<bool>(), {n}, "truncated");
+            check_buffer(final_obs, py::dtype::of<std::uint8_t>(), {n, h, w, 3}, "final_obs");
+            check_buffer(episode_return, py::dtype::of<double>(), {n}, "episode_return");
+            check_buffer(episode_length, py::dtype::of<std::int64_t>(), {n}, "episode_length");
+            check_buffer(final_inventory, py::dtype::of<std::int32_t>(), {n, a.num_items()}, "final_inventory");
+            check_buffer(final_achievements, py::dtype::of<std::int32_t>(), {n, a.num_achievements()},
+                         "final_achievements");
+            check_buffer(final_semantic, py::dtype::of<std::uint8_t>(), {n, a.config().area_x, a.config().area_y},
+                         "final_semantic");
+            check_buffer(final_player_pos, py::dtype::of<std::int64_t>(), {n, 2}, "final_player_pos");
+            check_buffer(final_discount, py::dtype::of<double>(), {n}, "final_discount");
+            check_buffer(final_reward, py::dtype::of<double>(), {n}, "final_reward");
+            deltairis::CrafterStepBuffers out;
+            out.obs = static_cast<std::uint8_t*>(obs.mutable_data());
+            out.reward = static_cast<float*>(reward.mutable_data());
+            out.terminated = static_cast<bool*>(terminated.mutable_data());
+            out.truncated = static_cast<bool*>(truncated.mutable_data());
+            out.final_obs = static_cast<std::uint8_t*>(final_obs.mutable_data());
+            out.episode_return = static_cast<double*>(episode_return.mutable_data());
+            out.episode_length = static_cast<std::int64_t*>(episode_length.mutable_data());
+            out.final_inventory = static_cast<std::int32_t*>(final_inventory.mutable_data());
+            out.final_achievements = static_cast<std::int32_t*>(final_achievements.mutable_data());
+            out.final_semantic = static_cast<std::uint8_t*>(final_semantic.mutable_data());
+            out.final_player_pos = static_cast<std::int64_t*>(final_player_pos.mutable_data());
+            out.final_discount = static_cast<double*>(final_discount.mutable_data());
+            out.final_reward = static_cast<double*>(final_reward.mutable_data());
+            std::vector<std::int64_t> act_copy(act, act + n);
+            py::gil_scoped_release release;
+            v.step(act_copy.data(), out);
+          },
+          py::arg("actions"), py::arg("obs"), py::arg("reward"), py::arg("terminated"), py::arg("truncated"),
+          py::arg("final_obs"), py::arg("episode_return"), py::arg("episode_length"), py::arg("final_inventory"),
+          py::arg("final_achievements"), py::arg("final_semantic"), py::arg("final_player_pos"),
+          py::arg("final_discount"), py::arg("final_reward"),
+          "Steps all envs in place (auto-reset); every output is a caller-owned buffer.");
+
+  // Low-level numerics, exposed for the equivalence tests.
+  m.def("_crafter_episode_seed", &cr::episode_world_seed, py::arg("seed"), py::arg("episode"));
+  m.def(
+      "_crafter_legacy_random",
+      [](std::uint32_t seed, const std::vector<std::pair<std::string, std::int64_t>>& calls) {
+        cr::LegacyRandom rng(seed);
+        std::vector<double> out;
+        for (const auto& c : calls) {
+          if (c.first == "uniform") {
+            out.push_back(rng.uniform());
+          } else if (c.first == "randint") {
+            if (c.second < 1 || c.second > (std::int64_t{1} << 32)) throw py::value_error("randint n out of range");
+            out.push_back(static_cast<double>(rng.randint(c.second)));
+          } else {
+            throw py::value_error("unknown call " + c.first);
+          }
+        }
+        return out;
+      },
+      py::arg("seed"), py::arg("calls"));
+  m.def(
+      "_crafter_noise3",
+      [](std::int64_t seed, py::array_t<double, py::array::c_style | py::array::forcecast> xyz) {
+        if (xyz.ndim() != 2 || xyz.shape(1) != 3) throw py::value_error("xyz must have shape (n, 3)");
+        cr::OpenSimplex3 simplex(seed);
+        py::array_t<double> out(xyz.shape(0));
+        for (py::ssize_t i = 0; i < xyz.shape(0); ++i) {
+          out.mutable_at(i) = simplex.noise3(xyz.at(i, 0), xyz.at(i, 1), xyz.at(i, 2));
+        }
+        return out;
+      },
+      py::arg("seed"), py::arg("xyz"));
+  m.def("_crafter_pillow_nearest", &cr::pillow_nearest_indices, py::arg("src"), py::arg("dst"));
   // END vecenv bindings
 }
 

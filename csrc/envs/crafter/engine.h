@@ -1,0 +1,321 @@
+// Native Crafter engine reproducing crafter 1.8.3 (world generation, objects, balancing, daylight,
+// rendering, rewards) bit for bit, given the same rules table and textures. No Python in here: the
+// bindings read data.yaml and the PNG textures from the installed crafter package and pass them in.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "envs/crafter/opensimplex.h"
+#include "envs/crafter/random.h"
+
+namespace deltairis {
+namespace crafter {
+
+// The rules table (crafter's data.yaml) in plain strings, as read from the installed package.
+struct RulesSpec {
+  using Amounts = std::vector<std::pair<std::string, int>>;
+  struct Item {
+    std::string name;
+    int max = 0;
+    int initial = 0;
+  };
+  struct Collect {
+    std::string material;
+    Amounts require;
+    Amounts receive;
+    std::string leaves;
+    double probability = 1.0;
+  };
+  struct Place {
+    std::string name;
+    Amounts uses;
+    std::vector<std::string> where;
+    std::string type;  // "material" or "object"
+  };
+  struct Make {
+    std::string name;
+    Amounts uses;
+    std::vector<std::string> nearby;
+    int gives = 1;
+  };
+  std::vector<std::string> actions;
+  std::vector<std::string> materials;
+  std::vector<std::string> walkable;
+  std::vector<Item> items;
+  std::vector<Collect> collect;
+  std::vector<Place> place;
+  std::vector<Make> make;
+  std::vector<std::string> achievements;
+};
+
+// A decoded PNG: row-major (height, width, channels) with 3 or 4 channels.
+struct Texture {
+  int height = 0;
+  int width = 0;
+  int channels = 0;
+  std::vector<std::uint8_t> pixels;
+};
+
+struct EnvConfig {
+  int area_x = 64;
+  int area_y = 64;
+  int view_x = 9;
+  int view_y = 9;
+  int size_x = 64;
+  int size_y = 64;
+  bool reward = true;
+  std::int64_t length = 10000;  // <= 0: no time limit
+};
+
+// A texture resized with Pillow's NEAREST rule, in canvas layout: pixel (r, c) covers canvas
+// position (x0 + r, y0 + c); pixels[(r * h + c) * channels + k].
+struct CanvasTexture {
+  int w = 0;
+  int h = 0;
+  int channels = 0;
+  std::vector<std::uint8_t> pixels;
+};
+
+// Pillow's NEAREST source indices for resizing `src` pixels to `dst` (accumulated offsets).
+std::vector<int> pillow_nearest_indices(int src, int dst);
+
+enum class ObjKind : std::uint8_t { kPlayer = 0, kCow, kZombie, kSkeleton, kArrow, kPlant, kFence };
+
+enum class ActionKind : std::uint8_t { kNoop, kMove, kDo, kSleep, kPlace, kMake };
+
+// Immutable rules, textures and render tables for one EnvConfig; shared by many envs and threads.
+class Assets {
+ public:
+  Assets(const RulesSpec& rules, const std::map<std::string, Texture>& textures, const EnvConfig& config);
+  Assets(const Assets&) = delete;  // render tables point into texture_store_
+  Assets& operator=(const Assets&) = delete;
+
+  struct Action {
+    ActionKind kind = ActionKind::kNoop;
+    int dx = 0, dy = 0;  // kMove
+    int index = 0;       // kPlace / kMake rule index
+  };
+  struct ItemAmount {
+    int item;
+    int amount;
+  };
+  struct CollectRule {
+    bool present = false;
+    std::vector<ItemAmount> require;
+    std::vector<ItemAmount> receive;
+    std::vector<int> receive_achievement;
+    int leaves = 0;
+    double probability = 1.0;
+  };
+  struct PlaceRule {
+    std::vector<ItemAmount> uses;
+    std::vector<bool> where;  // by material id
+    bool is_object = false;   // object placements create a Plant (or a Fence)
+    ObjKind object_kind = ObjKind::kPlant;
+    int material = 0;
+    int achievement = -1;
+  };
+  struct MakeRule {
+    std::vector<ItemAmount> uses;
+    std::vector<int> nearby;  // material ids
+    int item = 0;
+    int gives = 1;
+    int achievement = -1;
+  };
+
+  const EnvConfig& config() const { return config_; }
+  int num_actions() const { return static_cast<int>(actions_.size()); }
+  int num_items() const { return static_cast<int>(item_names_.size()); }
+  int num_achievements() const { return static_cast<int>(achievement_names_.size()); }
+  int num_materials() const { return static_cast<int>(material_names_.size()) - 1; }
+  const std::vector<std::string>& action_names() const { return action_names_; }
+  const std::vector<std::string>& item_names() const { return item_names_; }
+  const std::vector<std::string>& achievement_names() const { return achievement_names_; }
+  const std::vector<std::string>& material_names() const { return material_names_; }  // [0] = ""
+  int obs_height() const { return config_.size_y; }
+  int obs_width() const { return config_.size_x; }
+
+ private:
+  friend class Env;
+  int material_id(const std::string& name, bool required) const;
+  int item_id(const std::string& name) const;
+  int achievement_id(const std::string& name) const;
+
+  EnvConfig config_;
+  std::vector<std::string> action_names_;
+  std::vector<Action> actions_;
+  std::vector<std::string> material_names_;
+  std::vector<bool> walkable_;        // by material id
+  std::vector<bool> player_walkable_; // + lava
+  std::vector<bool> arrow_walkable_;  // + water, lava
+  std::vector<std::string> item_names_;
+  std::vector<int> item_max_;
+  std::vector<int> item_initial_;
+  std::vector<std::string> achievement_names_;
+  std::vector<CollectRule> collect_;  // by material id
+  std::vector<PlaceRule> place_;
+  std::vector<MakeRule> make_;
+  // Materials used by world generation and the objects.
+  int m_water_, m_grass_, m_stone_, m_path_, m_sand_, m_tree_, m_lava_, m_coal_, m_iron_, m_diamond_,
+      m_table_, m_furnace_;
+  // Items and achievements the player logic names directly (-1 when absent).
+  int i_health_, i_food_, i_drink_, i_energy_, i_wood_sword_, i_stone_sword_, i_iron_sword_, i_fence_;
+  int a_wake_up_, a_eat_plant_, a_collect_fence_, a_defeat_zombie_, a_defeat_skeleton_, a_eat_cow_;
+
+  // Render tables.
+  int unit_x_ = 0, unit_y_ = 0;
+  int grid_x_ = 0, grid_y_ = 0;       // local view tiles
+  int item_rows_ = 0;
+  int border_x_ = 0, border_y_ = 0;
+  int local_w_ = 0, local_h_ = 0;     // local view canvas in pixels (x extent, y extent)
+  int item_h_ = 0;                    // item view canvas y extent
+  std::vector<CanvasTexture> texture_store_;
+  std::vector<const CanvasTexture*> material_tex_;  // by material id ([0] = unknown)
+  std::vector<const CanvasTexture*> object_tex_;    // see Env::object_texture
+  std::vector<const CanvasTexture*> item_tex_;      // by item id, 0.8 unit
+  std::vector<const CanvasTexture*> digit_tex_;     // [0..9] and [10] = unknown, 0.6 unit
+  int item_off_x_ = 0, item_off_y_ = 0, amount_off_x_ = 0, amount_off_y_ = 0;  // per-slot offsets
+  std::vector<int> item_pos_x_, item_pos_y_, amount_pos_x_, amount_pos_y_;   // by inventory slot
+  std::vector<double> vignette_;  // (local_w, local_h), x-major
+  int semantic_base_ = 0;         // semantic id of the Player class
+};
+
+struct StepResult {
+  double reward = 0.0;       // returned reward (0 when config.reward is false)
+  double info_reward = 0.0;  // info["reward"]
+  bool done = false;
+  bool dead = false;
+  bool over = false;
+};
+
+// Public view of one object (for tests and state export).
+struct ObjectState {
+  ObjKind kind;
+  int x, y;
+  int health;
+  int facing_x, facing_y;  // arrows and the player
+  int cooldown;            // zombie cooldown, skeleton reload
+  int grown;               // plants
+  bool removed;
+};
+
+class Env {
+ public:
+  Env(std::shared_ptr<const Assets> assets, std::int64_t seed);
+
+  // Starts the next episode and writes its first observation, (size_y, size_x, 3) uint8.
+  void reset(std::uint8_t* obs);
+  // Advances one step; `action` must be in [0, num_actions).
+  StepResult step(int action, std::uint8_t* obs);
+
+  const Assets& assets() const { return *assets_; }
+  std::int64_t seed() const { return seed_; }
+  std::int64_t episode() const { return episode_; }
+  std::int64_t step_count() const { return step_; }
+  double daylight() const { return daylight_; }
+  bool sleeping() const { return sleeping_; }
+  int player_x() const { return slots_[player_slot_].x; }
+  int player_y() const { return slots_[player_slot_].y; }
+  const std::vector<int>& inventory() const { return inventory_; }
+  const std::vector<int>& achievements() const { return achievements_; }
+  // Material ids, (area_x, area_y) x-major.
+  const std::vector<std::uint8_t>& material_map() const { return mat_; }
+  // The semantic map of crafter's info, (area_x, area_y) x-major.
+  void semantic(std::uint8_t* out) const;
+  // Live objects in creation order.
+  std::vector<ObjectState> objects() const;
+  // Lets the next reset() use this episode number minus one (the Python env's counter).
+  void set_episode(std::int64_t episode) { episode_ = episode; }
+
+ private:
+  struct Obj {
+    ObjKind kind;
+    int x, y;
+    int health;  // unused for the player (its health lives in the inventory)
+    int fx, fy;
+    int cooldown;  // zombie cooldown / skeleton reload
+    int grown;
+    bool removed;
+  };
+
+  // World.
+  bool inside(int x, int y) const { return x >= 0 && y >= 0 && x < ax_ && y < ay_; }
+  int cell(int x, int y) const { return x * ay_ + y; }
+  int material_at(int x, int y) const { return inside(x, y) ? mat_[cell(x, y)] : 0; }
+  std::uint32_t object_at(int x, int y) const { return inside(x, y) ? objmap_[cell(x, y)] : 0; }
+  int chunk_of(int x, int y) const { return (x / 12) * nchunk_y_ + (y / 12); }
+  void chunk_insert(int chunk, std::uint32_t slot);
+  void chunk_erase(int chunk, std::uint32_t slot);
+  std::uint32_t add_object(ObjKind kind, int x, int y);
+  void remove_object(std::uint32_t slot);
+  void move_object(std::uint32_t slot, int x, int y);
+
+  int health(std::uint32_t slot) const;
+  void set_health(std::uint32_t slot, int value);
+  bool is_free(int x, int y, const std::vector<bool>& walkable) const;
+  const std::vector<bool>& walkable_of(ObjKind kind) const;
+  bool move(std::uint32_t slot, int dx, int dy);
+  void toward(const Obj& obj, bool long_axis, int* dx, int* dy) const;
+  void random_dir(int* dx, int* dy);
+
+  void generate_world();
+  void update_time();
+  void update_object(std::uint32_t slot);
+  void update_player();
+  void update_cow(std::uint32_t slot);
+  void update_zombie(std::uint32_t slot);
+  void update_skeleton(std::uint32_t slot);
+  void update_arrow(std::uint32_t slot);
+  void update_plant(std::uint32_t slot);
+  void player_do_object(std::uint32_t slot);
+  void player_do_material(int tx, int ty, int material);
+  void player_place(int rule, int tx, int ty, int material);
+  void player_make(int rule);
+  void balance_chunk(int chunk);
+  void balance_object(int chunk, ObjKind kind, int material, int span_dist, int despawn_dist,
+                      double spawn_prob, double despawn_prob, double target_min, double target_max);
+  const CanvasTexture* object_texture(const Obj& obj) const;
+  void render(std::uint8_t* obs);
+
+  std::shared_ptr<const Assets> assets_;
+  const Assets& a_;
+  int ax_, ay_, nchunk_x_, nchunk_y_;
+  std::int64_t seed_;
+  std::int64_t episode_ = 0;
+  std::int64_t step_ = 0;
+  double daylight_ = 0.0;
+  LegacyRandom random_;
+
+  std::vector<std::uint8_t> mat_;
+  std::vector<std::uint32_t> objmap_;
+  std::vector<Obj> slots_;              // slot 0 unused
+  std::vector<std::uint32_t> alive_;    // live slots in creation order
+  std::vector<std::vector<std::uint32_t>> chunk_members_;  // sorted slots per chunk
+  std::vector<bool> chunk_touched_;
+  std::vector<int> chunk_order_;        // first-touch order
+
+  // Player.
+  std::uint32_t player_slot_ = 1;
+  int action_ = 0;
+  bool sleeping_ = false;
+  int player_last_health_ = 0;
+  double hunger_ = 0, thirst_ = 0, recover_ = 0;
+  int fatigue_ = 0;
+  std::vector<int> inventory_;
+  std::vector<int> achievements_;
+  // Env bookkeeping.
+  int env_last_health_ = 0;
+  std::vector<bool> unlocked_;
+
+  // Render scratch.
+  std::vector<std::uint8_t> local_;   // (local_w, local_h, 3)
+  std::vector<double> noise_;
+};
+
+}  // namespace crafter
+}  // namespace deltairis

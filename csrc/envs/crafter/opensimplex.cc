@@ -1,0 +1,470 @@
+// Transcription of the OpenSimplex noise3 algorithm (Kurt Spencer's construction) as computed by
+// opensimplex 0.4.5.1 without numba: same operation order, plain double arithmetic, Python int
+// semantics for the lattice coordinates.
+#include "envs/crafter/opensimplex.h"
+
+#include <cmath>
+
+namespace deltairis {
+namespace crafter {
+namespace {
+
+constexpr std::int64_t kGradients3[72] = {
+    -11, 4,  4,  -4, 11,  4,  -4, 4,  11,  11, 4,  4,  4,  11,  4,  4,  4,  11,
+    -11, -4, 4,  -4, -11, 4,  -4, -4, 11,  11, -4, 4,  4,  -11, 4,  4,  -4, 11,
+    -11, 4,  -4, -4, 11,  -4, -4, 4,  -11, 11, 4,  -4, 4,  11,  -4, 4,  4,  -11,
+    -11, -4, -4, -4, -11, -4, -4, -4, -11, 11, -4, -4, 4,  -11, -4, 4,  -4, -11,
+};
+constexpr double kStretch3 = -1.0 / 6;
+constexpr double kSquish3 = 1.0 / 3;
+constexpr double kNorm3 = 103;
+
+inline std::int64_t lcg(std::int64_t seed) {
+  return static_cast<std::int64_t>(static_cast<std::uint64_t>(seed) * 6364136223846793005ULL +
+                                   1442695040888963407ULL);
+}
+
+}  // namespace
+
+OpenSimplex3::OpenSimplex3(std::int64_t seed) {
+  std::array<std::int64_t, 256> source{};
+  for (int i = 0; i < 256; ++i) source[i] = i;
+  seed = lcg(seed);
+  seed = lcg(seed);
+  seed = lcg(seed);
+  for (int i = 255; i >= 0; --i) {
+    seed = lcg(seed);
+    // Python computes (seed + 31) % (i + 1) on unbounded ints with floor modulo.
+    const __int128 shifted = static_cast<__int128>(seed) + 31;
+    __int128 r = shifted % (i + 1);
+    if (r < 0) r += i + 1;
+    perm_[i] = source[static_cast<int>(r)];
+    perm_grad_index3_[i] = (perm_[i] % 24) * 3;
+    source[static_cast<int>(r)] = source[i];
+  }
+}
+
+double OpenSimplex3::extrapolate(std::int64_t xsb, std::int64_t ysb, std::int64_t zsb, double dx,
+                                 double dy, double dz) const {
+  const std::int64_t index = perm_grad_index3_[(perm_[(perm_[xsb & 0xFF] + ysb) & 0xFF] + zsb) & 0xFF];
+  const double g1 = static_cast<double>(kGradients3[index]);
+  const double g2 = static_cast<double>(kGradients3[index + 1]);
+  const double g3 = static_cast<double>(kGradients3[index + 2]);
+  return g1 * dx + g2 * dy + g3 * dz;
+}
+
+// Adds one lattice point's contribution: attn = 2 - |d|^2; if attn > 0, value += attn^4 * gradient.d
+#define DI_CONTRIB(XSB, YSB, ZSB, DX, DY, DZ)                  \
+  do {                                                         \
+    double attn_ = 2 - (DX) * (DX) - (DY) * (DY) - (DZ) * (DZ); \
+    if (attn_ > 0) {                                           \
+      attn_ *= attn_;                                          \
+      value += attn_ * attn_ * extrapolate(XSB, YSB, ZSB, DX, DY, DZ); \
+    }                                                          \
+  } while (0)
+
+double OpenSimplex3::noise3(double x, double y, double z) const {
+  const double stretch_offset = (x + y + z) * kStretch3;
+  const double xs = x + stretch_offset;
+  const double ys = y + stretch_offset;
+  const double zs = z + stretch_offset;
+
+  const std::int64_t xsb = static_cast<std::int64_t>(std::floor(xs));
+  const std::int64_t ysb = static_cast<std::int64_t>(std::floor(ys));
+  const std::int64_t zsb = static_cast<std::int64_t>(std::floor(zs));
+
+  const double squish_offset = static_cast<double>(xsb + ysb + zsb) * kSquish3;
+  const double xb = static_cast<double>(xsb) + squish_offset;
+  const double yb = static_cast<double>(ysb) + squish_offset;
+  const double zb = static_cast<double>(zsb) + squish_offset;
+
+  const double xins = xs - static_cast<double>(xsb);
+  const double yins = ys - static_cast<double>(ysb);
+  const double zins = zs - static_cast<double>(zsb);
+  const double in_sum = xins + yins + zins;
+
+  double dx0 = x - xb;
+  double dy0 = y - yb;
+  double dz0 = z - zb;
+
+  double value = 0;
+  std::int64_t xsv_ext0, xsv_ext1, ysv_ext0, ysv_ext1, zsv_ext0, zsv_ext1;
+  double dx_ext0, dx_ext1, dy_ext0, dy_ext1, dz_ext0, dz_ext1;
+
+  if (in_sum <= 1) {
+    int a_point = 0x01;
+    double a_score = xins;
+    int b_point = 0x02;
+    double b_score = yins;
+    if (a_score >= b_score && zins > b_score) {
+      b_score = zins;
+      b_point = 0x04;
+    } else if (a_score < b_score && zins > a_score) {
+      a_score = zins;
+      a_point = 0x04;
+    }
+    const double wins = 1 - in_sum;
+    if (wins > a_score || wins > b_score) {
+      const int c = (b_score > a_score) ? b_point : a_point;
+      if ((c & 0x01) == 0) {
+        xsv_ext0 = xsb - 1;
+        xsv_ext1 = xsb;
+        dx_ext0 = dx0 + 1;
+        dx_ext1 = dx0;
+      } else {
+        xsv_ext0 = xsv_ext1 = xsb + 1;
+        dx_ext0 = dx_ext1 = dx0 - 1;
+      }
+      if ((c & 0x02) == 0) {
+        ysv_ext0 = ysv_ext1 = ysb;
+        dy_ext0 = dy_ext1 = dy0;
+        if ((c & 0x01) == 0) {
+          ysv_ext1 -= 1;
+          dy_ext1 += 1;
+        } else {
+          ysv_ext0 -= 1;
+          dy_ext0 += 1;
+        }
+      } else {
+        ysv_ext0 = ysv_ext1 = ysb + 1;
+        dy_ext0 = dy_ext1 = dy0 - 1;
+      }
+      if ((c & 0x04) == 0) {
+        zsv_ext0 = zsb;
+        zsv_ext1 = zsb - 1;
+        dz_ext0 = dz0;
+        dz_ext1 = dz0 + 1;
+      } else {
+        zsv_ext0 = zsv_ext1 = zsb + 1;
+        dz_ext0 = dz_ext1 = dz0 - 1;
+      }
+    } else {
+      const int c = a_point | b_point;
+      if ((c & 0x01) == 0) {
+        xsv_ext0 = xsb;
+        xsv_ext1 = xsb - 1;
+        dx_ext0 = dx0 - 2 * kSquish3;
+        dx_ext1 = dx0 + 1 - kSquish3;
+      } else {
+        xsv_ext0 = xsv_ext1 = xsb + 1;
+        dx_ext0 = dx0 - 1 - 2 * kSquish3;
+        dx_ext1 = dx0 - 1 - kSquish3;
+      }
+      if ((c & 0x02) == 0) {
+        ysv_ext0 = ysb;
+        ysv_ext1 = ysb - 1;
+        dy_ext0 = dy0 - 2 * kSquish3;
+        dy_ext1 = dy0 + 1 - kSquish3;
+      } else {
+        ysv_ext0 = ysv_ext1 = ysb + 1;
+        dy_ext0 = dy0 - 1 - 2 * kSquish3;
+        dy_ext1 = dy0 - 1 - kSquish3;
+      }
+      if ((c & 0x04) == 0) {
+        zsv_ext0 = zsb;
+        zsv_ext1 = zsb - 1;
+        dz_ext0 = dz0 - 2 * kSquish3;
+        dz_ext1 = dz0 + 1 - kSquish3;
+      } else {
+        zsv_ext0 = zsv_ext1 = zsb + 1;
+        dz_ext0 = dz0 - 1 - 2 * kSquish3;
+        dz_ext1 = dz0 - 1 - kSquish3;
+      }
+    }
+    DI_CONTRIB(xsb + 0, ysb + 0, zsb + 0, dx0, dy0, dz0);
+    const double dx1 = dx0 - 1 - kSquish3;
+    const double dy1 = dy0 - 0 - kSquish3;
+    const double dz1 = dz0 - 0 - kSquish3;
+    DI_CONTRIB(xsb + 1, ysb + 0, zsb + 0, dx1, dy1, dz1);
+    const double dx2 = dx0 - 0 - kSquish3;
+    const double dy2 = dy0 - 1 - kSquish3;
+    const double dz2 = dz1;
+    DI_CONTRIB(xsb + 0, ysb + 1, zsb + 0, dx2, dy2, dz2);
+    const double dx3 = dx2;
+    const double dy3 = dy1;
+    const double dz3 = dz0 - 1 - kSquish3;
+    DI_CONTRIB(xsb + 0, ysb + 0, zsb + 1, dx3, dy3, dz3);
+  } else if (in_sum >= 2) {
+    int a_point = 0x06;
+    double a_score = xins;
+    int b_point = 0x05;
+    double b_score = yins;
+    if (a_score <= b_score && zins < b_score) {
+      b_score = zins;
+      b_point = 0x03;
+    } else if (a_score > b_score && zins < a_score) {
+      a_score = zins;
+      a_point = 0x03;
+    }
+    const double wins = 3 - in_sum;
+    if (wins < a_score || wins < b_score) {
+      const int c = (b_score < a_score) ? b_point : a_point;
+      if ((c & 0x01) != 0) {
+        xsv_ext0 = xsb + 2;
+        xsv_ext1 = xsb + 1;
+        dx_ext0 = dx0 - 2 - 3 * kSquish3;
+        dx_ext1 = dx0 - 1 - 3 * kSquish3;
+      } else {
+        xsv_ext0 = xsv_ext1 = xsb;
+        dx_ext0 = dx_ext1 = dx0 - 3 * kSquish3;
+      }
+      if ((c & 0x02) != 0) {
+        ysv_ext0 = ysv_ext1 = ysb + 1;
+        dy_ext0 = dy_ext1 = dy0 - 1 - 3 * kSquish3;
+        if ((c & 0x01) != 0) {
+          ysv_ext1 += 1;
+          dy_ext1 -= 1;
+        } else {
+          ysv_ext0 += 1;
+          dy_ext0 -= 1;
+        }
+      } else {
+        ysv_ext0 = ysv_ext1 = ysb;
+        dy_ext0 = dy_ext1 = dy0 - 3 * kSquish3;
+      }
+      if ((c & 0x04) != 0) {
+        zsv_ext0 = zsb + 1;
+        zsv_ext1 = zsb + 2;
+        dz_ext0 = dz0 - 1 - 3 * kSquish3;
+        dz_ext1 = dz0 - 2 - 3 * kSquish3;
+      } else {
+        zsv_ext0 = zsv_ext1 = zsb;
+        dz_ext0 = dz_ext1 = dz0 - 3 * kSquish3;
+      }
+    } else {
+      const int c = a_point & b_point;
+      if ((c & 0x01) != 0) {
+        xsv_ext0 = xsb + 1;
+        xsv_ext1 = xsb + 2;
+        dx_ext0 = dx0 - 1 - kSquish3;
+        dx_ext1 = dx0 - 2 - 2 * kSquish3;
+      } else {
+        xsv_ext0 = xsv_ext1 = xsb;
+        dx_ext0 = dx0 - kSquish3;
+        dx_ext1 = dx0 - 2 * kSquish3;
+      }
+      if ((c & 0x02) != 0) {
+        ysv_ext0 = ysb + 1;
+        ysv_ext1 = ysb + 2;
+        dy_ext0 = dy0 - 1 - kSquish3;
+        dy_ext1 = dy0 - 2 - 2 * kSquish3;
+      } else {
+        ysv_ext0 = ysv_ext1 = ysb;
+        dy_ext0 = dy0 - kSquish3;
+        dy_ext1 = dy0 - 2 * kSquish3;
+      }
+      if ((c & 0x04) != 0) {
+        zsv_ext0 = zsb + 1;
+        zsv_ext1 = zsb + 2;
+        dz_ext0 = dz0 - 1 - kSquish3;
+        dz_ext1 = dz0 - 2 - 2 * kSquish3;
+      } else {
+        zsv_ext0 = zsv_ext1 = zsb;
+        dz_ext0 = dz0 - kSquish3;
+        dz_ext1 = dz0 - 2 * kSquish3;
+      }
+    }
+    const double dx3 = dx0 - 1 - 2 * kSquish3;
+    const double dy3 = dy0 - 1 - 2 * kSquish3;
+    const double dz3 = dz0 - 0 - 2 * kSquish3;
+    DI_CONTRIB(xsb + 1, ysb + 1, zsb + 0, dx3, dy3, dz3);
+    const double dx2 = dx3;
+    const double dy2 = dy0 - 0 - 2 * kSquish3;
+    const double dz2 = dz0 - 1 - 2 * kSquish3;
+    DI_CONTRIB(xsb + 1, ysb + 0, zsb + 1, dx2, dy2, dz2);
+    const double dx1 = dx0 - 0 - 2 * kSquish3;
+    const double dy1 = dy3;
+    const double dz1 = dz2;
+    DI_CONTRIB(xsb + 0, ysb + 1, zsb + 1, dx1, dy1, dz1);
+    dx0 = dx0 - 1 - 3 * kSquish3;
+    dy0 = dy0 - 1 - 3 * kSquish3;
+    dz0 = dz0 - 1 - 3 * kSquish3;
+    DI_CONTRIB(xsb + 1, ysb + 1, zsb + 1, dx0, dy0, dz0);
+  } else {
+    double a_score, b_score;
+    int a_point, b_point;
+    bool a_is_further_side, b_is_further_side;
+    const double p1 = xins + yins;
+    if (p1 > 1) {
+      a_score = p1 - 1;
+      a_point = 0x03;
+      a_is_further_side = true;
+    } else {
+      a_score = 1 - p1;
+      a_point = 0x04;
+      a_is_further_side = false;
+    }
+    const double p2 = xins + zins;
+    if (p2 > 1) {
+      b_score = p2 - 1;
+      b_point = 0x05;
+      b_is_further_side = true;
+    } else {
+      b_score = 1 - p2;
+      b_point = 0x02;
+      b_is_further_side = false;
+    }
+    const double p3 = yins + zins;
+    if (p3 > 1) {
+      const double score = p3 - 1;
+      if (a_score <= b_score && a_score < score) {
+        a_point = 0x06;
+        a_is_further_side = true;
+      } else if (a_score > b_score && b_score < score) {
+        b_point = 0x06;
+        b_is_further_side = true;
+      }
+    } else {
+      const double score = 1 - p3;
+      if (a_score <= b_score && a_score < score) {
+        a_point = 0x01;
+        a_is_further_side = false;
+      } else if (a_score > b_score && b_score < score) {
+        b_point = 0x01;
+        b_is_further_side = false;
+      }
+    }
+    if (a_is_further_side == b_is_further_side) {
+      if (a_is_further_side) {
+        dx_ext0 = dx0 - 1 - 3 * kSquish3;
+        dy_ext0 = dy0 - 1 - 3 * kSquish3;
+        dz_ext0 = dz0 - 1 - 3 * kSquish3;
+        xsv_ext0 = xsb + 1;
+        ysv_ext0 = ysb + 1;
+        zsv_ext0 = zsb + 1;
+        const int c = a_point & b_point;
+        if ((c & 0x01) != 0) {
+          dx_ext1 = dx0 - 2 - 2 * kSquish3;
+          dy_ext1 = dy0 - 2 * kSquish3;
+          dz_ext1 = dz0 - 2 * kSquish3;
+          xsv_ext1 = xsb + 2;
+          ysv_ext1 = ysb;
+          zsv_ext1 = zsb;
+        } else if ((c & 0x02) != 0) {
+          dx_ext1 = dx0 - 2 * kSquish3;
+          dy_ext1 = dy0 - 2 - 2 * kSquish3;
+          dz_ext1 = dz0 - 2 * kSquish3;
+          xsv_ext1 = xsb;
+          ysv_ext1 = ysb + 2;
+          zsv_ext1 = zsb;
+        } else {
+          dx_ext1 = dx0 - 2 * kSquish3;
+          dy_ext1 = dy0 - 2 * kSquish3;
+          dz_ext1 = dz0 - 2 - 2 * kSquish3;
+          xsv_ext1 = xsb;
+          ysv_ext1 = ysb;
+          zsv_ext1 = zsb + 2;
+        }
+      } else {
+        dx_ext0 = dx0;
+        dy_ext0 = dy0;
+        dz_ext0 = dz0;
+        xsv_ext0 = xsb;
+        ysv_ext0 = ysb;
+        zsv_ext0 = zsb;
+        const int c = a_point | b_point;
+        if ((c & 0x01) == 0) {
+          dx_ext1 = dx0 + 1 - kSquish3;
+          dy_ext1 = dy0 - 1 - kSquish3;
+          dz_ext1 = dz0 - 1 - kSquish3;
+          xsv_ext1 = xsb - 1;
+          ysv_ext1 = ysb + 1;
+          zsv_ext1 = zsb + 1;
+        } else if ((c & 0x02) == 0) {
+          dx_ext1 = dx0 - 1 - kSquish3;
+          dy_ext1 = dy0 + 1 - kSquish3;
+          dz_ext1 = dz0 - 1 - kSquish3;
+          xsv_ext1 = xsb + 1;
+          ysv_ext1 = ysb - 1;
+          zsv_ext1 = zsb + 1;
+        } else {
+          dx_ext1 = dx0 - 1 - kSquish3;
+          dy_ext1 = dy0 - 1 - kSquish3;
+          dz_ext1 = dz0 + 1 - kSquish3;
+          xsv_ext1 = xsb + 1;
+          ysv_ext1 = ysb + 1;
+          zsv_ext1 = zsb - 1;
+        }
+      }
+    } else {
+      int c1, c2;
+      if (a_is_further_side) {
+        c1 = a_point;
+        c2 = b_point;
+      } else {
+        c1 = b_point;
+        c2 = a_point;
+      }
+      if ((c1 & 0x01) == 0) {
+        dx_ext0 = dx0 + 1 - kSquish3;
+        dy_ext0 = dy0 - 1 - kSquish3;
+        dz_ext0 = dz0 - 1 - kSquish3;
+        xsv_ext0 = xsb - 1;
+        ysv_ext0 = ysb + 1;
+        zsv_ext0 = zsb + 1;
+      } else if ((c1 & 0x02) == 0) {
+        dx_ext0 = dx0 - 1 - kSquish3;
+        dy_ext0 = dy0 + 1 - kSquish3;
+        dz_ext0 = dz0 - 1 - kSquish3;
+        xsv_ext0 = xsb + 1;
+        ysv_ext0 = ysb - 1;
+        zsv_ext0 = zsb + 1;
+      } else {
+        dx_ext0 = dx0 - 1 - kSquish3;
+        dy_ext0 = dy0 - 1 - kSquish3;
+        dz_ext0 = dz0 + 1 - kSquish3;
+        xsv_ext0 = xsb + 1;
+        ysv_ext0 = ysb + 1;
+        zsv_ext0 = zsb - 1;
+      }
+      dx_ext1 = dx0 - 2 * kSquish3;
+      dy_ext1 = dy0 - 2 * kSquish3;
+      dz_ext1 = dz0 - 2 * kSquish3;
+      xsv_ext1 = xsb;
+      ysv_ext1 = ysb;
+      zsv_ext1 = zsb;
+      if ((c2 & 0x01) != 0) {
+        dx_ext1 -= 2;
+        xsv_ext1 += 2;
+      } else if ((c2 & 0x02) != 0) {
+        dy_ext1 -= 2;
+        ysv_ext1 += 2;
+      } else {
+        dz_ext1 -= 2;
+        zsv_ext1 += 2;
+      }
+    }
+    const double dx1 = dx0 - 1 - kSquish3;
+    const double dy1 = dy0 - 0 - kSquish3;
+    const double dz1 = dz0 - 0 - kSquish3;
+    DI_CONTRIB(xsb + 1, ysb + 0, zsb + 0, dx1, dy1, dz1);
+    const double dx2 = dx0 - 0 - kSquish3;
+    const double dy2 = dy0 - 1 - kSquish3;
+    const double dz2 = dz1;
+    DI_CONTRIB(xsb + 0, ysb + 1, zsb + 0, dx2, dy2, dz2);
+    const double dx3 = dx2;
+    const double dy3 = dy1;
+    const double dz3 = dz0 - 1 - kSquish3;
+    DI_CONTRIB(xsb + 0, ysb + 0, zsb + 1, dx3, dy3, dz3);
+    const double dx4 = dx0 - 1 - 2 * kSquish3;
+    const double dy4 = dy0 - 1 - 2 * kSquish3;
+    const double dz4 = dz0 - 0 - 2 * kSquish3;
+    DI_CONTRIB(xsb + 1, ysb + 1, zsb + 0, dx4, dy4, dz4);
+    const double dx5 = dx4;
+    const double dy5 = dy0 - 0 - 2 * kSquish3;
+    const double dz5 = dz0 - 1 - 2 * kSquish3;
+    DI_CONTRIB(xsb + 1, ysb + 0, zsb + 1, dx5, dy5, dz5);
+    const double dx6 = dx0 - 0 - 2 * kSquish3;
+    const double dy6 = dy4;
+    const double dz6 = dz5;
+    DI_CONTRIB(xsb + 0, ysb + 1, zsb + 1, dx6, dy6, dz6);
+  }
+  DI_CONTRIB(xsv_ext0, ysv_ext0, zsv_ext0, dx_ext0, dy_ext0, dz_ext0);
+  DI_CONTRIB(xsv_ext1, ysv_ext1, zsv_ext1, dx_ext1, dy_ext1, dz_ext1);
+  return value / kNorm3;
+}
+
+#undef DI_CONTRIB
+
+}  // namespace crafter
+}  // namespace deltairis

@@ -1,0 +1,373 @@
+"""Crafter on the native C++ engine (``deltairis._core``): a drop-in ``crafter.Env`` and a vector env.
+
+The engine reproduces ``crafter`` 1.8.3 byte for byte (see ``shared/CRAFTER_NATIVE.md``): world
+generation, objects, chunk balancing, daylight, rendering, rewards and infos. The rules table
+(``data.yaml``) and the textures are read at run time from the installed ``crafter`` package and handed to
+the engine; nothing of crafter is copied into this repository.
+
+One documented difference: Python crafter despawns ``creatures[randint(0, n)]`` from a ``set`` ordered
+by memory addresses, so the package is not reproducible even against itself. The native engine uses
+creation order there (the same law, a fixed seed-to-trajectory map); the equivalence tests compare it with
+crafter patched the same way.
+
+* :class:`CrafterNative`: ``crafter.Env``'s constructor, ``reset() -> obs`` and
+  ``step(action) -> (obs, reward, done, info)`` with the same info keys.
+* :class:`NativeCrafterVectorEnv`: N engines stepped by C++ threads with the GIL released, behind the
+  :class:`~deltairis.envs.vector.VectorEnv` interface.
+* :func:`register_gymnasium`: registers ``deltairis/Crafter-v1`` (terminated/truncated split).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from deltairis import _native
+from deltairis.envs.vector import VectorEnv, validate_actions
+
+logger = logging.getLogger(__name__)
+
+GYM_ID = "deltairis/Crafter-v1"
+# Python crafter's SemanticView ids: materials first, then these classes in this order.
+SEMANTIC_OBJECTS = ("Player", "Cow", "Zombie", "Skeleton", "Arrow", "Plant")
+
+
+def native_available() -> bool:
+    """Whether the compiled extension contains the native Crafter engine."""
+    return _native.core is not None and hasattr(_native.core, "CrafterVectorEnv")
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    try:
+        pair = tuple(int(v) for v in value)
+    except TypeError as exc:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from exc
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"{name} must be a pair of positive ints, got {value!r}")
+    return pair[0], pair[1]
+
+
+@functools.lru_cache(maxsize=1)
+def crafter_data() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The rules table and the decoded textures of the installed ``crafter`` package.
+
+    Textures are decoded exactly as ``crafter.engine.Textures`` does (``imageio.v3.imread``), as
+    (height, width, 3|4) uint8 arrays keyed by file stem.
+    """
+    import crafter
+    import imageio.v3 as imageio
+
+    root = pathlib.Path(crafter.__file__).parent
+    constants = crafter.constants
+    rules = {
+        key: getattr(constants, key)
+        for key in ("actions", "materials", "walkable", "items", "collect", "place", "make", "achievements")
+    }
+    textures: dict[str, np.ndarray] = {}
+    for path in sorted((root / "assets").glob("*.png")):
+        image = np.asarray(imageio.imread(path.read_bytes()), dtype=np.uint8)
+        if image.ndim == 2:  # grey PNGs (none ship with crafter 1.8.3)
+            image = np.repeat(image[..., None], 3, axis=2)
+        textures[path.stem] = np.ascontiguousarray(image)
+    return rules, textures
+
+
+@functools.lru_cache(maxsize=16)
+def _assets(
+    area: tuple[int, int], view: tuple[int, int], size: tuple[int, int], reward: bool, length: int
+) -> Any:
+    core = _native.require_core()
+    if not hasattr(core, "CrafterAssets"):
+        raise RuntimeError("deltairis._core was built without the native Crafter engine")
+    rules, textures = crafter_data()
+    return core.CrafterAssets(rules, textures, list(area), list(view), list(size), bool(reward), int(length))
+
+
+def _check_length(length: int | None) -> int:
+    if length is None:
+        return 0
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+        raise ValueError(f"length must be a non-negative int or None, got {length!r}")
+    return int(length)
+
+
+class CrafterNative:
+    """``crafter.Env`` on the native engine: same constructor, ``reset``, ``step``, infos and action names.
+
+    Args:
+        area: world size in tiles.
+        view: view size in tiles (the local view loses the inventory bar's rows).
+        size: observation size in pixels (width, height), obs shape ``(size[1], size[0], 3)``.
+        reward: when False ``step`` returns reward 0 (``info["reward"]`` keeps the real one).
+        length: episode length limit in steps (``None``/0: none).
+        seed: the env seed; episode ``k`` uses world seed ``hash((seed, k)) % (2**31 - 1)`` like crafter.
+            ``None`` draws one from numpy's global generator, as crafter does.
+    """
+
+    def __init__(
+        self,
+        area: int | Sequence[int] = (64, 64),
+        view: int | Sequence[int] = (9, 9),
+        size: int | Sequence[int] = (64, 64),
+        reward: bool = True,
+        length: int | None = 10000,
+        seed: int | None = None,
+    ) -> None:
+        self._area = _pair(area, "area")
+        self._view = _pair(view, "view")
+        self._size = _pair(size, "size")
+        self._reward = bool(reward)
+        self._length = _check_length(length)
+        if seed is None:
+            seed = int(np.random.randint(0, 2**31 - 1))
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        if not -(2**63) <= int(seed) < 2**63:
+            raise ValueError(f"seed must fit in int64, got {seed}")
+        self._seed = int(seed)
+        try:
+            self._assets = _assets(self._area, self._view, self._size, self._reward, self._length)
+        except ValueError as exc:
+            raise ValueError(f"invalid Crafter configuration: {exc}") from exc
+        self._env = _native.require_core().CrafterEnv(self._assets, self._seed)
+        self._items = list(self._assets.item_names)
+        self._achievements = list(self._assets.achievement_names)
+        self._started = False
+
+    @property
+    def observation_space(self) -> Any:
+        import gymnasium
+
+        return gymnasium.spaces.Box(0, 255, (self._size[1], self._size[0], 3), np.uint8)
+
+    @property
+    def action_space(self) -> Any:
+        import gymnasium
+
+        return gymnasium.spaces.Discrete(self._assets.num_actions)
+
+    @property
+    def action_names(self) -> list[str]:
+        return list(self._assets.action_names)
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @property
+    def episode(self) -> int:
+        """Number of episodes started so far (crafter's ``_episode``)."""
+        return int(self._env.episode)
+
+    @property
+    def daylight(self) -> float:
+        return float(self._env.daylight)
+
+    def reset(self) -> np.ndarray:
+        """Start the next episode. Returns obs uint8 (H, W, 3)."""
+        self._started = True
+        return self._env.reset()
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, dict[str, Any]]:
+        """Advance one step. Returns ``(obs, reward, done, info)`` like ``crafter.Env.step``."""
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
+            raise ValueError(f"action must be an int, got {action!r}")
+        obs, reward, done, _dead, _over, info_reward = self._env.step(int(action))
+        return obs, reward, done, self.info(info_reward)
+
+    def info(self, reward: float) -> dict[str, Any]:
+        """The info dict of the current state (crafter's keys and value types)."""
+        env = self._env
+        dead = env.inventory[self._items.index("health")] <= 0
+        return {
+            "inventory": dict(zip(self._items, env.inventory)),
+            "achievements": dict(zip(self._achievements, env.achievements)),
+            "discount": 1 - float(dead),
+            "semantic": env.semantic(),
+            "player_pos": np.array(env.player_pos, dtype=np.int64),
+            "reward": reward,
+        }
+
+    # Test hooks: the world state after a reset or step.
+    def material_map(self) -> np.ndarray:
+        """Material ids (area_x, area_y) with crafter's numbering (0 = none, then data.yaml's order)."""
+        return self._env.material_map()
+
+    def objects(self) -> list[dict[str, Any]]:
+        """Live objects in creation order: kind, pos, health, facing, cooldown, grown."""
+        return self._env.objects()
+
+    def render(self, size: Any = None) -> np.ndarray:
+        raise NotImplementedError("CrafterNative renders only at its configured size; use the observation")
+
+    def close(self) -> None:
+        pass
+
+
+class NativeCrafterVectorEnv(VectorEnv):
+    """N native Crafter envs stepped by C++ threads (the GIL released), with auto-reset.
+
+    Env ``i`` behaves like ``CrafterNative(seed=seed + i, length=length)``; ``terminated`` = the player
+    died, ``truncated`` = ``length`` was reached alive. Results are identical for any ``num_threads``.
+
+    Args:
+        num_envs: number of envs.
+        seed: seed of env 0 for the first ``reset()`` without a seed.
+        num_threads: C++ worker threads (``None``: ``deltairis._core.default_num_threads()``).
+        length: episode length limit in steps.
+        reward: crafter's ``reward`` flag.
+        area, view, size: crafter's world, view and image sizes.
+    """
+
+    def __init__(
+        self,
+        num_envs: int,
+        seed: int = 0,
+        num_threads: int | None = None,
+        length: int = 10000,
+        reward: bool = True,
+        area: Sequence[int] = (64, 64),
+        view: Sequence[int] = (9, 9),
+        size: Sequence[int] = (64, 64),
+    ) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        if num_threads is not None and (
+            isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1
+        ):
+            raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+        core = _native.require_core()
+        self._assets = _assets(_pair(area, "area"), _pair(view, "view"), _pair(size, "size"), bool(reward),
+                               _check_length(length))
+        self.num_envs = int(num_envs)
+        self.action_names = list(self._assets.action_names)
+        self.num_actions = len(self.action_names)
+        self._items = list(self._assets.item_names)
+        self._achievements = list(self._assets.achievement_names)
+        self._vec = core.CrafterVectorEnv(self._assets, self.num_envs, 0 if num_threads is None else num_threads)
+        self.num_threads = int(self._vec.num_threads)
+        self._default_seed = int(seed)
+        self._needs_reset = True
+        self._closed = False
+        n = self.num_envs
+        obs_shape = tuple(self._assets.obs_shape)
+        self._obs = np.zeros((n, *obs_shape), np.uint8)
+        area_xy = _pair(area, "area")
+        self._buffers = {
+            "reward": np.zeros(n, np.float32),
+            "terminated": np.zeros(n, bool),
+            "truncated": np.zeros(n, bool),
+            "final_obs": np.zeros((n, *obs_shape), np.uint8),
+            "episode_return": np.zeros(n, np.float64),
+            "episode_length": np.zeros(n, np.int64),
+            "final_inventory": np.zeros((n, len(self._items)), np.int32),
+            "final_achievements": np.zeros((n, len(self._achievements)), np.int32),
+            "final_semantic": np.zeros((n, *area_xy), np.uint8),
+            "final_player_pos": np.zeros((n, 2), np.int64),
+            "final_discount": np.zeros(n, np.float64),
+            "final_reward": np.zeros(n, np.float64),
+        }
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Start a new episode everywhere; env ``i`` gets a fresh engine seeded ``seed + i``."""
+        if self._closed:
+            raise RuntimeError("reset() called on a closed env")
+        if seed is None and self._needs_reset:
+            seed = self._default_seed
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+                raise ValueError(f"seed must be an int or None, got {seed!r}")
+            seeds = np.arange(self.num_envs, dtype=np.int64) + np.int64(seed)  # (N,)
+            self._vec.reset(seeds, self._obs)
+        else:
+            self._vec.reset(None, self._obs)
+        self._needs_reset = False
+        return self._obs.copy()
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if self._closed:
+            raise RuntimeError("step() called on a closed env")
+        if self._needs_reset:
+            raise RuntimeError("step() called before reset()")
+        acts = validate_actions(actions, self.num_envs, self.num_actions)
+        b = self._buffers
+        self._vec.step(acts, self._obs, **b)
+        done = b["terminated"] | b["truncated"]  # (N,)
+        final_info: list[dict[str, Any] | None] = [None] * self.num_envs
+        for i in np.flatnonzero(done):
+            final_info[i] = {
+                "inventory": dict(zip(self._items, b["final_inventory"][i].tolist())),
+                "achievements": dict(zip(self._achievements, b["final_achievements"][i].tolist())),
+                "discount": float(b["final_discount"][i]),
+                "semantic": b["final_semantic"][i].copy(),
+                "player_pos": b["final_player_pos"][i].copy(),
+                "reward": float(b["final_reward"][i]),
+            }
+        final_obs = np.where(done[:, None, None, None], b["final_obs"], 0).astype(np.uint8)
+        info = {
+            "final_obs": final_obs,
+            "episode_return": b["episode_return"].copy(),
+            "episode_length": b["episode_length"].copy(),
+            "final_info": final_info,
+        }
+        return self._obs.copy(), b["reward"].copy(), b["terminated"].copy(), b["truncated"].copy(), info
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class CrafterGymEnv:
+    """Gymnasium wrapper of :class:`CrafterNative` (``terminated`` = death, ``truncated`` = length)."""
+
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+        import gymnasium
+
+        self._gym = gymnasium
+        self._kwargs = kwargs
+        self.render_mode = render_mode
+        self._env = CrafterNative(**kwargs)
+        self.observation_space = self._env.observation_space
+        self.action_space = self._env.action_space
+        self._last_obs: np.ndarray | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        del options
+        if seed is not None:
+            self._env = CrafterNative(**{**self._kwargs, "seed": int(seed)})
+        self._last_obs = self._env.reset()
+        return self._last_obs, {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, done, info = self._env.step(int(action))
+        self._last_obs = obs
+        terminated = bool(info["discount"] == 0.0)
+        truncated = bool(done) and not terminated
+        return obs, float(reward), terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        return self._last_obs
+
+    def close(self) -> None:
+        pass
+
+
+def register_gymnasium() -> None:
+    """Register ``deltairis/Crafter-v1`` with gymnasium (idempotent)."""
+    import gymnasium
+
+    if GYM_ID in gymnasium.envs.registry:
+        return
+    gymnasium.register(id=GYM_ID, entry_point="deltairis.envs.crafter_native:CrafterGymEnv")

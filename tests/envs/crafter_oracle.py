@@ -1,0 +1,136 @@
+"""Test oracle for the native Crafter engine: the Python ``crafter`` package with creation-order balancing.
+
+Python crafter despawns ``creatures[randint(0, n)]`` where ``creatures`` comes from a ``set`` ordered by
+memory address, so the unmodified package is not reproducible even against itself. The oracle patches
+``Env._balance_object`` so that ``creatures`` follows creation order (each object's slot index in
+``world._objects``); the random draws and the law of the environment are unchanged.
+
+The reference must run with ``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"`` set before numpy
+is imported (numpy's AVX-512 ``exp`` differs from glibc's in the last bits), so :func:`run_reference`
+runs this file as a subprocess. Cases go in as JSON, trajectories come back as an ``.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+NPY_FLAGS = "X86_V4 AVX512_ICL AVX512_SPR"
+
+
+def patch_creation_order() -> None:
+    """Make ``crafter.Env._balance_object`` pick creatures in creation order (idempotent)."""
+    import crafter
+    import numpy as np
+
+    if getattr(crafter.Env, "_deltairis_creation_order", False):
+        return
+
+    def _balance_object(
+        self: Any, chunk: Any, objs: Any, cls: Any, material: str, span_dist: int, despan_dist: int,
+        spawn_prob: float, despawn_prob: float, ctor: Any, target_fn: Any,
+    ) -> None:
+        xmin, xmax, ymin, ymax = chunk
+        random = self._world.random
+        slot = self._world._obj_map
+        creatures = sorted((obj for obj in objs if isinstance(obj, cls)), key=lambda o: int(slot[tuple(o.pos)]))
+        mask = self._world.mask(*chunk, material)
+        target_min, target_max = target_fn(len(creatures), mask.sum())
+        if len(creatures) < int(target_min) and random.uniform() < spawn_prob:
+            xs = np.tile(np.arange(xmin, xmax)[:, None], [1, ymax - ymin])
+            ys = np.tile(np.arange(ymin, ymax)[None, :], [xmax - xmin, 1])
+            xs, ys = xs[mask], ys[mask]
+            i = random.randint(0, len(xs))
+            pos = np.array((xs[i], ys[i]))
+            empty = self._world[pos][1] is None
+            away = self._player.distance(pos) >= span_dist
+            if empty and away:
+                self._world.add(ctor(pos))
+        elif len(creatures) > int(target_max) and random.uniform() < despawn_prob:
+            obj = creatures[random.randint(0, len(creatures))]
+            away = self._player.distance(obj.pos) >= despan_dist
+            if away:
+                self._world.remove(obj)
+
+    crafter.Env._balance_object = _balance_object
+    crafter.Env._deltairis_creation_order = True
+
+
+def _objects_of(env: Any) -> list[tuple[str, int, int, int]]:
+    return [
+        (type(o).__name__, int(o.pos[0]), int(o.pos[1]), int(o.health)) for o in env._world.objects
+    ]
+
+
+def _run_case(case: dict[str, Any]) -> dict[str, Any]:
+    """Run one case: a crafter.Env(seed) and one action list per episode (stops early at done)."""
+    import crafter
+    import numpy as np
+
+    env = crafter.Env(length=case.get("length", 10000), seed=case["seed"], reward=case.get("reward", True))
+    out: dict[str, Any] = {}
+    for e, actions in enumerate(case["episodes"]):
+        obs = env.reset()
+        out[f"e{e}_reset_obs"] = obs
+        out[f"e{e}_material"] = env._world._mat_map.copy()
+        out[f"e{e}_objects"] = np.array(json.dumps(_objects_of(env)))
+        rows: dict[str, list[Any]] = {k: [] for k in (
+            "obs", "reward", "done", "discount", "inventory", "achievements", "semantic", "player_pos",
+            "info_reward", "daylight")}
+        for action in actions:
+            obs, reward, done, info = env.step(int(action))
+            rows["obs"].append(obs)
+            rows["reward"].append(np.float64(reward))
+            rows["done"].append(bool(done))
+            rows["discount"].append(np.float64(info["discount"]))
+            rows["inventory"].append(list(info["inventory"].values()))
+            rows["achievements"].append(list(info["achievements"].values()))
+            rows["semantic"].append(info["semantic"])
+            rows["player_pos"].append(np.asarray(info["player_pos"], np.int64))
+            rows["info_reward"].append(np.float64(info["reward"]))
+            rows["daylight"].append(np.float64(env._world.daylight))
+            if done:
+                break
+        for key, values in rows.items():
+            out[f"e{e}_{key}"] = np.array(values)
+        out[f"e{e}_inventory_keys"] = np.array(list(info["inventory"].keys()) if actions else [])
+        out[f"e{e}_final_objects"] = np.array(json.dumps(_objects_of(env)))
+    return out
+
+
+def run_reference(cases: list[dict[str, Any]], timeout: float = 600) -> list[dict[str, Any]]:
+    """Run the patched Python reference on ``cases`` in a subprocess with numpy's AVX-512 disabled.
+
+    Each case: ``{"seed": int, "episodes": [[action, ...], ...], "length": int, "reward": bool}``.
+    Returns one dict of arrays per case (keys ``e{episode}_{field}``).
+    """
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "cases.json"
+        spec.write_text(json.dumps({"cases": cases, "out": tmp}))
+        env = dict(os.environ, NPY_DISABLE_CPU_FEATURES=NPY_FLAGS)
+        subprocess.run([sys.executable, __file__, str(spec)], check=True, env=env, timeout=timeout)
+        results = []
+        for i in range(len(cases)):
+            with np.load(Path(tmp) / f"case{i}.npz") as data:
+                results.append({k: data[k] for k in data.files})
+        return results
+
+
+def _main(spec_path: str) -> None:
+    import numpy as np
+
+    spec = json.loads(Path(spec_path).read_text())
+    patch_creation_order()
+    for i, case in enumerate(spec["cases"]):
+        np.savez(Path(spec["out"]) / f"case{i}.npz", **_run_case(case))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])
