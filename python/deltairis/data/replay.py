@@ -180,6 +180,8 @@ class ReplayStore:
             else:
                 self._init_empty(tuple(int(s) for s in obs_shape))
             self._open_data_files()
+            if not read_only:  # left behind by a crash during commit
+                (self.directory / (INDEX_NAME + ".tmp")).unlink(missing_ok=True)
         except BaseException:
             self.close()
             raise
@@ -403,7 +405,12 @@ class ReplayStore:
                     os.ftruncate(self._fds[field], row * self._row_bytes(field))
                 except OSError:
                     pass
-            what = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else exc.strerror
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                what = "the disk is full"
+            elif exc.errno == errno.EFBIG:
+                what = "the file size limit was reached"
+            else:
+                what = "write failed"
             raise ReplayStoreError(
                 f"cannot append {t} steps to replay store {self.directory}: {what} "
                 f"([Errno {exc.errno}] {exc.strerror}); nothing was appended and the committed state is intact"
