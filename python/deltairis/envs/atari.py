@@ -91,11 +91,11 @@ def atari_rom_name(env_id: str) -> str:
         )
     match = _GYM_ID.match(env_id)
     if match is not None:
-        camel = match.group(1)
-        snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", camel).lower()
-        for candidate in (snake, camel.lower()):
-            if candidate in known:
-                return candidate
+        # Compare without case and underscores: "UpNDown" -> "upndown" <- "up_n_down".
+        by_key = {rom.replace("_", ""): rom for rom in known}
+        rom = by_key.get(match.group(1).lower())
+        if rom is not None:
+            return rom
     raise ValueError(f"id {env_id!r} names no Atari ROM shipped with ale-py (e.g. 'BreakoutNoFrameskip-v4')")
 
 
@@ -167,7 +167,12 @@ class AtariPreprocessedEnv:
         self._buf = np.zeros((2, *OBS_SHAPE), dtype=np.uint8)  # last two resized frames, kept across steps
         self._lives = 0
         self._frames = 0
-        self._real_done = True
+        self._continue_game = False  # the last step ended an episode by a life loss only
+
+    @property
+    def episode_frame_number(self) -> int:
+        """Raw frames since the last emulator reset (no-ops included), the time limit's counter."""
+        return self._frames
 
     def _raw_step(self, action: int) -> tuple[np.ndarray, float, bool]:
         raw, reward, terminal, _, _ = self.env.step(action)
@@ -195,15 +200,15 @@ class AtariPreprocessedEnv:
         if seed is not None:
             self._rng = np.random.default_rng(seed)
             obs = self._full_reset(seed)
-        elif self._real_done or not self.train:
-            obs = self._full_reset(None)
-        else:
+        elif self._continue_game:
             # Life lost while training: continue the game after one no-op agent step (reward discarded).
-            obs, _, done, _ = self._skip_step(0)
-            if done:
+            obs, _, terminal, truncated = self._skip_step(0)
+            if terminal or truncated:
                 obs = self._full_reset(None)
+        else:
+            obs = self._full_reset(None)
         self._lives = self.env.ale.lives()
-        self._real_done = False
+        self._continue_game = False
         return obs
 
     def _skip_step(self, action: int) -> tuple[np.ndarray, float, bool, bool]:
@@ -224,8 +229,8 @@ class AtariPreprocessedEnv:
         lives = self.env.ale.lives()
         life_loss = self.train and 0 < lives < self._lives
         self._lives = lives
-        self._real_done = terminal or truncated
         done = terminal or truncated or life_loss
+        self._continue_game = life_loss and not (terminal or truncated)
         info = {
             "lives": lives,
             "episode_frame_number": self._frames,
@@ -350,6 +355,7 @@ class AleVectorEnv(VectorEnv):
         self._ep_length = np.zeros(self.num_envs, dtype=np.int64)
         self._needs_reset = True
         self._closed = False
+        self.reset_info: dict[str, np.ndarray] = {}  # ALE's info of the last reset (lives, frame numbers)
 
     @staticmethod
     def _frames(obs: np.ndarray) -> np.ndarray:
@@ -360,7 +366,7 @@ class AleVectorEnv(VectorEnv):
             raise RuntimeError("reset() called on a closed env")
         if seed is None and self._needs_reset:
             seed = self._default_seed
-        obs, _ = self._env.reset(seed=None if seed is None else int(seed))
+        obs, self.reset_info = self._env.reset(seed=None if seed is None else int(seed))
         self._ep_return[:] = 0.0
         self._ep_length[:] = 0
         self._needs_reset = False
@@ -390,7 +396,7 @@ class AleVectorEnv(VectorEnv):
                 info["episode_return"][i] = self._ep_return[i]
                 info["episode_length"][i] = self._ep_length[i]
                 info["final_info"][i] = {
-                    key: ale_info[key][i] for key in ("lives", "frame_number", "episode_frame_number")
+                    key: int(ale_info[key][i]) for key in ("lives", "frame_number", "episode_frame_number")
                 }
             self._ep_return[done] = 0.0
             self._ep_length[done] = 0
