@@ -633,8 +633,17 @@ class ReplayStore:
     def _gather_locked(
         self, view: _View, ep: np.ndarray, start: np.ndarray, seq_len: int, out: Batch | None
     ) -> Batch:
-        b = ep.shape[0]
-        batch, arrays = self._out_arrays(out, b, seq_len)
+        return self._gather_into(view, ep, start, seq_len, *self._out_arrays(out, ep.shape[0], seq_len))
+
+    def _gather_into(
+        self,
+        view: _View,
+        ep: np.ndarray,
+        start: np.ndarray,
+        seq_len: int,
+        batch: Batch,
+        arrays: dict[str, np.ndarray],
+    ) -> Batch:
         arrays["episode_id"][...] = ep
         arrays["start"][...] = start
         arrays["stop"][...] = start + seq_len
@@ -726,6 +735,7 @@ class ReplayStore:
             if self.num_episodes == 0:
                 raise ValueError(f"cannot sample from an empty replay store ({self.directory})")
             view = self._view()
+            batch, arrays = self._out_arrays(out, b, t)  # checked before anything is drawn or counted
             uniforms = sampling.draw_uniforms(rng, b)  # (3, B)
             if self.backend == "cpp":
                 core = _native.core
@@ -739,7 +749,7 @@ class ReplayStore:
                 ep, start, stop = sampling.draw_segments(counts, view.lengths, alpha, uniforms, t, pad_mode)
                 if update_counts:
                     np.add.at(counts, ep, 1)
-            return self._gather_locked(view, ep, start, t, out)
+            return self._gather_into(view, ep, start, t, batch, arrays)
 
     def sample_async(self, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Batch]:
         """:meth:`sample` on a background thread (the gather releases the GIL); returns a Future.
