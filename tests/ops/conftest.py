@@ -1,13 +1,18 @@
 """Fixtures for the fused-op tests.
 
-* ``interpret``: runs a test with ``TRITON_INTERPRET=1`` so ``backend="triton"`` executes the Triton
-  kernels on CPU tensors. The interpreter is chosen when a kernel is decorated; the dispatcher
-  (:func:`deltairis.ops._dispatch.load_kernel`) re-imports a kernel module whose mode differs from
-  the environment, so the order in which tests import Triton does not matter, and GPU tests in the
-  same session still get compiled kernels.
-* In a source checkout, ``deltairis.kernels`` resolves to ``<repo>/kernels`` first: CMake copies
-  kernels/ into site-packages at install time, and an editable install would otherwise test a stale
-  copy until the next ``pip install -e .``.
+Triton picks compiled or interpreted mode once, when it is first imported (``TRITON_INTERPRET``);
+kernels of the other mode cannot run in that process. So:
+
+* on a machine without CUDA this conftest sets ``TRITON_INTERPRET=1`` before anything imports
+  Triton (conftests are imported at collection, test bodies run later), and the ``interpret`` tests
+  run the Triton kernels on CPU tensors through the interpreter with ``backend="triton"``;
+* on a CUDA machine Triton stays compiled and the ``gpu`` tests run the real kernels; the
+  interpreter tests then skip unless the session was started with ``TRITON_INTERPRET=1``
+  (``benchmarks/gpu/run.sh`` runs both sessions).
+
+In a source checkout ``deltairis.kernels.<name>`` resolves to ``<repo>/kernels/<name>.py`` first:
+CMake copies kernels/ into site-packages at install time, and an editable install would otherwise
+test a stale copy until the next ``pip install -e .``.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 _SOURCE_KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 
@@ -48,19 +55,29 @@ def _prefer_source_kernels() -> None:
 
 _prefer_source_kernels()
 
+if "triton" not in sys.modules and "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
 
 def triton_missing() -> bool:
     return importlib.util.find_spec("triton") is None
 
 
-needs_triton = pytest.mark.skipif(triton_missing(), reason="Triton is not installed")
+def _triton_interpreted() -> bool:
+    from deltairis.ops._dispatch import triton_interpreted
+
+    return triton_interpreted()
 
 
 @pytest.fixture
 def interpret(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Run Triton kernels on CPU through the interpreter for this test."""
+    """Run Triton kernels on CPU tensors through the interpreter for this test."""
     if triton_missing():
         pytest.skip("Triton is not installed")
+    if not _triton_interpreted():
+        if torch.cuda.is_available():
+            pytest.skip("Triton runs compiled in this session; rerun with TRITON_INTERPRET=1 for interpreter tests")
+        pytest.fail("Triton was imported in compiled mode before tests/ops/conftest.py set TRITON_INTERPRET=1")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.delenv("DELTAIRIS_BACKEND", raising=False)
     yield
@@ -68,7 +85,10 @@ def interpret(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def compiled(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Run Triton kernels compiled (GPU tests): the interpreter is switched off for this test."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    """Run compiled Triton kernels (GPU tests)."""
+    if triton_missing():
+        pytest.skip("Triton is not installed")
+    if _triton_interpreted():
+        pytest.skip("Triton runs in interpreter mode in this session (TRITON_INTERPRET=1)")
     monkeypatch.delenv("DELTAIRIS_BACKEND", raising=False)
     yield

@@ -6,8 +6,8 @@ Each op ``f`` has a pure-PyTorch reference ``f_ref`` and, optionally, a Triton k
 
 * ``torch``: always the reference;
 * ``triton``: the kernel; raises if Triton is missing, if the tensors are not on CUDA (unless
-  ``TRITON_INTERPRET=1``, which runs kernels on CPU tensors), or if the op does not support the
-  shape/dtype;
+  ``TRITON_INTERPRET=1`` was set before Triton was imported: its interpreter then runs the kernels
+  on CPU tensors), or if the op does not support the shape/dtype;
 * ``auto`` (default): the kernel only for CUDA tensors of supported shape and dtype, else the reference.
 
 Nothing here imports Triton or queries CUDA at import time.
@@ -19,7 +19,8 @@ import importlib
 import importlib.util
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -56,25 +57,57 @@ def requested_backend(backend: str | None) -> str:
     return name
 
 
+def triton_interpreted() -> bool:
+    """Whether the imported Triton runs kernels in its interpreter.
+
+    Triton fixes the mode when it is first imported: ``triton.language``'s own helpers (``tl.max``,
+    ...) are decorated then, in the mode ``TRITON_INTERPRET`` selected at that moment, and kernels of
+    the other mode cannot call them. Imports Triton if needed; call only after ``triton_available()``.
+    """
+    import triton.language as tl
+
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover - layout of other Triton versions
+        return interpreter_enabled()
+    return isinstance(getattr(tl, "max", None), InterpretedFunction)
+
+
+@contextmanager
+def _interpret_env(interpreted: bool) -> Iterator[None]:
+    """Temporarily set TRITON_INTERPRET so kernels get decorated in the mode Triton runs in."""
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if interpreted else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
 def load_kernel(module: str, name: str) -> Callable[..., Any] | None:
     """The Triton implementation ``deltairis.kernels.<module>.<name>``, or None if not shipped.
 
-    Triton decides at decoration time whether a kernel is compiled or interpreted
-    (``TRITON_INTERPRET``). Each kernel module records that mode in ``INTERPRETED``; when the
-    environment changed since the module was imported (e.g. a test enabled the interpreter after
-    another import), the module is re-imported so the kernels match the current mode.
+    Kernel modules record the mode they were decorated in (``INTERPRETED``). They are imported (or
+    re-imported, when an earlier import used the other mode) with ``TRITON_INTERPRET`` matching the
+    mode Triton itself runs in, so a kernel can always call Triton's own helpers.
     """
     if not triton_available():
         return None
+    interpreted = triton_interpreted()
+    full = f"deltairis.kernels.{module}"
     try:
-        mod = importlib.import_module(f"deltairis.kernels.{module}")
+        with _interpret_env(interpreted):
+            mod = importlib.import_module(full)
+            if getattr(mod, "INTERPRETED", interpreted) != interpreted:
+                logger.debug("re-importing %s for interpreted=%s", full, interpreted)
+                mod = importlib.reload(mod)
     except ImportError as err:
-        if err.name is not None and err.name.startswith("deltairis.kernels"):
+        if err.name is not None and (err.name == full or full.startswith(err.name + ".")):
             return None  # kernel module not shipped
         raise  # a broken kernel module must not silently fall back
-    if getattr(mod, "INTERPRETED", interpreter_enabled()) != interpreter_enabled():
-        logger.debug("re-importing deltairis.kernels.%s for TRITON_INTERPRET=%s", module, interpreter_enabled())
-        mod = importlib.reload(mod)
     return getattr(mod, name, None)
 
 
@@ -103,10 +136,16 @@ def choose(
     # explicit triton
     if not triton_available():
         raise RuntimeError(f"{op}: backend 'triton' requested but Triton is not installed")
-    if not on_cuda and not interpreter_enabled():
-        raise RuntimeError(
-            f"{op}: backend 'triton' requested for CPU tensors; use CUDA tensors or set TRITON_INTERPRET=1"
-        )
+    if not on_cuda:
+        if not interpreter_enabled():
+            raise RuntimeError(
+                f"{op}: backend 'triton' requested for CPU tensors; use CUDA tensors or set TRITON_INTERPRET=1"
+            )
+        if not triton_interpreted():
+            raise RuntimeError(
+                f"{op}: backend 'triton' on CPU tensors needs Triton's interpreter, but Triton was imported "
+                "before TRITON_INTERPRET=1 was set; set it before anything imports triton"
+            )
     reason = supported()
     if reason is not None:
         raise RuntimeError(f"{op}: backend 'triton' does not support these inputs: {reason}")
