@@ -122,6 +122,11 @@ def test_bad_actions_are_rejected(name: str, backend: str, options: dict, steps:
             env.step(np.array([0, n], dtype=np.int64))
         with pytest.raises(ValueError, match="got action -1"):
             env.step(np.array([-1, 0], dtype=np.int32))
+        with pytest.raises(ValueError, match="seed must be"):
+            env.reset(1.5)  # type: ignore[arg-type]
+        if backend != "native":  # the native engine accepts negative seeds like crafter.Env does
+            with pytest.raises(ValueError, match="seed must be a non-negative int"):
+                env.reset(-3)
         obs, *_ = env.step(np.array([0, n - 1], dtype=np.int32))  # still usable, int32 accepted
         assert obs.shape == (2, *OBS_SHAPE)
     finally:

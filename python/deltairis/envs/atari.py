@@ -56,7 +56,15 @@ from typing import Any
 
 import numpy as np
 
-from deltairis.envs.vector import OBS_SHAPE, StepResult, SyncVectorEnv, VectorEnv, empty_step_info, validate_actions
+from deltairis.envs.vector import (
+    OBS_SHAPE,
+    StepResult,
+    SyncVectorEnv,
+    VectorEnv,
+    check_seed,
+    empty_step_info,
+    validate_actions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -313,6 +321,7 @@ class AleVectorEnv(VectorEnv):
         self.rom = atari_rom_name(id)
         self.train = bool(train)
         noop_max = (TRAIN_NOOP_MAX if train else TEST_NOOP_MAX) if noop_max is None else noop_max
+        check_seed(seed)
         max_frames = (
             (TRAIN_MAX_EPISODE_FRAMES if train else TEST_MAX_EPISODE_FRAMES)
             if max_episode_frames is None
@@ -364,6 +373,7 @@ class AleVectorEnv(VectorEnv):
     def reset(self, seed: int | None = None) -> np.ndarray:
         if self._closed:
             raise RuntimeError("reset() called on a closed env")
+        seed = check_seed(seed)
         if seed is None and self._needs_reset:
             seed = self._default_seed
         obs, self.reset_info = self._env.reset(seed=None if seed is None else int(seed))

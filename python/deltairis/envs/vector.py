@@ -21,8 +21,9 @@ Rows where no episode finished hold zeros in ``final_obs``, ``episode_return`` a
 
 Seeding: ``reset(seed)`` makes env ``i`` behave like a fresh single env seeded with ``seed + i``; later
 episodes of that env (auto-resets) continue that env's own random stream, so a whole run is determined
-by the seed passed to the first ``reset``. ``reset(None)`` starts a new episode in every env without
-reseeding.
+by the seed passed to the first ``reset``. The first ``reset()`` without a seed uses the seed given
+when the env was made (``make_vector_env(..., seed=...)``); a later ``reset(None)`` starts a new
+episode in every env without reseeding.
 """
 
 from __future__ import annotations
@@ -86,6 +87,19 @@ class VectorEnv(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_seed(seed: Any) -> int | None:
+    """Return ``seed`` as an int (or None).
+
+    Raises:
+        ValueError: when ``seed`` is not None, not an integer, or negative.
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    return int(seed)
 
 
 def validate_actions(actions: Any, num_envs: int, num_actions: int) -> np.ndarray:
@@ -172,6 +186,7 @@ class SyncVectorEnv(VectorEnv):
     def reset(self, seed: int | None = None) -> np.ndarray:
         if self._closed:
             raise RuntimeError("reset() called on a closed env")
+        seed = check_seed(seed)
         if seed is None and self._needs_reset and self._default_seed is not None:
             seed = self._default_seed  # the first reset follows the seed given at construction
         for i, env in enumerate(self.envs):
