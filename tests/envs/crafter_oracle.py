@@ -72,7 +72,11 @@ def _run_case(case: dict[str, Any]) -> dict[str, Any]:
     import crafter
     import numpy as np
 
-    env = crafter.Env(length=case.get("length", 10000), seed=case["seed"], reward=case.get("reward", True))
+    env = crafter.Env(
+        area=tuple(case.get("area", (64, 64))), view=tuple(case.get("view", (9, 9))),
+        size=tuple(case.get("size", (64, 64))), length=case.get("length", 10000), seed=case["seed"],
+        reward=case.get("reward", True),
+    )
     out: dict[str, Any] = {}
     for e, actions in enumerate(case["episodes"]):
         obs = env.reset()
@@ -98,9 +102,114 @@ def _run_case(case: dict[str, Any]) -> dict[str, Any]:
                 break
         for key, values in rows.items():
             out[f"e{e}_{key}"] = np.array(values)
-        out[f"e{e}_inventory_keys"] = np.array(list(info["inventory"].keys()) if actions else [])
+        if rows["reward"]:
+            out[f"e{e}_inventory_keys"] = np.array(list(info["inventory"].keys()))
         out[f"e{e}_final_objects"] = np.array(json.dumps(_objects_of(env)))
     return out
+
+
+
+# ----------------------------------------------------------------------------------------------------
+# A scripted agent that reaches crafting, placing, combat, sleeping and drinking (actions recorded from
+# the native env, then replayed in the reference).
+# ----------------------------------------------------------------------------------------------------
+
+_DIRS = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}
+
+
+def _bfs_step(sem: Any, start: tuple[int, int], targets: set[int], walk: set[int], radius: int = 24) -> Any:
+    """First move toward the nearest tile adjacent to a ``targets`` tile, ``("face", dir)`` when adjacent."""
+    from collections import deque
+
+    w, h = sem.shape
+    sx, sy = start
+    for name, (dx, dy) in _DIRS.items():
+        x, y = sx + dx, sy + dy
+        if 0 <= x < w and 0 <= y < h and int(sem[x, y]) in targets:
+            return ("face", name)
+    prev: dict[tuple[int, int], tuple[tuple[int, int], str] | None] = {start: None}
+    queue = deque([start])
+    while queue:
+        cur = queue.popleft()
+        if abs(cur[0] - sx) + abs(cur[1] - sy) > radius:
+            continue
+        for name, (dx, dy) in _DIRS.items():
+            nxt = (cur[0] + dx, cur[1] + dy)
+            if nxt in prev or not (0 <= nxt[0] < w and 0 <= nxt[1] < h):
+                continue
+            if int(sem[nxt]) in targets and cur != start:
+                node = cur
+                while prev[node] is not None and prev[node][0] != start:
+                    node = prev[node][0]
+                return ("move", prev[node][1] if prev[node] is not None else name)
+            if int(sem[nxt]) in walk:
+                prev[nxt] = (cur, name)
+                queue.append(nxt)
+    return None
+
+
+def scripted_actions(env: Any, steps: int, rng: Any, explore: float = 0.1) -> list[int]:
+    """Play one episode of ``env`` (a reset ``CrafterNative``) with a greedy crafting agent; return actions."""
+    names = env.action_names
+    act = {n: i for i, n in enumerate(names)}
+    mats = list(env._assets.material_names)
+    mid = {n: i for i, n in enumerate(mats) if n}
+    obj_base = len(mats)
+    cow, zombie, skeleton = obj_base + 1, obj_base + 2, obj_base + 3
+    walk = {mid["grass"], mid["sand"], mid["path"]}
+    info = env.info(0.0)
+    facing = (0, 1)
+    actions: list[int] = []
+    for _ in range(steps):
+        inv, sem = info["inventory"], info["semantic"]
+        px, py = (int(v) for v in info["player_pos"])
+        fx, fy = px + facing[0], py + facing[1]
+        front = int(sem[fx, fy]) if 0 <= fx < sem.shape[0] and 0 <= fy < sem.shape[1] else -1
+        near = {int(v) for v in sem[max(px - 1, 0): px + 2, max(py - 1, 0): py + 2].ravel()}
+        choice: str | None = None
+        if rng.random() < explore:
+            choice = names[int(rng.integers(len(names)))]
+        elif inv["energy"] < 3:
+            choice = "sleep"
+        elif front in (zombie, skeleton, cow) or front == mid["tree"] or front == mid["water"] and inv["drink"] < 9:
+            choice = "do"
+        elif front in (mid["stone"], mid["coal"]) and inv["wood_pickaxe"] or front == mid["iron"] and inv["stone_pickaxe"]:
+            choice = "do"
+        else:
+            for item in ("wood_pickaxe", "wood_sword", "stone_pickaxe", "stone_sword", "iron_pickaxe", "iron_sword"):
+                if inv[item] == 0 and mid["table"] in near and rng.random() < 0.5:
+                    choice = "make_" + item
+                    break
+            if choice is None and mid["table"] not in near and inv["wood"] >= 2 and rng.random() < 0.5:
+                choice = "place_table"
+            elif choice is None and mid["table"] in near and mid["furnace"] not in near and inv["stone"] >= 2:
+                choice = "place_furnace"
+            elif choice is None and inv["sapling"] and rng.random() < 0.2:
+                choice = "place_plant"
+            elif choice is None and inv["stone"] >= 3 and rng.random() < 0.1:
+                choice = "place_stone"
+        if choice is None:
+            if inv["wood"] < 4 and not inv["wood_pickaxe"] or inv["wood"] < 2:
+                targets = {mid["tree"]}
+            elif inv["drink"] < 5:
+                targets = {mid["water"]}
+            elif inv["food"] < 5:
+                targets = {cow}
+            elif inv["stone"] < 4 or not inv["stone_pickaxe"]:
+                targets = {mid["stone"]}
+            else:
+                targets = {mid["coal"], mid["iron"], mid["stone"], zombie}
+            step = _bfs_step(sem, (px, py), targets, walk)
+            choice = step[1] if step is not None else names[int(rng.integers(1, 5))]
+            if step is not None and step[0] == "face" and _DIRS[step[1]] == facing:
+                choice = "do"
+        if choice in _DIRS:
+            facing = _DIRS[choice]
+        actions.append(act[choice])
+        _, _, done, info = env.step(act[choice])
+        if done:
+            break
+    return actions
 
 
 def run_reference(cases: list[dict[str, Any]], timeout: float = 600) -> list[dict[str, Any]]:

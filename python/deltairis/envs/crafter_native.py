@@ -25,6 +25,7 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
+import gymnasium
 import numpy as np
 
 from deltairis import _native
@@ -47,7 +48,7 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
         return int(value), int(value)
     try:
         pair = tuple(int(v) for v in value)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from exc
     if len(pair) != 2 or min(pair) < 1:
         raise ValueError(f"{name} must be a pair of positive ints, got {value!r}")
@@ -143,14 +144,10 @@ class CrafterNative:
 
     @property
     def observation_space(self) -> Any:
-        import gymnasium
-
         return gymnasium.spaces.Box(0, 255, (self._size[1], self._size[0], 3), np.uint8)
 
     @property
     def action_space(self) -> Any:
-        import gymnasium
-
         return gymnasium.spaces.Discrete(self._assets.num_actions)
 
     @property
@@ -327,15 +324,16 @@ class NativeCrafterVectorEnv(VectorEnv):
         self._closed = True
 
 
-class CrafterGymEnv:
-    """Gymnasium wrapper of :class:`CrafterNative` (``terminated`` = death, ``truncated`` = length)."""
+class CrafterGymEnv(gymnasium.Env):
+    """Gymnasium wrapper of :class:`CrafterNative` (``terminated`` = death, ``truncated`` = length).
+
+    ``reset(seed=s)`` starts a fresh ``CrafterNative(seed=s)`` (its first episode); ``reset()`` without a
+    seed starts the current env's next episode, like ``crafter.Env.reset``.
+    """
 
     metadata: dict[str, Any] = {"render_modes": ["rgb_array"]}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
-        import gymnasium
-
-        self._gym = gymnasium
         self._kwargs = kwargs
         self.render_mode = render_mode
         self._env = CrafterNative(**kwargs)
@@ -345,6 +343,7 @@ class CrafterGymEnv:
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         del options
+        super().reset(seed=seed)
         if seed is not None:
             self._env = CrafterNative(**{**self._kwargs, "seed": int(seed)})
         self._last_obs = self._env.reset()
@@ -366,8 +365,6 @@ class CrafterGymEnv:
 
 def register_gymnasium() -> None:
     """Register ``deltairis/Crafter-v1`` with gymnasium (idempotent)."""
-    import gymnasium
-
     if GYM_ID in gymnasium.envs.registry:
         return
     gymnasium.register(id=GYM_ID, entry_point="deltairis.envs.crafter_native:CrafterGymEnv")
