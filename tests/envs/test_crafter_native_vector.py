@@ -1,0 +1,185 @@
+"""The native Crafter vector stepper: equal to N independent single envs, thread-count invariant, strict inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from deltairis.envs import crafter_native
+
+pytestmark = pytest.mark.skipif(
+    not crafter_native.native_available(), reason="deltairis._core was built without native Crafter"
+)
+
+
+def _run_vector(num_envs: int, seed: int, steps: int, num_threads: int, length: int, action_seed: int = 0) -> list[Any]:
+    rng = np.random.default_rng(action_seed)
+    env = crafter_native.NativeCrafterVectorEnv(num_envs, seed=seed, num_threads=num_threads, length=length)
+    out: list[Any] = [env.reset()]
+    for _ in range(steps):
+        out.append(env.step(rng.integers(0, env.num_actions, num_envs)))
+    env.close()
+    return out
+
+
+def _single_reference(num_envs: int, seed: int, steps: int, length: int, action_seed: int = 0) -> list[Any]:
+    """The same run with independent CrafterNative envs and the VectorEnv auto-reset rule written out."""
+    rng = np.random.default_rng(action_seed)
+    envs = [crafter_native.CrafterNative(seed=seed + i, length=length) for i in range(num_envs)]
+    out: list[Any] = [np.stack([e.reset() for e in envs])]
+    returns = np.zeros(num_envs)
+    lengths = np.zeros(num_envs, np.int64)
+    for _ in range(steps):
+        actions = rng.integers(0, 17, num_envs)
+        obs = np.zeros((num_envs, 64, 64, 3), np.uint8)
+        rew = np.zeros(num_envs, np.float32)
+        term = np.zeros(num_envs, bool)
+        trunc = np.zeros(num_envs, bool)
+        info: dict[str, Any] = {
+            "final_obs": np.zeros((num_envs, 64, 64, 3), np.uint8),
+            "episode_return": np.zeros(num_envs),
+            "episode_length": np.zeros(num_envs, np.int64),
+            "final_info": [None] * num_envs,
+        }
+        for i, env in enumerate(envs):
+            o, r, done, inf = env.step(int(actions[i]))
+            rew[i] = r
+            returns[i] += float(np.float32(r))
+            lengths[i] += 1
+            if done:
+                term[i] = inf["discount"] == 0
+                trunc[i] = not term[i]
+                info["final_obs"][i] = o
+                info["episode_return"][i] = returns[i]
+                info["episode_length"][i] = lengths[i]
+                info["final_info"][i] = inf
+                returns[i], lengths[i] = 0.0, 0
+                o = env.reset()
+            obs[i] = o
+        out.append((obs, rew, term, trunc, info))
+    return out
+
+
+def _assert_same(a: list[Any], b: list[Any]) -> None:
+    np.testing.assert_array_equal(a[0], b[0])
+    for t, (x, y) in enumerate(zip(a[1:], b[1:])):
+        for k in range(4):
+            np.testing.assert_array_equal(x[k], y[k], err_msg=f"step {t + 1} output {k}")
+        assert x[1].dtype == np.float32 and x[2].dtype == bool and x[3].dtype == bool
+        for key in ("final_obs", "episode_return", "episode_length"):
+            np.testing.assert_array_equal(x[4][key], y[4][key], err_msg=f"step {t + 1} {key}")
+        for i, (fa, fb) in enumerate(zip(x[4]["final_info"], y[4]["final_info"])):
+            assert (fa is None) == (fb is None), (t, i)
+            if fa is not None:
+                assert fa.keys() == fb.keys()
+                for key in fa:
+                    np.testing.assert_array_equal(fa[key], fb[key], err_msg=f"step {t + 1} env {i} {key}")
+
+
+def test_vector_equals_independent_single_envs() -> None:
+    # length 150 forces truncations; random play also dies before it, so both auto-reset paths run.
+    vec = _run_vector(6, seed=21, steps=450, num_threads=2, length=150)
+    ref = _single_reference(6, seed=21, steps=450, length=150)
+    _assert_same(vec, ref)
+    terminated = sum(int(s[2].sum()) for s in vec[1:])
+    truncated = sum(int(s[3].sum()) for s in vec[1:])
+    assert terminated > 0 and truncated > 0
+
+
+@pytest.mark.parametrize("num_envs", [1, 3, 8])
+def test_same_results_for_any_thread_count(num_envs: int) -> None:
+    runs = [_run_vector(num_envs, seed=5, steps=150, num_threads=t, length=80, action_seed=3) for t in (1, 2, 4)]
+    _assert_same(runs[0], runs[1])
+    _assert_same(runs[0], runs[2])
+
+
+def test_reset_seed_and_reset_none() -> None:
+    env = crafter_native.NativeCrafterVectorEnv(3, seed=0, num_threads=2)
+    first = env.reset(seed=40)
+    singles = [crafter_native.CrafterNative(seed=40 + i) for i in range(3)]
+    np.testing.assert_array_equal(first, np.stack([s.reset() for s in singles]))
+    # reset(None) continues each env's own episode counter, like crafter.Env.reset().
+    np.testing.assert_array_equal(env.reset(), np.stack([s.reset() for s in singles]))
+    # The first reset without a seed uses the constructor's seed.
+    other = crafter_native.NativeCrafterVectorEnv(2, seed=40, num_threads=1)
+    np.testing.assert_array_equal(other.reset(), first[:2])
+
+
+@pytest.mark.parametrize(
+    ("actions", "match"),
+    [
+        (np.zeros(4, np.float32), "dtype"),
+        (np.zeros(4, bool), "dtype"),
+        (np.zeros((4, 1), np.int64), "shape"),
+        (np.zeros(3, np.int64), "shape"),
+        (np.array([0, 1, 17, 2]), "17"),
+        (np.array([0, -1, 0, 2]), "-1"),
+    ],
+)
+def test_bad_actions(actions: np.ndarray, match: str) -> None:
+    env = crafter_native.NativeCrafterVectorEnv(4, seed=0, num_threads=1)
+    env.reset()
+    with pytest.raises(ValueError, match=match):
+        env.step(actions)
+
+
+def test_step_before_reset_and_bad_arguments() -> None:
+    env = crafter_native.NativeCrafterVectorEnv(2, seed=0)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(2, np.int64))
+    for kwargs, match in (
+        ({"num_envs": 0}, "num_envs"),
+        ({"num_envs": 2, "num_threads": 0}, "num_threads"),
+        ({"num_envs": 2, "seed": 1.5}, "seed"),
+        ({"num_envs": 2, "length": -3}, "length"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            crafter_native.NativeCrafterVectorEnv(**kwargs)
+
+
+def test_core_buffers_are_validated() -> None:
+    """The binding names the buffer whose dtype or shape is wrong."""
+    core = crafter_native._native.require_core()
+    assets = crafter_native._assets((64, 64), (9, 9), (64, 64), True, 10000)
+    vec = core.CrafterVectorEnv(assets, 2, 1)
+    obs = np.zeros((2, 64, 64, 3), np.uint8)
+    vec.reset(None, obs)
+    good = {
+        "obs": obs,
+        "reward": np.zeros(2, np.float32),
+        "terminated": np.zeros(2, bool),
+        "truncated": np.zeros(2, bool),
+        "final_obs": np.zeros((2, 64, 64, 3), np.uint8),
+        "episode_return": np.zeros(2),
+        "episode_length": np.zeros(2, np.int64),
+        "final_inventory": np.zeros((2, 16), np.int32),
+        "final_achievements": np.zeros((2, 22), np.int32),
+        "final_semantic": np.zeros((2, 64, 64), np.uint8),
+        "final_player_pos": np.zeros((2, 2), np.int64),
+        "final_discount": np.zeros(2),
+        "final_reward": np.zeros(2),
+    }
+    vec.step(np.zeros(2, np.int64), **good)
+    for key, bad in (
+        ("reward", np.zeros(2, np.float64)),
+        ("obs", np.zeros((2, 64, 64), np.uint8)),
+        ("final_semantic", np.zeros((2, 64, 63), np.uint8)),
+        ("final_inventory", np.zeros((2, 16), np.int64)),
+    ):
+        with pytest.raises(ValueError, match=key):
+            vec.step(np.zeros(2, np.int64), **{**good, key: bad})
+    with pytest.raises(ValueError, match="C-contiguous"):
+        vec.step(np.zeros(2, np.int64), **{**good, "final_obs": np.zeros((2, 64, 64, 6), np.uint8)[..., ::2]})
+    with pytest.raises(ValueError, match="seeds"):
+        vec.reset(np.zeros(3, np.int64), obs)
+
+
+def test_factory_routes_native_backend() -> None:
+    from deltairis.envs import make_vector_env
+
+    env = make_vector_env("crafter", 2, seed=3, backend="native", num_threads=2, length=20)
+    assert isinstance(env, crafter_native.NativeCrafterVectorEnv)
+    np.testing.assert_array_equal(env.reset()[1], crafter_native.CrafterNative(seed=4).reset())
+    env.close()
