@@ -258,7 +258,7 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
 def _config(dtype: torch.dtype, head_dim: int) -> dict[str, object]:
     """Tile sizes and launch options for one dtype / head dim."""
     block_d = max(16, triton.next_power_of_2(head_dim))
-    prec = "ieee" if dtype == torch.float32 else "tf32"
+    prec = "ieee" if dtype == torch.float32 else None  # fp32: no TF32 rounding; 16-bit: default
     if INTERPRETED:
         return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": block_d, "DOT_PREC": prec, "num_warps": 1, "num_stages": 1}
     big = 64 if (dtype != torch.float32 and block_d <= 64) else 32

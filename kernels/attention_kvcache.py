@@ -154,7 +154,7 @@ def attention_kvcache_triton(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_D=block_d,
-        DOT_PREC="ieee" if k_cache.dtype == torch.float32 else "tf32",
+        DOT_PREC="ieee" if k_cache.dtype == torch.float32 else None,
         num_warps=num_warps,
         num_stages=num_stages,
     )  # fmt: skip

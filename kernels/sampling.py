@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltairis.ops.sampling import GOLDEN, MUL1, MUL2, stream_keys
+from deltairis.ops.sampling import GOLDEN, MUL1, MUL2, seed_key, stream_keys
 
 # The mode (compiled or interpreted) these kernels were decorated in; the dispatcher reloads the
 # module when TRITON_INTERPRET changes afterwards.
@@ -52,14 +52,22 @@ def _sample_kernel(
     n_cols,
     k0,
     k1,
+    offset_ptr,
     temperature,
+    OFFSET_ON_DEVICE: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # (BLOCK_R,)
     row_ok = rows < n_rows
+    # k0/k1 arrive as int64 with bit 32 set (never specialised as the constant 1); truncate.
     key0 = k0.to(tl.uint32)
     key1 = k1.to(tl.uint32)
+    if OFFSET_ON_DEVICE:
+        # k0 holds the seed's key; finish stream_keys with the offset read now (CUDA-graph safe).
+        off = tl.load(offset_ptr).to(tl.int64)
+        key0 = _lowbias32(key0 ^ off.to(tl.uint32))
+        key1 = _lowbias32(key0 ^ _lowbias32((off >> 32).to(tl.uint32) ^ _GOLDEN))
     cols = tl.arange(0, BLOCK_V)
     best_val = tl.full([BLOCK_R], float("-inf"), tl.float32)
     best_idx = tl.zeros([BLOCK_R], tl.int32)
@@ -86,12 +94,24 @@ def _sample_kernel(
 
 
 def sample_categorical_triton(
-    logits: torch.Tensor, *, temperature: float = 1.0, seed: int, offset: int
+    logits: torch.Tensor, *, temperature: float = 1.0, seed: int, offset: int | torch.Tensor
 ) -> torch.Tensor:
-    """Gumbel-max sample over the last dim of ``logits`` (..., V) -> int64 (...)."""
+    """Gumbel-max sample over the last dim of ``logits`` (..., V) -> int64 (...).
+
+    ``offset`` may be a one-element integer tensor on the logits' device: it is then read by the
+    kernel, so a captured CUDA graph samples from the offset current at replay time.
+    """
     if logits.numel() >= 2**31:
         raise ValueError(f"sample_categorical_triton: logits have {logits.numel()} elements, limit is 2^31 - 1")
-    k0, k1 = stream_keys(seed, offset)
+    on_device = isinstance(offset, torch.Tensor)
+    if on_device:
+        k0, k1 = seed_key(seed), 0
+        offset_arg = offset.reshape(1)
+        if offset_arg.dtype != torch.int64:
+            offset_arg = offset_arg.to(torch.int64)  # a copy: advance the caller's int64 tensor for graphs
+    else:
+        k0, k1 = stream_keys(seed, offset)
+        offset_arg = logits  # unused pointer
     n_cols = logits.size(-1)
     rows = logits.reshape(-1, n_cols)  # (N, V), a view when possible
     n_rows = rows.size(0)
@@ -109,9 +129,11 @@ def sample_categorical_triton(
         rows.stride(0),
         rows.stride(1),
         n_cols,
-        k0,
-        k1,
+        k0 | (1 << 32),
+        k1 | (1 << 32),
+        offset_arg,
         float(temperature),
+        OFFSET_ON_DEVICE=on_device,
         BLOCK_R=block_r,
         BLOCK_V=block_v,
         num_warps=4,

@@ -10,7 +10,7 @@ import torch
 
 from deltairis import ops
 from deltairis.ops import sampling
-from deltairis.ops.sampling import counter_uint32, sample_categorical_ref, stream_keys
+from deltairis.ops.sampling import counter_uint32, sample_categorical_ref, stream_keys, stream_keys_tensor
 
 
 def chi2_critical(df: int, alpha: float = 1e-4) -> float:
@@ -41,6 +41,31 @@ def test_stream_keys_depend_on_seed_and_offset() -> None:
     assert len(keys) == 9
     with pytest.raises(TypeError, match="Python ints"):
         stream_keys(0, torch.tensor(1))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("offset", [0, 5, 2**32 + 3, -7, 2**63 - 1])
+def test_tensor_offset_gives_the_same_words_as_int_offset(offset: int) -> None:
+    seed = 0x1234_5678_9ABC
+    assert stream_keys_tensor(seed, torch.tensor(offset)) == tuple(torch.tensor(k) for k in stream_keys(seed, offset))
+    logits = torch.randn(17, 9)
+    want = sample_categorical_ref(logits, seed=seed, offset=offset)
+    for dtype in (torch.int64, torch.int32):
+        if dtype == torch.int32 and not -(2**31) <= offset < 2**31:
+            continue
+        got = sample_categorical_ref(logits, seed=seed, offset=torch.tensor([offset], dtype=dtype))
+        assert torch.equal(got, want)
+
+
+def test_bad_offset_is_rejected() -> None:
+    logits = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="one integer"):
+        ops.sample_categorical(logits, seed=0, offset=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="one integer"):
+        ops.sample_categorical(logits, seed=0, offset=torch.tensor(1.0))
+    with pytest.raises(TypeError, match="offset must be"):
+        ops.sample_categorical(logits, seed=0, offset=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="offset tensor is on meta"):
+        ops.sample_categorical(logits, seed=0, offset=torch.tensor(1, device="meta"))
 
 
 def test_bad_input_is_rejected() -> None:
@@ -102,6 +127,15 @@ def test_triton_strided_and_bf16_logits_interpreter() -> None:
 
 
 @pytest.mark.usefixtures("interpret")
+@pytest.mark.parametrize("offset", [3, 2**32 + 1, -2])
+def test_triton_tensor_offset_equals_reference_interpreter(offset: int) -> None:
+    logits = torch.randn(6, 40)
+    want = sample_categorical_ref(logits, seed=77, offset=offset)
+    got = ops.sample_categorical(logits, seed=77, offset=torch.tensor(offset), backend="triton")
+    assert torch.equal(got, want)
+
+
+@pytest.mark.usefixtures("interpret")
 def test_triton_is_deterministic_interpreter() -> None:
     logits = torch.randn(33, 19)
     a = ops.sample_categorical(logits, seed=5, offset=9, backend="triton")
@@ -139,6 +173,29 @@ def test_triton_gpu_is_distributed_like_softmax(dtype: torch.dtype) -> None:
     logits = torch.tensor([0.5, -1.0, 1.5, 0.0, -0.3, 1.0], device="cuda").to(dtype)
     samples = ops.sample_categorical(logits.expand(200000, 6), temperature=0.8, seed=4, offset=2, backend="triton")
     assert chi2_statistic(samples, torch.softmax(logits.float() / 0.8, dim=-1)) < chi2_critical(5)
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("compiled")
+def test_triton_offset_tensor_in_cuda_graph_gpu() -> None:
+    """A captured sampler reads the offset tensor at replay time; advancing it changes the draws."""
+    logits = torch.randn(86, 1024, device="cuda")
+    offset = torch.zeros((), dtype=torch.int64, device="cuda")
+    ops.sample_categorical(logits, seed=3, offset=offset, backend="triton")  # compile outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ops.sample_categorical(logits, seed=3, offset=offset, backend="triton")
+        offset += 1
+    draws = []
+    for _ in range(3):
+        graph.replay()
+        draws.append(out.clone())
+    torch.cuda.synchronize()
+    assert offset.item() == 3
+    for i, d in enumerate(draws):
+        want = sample_categorical_ref(logits, seed=3, offset=i)
+        assert (d == want).float().mean().item() >= 0.999
+    assert not torch.equal(draws[0], draws[1])
 
 
 @pytest.mark.gpu

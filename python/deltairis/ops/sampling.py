@@ -1,8 +1,14 @@
 """Categorical sampling by the Gumbel-max trick with counter-based random numbers.
 
-A call is identified by ``(seed, offset)``: the same pair gives the same samples on every backend
-and device. Element ``i`` of the flattened logits draws the 32-bit word
+A call is identified by ``(seed, offset)``: the same pair gives the same random words on every
+backend and device. Element ``i`` of the flattened logits draws the 32-bit word
 ``counter_uint32(i, seed, offset)``; callers advance ``offset`` by one per call.
+
+``offset`` may be a Python int (the keys are derived on the host) or a one-element integer tensor
+on the logits' device (the keys are derived on the device from its value at run time). The tensor
+form needs no host synchronisation and keeps a captured CUDA graph correct: the graph reads the
+offset tensor when it replays, so the caller advances it in place (``offset_t += 1``) between
+replays or inside the captured step.
 """
 
 from __future__ import annotations
@@ -27,16 +33,43 @@ def _lowbias32_int(x: int) -> int:
     return x
 
 
+def seed_key(seed: int) -> int:
+    """The 32-bit key of a 64-bit seed (first stage of :func:`stream_keys`)."""
+    if not isinstance(seed, int):
+        raise TypeError(f"seed must be a Python int, got {type(seed).__name__}")
+    s = seed & 0xFFFFFFFFFFFFFFFF
+    return _lowbias32_int((s & _M32) ^ _lowbias32_int(s >> 32))
+
+
 def stream_keys(seed: int, offset: int) -> tuple[int, int]:
     """Two 32-bit keys derived from (seed, offset) on the host (Python integers, no device work)."""
     if not isinstance(seed, int) or not isinstance(offset, int):
         raise TypeError(f"seed and offset must be Python ints, got {type(seed).__name__}, {type(offset).__name__}")
-    s = seed & 0xFFFFFFFFFFFFFFFF
     o = offset & 0xFFFFFFFFFFFFFFFF
-    k0 = _lowbias32_int((s & _M32) ^ _lowbias32_int(s >> 32))
-    k0 = _lowbias32_int(k0 ^ (o & _M32))
+    k0 = _lowbias32_int(seed_key(seed) ^ (o & _M32))
     k1 = _lowbias32_int(k0 ^ _lowbias32_int((o >> 32) ^ GOLDEN))
     return k0, k1
+
+
+def stream_keys_tensor(seed: int, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`stream_keys` with the offset read on its device: two 0-dim int64 tensors (uint32 values)."""
+    o = offset.reshape(()).to(torch.int64)
+    o_lo = o & _M32
+    o_hi = (o >> 32) & _M32  # arithmetic shift, then the two's-complement high word, as on the host
+    k0 = _lowbias32_tensor(seed_key(seed) ^ o_lo)
+    k1 = _lowbias32_tensor(k0 ^ _lowbias32_tensor(o_hi ^ GOLDEN))
+    return k0, k1
+
+
+def check_offset(offset: int | torch.Tensor, device: torch.device) -> None:
+    """``offset`` must be a Python int or a one-element integer tensor on ``device``."""
+    if isinstance(offset, torch.Tensor):
+        if offset.numel() != 1 or offset.is_floating_point() or offset.is_complex() or offset.dtype == torch.bool:
+            raise ValueError(f"offset tensor must hold one integer, got {offset.dtype} of shape {tuple(offset.shape)}")
+        if offset.device != device:
+            raise ValueError(f"offset tensor is on {offset.device}, the logits on {device}")
+    elif not isinstance(offset, int) or isinstance(offset, bool):
+        raise TypeError(f"offset must be a Python int or an integer tensor, got {type(offset).__name__}")
 
 
 def _lowbias32_tensor(x: torch.Tensor) -> torch.Tensor:
@@ -49,9 +82,14 @@ def _lowbias32_tensor(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def counter_uint32(numel: int, seed: int, offset: int, device: torch.device | str) -> torch.Tensor:
+def counter_uint32(
+    numel: int, seed: int, offset: int | torch.Tensor, device: torch.device | str
+) -> torch.Tensor:
     """The random 32-bit words (as int64) for elements 0..numel-1 of the stream (seed, offset)."""
-    k0, k1 = stream_keys(seed, offset)
+    if isinstance(offset, torch.Tensor):
+        k0, k1 = stream_keys_tensor(seed, offset.to(device))
+    else:
+        k0, k1 = stream_keys(seed, offset)
     i = torch.arange(numel, device=device, dtype=torch.int64)
     x = ((i * GOLDEN) & _M32) ^ k0
     x = _lowbias32_tensor(x)
@@ -59,7 +97,9 @@ def counter_uint32(numel: int, seed: int, offset: int, device: torch.device | st
     return x
 
 
-def counter_uniform(numel: int, seed: int, offset: int, device: torch.device | str) -> torch.Tensor:
+def counter_uniform(
+    numel: int, seed: int, offset: int | torch.Tensor, device: torch.device | str
+) -> torch.Tensor:
     """Uniform float32 numbers in the open interval (0, 1) with 24 random bits each."""
     x = counter_uint32(numel, seed, offset, device)
     return ((x >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
@@ -75,10 +115,11 @@ def _check(logits: torch.Tensor, temperature: float) -> None:
 
 
 def sample_categorical_ref(
-    logits: torch.Tensor, *, temperature: float = 1.0, seed: int, offset: int
+    logits: torch.Tensor, *, temperature: float = 1.0, seed: int, offset: int | torch.Tensor
 ) -> torch.Tensor:
     """Reference: argmax(logits / temperature + Gumbel noise) over the last dim -> int64 indices."""
     _check(logits, temperature)
+    check_offset(offset, logits.device)
     u = counter_uniform(logits.numel(), seed, offset, logits.device).view(logits.shape)
     gumbel = -torch.log(-torch.log(u))
     scores = logits.float() / temperature + gumbel
@@ -90,11 +131,16 @@ def sample_categorical(
     *,
     temperature: float = 1.0,
     seed: int,
-    offset: int,
+    offset: int | torch.Tensor,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Sample one index per row of ``logits`` (..., V) from softmax(logits / temperature)."""
+    """Sample one index per row of ``logits`` (..., V) from softmax(logits / temperature).
+
+    ``offset``: a Python int, or a one-element integer tensor on the logits' device (read on the
+    device; use it when the call is captured in a CUDA graph).
+    """
     _check(logits, temperature)
+    check_offset(offset, logits.device)
 
     def supported() -> str | None:
         if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
