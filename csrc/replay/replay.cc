@@ -36,22 +36,25 @@ void pread_all(int fd, const std::string& path, void* dst, std::int64_t bytes, s
   }
 }
 
-void check_table(const ChunkTable& t) {
+void check_sizes(const ChunkTable& t) {
   if (t.num_episodes < 0 || t.num_chunks < 0) invalid("chunk table: negative size");
   if (t.ep_begin[0] != 0 || t.ep_begin[t.num_episodes] != t.num_chunks)
     invalid("chunk table: ep_chunk_begin must start at 0 and end at the number of chunks");
-  for (std::int64_t e = 0; e < t.num_episodes; ++e) {
-    const std::int64_t b = t.ep_begin[e], end = t.ep_begin[e + 1];
-    if (end < b) invalid("chunk table: ep_chunk_begin must be non-decreasing");
-    std::int64_t pos = 0;
-    for (std::int64_t c = b; c < end; ++c) {
-      if (t.offset[c] != pos || t.len[c] < 1 || t.row[c] < 0)
-        invalid("chunk table: chunks of episode " + std::to_string(e) + " do not tile it");
-      pos += t.len[c];
-    }
-    if (pos != t.lengths[e] || pos < 1)
-      invalid("chunk table: chunks of episode " + std::to_string(e) + " do not sum to its length");
+}
+
+// Checks that the chunks of episode e tile [0, lengths[e]) (run for every episode a gather touches, so
+// the cost does not grow with the store).
+void check_episode(const ChunkTable& t, std::int64_t e) {
+  const std::int64_t b = t.ep_begin[e], end = t.ep_begin[e + 1];
+  if (b < 0 || end < b || end > t.num_chunks) invalid("chunk table: ep_chunk_begin must be non-decreasing");
+  std::int64_t pos = 0;
+  for (std::int64_t c = b; c < end; ++c) {
+    if (t.offset[c] != pos || t.len[c] < 1 || t.row[c] < 0)
+      invalid("chunk table: chunks of episode " + std::to_string(e) + " do not tile it");
+    pos += t.len[c];
   }
+  if (pos != t.lengths[e] || pos < 1)
+    invalid("chunk table: chunks of episode " + std::to_string(e) + " do not sum to its length");
 }
 
 }  // namespace
@@ -142,11 +145,12 @@ void Reader::read_rows(std::int64_t row, std::int64_t count, std::uint8_t* obs, 
 void Reader::gather(const ChunkTable& table, const std::int64_t* episode, const std::int64_t* start,
                     std::int64_t batch, std::int64_t seq_len, const GatherOutputs& out) {
   if (seq_len < 1) invalid("seq_len must be >= 1");
-  check_table(table);
+  check_sizes(table);
   for (std::int64_t b = 0; b < batch; ++b) {
     if (episode[b] < 0 || episode[b] >= table.num_episodes)
       invalid("episode_id " + std::to_string(episode[b]) + " is not in the store");
     if (start[b] <= -kMaxAbsStart || start[b] >= kMaxAbsStart) invalid("start is out of range");
+    check_episode(table, episode[b]);
   }
   const std::int64_t fb = frame_bytes_;
   pool_.parallel_for(static_cast<std::size_t>(batch), [&](std::size_t bi) {

@@ -55,6 +55,7 @@ DATA_FILES: dict[str, tuple[str, np.dtype]] = {
     "trunc": ("trunc.u8", np.dtype(np.uint8)),
 }
 FIELDS = tuple(DATA_FILES)
+_BATCH_FIELDS = ("obs", "act", "rew", "end", "trunc", "mask_padding", "episode_id", "start", "stop")
 DEFAULT_OBS_SHAPE = (3, 64, 64)
 
 Backend = Literal["auto", "cpp", "numpy"]
@@ -159,6 +160,8 @@ class ReplayStore:
         self._memmaps: dict[str, np.ndarray] = {}
         self._memmap_rows = -1
         self._view_cache: _View | None = None
+        # id(out batch) -> (its tensors, NumPy views of them): validating caller buffers once per buffer.
+        self._out_cache: dict[int, tuple[tuple[torch.Tensor, ...], tuple, dict[str, np.ndarray]]] = {}
         self._closed = False
 
         index_path = self.directory / INDEX_NAME
@@ -606,7 +609,27 @@ class ReplayStore:
 
     def _out_arrays(self, out: Batch | None, b: int, t: int) -> tuple[Batch, dict[str, np.ndarray]]:
         if out is None:
-            out = self.allocate_batch(b, t)
+            arrays = {
+                "obs": np.empty((b, t, *self.obs_shape), np.uint8),
+                "act": np.empty((b, t), np.int64),
+                "rew": np.empty((b, t), np.float32),
+                "end": np.empty((b, t), np.uint8),
+                "trunc": np.empty((b, t), np.uint8),
+                "mask_padding": np.empty((b, t), bool),
+                "episode_id": np.empty(b, np.int64),
+                "start": np.empty(b, np.int64),
+                "stop": np.empty(b, np.int64),
+            }
+            return Batch(**{k: torch.from_numpy(v) for k, v in arrays.items()}), arrays
+        cached = self._out_cache.get(id(out))
+        if cached is not None:
+            tensors, signature, arrays = cached
+            if (
+                all(getattr(out, f) is x for f, x in zip(_BATCH_FIELDS, tensors))
+                and tuple((x.data_ptr(), x.shape, x.dtype) for x in tensors) == signature
+                and arrays["act"].shape == (b, t)
+            ):
+                return out, arrays
         expect = {
             "obs": ((b, t, *self.obs_shape), torch.uint8),
             "act": ((b, t), torch.int64),
@@ -628,6 +651,10 @@ class ReplayStore:
             if not x.is_contiguous():
                 raise ValueError(f"out.{name} must be contiguous")
             arrays[name] = x.numpy()
+        if len(self._out_cache) > 8:  # a few prefetch buffers at most
+            self._out_cache.clear()
+        tensors = tuple(getattr(out, f) for f in _BATCH_FIELDS)
+        self._out_cache[id(out)] = (tensors, tuple((x.data_ptr(), x.shape, x.dtype) for x in tensors), arrays)
         return out, arrays
 
     def _gather_locked(
