@@ -69,7 +69,8 @@ class TokenizerConfig:
     @property
     def decoder(self) -> FrameCnnConfig:
         latent = self.frame_cnn.latent_dim + self.decoder_act_channels + self.encoder.latent_dim
-        return FrameCnnConfig(self.image_channels, latent, self.decoder_num_channels, self.encoder.mult, self.encoder.down)
+        enc = self.encoder
+        return FrameCnnConfig(self.image_channels, latent, self.decoder_num_channels, enc.mult, enc.down, enc.num_groups)
 
 
 @dataclass(frozen=True)
@@ -207,21 +208,22 @@ def make_agent_config(preset: str = "crafter", num_actions: int | None = None) -
                 num_actions=a, two_hot_values=False, gamma=0.995, entropy_weight=0.002, horizon=20
             ),
         )
-    # tiny: same structure, narrow layers, for tests and CPU demos
+    # tiny: same structure, narrow layers and early downsampling, for tests and CPU demos
+    cnn = dict(mult=(1, 1, 1, 1), down=(1, 1, 1, 0), num_groups=8)
     return AgentConfig(
         preset,
         TokenizerConfig(
             num_actions=a,
-            encoder=FrameCnnConfig(7, 16, 32, mult=(1, 1, 1, 1, 1)),
-            frame_cnn=FrameCnnConfig(3, 4, 32, mult=(1, 1, 1, 1, 1)),
-            decoder_num_channels=32,
+            encoder=FrameCnnConfig(7, 16, 16, **cnn),
+            frame_cnn=FrameCnnConfig(3, 4, 16, **cnn),
+            decoder_num_channels=16,
             codebook_size=64,
             codebook_dim=16,
         ),
         WorldModelConfig(
             num_actions=a,
             latent_vocab_size=64,
-            frame_cnn=FrameCnnConfig(3, 2, 32, mult=(1, 1, 1, 1, 1)),
+            frame_cnn=FrameCnnConfig(3, 2, 16, **cnn),
             transformer=TransformerConfig(max_blocks=21, embed_dim=128, num_layers=2, num_heads=4),
             head_hidden=128,
             num_reward_buckets=63,
@@ -230,7 +232,7 @@ def make_agent_config(preset: str = "crafter", num_actions: int | None = None) -
         ),
         ActorCriticConfig(
             num_actions=a,
-            frame_cnn=FrameCnnConfig(3, 4, 32, mult=(1, 1, 1, 1, 1)),
+            frame_cnn=FrameCnnConfig(3, 4, 16, **cnn),
             lstm_dim=128,
             num_value_buckets=63,
             bucket_low=-5.0,

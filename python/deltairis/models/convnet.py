@@ -100,6 +100,8 @@ class FrameDecoder(nn.Module):
         self.config = config
         n, g = config.num_channels, config.num_groups
         mult, down = config.mult, config.down
+        if down and down[-1]:
+            raise ValueError(f"decoder needs down[-1] == 0 to mirror the encoder's {sum(down)} downsamplings, got down={down}")
         ch = mult[-1] * n
         layers: list[nn.Module] = [nn.Conv2d(config.latent_dim, ch, 3, padding=1)]
         for j in reversed(range(len(mult))):

@@ -1,0 +1,119 @@
+"""Forward+backward steps of the three models at the presets' shapes: the baselines that later
+performance work (Triton kernels, CUDA graphs) is measured against.
+
+On CPU the batch sizes are reduced to fit a 2-core, 24 GiB machine; on CUDA the presets' own batch
+sizes are used (SPEC section 6). Override with DELTAIRIS_BENCH_SCALE=full|cpu.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from deltairis.agent import Agent
+from deltairis.config import make_agent_config
+from deltairis.data import Batch
+from deltairis.models import configure_optimizer
+
+# (tokenizer B, T), (world model B, T), actor-critic B  -- full preset shapes from SPEC section 6
+FULL = {"crafter": ((32, 21), (32, 21), 86), "atari": ((16, 21), (64, 26), 64), "tiny": ((16, 21), (16, 21), 32)}
+CPU = {"crafter": ((2, 21), (4, 21), 4), "atari": ((2, 21), (4, 26), 4), "tiny": ((8, 21), (8, 21), 16)}
+
+
+def _scale(device: torch.device) -> dict:
+    scale = os.environ.get("DELTAIRIS_BENCH_SCALE", "full" if device.type == "cuda" else "cpu")
+    return FULL if scale == "full" else CPU
+
+
+def _batch(b: int, t: int, a: int, device: torch.device) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    return Batch(
+        obs=torch.randint(0, 256, (b, t, 3, 64, 64), dtype=torch.uint8, generator=g),
+        act=torch.randint(0, a, (b, t), generator=g),
+        rew=torch.randn(b, t, generator=g),
+        end=torch.zeros(b, t, dtype=torch.uint8),
+        trunc=torch.zeros(b, t, dtype=torch.uint8),
+        mask_padding=torch.ones(b, t, dtype=torch.bool),
+        episode_id=torch.zeros(b, dtype=torch.long),
+        start=torch.zeros(b, dtype=torch.long),
+        stop=torch.full((b,), t, dtype=torch.long),
+    ).to(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "crafter", "atari"])
+def test_tokenizer_step(benchmark, bench_device: torch.device, preset: str) -> None:
+    cfg = make_agent_config(preset)
+    agent = Agent(cfg).to(bench_device).train()
+    (b, t), _, _ = _scale(bench_device)[preset]
+    batch = _batch(b, t, cfg.num_actions, bench_device)
+    opt = configure_optimizer(agent.tokenizer, 1e-4, 0.01)
+    benchmark.group = f"model-step-{preset}"
+    benchmark.extra_info["shape"] = f"B={b} T={t}"
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with _autocast(bench_device):
+            loss = agent.tokenizer.compute_loss(batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(agent.tokenizer.parameters(), 10.0)
+        opt.step()
+        _sync(bench_device)
+
+    benchmark.pedantic(step, rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "crafter", "atari"])
+def test_world_model_step(benchmark, bench_device: torch.device, preset: str) -> None:
+    cfg = make_agent_config(preset)
+    agent = Agent(cfg).to(bench_device).train()
+    _, (b, t), _ = _scale(bench_device)[preset]
+    batch = _batch(b, t, cfg.num_actions, bench_device)
+    opt = configure_optimizer(agent.world_model, 1e-4, 0.01)
+    benchmark.group = f"model-step-{preset}"
+    benchmark.extra_info["shape"] = f"B={b} T={t}"
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with _autocast(bench_device):
+            loss = agent.world_model.compute_loss(batch, agent.tokenizer).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(agent.world_model.parameters(), 10.0)
+        opt.step()
+        _sync(bench_device)
+
+    benchmark.pedantic(step, rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "crafter", "atari"])
+def test_actor_critic_step(benchmark, bench_device: torch.device, preset: str) -> None:
+    """One actor-critic update including burn-in and the whole imagination (horizon from the preset)."""
+    cfg = make_agent_config(preset)
+    agent = Agent(cfg).to(bench_device).train()
+    _, _, b = _scale(bench_device)[preset]
+    batch = _batch(b, cfg.actor_critic.burn_in + 1, cfg.num_actions, bench_device)
+    opt = configure_optimizer(agent.actor_critic.model, 1e-4, kind="adam")
+    benchmark.group = f"model-step-{preset}"
+    benchmark.extra_info["shape"] = f"B={b} burn-in={cfg.actor_critic.burn_in} H={cfg.actor_critic.horizon}"
+    seed = iter(range(10**6))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = agent.actor_critic.compute_loss(batch, agent.tokenizer, agent.world_model, seed=next(seed)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(agent.actor_critic.model.parameters(), 10.0)
+        opt.step()
+        agent.actor_critic.update_target()
+        _sync(bench_device)
+
+    benchmark.pedantic(step, rounds=3, warmup_rounds=1)
