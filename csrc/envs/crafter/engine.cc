@@ -309,6 +309,8 @@ Env::Env(std::shared_ptr<const Assets> assets, std::int64_t seed)
       nchunk_y_((a_.config_.area_y + 11) / 12),
       seed_(seed) {
   local_.resize(static_cast<std::size_t>(a_.local_w_) * a_.local_h_ * 3);
+  light_cache_key_.assign(kLightCache, -1);
+  light_cache_value_.assign(kLightCache * 3, 0);
   noise_.resize(static_cast<std::size_t>(a_.local_w_) * a_.local_h_);
 }
 
@@ -1005,46 +1007,60 @@ void Env::render(std::uint8_t* obs) {
   const bool sleeping = sleeping_;
   std::fill(obs, obs + static_cast<std::size_t>(sx) * sy * 3, static_cast<std::uint8_t>(0));
   const int bx = a_.border_x_, by = a_.border_y_;
+  // Maps a canvas colour c (and its noised version n1) to the final pixel, LocalView._light then _sleep.
+  auto light = [&](const std::uint8_t* c, const std::uint8_t* n1, std::uint8_t* dst) {
+    const int grey = luma(n1);
+    double out[3];
+    for (int k = 0; k < 3; ++k) {
+      const float blended = static_cast<float>(grey) + 0.4f * static_cast<float>(static_cast<int>(n1[k]) - grey);
+      const std::uint8_t n2 = static_cast<std::uint8_t>(blended);
+      const double night = 0.5 * n2 + 0.5 * kNightTint[k];
+      out[k] = daylight * c[k] + one_minus_day * night;
+    }
+    if (sleeping) {
+      std::uint8_t s[3];
+      for (int k = 0; k < 3; ++k) s[k] = static_cast<std::uint8_t>(out[k]);
+      const int g = luma(s);
+      for (int k = 0; k < 3; ++k) {
+        const float blended = static_cast<float>(g) + 0.0f * static_cast<float>(static_cast<int>(s[k]) - g);
+        out[k] = 0.5 * static_cast<std::uint8_t>(blended) + 0.5 * kSleepTint[k];
+      }
+    }
+    for (int k = 0; k < 3; ++k) dst[k] = static_cast<std::uint8_t>(out[k]);
+  };
+  // In daylight the result depends on the colour alone: memoise it per frame (textures use few colours).
+  if (!dark) std::fill(light_cache_key_.begin(), light_cache_key_.end(), -1);
   for (int x = 0; x < w; ++x) {
     for (int y = 0; y < h; ++y) {
       const std::size_t p = static_cast<std::size_t>(x) * h + y;
       const std::uint8_t* c = &local_[p * 3];
-      std::uint8_t n1[3];
-      if (dark) {
-        const double m = amount * a_.vignette_[p];
-        const double nz = noise_[p];
-        for (int k = 0; k < 3; ++k) n1[k] = static_cast<std::uint8_t>((1 - m) * c[k] + m * nz);
-      } else {
-        n1[0] = c[0];
-        n1[1] = c[1];
-        n1[2] = c[2];
-      }
-      const int grey = luma(n1);
-      double out[3];
-      for (int k = 0; k < 3; ++k) {
-        const float blended = static_cast<float>(grey) + 0.4f * static_cast<float>(static_cast<int>(n1[k]) - grey);
-        const std::uint8_t n2 = static_cast<std::uint8_t>(blended);
-        const double night = 0.5 * n2 + 0.5 * kNightTint[k];
-        out[k] = daylight * c[k] + one_minus_day * night;
-      }
-      if (sleeping) {
-        std::uint8_t s[3];
-        for (int k = 0; k < 3; ++k) s[k] = static_cast<std::uint8_t>(out[k]);
-        const int g = luma(s);
-        for (int k = 0; k < 3; ++k) {
-          const float blended = static_cast<float>(g) + 0.0f * static_cast<float>(static_cast<int>(s[k]) - g);
-          out[k] = 0.5 * static_cast<std::uint8_t>(blended) + 0.5 * kSleepTint[k];
-        }
-      }
       const int X = bx + x, Y = by + y;
       if (X < 0 || Y < 0 || X >= sx || Y >= sy) continue;
       std::uint8_t* dst = &obs[(static_cast<std::size_t>(Y) * sx + X) * 3];
-      for (int k = 0; k < 3; ++k) dst[k] = static_cast<std::uint8_t>(out[k]);
+      if (dark) {
+        std::uint8_t n1[3];
+        const double m = amount * a_.vignette_[p];
+        const double nz = noise_[p];
+        for (int k = 0; k < 3; ++k) n1[k] = static_cast<std::uint8_t>((1 - m) * c[k] + m * nz);
+        light(c, n1, dst);
+      } else {
+        const std::int32_t key = (c[0] << 16) | (c[1] << 8) | c[2];
+        const std::size_t slot = static_cast<std::size_t>((key * 2654435761u) >> 20) & (kLightCache - 1);
+        std::uint8_t* cached = &light_cache_value_[slot * 3];
+        if (light_cache_key_[slot] != key) {
+          light(c, c, cached);
+          light_cache_key_[slot] = key;
+        }
+        dst[0] = cached[0];
+        dst[1] = cached[1];
+        dst[2] = cached[2];
+      }
     }
   }
   // Inventory bar (ItemView) below the local view.
   const int ih = a_.item_h_;
-  std::vector<std::uint8_t> items(static_cast<std::size_t>(w) * ih * 3, 0);
+  std::vector<std::uint8_t>& items = items_;
+  items.assign(static_cast<std::size_t>(w) * ih * 3, 0);
   for (int i = 0; i < a_.num_items(); ++i) {
     const int amount_i = inventory_[i];
     if (amount_i < 1) continue;

@@ -315,6 +315,10 @@ class Env {
   // Render scratch.
   std::vector<std::uint8_t> local_;   // (local_w, local_h, 3)
   std::vector<double> noise_;
+  std::vector<std::uint8_t> items_;   // (local_w, item_h, 3)
+  static constexpr std::size_t kLightCache = 4096;  // per-frame colour -> lit colour memo (daylight)
+  std::vector<std::int32_t> light_cache_key_;
+  std::vector<std::uint8_t> light_cache_value_;
 };
 
 }  // namespace crafter
