@@ -19,9 +19,11 @@ import importlib
 import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -57,12 +59,14 @@ def requested_backend(backend: str | None) -> str:
     return name
 
 
+@lru_cache(maxsize=1)
 def triton_interpreted() -> bool:
     """Whether the imported Triton runs kernels in its interpreter.
 
     Triton fixes the mode when it is first imported: ``triton.language``'s own helpers (``tl.max``,
     ...) are decorated then, in the mode ``TRITON_INTERPRET`` selected at that moment, and kernels of
     the other mode cannot call them. Imports Triton if needed; call only after ``triton_available()``.
+    Cached: the mode cannot change once Triton is imported.
     """
     import triton.language as tl
 
@@ -87,6 +91,10 @@ def _interpret_env(interpreted: bool) -> Iterator[None]:
             os.environ["TRITON_INTERPRET"] = old
 
 
+# (module, name) -> (kernel module, callable): skips the import machinery on the hot path.
+_KERNELS: dict[tuple[str, str], tuple[ModuleType, Callable[..., Any]]] = {}
+
+
 def load_kernel(module: str, name: str) -> Callable[..., Any] | None:
     """The Triton implementation ``deltairis.kernels.<module>.<name>``, or None if not shipped.
 
@@ -98,6 +106,9 @@ def load_kernel(module: str, name: str) -> Callable[..., Any] | None:
         return None
     interpreted = triton_interpreted()
     full = f"deltairis.kernels.{module}"
+    hit = _KERNELS.get((module, name))
+    if hit is not None and sys.modules.get(full) is hit[0] and getattr(hit[0], "INTERPRETED", None) == interpreted:
+        return hit[1]
     try:
         with _interpret_env(interpreted):
             mod = importlib.import_module(full)
@@ -108,7 +119,10 @@ def load_kernel(module: str, name: str) -> Callable[..., Any] | None:
         if err.name is not None and (err.name == full or full.startswith(err.name + ".")):
             return None  # kernel module not shipped
         raise  # a broken kernel module must not silently fall back
-    return getattr(mod, name, None)
+    fn = getattr(mod, name, None)
+    if fn is not None:
+        _KERNELS[(module, name)] = (mod, fn)
+    return fn
 
 
 def choose(
