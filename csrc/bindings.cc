@@ -147,11 +147,12 @@ void register_replay(py::module_& m) {
       .def_property_readonly("frame_bytes", &rp::Reader::frame_bytes)
       .def(
           "gather",
-          [checked](rp::Reader& self, const py::array& lengths, const py::array& ep_chunk_begin,
+          [checked](rp::Reader& self, std::int64_t num_rows, const py::array& lengths, const py::array& ep_chunk_begin,
              const py::array& chunk_offset, const py::array& chunk_row, const py::array& chunk_len,
              const py::array& episode, const py::array& start, const py::array& obs, const py::array& act,
              const py::array& rew, const py::array& end, const py::array& trunc, const py::array& mask) {
             rp::ChunkTable t;
+            t.num_rows = num_rows;
             t.num_episodes = lengths.ndim() == 1 ? lengths.shape(0) : -1;
             t.num_chunks = chunk_offset.ndim() == 1 ? chunk_offset.shape(0) : -1;
             t.lengths = checked(static_cast<std::int64_t*>(nullptr), lengths, "lengths", 'i', {-1}, false);
@@ -178,7 +179,7 @@ void register_replay(py::module_& m) {
             py::gil_scoped_release release;
             self.gather(t, ep, st, b, l, out);
           },
-          py::arg("lengths"), py::arg("ep_chunk_begin"), py::arg("chunk_offset"), py::arg("chunk_row"),
+          py::arg("num_rows"), py::arg("lengths"), py::arg("ep_chunk_begin"), py::arg("chunk_offset"), py::arg("chunk_row"),
           py::arg("chunk_len"), py::arg("episode_id"), py::arg("start"), py::arg("obs"), py::arg("act"),
           py::arg("rew"), py::arg("end"), py::arg("trunc"), py::arg("mask_padding"),
           "Copy segments into the caller's buffers (GIL released); padding is zero with mask False.");
@@ -381,7 +382,12 @@ void register_vecenv(py::module_& m) {
              std::copy(e.material_map().begin(), e.material_map().end(), out.mutable_data());
              return out;
            })
-      .def("objects", env_objects, "Live objects in creation order (dicts, for tests).");
+      .def("objects", env_objects, "Live objects in creation order (dicts, for tests).")
+      .def(
+          "_set_despawn_choices",
+          [](cr::Env& e, std::vector<std::uint32_t> slots) { e.set_despawn_choices(std::move(slots)); },
+          py::arg("slots"), "Test hook: slots the next despawns remove (replay of CPython's set order).")
+      .def_property_readonly("_despawn_choices_left", &cr::Env::despawn_choices_left);
 
   py::class_<deltairis::CrafterVectorEnv>(m, "CrafterVectorEnv",
                                           "N native Crafter envs stepped by a thread pool with auto-reset.")

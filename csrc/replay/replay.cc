@@ -1,9 +1,12 @@
 #include "replay/replay.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -37,7 +40,7 @@ void pread_all(int fd, const std::string& path, void* dst, std::int64_t bytes, s
 }
 
 void check_sizes(const ChunkTable& t) {
-  if (t.num_episodes < 0 || t.num_chunks < 0) invalid("chunk table: negative size");
+  if (t.num_episodes < 0 || t.num_chunks < 0 || t.num_rows < 0) invalid("chunk table: negative size");
   if (t.ep_begin[0] != 0 || t.ep_begin[t.num_episodes] != t.num_chunks)
     invalid("chunk table: ep_chunk_begin must start at 0 and end at the number of chunks");
 }
@@ -49,7 +52,7 @@ void check_episode(const ChunkTable& t, std::int64_t e) {
   if (b < 0 || end < b || end > t.num_chunks) invalid("chunk table: ep_chunk_begin must be non-decreasing");
   std::int64_t pos = 0;
   for (std::int64_t c = b; c < end; ++c) {
-    if (t.offset[c] != pos || t.len[c] < 1 || t.row[c] < 0)
+    if (t.offset[c] != pos || t.len[c] < 1 || t.row[c] < 0 || t.row[c] > t.num_rows - t.len[c])
       invalid("chunk table: chunks of episode " + std::to_string(e) + " do not tile it");
     pos += t.len[c];
   }
@@ -130,16 +133,56 @@ Reader::Reader(const std::vector<std::string>& paths, std::int64_t frame_bytes, 
 }
 
 Reader::~Reader() {
+  unmap();
   for (int fd : fds_) ::close(fd);
+}
+
+void Reader::unmap() {
+  for (std::size_t i = 0; i < maps_.size(); ++i)
+    if (maps_[i] != nullptr) ::munmap(maps_[i], map_bytes_[i]);
+  maps_.clear();
+  map_bytes_.clear();
+  mapped_rows_ = 0;
+}
+
+void Reader::ensure_mapped(std::int64_t num_rows) {
+  if (num_rows <= mapped_rows_) return;
+  unmap();
+  static constexpr std::int64_t kItem[5] = {0, 8, 4, 1, 1};
+  std::int64_t rows = INT64_MAX;  // rows readable in every file (>= num_rows)
+  std::vector<void*> maps(5, nullptr);
+  std::vector<std::size_t> bytes(5, 0);
+  auto fail = [&](const std::string& msg) {
+    for (std::size_t i = 0; i < 5; ++i)
+      if (maps[i] != nullptr) ::munmap(maps[i], bytes[i]);
+    throw std::runtime_error(msg);
+  };
+  for (int i = 1; i < 5; ++i) {
+    struct stat st;
+    if (::fstat(fds_[i], &st) != 0) fail("replay store: cannot stat " + paths_[i] + ": " + std::strerror(errno));
+    const std::int64_t file_rows = static_cast<std::int64_t>(st.st_size) / kItem[i];
+    if (file_rows < num_rows) fail("replay store: " + paths_[i] + " is shorter than the episode table says");
+    rows = std::min(rows, file_rows);
+    bytes[i] = static_cast<std::size_t>(file_rows * kItem[i]);
+    void* p = ::mmap(nullptr, bytes[i], PROT_READ, MAP_SHARED, fds_[i], 0);
+    if (p == MAP_FAILED) {
+      maps[i] = nullptr;
+      fail("replay store: cannot map " + paths_[i] + ": " + std::strerror(errno));
+    }
+    maps[i] = p;
+  }
+  maps_ = maps;
+  map_bytes_ = bytes;
+  mapped_rows_ = rows;
 }
 
 void Reader::read_rows(std::int64_t row, std::int64_t count, std::uint8_t* obs, std::int64_t* act, float* rew,
                        std::uint8_t* end, std::uint8_t* trunc) const {
   pread_all(fds_[0], paths_[0], obs, count * frame_bytes_, row * frame_bytes_);
-  pread_all(fds_[1], paths_[1], act, count * 8, row * 8);
-  pread_all(fds_[2], paths_[2], rew, count * 4, row * 4);
-  pread_all(fds_[3], paths_[3], end, count, row);
-  pread_all(fds_[4], paths_[4], trunc, count, row);
+  std::memcpy(act, static_cast<const std::int64_t*>(maps_[1]) + row, static_cast<std::size_t>(count) * 8);
+  std::memcpy(rew, static_cast<const float*>(maps_[2]) + row, static_cast<std::size_t>(count) * 4);
+  std::memcpy(end, static_cast<const std::uint8_t*>(maps_[3]) + row, static_cast<std::size_t>(count));
+  std::memcpy(trunc, static_cast<const std::uint8_t*>(maps_[4]) + row, static_cast<std::size_t>(count));
 }
 
 void Reader::gather(const ChunkTable& table, const std::int64_t* episode, const std::int64_t* start,
@@ -152,6 +195,7 @@ void Reader::gather(const ChunkTable& table, const std::int64_t* episode, const 
     if (start[b] <= -kMaxAbsStart || start[b] >= kMaxAbsStart) invalid("start is out of range");
     check_episode(table, episode[b]);
   }
+  if (batch > 0) ensure_mapped(table.num_rows);
   const std::int64_t fb = frame_bytes_;
   pool_.parallel_for(static_cast<std::size_t>(batch), [&](std::size_t bi) {
     const std::int64_t b = static_cast<std::int64_t>(bi);

@@ -39,6 +39,7 @@ void add_counts(std::int64_t* counts, std::int64_t n, const std::int64_t* episod
 struct ChunkTable {
   std::int64_t num_episodes = 0;
   std::int64_t num_chunks = 0;
+  std::int64_t num_rows = 0;               // rows in use in the data files; every chunk lies below
   const std::int64_t* lengths = nullptr;   // (N,)
   const std::int64_t* ep_begin = nullptr;  // (N + 1,)
   const std::int64_t* offset = nullptr;    // (C,) first episode step of the chunk
@@ -56,6 +57,9 @@ struct GatherOutputs {
   bool* mask = nullptr;
 };
 
+// Frames are read with pread (one call per run of consecutive rows, no mapping, so resident memory does
+// not grow with the store); the per-step scalars (14 bytes a step, 0.1 % of the data) are memory-mapped,
+// read-only, and the mapping follows the files as they grow.
 class Reader {
  public:
   // paths: obs, act, rew, end, trunc files (opened read-only). num_threads <= 0: default.
@@ -77,8 +81,14 @@ class Reader {
  private:
   void read_rows(std::int64_t row, std::int64_t count, std::uint8_t* obs, std::int64_t* act, float* rew,
                  std::uint8_t* end, std::uint8_t* trunc) const;
+  // Maps the scalar files so that rows [0, num_rows) are readable.
+  void ensure_mapped(std::int64_t num_rows);
+  void unmap();
 
   std::vector<int> fds_;
+  std::vector<void*> maps_;             // act, rew, end, trunc (index 1..4 of the paths); nullptr: none
+  std::vector<std::size_t> map_bytes_;
+  std::int64_t mapped_rows_ = 0;
   std::vector<std::string> paths_;
   std::int64_t frame_bytes_;
   ThreadPool pool_;

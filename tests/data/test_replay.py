@@ -66,8 +66,12 @@ def test_contents_roundtrip_and_reopen(backend: str, tmp_path: Path) -> None:
             np.testing.assert_array_equal(getattr(ep, f), m[f], err_msg=f)
     store.commit()
     # Appended after the commit and never committed: gone after reopening.
-    store.extend_episode(0, **random_steps(rng, 4))
-    store.add_episode(**random_steps(rng, 3))
+    more, new = random_steps(rng, 4), random_steps(rng, 3)
+    store.extend_episode(0, **more)
+    new_id = store.add_episode(**new)
+    # Visible at once in this process (the readers follow the growing files).
+    np.testing.assert_array_equal(store.load_episode(0).obs, np.concatenate([model[0]["obs"], more["obs"]]))
+    np.testing.assert_array_equal(store.load_episode(new_id).rew, new["rew"])
     store.close()
     with ReplayStore(tmp_path, backend=backend) as again:
         assert again.num_episodes == len(model)
@@ -290,3 +294,33 @@ def test_pinned_buffers(tmp_path: Path) -> None:
     store.sample("wm", 3, 4, seed=0, out=out)
     assert_batches_equal(out, store.sample("wm", 3, 4, seed=0, update_counts=False))
     assert out.to("cuda", non_blocking=True).obs.is_cuda
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reused_and_swapped_out_buffers(backend: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    store = ReplayStore(tmp_path, backend=backend, obs_shape=SMALL)
+    model = fill_store(store, rng, num_episodes=5, max_len=9)
+    assert store.sampling_probabilities("wm", 1.0).shape == (5,)
+    out = store.allocate_batch(3, 4)
+    for seed in range(4):  # the same buffers, refilled every call
+        store.sample("wm", 3, 4, seed=seed, out=out)
+        want = expected_segments(model, out.episode_id.numpy(), out.start.numpy(), 4, SMALL)
+        for f, arr in want.items():
+            np.testing.assert_array_equal(getattr(out, f).numpy(), arr, err_msg=f)
+    old_obs = out.obs.clone()
+    out.obs = torch.zeros_like(out.obs)  # a new tensor in the same Batch object is written, not the old one
+    store.sample("wm", 3, 4, seed=0, out=out)
+    assert out.obs.any()
+    out.act.set_(torch.zeros(3, 5, dtype=torch.int64))  # same tensor object, new storage and shape
+    with pytest.raises(ValueError, match="out.act must be torch.int64"):
+        store.sample("wm", 3, 4, seed=0, out=out)
+    assert old_obs.shape == out.obs.shape
+
+
+def test_empty_store_probabilities(tmp_path: Path) -> None:
+    for backend in ["numpy"] + (["cpp"] if _cpp_available() else []):
+        with ReplayStore(tmp_path / backend, backend=backend) as store:
+            assert store.sampling_probabilities("wm", 1.0).shape == (0,)
+            assert store.visit_counts("wm").shape == (0,)
+            assert store.num_steps == 0 and store.lengths.shape == (0,)

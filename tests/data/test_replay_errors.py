@@ -108,6 +108,7 @@ def test_cpp_boundary_validates_buffers(tmp_path: Path) -> None:
     reader = store._get_reader()
     b, L = 2, 3
     good = dict(
+        num_rows=view.n_rows,
         lengths=view.lengths,
         ep_chunk_begin=view.ep_chunk_begin,
         chunk_offset=view.chunk_offset,
@@ -135,6 +136,9 @@ def test_cpp_boundary_validates_buffers(tmp_path: Path) -> None:
         ("episode_id", np.array([0, 3]), "episode_id 3 is not in the store"),
         ("chunk_offset", view.chunk_offset + 1, "chunk table: chunks of episode 0 do not tile it"),
         ("ep_chunk_begin", view.ep_chunk_begin[:-1], "ep_chunk_begin has size"),
+        ("chunk_row", view.chunk_row + view.n_rows, "chunks of episode 0 do not tile it"),
+        ("num_rows", view.n_rows - 1, "do not tile it"),
+        ("num_rows", -1, "negative size"),
     ]:
         with pytest.raises(ValueError, match=message):
             reader.gather(**{**good, name: value})

@@ -566,6 +566,8 @@ class ReplayStore:
         alpha = self._check_alpha(alpha)
         with self._lock:
             counts = self._counts_for(consumer)
+            if counts.shape[0] == 0:
+                return np.zeros(0, dtype=np.float64)
             if self.backend == "cpp":
                 out = np.empty(counts.shape[0], dtype=np.float64)
                 _native.core.replay_sampling_probabilities(counts, alpha, out)
@@ -676,6 +678,7 @@ class ReplayStore:
         arrays["stop"][...] = start + seq_len
         if self.backend == "cpp":
             self._get_reader().gather(
+                view.n_rows,
                 view.lengths,
                 view.ep_chunk_begin,
                 view.chunk_offset,
