@@ -43,27 +43,32 @@ def _kvcache(dtype: torch.dtype, tq: int, variant: str) -> Callable[[], object]:
     b, h, d, tmax = 86, 8, 64, 126
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k_new, v_new = (torch.randn(b, h, tq, d, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
-    k_cache, v_cache = (torch.randn(b, h, tmax, d, device="cuda", dtype=dtype, generator=gen) for _ in range(2))
+    k_cache, v_cache = (
+        torch.randn(b, h, tmax, d, device="cuda", dtype=dtype, generator=gen) for _ in range(2)
+    )
     # Ragged lengths over the whole range, up to a full cache.
     lens = torch.randint(0, tmax - tq + 1, (b,), device="cuda", generator=gen).to(torch.int32)
     lens[0] = tmax - tq
     backend = "triton" if variant == "triton" else "torch"
-    return lambda: ops.attention_kvcache(q, k_new, v_new, k_cache, v_cache, lens, mask="block_causal", backend=backend)
+    return lambda: ops.attention_kvcache(
+        q, k_new, v_new, k_cache, v_cache, lens, mask="block_causal", backend=backend
+    )
 
 
 def _attention(mask: str, variant: str) -> Callable[[], object]:
     b, h, t, d = 32, 8, 126, 64
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (
-        torch.randn(b, h, t, d, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_() for _ in range(3)
+        torch.randn(b, h, t, d, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+        for _ in range(3)
     )
     grad = torch.randn(b, h, t, d, device="cuda", dtype=torch.bfloat16, generator=gen)
     if variant == "triton":
-        fwd = lambda: ops.attention(q, k, v, mask=mask, backend="triton")  # noqa: E731
+        fwd = lambda: ops.attention(q, k, v, mask=mask, backend="triton")
     elif variant == "sdpa_is_causal":
-        fwd = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+        fwd = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:  # sdpa with an explicit boolean mask: the reference
-        fwd = lambda: ops.attention_ref(q, k, v, mask=mask)  # noqa: E731
+        fwd = lambda: ops.attention_ref(q, k, v, mask=mask)
     return lambda: torch.autograd.grad(fwd(), (q, k, v), grad)
 
 
@@ -88,7 +93,9 @@ def _cases() -> list[Case]:
         for tq in (1, 3):
             group = f"attention_kvcache B86 H8 D64 cache126 Tq{tq} {dname}"
             for variant in ("reference", "triton"):
-                cases.append(Case(group, variant, "reference", lambda dt=dtype, n=tq, v=variant: _kvcache(dt, n, v)))
+                cases.append(
+                    Case(group, variant, "reference", lambda dt=dtype, n=tq, v=variant: _kvcache(dt, n, v))
+                )
     for variant in ("sdpa_is_causal", "reference", "triton"):
         cases.append(Case("attention fwd+bwd causal B32 H8 T126 D64 bf16", variant, "sdpa_is_causal",
                           lambda v=variant: _attention("causal", v)))  # fmt: skip
@@ -96,7 +103,11 @@ def _cases() -> list[Case]:
         cases.append(Case("attention fwd+bwd block_causal6 B32 H8 T126 D64 bf16", variant, "reference",
                           lambda v=variant: _attention("block_causal", v)))  # fmt: skip
     for variant in ("categorical", "reference", "triton"):
-        cases.append(Case("sample_categorical (344, 1024) fp32", variant, "categorical", lambda v=variant: _sampling(v)))
+        cases.append(
+            Case(
+                "sample_categorical (344, 1024) fp32", variant, "categorical", lambda v=variant: _sampling(v)
+            )
+        )
     for rows in (86, 86 * 15):
         for variant in ("reference", "triton"):
             cases.append(Case(f"twohot_expectation ({rows}, 255) fp32", variant, "reference",
@@ -125,7 +136,7 @@ def device_info() -> dict[str, str]:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.group} | {c.variant}")
-def test_op(benchmark, bench_device: torch.device, case: Case) -> None:  # noqa: ANN001 - pytest-benchmark fixture
+def test_op(benchmark, bench_device: torch.device, case: Case) -> None:
     if bench_device.type != "cuda":
         pytest.skip("the fused-op benchmarks compare GPU kernels (DELTAIRIS_BENCH_DEVICE is not CUDA)")
     fn = case.make()
@@ -159,7 +170,7 @@ def run_standalone() -> dict[str, object]:
             fn()  # compile outside the timing
             torch.cuda.synchronize()
             ms = float(do_bench(fn, warmup=25, rep=200, return_mode="median"))
-        except Exception as err:  # one failing variant must not hide the others
+        except Exception as err:  # noqa: BLE001 - one failing variant must not hide the others
             errors[key] = f"{type(err).__name__}: {err}"
             continue
         results.setdefault(case.group, {})[case.variant] = ms

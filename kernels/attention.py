@@ -84,7 +84,9 @@ def _attn_fwd_kernel(
         k_pos = start_n + offs_n
         k_ok = k_pos < T
         kt = tl.load(
-            k_base + k_pos[None, :] * skt + offs_d[:, None] * skd, mask=k_ok[None, :] & d_ok[:, None], other=0.0
+            k_base + k_pos[None, :] * skt + offs_d[:, None] * skd,
+            mask=k_ok[None, :] & d_ok[:, None],
+            other=0.0,
         )  # (BLOCK_D, BLOCK_N)
         s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         vis = _visible(offs_m[:, None], k_pos[None, :], block_size, BLOCK_CAUSAL) & k_ok[None, :]
@@ -94,7 +96,9 @@ def _attn_fwd_kernel(
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(
-            v_base + k_pos[:, None] * svt + offs_d[None, :] * svd, mask=k_ok[:, None] & d_ok[None, :], other=0.0
+            v_base + k_pos[:, None] * svt + offs_d[None, :] * svd,
+            mask=k_ok[:, None] & d_ok[None, :],
+            other=0.0,
         )  # (BLOCK_N, BLOCK_D)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m_i = m_new
@@ -125,7 +129,9 @@ def _attn_bwd_delta_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     ok = (offs_m[:, None] < T) & (offs_d[None, :] < D)
     o = tl.load(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :] * sod, mask=ok, other=0.0)
-    do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdot + offs_d[None, :] * sdod, mask=ok, other=0.0)
+    do = tl.load(
+        DO + b * sdob + h * sdoh + offs_m[:, None] * sdot + offs_d[None, :] * sdod, mask=ok, other=0.0
+    )
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
     tl.store(DELTA + bh.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
 
@@ -156,8 +162,12 @@ def _attn_bwd_dkdv_kernel(
     d_ok = offs_d < D
     n_ok = offs_n < T
     kv_mask = n_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skt + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
-    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svt + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
+    k = tl.load(
+        K + b * skb + h * skh + offs_n[:, None] * skt + offs_d[None, :] * skd, mask=kv_mask, other=0.0
+    )
+    v = tl.load(
+        V + b * svb + h * svh + offs_n[:, None] * svt + offs_d[None, :] * svd, mask=kv_mask, other=0.0
+    )
     q_base = Q + b * sqb + h * sqh
     do_base = DO + b * sdob + h * sdoh
     row_base = bh.to(tl.int64) * T
@@ -177,7 +187,11 @@ def _attn_bwd_dkdv_kernel(
         lse = tl.load(LSE + row_base + q_pos, mask=m_ok, other=0.0)
         delta = tl.load(DELTA + row_base + q_pos, mask=m_ok, other=0.0)
         st = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
-        vis = _visible(q_pos[None, :], offs_n[:, None], block_size, BLOCK_CAUSAL) & m_ok[None, :] & n_ok[:, None]
+        vis = (
+            _visible(q_pos[None, :], offs_n[:, None], block_size, BLOCK_CAUSAL)
+            & m_ok[None, :]
+            & n_ok[:, None]
+        )
         pt = tl.where(vis, tl.exp2(st - lse[None, :]), 0.0)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PREC)
         dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # (BLOCK_N, BLOCK_M)
@@ -221,8 +235,12 @@ def _attn_bwd_dq_kernel(
     d_ok = offs_d < D
     m_ok = offs_m < T
     qd_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd, mask=qd_mask, other=0.0)
-    do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdot + offs_d[None, :] * sdod, mask=qd_mask, other=0.0)
+    q = tl.load(
+        Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd, mask=qd_mask, other=0.0
+    )
+    do = tl.load(
+        DO + b * sdob + h * sdoh + offs_m[:, None] * sdot + offs_d[None, :] * sdod, mask=qd_mask, other=0.0
+    )
     row_base = bh.to(tl.int64) * T
     lse = tl.load(LSE + row_base + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + row_base + offs_m, mask=m_ok, other=0.0)
@@ -238,7 +256,11 @@ def _attn_bwd_dq_kernel(
         k = tl.load(k_base + k_pos[:, None] * skt + offs_d[None, :] * skd, mask=kd_mask, other=0.0)
         v = tl.load(v_base + k_pos[:, None] * svt + offs_d[None, :] * svd, mask=kd_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
-        vis = _visible(offs_m[:, None], k_pos[None, :], block_size, BLOCK_CAUSAL) & k_ok[None, :] & m_ok[:, None]
+        vis = (
+            _visible(offs_m[:, None], k_pos[None, :], block_size, BLOCK_CAUSAL)
+            & k_ok[None, :]
+            & m_ok[:, None]
+        )
         p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # (BLOCK_M, BLOCK_N)
         ds = p * (dp - delta[:, None])
@@ -260,9 +282,23 @@ def _config(dtype: torch.dtype, head_dim: int) -> dict[str, object]:
     block_d = max(16, triton.next_power_of_2(head_dim))
     prec = "ieee" if dtype == torch.float32 else None  # fp32: no TF32 rounding; 16-bit: default
     if INTERPRETED:
-        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": block_d, "DOT_PREC": prec, "num_warps": 1, "num_stages": 1}
+        return {
+            "BLOCK_M": 16,
+            "BLOCK_N": 16,
+            "BLOCK_D": block_d,
+            "DOT_PREC": prec,
+            "num_warps": 1,
+            "num_stages": 1,
+        }
     big = 64 if (dtype != torch.float32 and block_d <= 64) else 32
-    return {"BLOCK_M": big, "BLOCK_N": big, "BLOCK_D": block_d, "DOT_PREC": prec, "num_warps": 4, "num_stages": 2}
+    return {
+        "BLOCK_M": big,
+        "BLOCK_N": big,
+        "BLOCK_D": block_d,
+        "DOT_PREC": prec,
+        "num_warps": 4,
+        "num_stages": 2,
+    }
 
 
 def _forward(

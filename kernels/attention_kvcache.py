@@ -65,11 +65,17 @@ def _attn_kvcache_kernel(
     w_mask = md_mask & (q_pos[:, None] < TMAX)
     k_rows = tl.load(kn_base + offs_m[:, None] * sknt + offs_d[None, :] * sknd, mask=md_mask, other=0.0)
     v_rows = tl.load(vn_base + offs_m[:, None] * svnt + offs_d[None, :] * svnd, mask=md_mask, other=0.0)
-    tl.store(kc_base + q_pos[:, None] * skct + offs_d[None, :] * skcd, k_rows.to(KC.dtype.element_ty), mask=w_mask)
-    tl.store(vc_base + q_pos[:, None] * svct + offs_d[None, :] * svcd, v_rows.to(VC.dtype.element_ty), mask=w_mask)
+    tl.store(
+        kc_base + q_pos[:, None] * skct + offs_d[None, :] * skcd, k_rows.to(KC.dtype.element_ty), mask=w_mask
+    )
+    tl.store(
+        vc_base + q_pos[:, None] * svct + offs_d[None, :] * svcd, v_rows.to(VC.dtype.element_ty), mask=w_mask
+    )
 
     # 2) Attend over [0, n_written): old keys from the cache, new ones from k_new / v_new.
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
+    q = tl.load(
+        Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd, mask=md_mask, other=0.0
+    )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -85,31 +91,43 @@ def _attn_kvcache_kernel(
         new = (k_pos >= cache_len) & (k_pos < n_written)
         new_row = k_pos - cache_len
         kt = tl.load(
-            kc_base + k_pos[None, :] * skct + offs_d[:, None] * skcd, mask=old[None, :] & d_ok[:, None], other=0.0
+            kc_base + k_pos[None, :] * skct + offs_d[:, None] * skcd,
+            mask=old[None, :] & d_ok[:, None],
+            other=0.0,
         )
         kt += tl.load(
-            kn_base + new_row[None, :] * sknt + offs_d[:, None] * sknd, mask=new[None, :] & d_ok[:, None], other=0.0
+            kn_base + new_row[None, :] * sknt + offs_d[:, None] * sknd,
+            mask=new[None, :] & d_ok[:, None],
+            other=0.0,
         ).to(kt.dtype)  # (BLOCK_D, BLOCK_N); the two masks are disjoint
         s = tl.dot(q.to(kt.dtype), kt, input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         vis = (k_pos[None, :] <= q_pos[:, None]) & (old | new)[None, :]
         if BLOCK_CAUSAL:
-            vis = vis | (((k_pos[None, :] // block_size) == (q_pos[:, None] // block_size)) & (old | new)[None, :])
+            vis = vis | (
+                ((k_pos[None, :] // block_size) == (q_pos[:, None] // block_size)) & (old | new)[None, :]
+            )
         s = tl.where(vis, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: key 0 is visible from every query
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(
-            vc_base + k_pos[:, None] * svct + offs_d[None, :] * svcd, mask=old[:, None] & d_ok[None, :], other=0.0
+            vc_base + k_pos[:, None] * svct + offs_d[None, :] * svcd,
+            mask=old[:, None] & d_ok[None, :],
+            other=0.0,
         )
         v += tl.load(
-            vn_base + new_row[:, None] * svnt + offs_d[None, :] * svnd, mask=new[:, None] & d_ok[None, :], other=0.0
+            vn_base + new_row[:, None] * svnt + offs_d[None, :] * svnd,
+            mask=new[:, None] & d_ok[None, :],
+            other=0.0,
         ).to(v.dtype)  # (BLOCK_N, BLOCK_D)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m_i = m_new
     out = acc / l_i[:, None]
     tl.store(
-        O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :] * sod, out.to(O.dtype.element_ty), mask=md_mask
+        O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :] * sod,
+        out.to(O.dtype.element_ty),
+        mask=md_mask,
     )
 
 

@@ -84,7 +84,7 @@ def _sample_kernel(
         u = ((x >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
         gumbel = -tl.log(-tl.log(u))
         score = logit / temperature + gumbel
-        score = tl.where(valid & (score == score), score, float("-inf"))  # drop padding and NaN
+        score = tl.where(valid & (score == score), score, float("-inf"))  # noqa: PLR0124 - drop padding, NaN
         chunk_max = tl.max(score, axis=1)
         chunk_idx = tl.argmax(score, axis=1, tie_break_left=True).to(tl.int32) + start
         better = chunk_max > best_val  # strict: earlier chunks win ties
@@ -102,7 +102,9 @@ def sample_categorical_triton(
     kernel, so a captured CUDA graph samples from the offset current at replay time.
     """
     if logits.numel() >= 2**31:
-        raise ValueError(f"sample_categorical_triton: logits have {logits.numel()} elements, limit is 2^31 - 1")
+        raise ValueError(
+            f"sample_categorical_triton: logits have {logits.numel()} elements, limit is 2^31 - 1"
+        )
     on_device = isinstance(offset, torch.Tensor)
     if on_device:
         k0, k1 = seed_key(seed), 0

@@ -33,7 +33,9 @@ def _twohot_kernel(
     row = tl.program_id(0)
     idx = tl.arange(0, BLOCK_K)
     valid = idx < n_buckets
-    x = tl.load(logits_ptr + row.to(tl.int64) * stride_row + idx * stride_col, mask=valid, other=float("-inf"))
+    x = tl.load(
+        logits_ptr + row.to(tl.int64) * stride_row + idx * stride_col, mask=valid, other=float("-inf")
+    )
     x = x.to(tl.float32)
     x = x - tl.max(x, axis=0)
     e = tl.where(valid, tl.exp(x), 0.0)
@@ -43,13 +45,17 @@ def _twohot_kernel(
     mean = tl.sum(e * bucket, axis=0) / tl.sum(e, axis=0)
     a = tl.abs(mean)
     # expm1(a): Taylor series below 0.1 (truncation < 3e-11 relative), exp(a) - 1 above.
-    taylor = a * (1.0 + a * (0.5 + a * (1.0 / 6.0 + a * (1.0 / 24.0 + a * (1.0 / 120.0 + a * (1.0 / 720.0))))))
+    taylor = a * (
+        1.0 + a * (0.5 + a * (1.0 / 6.0 + a * (1.0 / 24.0 + a * (1.0 / 120.0 + a * (1.0 / 720.0)))))
+    )
     mag = tl.where(a < 0.1, taylor, tl.exp(a) - 1.0)
     out = tl.where(mean < 0, -mag, mag)
     tl.store(out_ptr + row, out)
 
 
-def twohot_expectation_triton(logits: torch.Tensor, *, low: float = -20.0, high: float = 20.0) -> torch.Tensor:
+def twohot_expectation_triton(
+    logits: torch.Tensor, *, low: float = -20.0, high: float = 20.0
+) -> torch.Tensor:
     """Expected value of two-hot logits (..., K) -> float32 (...)."""
     n_buckets = logits.size(-1)
     if n_buckets > 4096:

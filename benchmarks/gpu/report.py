@@ -16,7 +16,10 @@ from typing import Any
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "host_cpu": platform.processor() or platform.machine()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "host_cpu": platform.processor() or platform.machine(),
+    }
     try:
         import torch
 
@@ -27,13 +30,13 @@ def machine() -> dict[str, Any]:
             props = torch.cuda.get_device_properties(0)
             info["device_memory_gib"] = round(props.total_memory / 2**30, 1)
             info["cuda"] = torch.version.cuda
-    except Exception as err:  # the report must still be written
+    except Exception as err:  # noqa: BLE001 - the report must still be written
         info["torch_error"] = repr(err)
     try:
         import triton
 
         info["triton"] = triton.__version__
-    except Exception:
+    except Exception:  # noqa: BLE001 - missing or broken install
         info["triton"] = "missing"
     return info
 
@@ -46,7 +49,13 @@ def steps(out: Path) -> list[dict[str, Any]]:
     for line in path.read_text().splitlines():
         parts = line.split("\t")
         if len(parts) == 3:
-            rows.append({"step": parts[0], "status": parts[1], "seconds": int(parts[2]) if parts[2].isdigit() else None})
+            rows.append(
+                {
+                    "step": parts[0],
+                    "status": parts[1],
+                    "seconds": int(parts[2]) if parts[2].isdigit() else None,
+                }
+            )
     return rows
 
 
@@ -97,7 +106,9 @@ def main() -> None:
         "steps": steps(out),
         "gpu_tests": junit(out / "junit_gpu_tests.xml"),
         "interpreter_tests": junit(out / "junit_interpreter_tests.xml"),
-        "bench_ops": json.loads((out / "bench_ops.json").read_text()) if (out / "bench_ops.json").exists() else None,
+        "bench_ops": json.loads((out / "bench_ops.json").read_text())
+        if (out / "bench_ops.json").exists()
+        else None,
         "bench_models": bench_models(out / "bench_models.json"),
     }
     (out / "gpu_report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

@@ -44,22 +44,41 @@ def variants() -> Iterator[tuple[str, Any, dict[str, str], dict[str, str], dict[
         ce = dict(BLOCK_CAUSAL=True, BLOCK_M=tile, BLOCK_N=tile, BLOCK_D=d, DOT_PREC=prec)
         grads = dict(Q=dt, K=dt, V=dt, DO=dt, LSE="fp32", DELTA="fp32", DK=dt, DV=dt, DQ=dt)
         scales = {"qk_scale": "fp32", "sm_scale": "fp32"}
-        yield f"attn_fwd {dt} D{d}", att._attn_fwd_kernel, dict(Q=dt, K=dt, V=dt, O=dt, LSE="fp32"), scales, ce, 4
+        yield (
+            f"attn_fwd {dt} D{d}",
+            att._attn_fwd_kernel,
+            dict(Q=dt, K=dt, V=dt, O=dt, LSE="fp32"),
+            scales,
+            ce,
+            4,
+        )
         yield f"attn_dkdv {dt} D{d}", att._attn_bwd_dkdv_kernel, grads, scales, ce, 4
         yield f"attn_dq {dt} D{d}", att._attn_bwd_dq_kernel, grads, scales, ce, 4
         ce_kv = dict(BLOCK_CAUSAL=True, BLOCK_M=16, BLOCK_N=64 if d <= 64 else 32, BLOCK_D=d, DOT_PREC=prec)
         ptrs = dict(Q=dt, KN=dt, VN=dt, KC=dt, VC=dt, LENS="i32", O=dt)
         yield f"attn_kvcache {dt} D{d}", kv._attn_kvcache_kernel, ptrs, scales, ce_kv, 4
-    yield "attn_delta bf16", att._attn_bwd_delta_kernel, dict(O="bf16", DO="bf16", DELTA="fp32"), {}, dict(
-        BLOCK_M=64, BLOCK_D=64
-    ), 4
+    yield (
+        "attn_delta bf16",
+        att._attn_bwd_delta_kernel,
+        dict(O="bf16", DO="bf16", DELTA="fp32"),
+        {},
+        dict(BLOCK_M=64, BLOCK_D=64),
+        4,
+    )
     for on_device in (False, True):
         ptrs = dict(logits_ptr="fp32", out_ptr="i64", offset_ptr="i64")
         scalars = {"k0": "i64", "k1": "i64", "temperature": "fp32"}
         ce = dict(OFFSET_ON_DEVICE=on_device, BLOCK_R=2, BLOCK_V=1024)
         yield f"sample offset_on_device={on_device}", smp._sample_kernel, ptrs, scalars, ce, 4
     scalars = {"low": "fp32", "high": "fp32", "step": "fp32"}
-    yield "twohot bf16", th._twohot_kernel, dict(logits_ptr="bf16", out_ptr="fp32"), scalars, dict(BLOCK_K=256), 2
+    yield (
+        "twohot bf16",
+        th._twohot_kernel,
+        dict(logits_ptr="bf16", out_ptr="fp32"),
+        scalars,
+        dict(BLOCK_K=256),
+        2,
+    )
 
 
 def main() -> None:
@@ -85,7 +104,7 @@ def main() -> None:
                 options={"num_warps": num_warps, "num_stages": 2},
             )
             row["shared_bytes"] = kernel.metadata.shared
-        except Exception as err:  # report every failure, not only the first
+        except Exception as err:  # noqa: BLE001 - report every failure, not only the first
             row.update(ok=False, error=f"{type(err).__name__}: {err}"[:2000])
         print(json.dumps(row), flush=True)
 

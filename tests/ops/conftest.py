@@ -40,7 +40,7 @@ class _SourceKernelFinder(importlib.abc.MetaPathFinder):
         prefix = "deltairis.kernels."
         if not fullname.startswith(prefix) or "." in fullname[len(prefix) :]:
             return None
-        source = _SOURCE_KERNELS / f"{fullname[len(prefix):]}.py"
+        source = _SOURCE_KERNELS / f"{fullname[len(prefix) :]}.py"
         if not source.is_file():
             return None
         return importlib.util.spec_from_file_location(fullname, source)
@@ -76,8 +76,12 @@ def interpret(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         pytest.skip("Triton is not installed")
     if not _triton_interpreted():
         if torch.cuda.is_available():
-            pytest.skip("Triton runs compiled in this session; rerun with TRITON_INTERPRET=1 for interpreter tests")
-        pytest.fail("Triton was imported in compiled mode before tests/ops/conftest.py set TRITON_INTERPRET=1")
+            pytest.skip(
+                "Triton runs compiled in this session; rerun with TRITON_INTERPRET=1 for interpreter tests"
+            )
+        pytest.fail(
+            "Triton was imported in compiled mode before tests/ops/conftest.py set TRITON_INTERPRET=1"
+        )
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.delenv("DELTAIRIS_BACKEND", raising=False)
     yield

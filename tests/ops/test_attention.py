@@ -26,19 +26,31 @@ def grad_scale(grads: tuple[torch.Tensor, ...]) -> float:
     return max(g.abs().max().item() for g in grads)
 
 
-def loop_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: str, block_size: int) -> torch.Tensor:
+def loop_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: str, block_size: int
+) -> torch.Tensor:
     """Plain float64 per-query softmax attention, written independently of the op."""
     b, h, t, d = q.shape
     out = torch.zeros(b, h, t, d, dtype=torch.float64)
     for i in range(t):
-        keys = [j for j in range(t) if j <= i or (mask == "block_causal" and j // block_size == i // block_size)]
-        s = (q[:, :, i : i + 1].double() @ k[:, :, keys].double().transpose(-1, -2)) / math.sqrt(d)  # (B, H, 1, n)
+        keys = [
+            j for j in range(t) if j <= i or (mask == "block_causal" and j // block_size == i // block_size)
+        ]
+        s = (q[:, :, i : i + 1].double() @ k[:, :, keys].double().transpose(-1, -2)) / math.sqrt(
+            d
+        )  # (B, H, 1, n)
         out[:, :, i] = (torch.softmax(s, dim=-1) @ v[:, :, keys].double())[:, :, 0]
     return out
 
 
 def make_qkv(
-    b: int, h: int, t: int, d: int, dtype: torch.dtype = torch.float32, device: str = "cpu", layout: str = "dense"
+    b: int,
+    h: int,
+    t: int,
+    d: int,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    layout: str = "dense",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random q, k, v of shape (B, H, T, D); ``layout="bthd"`` gives transposed views like the model's."""
     if layout == "bthd":
@@ -89,7 +101,9 @@ CPU_SHAPES = [
 
 
 @pytest.mark.usefixtures("interpret")
-@pytest.mark.parametrize("mask,block_size", [("causal", 6), ("block_causal", 6), ("block_causal", 5), ("block_causal", 1)])
+@pytest.mark.parametrize(
+    "mask,block_size", [("causal", 6), ("block_causal", 6), ("block_causal", 5), ("block_causal", 1)]
+)
 @pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_triton_matches_reference_interpreter(shape: tuple, mask: str, block_size: int) -> None:
     b, h, t, d, layout = shape
@@ -145,8 +159,10 @@ def _bf16_errors(
 
     ref32 = run(lambda *x: ops.attention_ref(*x, mask=mask, block_size=block_size), torch.float32)
     pt16 = run(lambda *x: ops.attention_ref(*x, mask=mask, block_size=block_size), torch.bfloat16)
-    op16 = run(lambda *x: ops.attention(*x, mask=mask, block_size=block_size, backend=backend), torch.bfloat16)
-    err = lambda xs: [(x.float() - r).abs().max().item() for x, r in zip(xs, ref32)]  # noqa: E731
+    op16 = run(
+        lambda *x: ops.attention(*x, mask=mask, block_size=block_size, backend=backend), torch.bfloat16
+    )
+    err = lambda xs: [(x.float() - r).abs().max().item() for x, r in zip(xs, ref32)]
     return err(op16), err(pt16)
 
 

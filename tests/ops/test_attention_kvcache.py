@@ -16,7 +16,14 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def make_case(
-    b: int, h: int, tq: int, d: int, tmax: int, lens: list[int], dtype: torch.dtype = torch.float32, device: str = "cpu"
+    b: int,
+    h: int,
+    tq: int,
+    d: int,
+    tmax: int,
+    lens: list[int],
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
 ) -> tuple[torch.Tensor, ...]:
     """q, k_new, v_new (B, H, Tq, D), random caches (B, H, Tmax, D) and int32 cache_lens (B,)."""
     q, k_new, v_new = (torch.randn(b, h, tq, d, device=device, dtype=dtype) for _ in range(3))
@@ -39,7 +46,14 @@ def test_reference_incremental_equals_full_attention(mask: str) -> None:
     for lo, hi in chunks:
         outs.append(
             ops.attention_kvcache_ref(
-                q[:, :, lo:hi], k[:, :, lo:hi], v[:, :, lo:hi], k_cache, v_cache, lens, mask=mask, block_size=bs
+                q[:, :, lo:hi],
+                k[:, :, lo:hi],
+                v[:, :, lo:hi],
+                k_cache,
+                v_cache,
+                lens,
+                mask=mask,
+                block_size=bs,
             )
         )
         lens += hi - lo
@@ -88,7 +102,9 @@ def test_triton_matches_reference_interpreter(case: tuple, mask: str, block_size
     q, kn, vn, kc, vc, cache_lens = make_case(b, h, tq, d, tmax, lens)
     kc_ref, vc_ref = kc.clone(), vc.clone()
     lens_before = cache_lens.clone()
-    out = ops.attention_kvcache(q, kn, vn, kc, vc, cache_lens, mask=mask, block_size=block_size, backend="triton")
+    out = ops.attention_kvcache(
+        q, kn, vn, kc, vc, cache_lens, mask=mask, block_size=block_size, backend="triton"
+    )
     ref = ops.attention_kvcache_ref(q, kn, vn, kc_ref, vc_ref, cache_lens, mask=mask, block_size=block_size)
     assert out.shape == (b, h, tq, d)
     assert rel_err(out, ref) < 1e-4
@@ -101,7 +117,9 @@ def test_triton_matches_reference_interpreter(case: tuple, mask: str, block_size
 def test_triton_never_reads_unwritten_positions_interpreter() -> None:
     """Garbage (huge values, NaN) beyond cache_lens + Tq must not change the output."""
     q, kn, vn, kc, vc, lens = make_case(3, 2, 2, 16, 24, [0, 6, 11])
-    clean = ops.attention_kvcache(q, kn, vn, kc.clone(), vc.clone(), lens, mask="block_causal", backend="triton")
+    clean = ops.attention_kvcache(
+        q, kn, vn, kc.clone(), vc.clone(), lens, mask="block_causal", backend="triton"
+    )
     for row, n in enumerate([2, 8, 13]):
         kc[row, :, n:] = 1e4
         vc[row, :, n:] = float("nan")
@@ -121,7 +139,9 @@ def test_triton_decoding_loop_interpreter() -> None:
     lo = 0
     for n in steps:
         sl = slice(lo, lo + n)
-        out = ops.attention_kvcache(q[:, :, sl], k[:, :, sl], v[:, :, sl], k_cache, v_cache, lens, backend="triton")
+        out = ops.attention_kvcache(
+            q[:, :, sl], k[:, :, sl], v[:, :, sl], k_cache, v_cache, lens, backend="triton"
+        )
         assert rel_err(out, full[:, :, sl]) < 1e-4
         lens += n
         lo += n

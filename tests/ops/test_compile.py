@@ -16,11 +16,15 @@ def nvidia_backend_available() -> bool:
     if importlib.util.find_spec("triton") is None:
         return False
     spec = importlib.util.find_spec("triton.backends.nvidia")
-    return spec is not None and spec.origin is not None and (Path(spec.origin).parent / "bin" / "ptxas").exists()
+    return (
+        spec is not None and spec.origin is not None and (Path(spec.origin).parent / "bin" / "ptxas").exists()
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not nvidia_backend_available(), reason="Triton's CUDA backend (with ptxas) is not installed")
+@pytest.mark.skipif(
+    not nvidia_backend_available(), reason="Triton's CUDA backend (with ptxas) is not installed"
+)
 def test_kernels_compile_for_sm90() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = Path(__file__).with_name("compile_kernels.py")

@@ -54,7 +54,9 @@ def run_all_ops(backend: str | None) -> None:
     ops.twohot_expectation(torch.randn(3, 9), backend=backend)
 
 
-def test_auto_on_cpu_uses_torch_even_with_interpreter(spy_kernel: list, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_on_cpu_uses_torch_even_with_interpreter(
+    spy_kernel: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     run_all_ops(None)
     run_all_ops("auto")
@@ -103,7 +105,9 @@ def test_explicit_triton_on_cpu_without_interpreter_raises(spy_kernel: list) -> 
     assert spy_kernel == []
 
 
-def test_explicit_triton_without_triton_installed_raises(spy_kernel: list, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explicit_triton_without_triton_installed_raises(
+    spy_kernel: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(_dispatch, "triton_available", lambda: False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(RuntimeError, match="not installed"):
@@ -122,13 +126,17 @@ def test_unsupported_inputs(spy_kernel: list, monkeypatch: pytest.MonkeyPatch) -
     q = torch.randn(1, 1, 1, 8, requires_grad=True)
     cache = torch.zeros(1, 1, 4, 8)
     with pytest.raises(RuntimeError, match="forward-only"):
-        ops.attention_kvcache(q, q, q, cache, cache.clone(), torch.zeros(1, dtype=torch.int32), backend="triton")
+        ops.attention_kvcache(
+            q, q, q, cache, cache.clone(), torch.zeros(1, dtype=torch.int32), backend="triton"
+        )
     assert spy_kernel == []
 
 
 def test_import_does_not_import_triton() -> None:
     code = "import sys, deltairis, deltairis.ops; assert 'triton' not in sys.modules, 'triton imported'"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -153,10 +161,14 @@ def test_reimported_kernel_runs_interpreter() -> None:
     mod = importlib.import_module("deltairis.kernels.twohot")
     importlib.reload(mod)  # decorated again under TRITON_INTERPRET=1
     logits = torch.randn(3, 11)
-    torch.testing.assert_close(ops.twohot_expectation(logits, backend="triton"), ops.twohot_expectation_ref(logits))
+    torch.testing.assert_close(
+        ops.twohot_expectation(logits, backend="triton"), ops.twohot_expectation_ref(logits)
+    )
 
 
-def test_triton_imported_compiled_cannot_run_cpu_tensors(spy_kernel: list, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_triton_imported_compiled_cannot_run_cpu_tensors(
+    spy_kernel: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(_dispatch, "triton_interpreted", lambda: False)
     with pytest.raises(RuntimeError, match="imported before TRITON_INTERPRET=1"):

@@ -12,7 +12,7 @@ from deltairis.ops.graphs import CapturedStep
 def test_rejects_cpu_tensors_and_scalars() -> None:
     with pytest.raises(ValueError, match="CUDA graphs need CUDA tensors"):
         CapturedStep(lambda x: x * 2, torch.zeros(3))
-    with pytest.raises(ValueError, match="scalars are frozen"):
+    with pytest.raises(TypeError, match="scalars are frozen"):
         CapturedStep(lambda x: x, 3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least one input"):
         CapturedStep(lambda: None)

@@ -46,7 +46,9 @@ def test_stream_keys_depend_on_seed_and_offset() -> None:
 @pytest.mark.parametrize("offset", [0, 5, 2**32 + 3, -7, 2**63 - 1])
 def test_tensor_offset_gives_the_same_words_as_int_offset(offset: int) -> None:
     seed = 0x1234_5678_9ABC
-    assert stream_keys_tensor(seed, torch.tensor(offset)) == tuple(torch.tensor(k) for k in stream_keys(seed, offset))
+    assert stream_keys_tensor(seed, torch.tensor(offset)) == tuple(
+        torch.tensor(k) for k in stream_keys(seed, offset)
+    )
     logits = torch.randn(17, 9)
     want = sample_categorical_ref(logits, seed=seed, offset=offset)
     for dtype in (torch.int64, torch.int32):
@@ -147,7 +149,9 @@ def test_triton_is_deterministic_interpreter() -> None:
 def test_triton_is_distributed_like_softmax_interpreter() -> None:
     logits = torch.tensor([0.5, -1.0, 1.5, 0.0, -0.3, 1.0])
     temperature = 0.8
-    samples = ops.sample_categorical(logits.expand(4000, 6), temperature=temperature, seed=2, offset=0, backend="triton")
+    samples = ops.sample_categorical(
+        logits.expand(4000, 6), temperature=temperature, seed=2, offset=0, backend="triton"
+    )
     assert chi2_statistic(samples, torch.softmax(logits / temperature, dim=-1)) < chi2_critical(5)
 
 
@@ -171,7 +175,9 @@ def test_triton_gpu_deterministic_and_agrees_with_reference(shape: tuple) -> Non
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_gpu_is_distributed_like_softmax(dtype: torch.dtype) -> None:
     logits = torch.tensor([0.5, -1.0, 1.5, 0.0, -0.3, 1.0], device="cuda").to(dtype)
-    samples = ops.sample_categorical(logits.expand(200000, 6), temperature=0.8, seed=4, offset=2, backend="triton")
+    samples = ops.sample_categorical(
+        logits.expand(200000, 6), temperature=0.8, seed=4, offset=2, backend="triton"
+    )
     assert chi2_statistic(samples, torch.softmax(logits.float() / 0.8, dim=-1)) < chi2_critical(5)
 
 

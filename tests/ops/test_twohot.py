@@ -38,7 +38,9 @@ def test_reference_peaked_logits_give_symexp_of_the_bucket() -> None:
     logits = torch.full((5, 255), -60.0)
     logits[torch.arange(5), idx] = 60.0  # all mass on one bucket
     buckets = -20.0 + 40.0 * idx.double() / 254
-    assert close(ops.twohot_expectation_ref(logits), torch.sign(buckets) * torch.expm1(buckets.abs()), rtol=1e-5)
+    assert close(
+        ops.twohot_expectation_ref(logits), torch.sign(buckets) * torch.expm1(buckets.abs()), rtol=1e-5
+    )
 
 
 def test_bad_input_is_rejected() -> None:

@@ -40,7 +40,7 @@ def triton_available() -> bool:
         return False
     try:
         importlib.import_module("triton")
-    except Exception:  # pragma: no cover - broken installs
+    except Exception:  # noqa: BLE001  # pragma: no cover - broken installs
         return False
     return True
 
@@ -55,7 +55,9 @@ def requested_backend(backend: str | None) -> str:
     name = backend if backend is not None else os.environ.get("DELTAIRIS_BACKEND", "auto")
     name = name.strip().lower()
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS} (DELTAIRIS_BACKEND or backend=)")
+        raise ValueError(
+            f"unknown backend {name!r}; expected one of {BACKENDS} (DELTAIRIS_BACKEND or backend=)"
+        )
     return name
 
 
@@ -107,7 +109,11 @@ def load_kernel(module: str, name: str) -> Callable[..., Any] | None:
     interpreted = triton_interpreted()
     full = f"deltairis.kernels.{module}"
     hit = _KERNELS.get((module, name))
-    if hit is not None and sys.modules.get(full) is hit[0] and getattr(hit[0], "INTERPRETED", None) == interpreted:
+    if (
+        hit is not None
+        and sys.modules.get(full) is hit[0]
+        and getattr(hit[0], "INTERPRETED", None) == interpreted
+    ):
         return hit[1]
     try:
         with _interpret_env(interpreted):
@@ -165,5 +171,7 @@ def choose(
         raise RuntimeError(f"{op}: backend 'triton' does not support these inputs: {reason}")
     fn = load_kernel(*kernel)
     if fn is None:
-        raise RuntimeError(f"{op}: backend 'triton' requested but deltairis.kernels.{kernel[0]} is not available")
+        raise RuntimeError(
+            f"{op}: backend 'triton' requested but deltairis.kernels.{kernel[0]} is not available"
+        )
     return fn

@@ -26,18 +26,21 @@ def _check_mask(mask: str, block_size: int) -> None:
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"attention expects q, k, v of one shape (B, H, T, D), got {q.shape}, {k.shape}, {v.shape}")
+        raise ValueError(
+            f"attention expects q, k, v of one shape (B, H, T, D), got {q.shape}, {k.shape}, {v.shape}"
+        )
 
 
-def attention_mask(
-    q_pos: torch.Tensor, k_pos: torch.Tensor, mask: str, block_size: int
-) -> torch.Tensor:
+def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, mask: str, block_size: int) -> torch.Tensor:
     """Boolean visibility mask (True = attend) for absolute query and key positions (broadcasting)."""
     q_pos = q_pos.unsqueeze(-1)
     k_pos = k_pos.unsqueeze(-2)
     visible = k_pos <= q_pos
     if mask == "block_causal":
-        visible = visible | (torch.div(k_pos, block_size, rounding_mode="floor") == torch.div(q_pos, block_size, rounding_mode="floor"))
+        visible = visible | (
+            torch.div(k_pos, block_size, rounding_mode="floor")
+            == torch.div(q_pos, block_size, rounding_mode="floor")
+        )
     return visible
 
 
@@ -90,14 +93,25 @@ def _check_kvcache(
     if q.dim() != 4:
         raise ValueError(f"q must be (B, H, Tq, D), got {tuple(q.shape)}")
     if k_new.shape != q.shape or v_new.shape != q.shape:
-        raise ValueError(f"k_new and v_new must match q's shape {tuple(q.shape)}, got {tuple(k_new.shape)}, {tuple(v_new.shape)}")
+        raise ValueError(
+            f"k_new and v_new must match q's shape {tuple(q.shape)}, got {tuple(k_new.shape)}, {tuple(v_new.shape)}"
+        )
     b, h, tq, d = q.shape
-    if k_cache.dim() != 4 or k_cache.shape[:2] != (b, h) or k_cache.size(3) != d or v_cache.shape != k_cache.shape:
-        raise ValueError(f"k_cache and v_cache must be (B={b}, H={h}, Tmax, D={d}), got {tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
+    if (
+        k_cache.dim() != 4
+        or k_cache.shape[:2] != (b, h)
+        or k_cache.size(3) != d
+        or v_cache.shape != k_cache.shape
+    ):
+        raise ValueError(
+            f"k_cache and v_cache must be (B={b}, H={h}, Tmax, D={d}), got {tuple(k_cache.shape)}, {tuple(v_cache.shape)}"
+        )
     if tq > k_cache.size(2):
         raise ValueError(f"{tq} new tokens do not fit a cache of {k_cache.size(2)}")
     if cache_lens.shape != (b,) or cache_lens.dtype != torch.int32:
-        raise ValueError(f"cache_lens must be int32 of shape ({b},), got {cache_lens.dtype} {tuple(cache_lens.shape)}")
+        raise ValueError(
+            f"cache_lens must be int32 of shape ({b},), got {cache_lens.dtype} {tuple(cache_lens.shape)}"
+        )
     if k_new.dtype != k_cache.dtype:
         raise ValueError(f"k_new dtype {k_new.dtype} differs from the cache's {k_cache.dtype}")
     if not cache_lens.is_cuda and cache_lens.numel() > 0:
@@ -168,7 +182,11 @@ def attention_kvcache(
         return None
 
     tensors = (q, k_new, v_new, k_cache, v_cache, cache_lens)
-    fn = choose("attention_kvcache", tensors, backend, supported, ("attention_kvcache", "attention_kvcache_triton"))
+    fn = choose(
+        "attention_kvcache", tensors, backend, supported, ("attention_kvcache", "attention_kvcache_triton")
+    )
     if fn is None:
-        return attention_kvcache_ref(q, k_new, v_new, k_cache, v_cache, cache_lens, mask=mask, block_size=block_size)
+        return attention_kvcache_ref(
+            q, k_new, v_new, k_cache, v_cache, cache_lens, mask=mask, block_size=block_size
+        )
     return fn(q, k_new, v_new, k_cache, v_cache, cache_lens, mask=mask, block_size=block_size)

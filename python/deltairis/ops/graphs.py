@@ -57,7 +57,9 @@ class CapturedStep:
             raise ValueError("CapturedStep needs at least one input tensor")
         for i, x in enumerate(inputs):
             if not isinstance(x, torch.Tensor):
-                raise ValueError(f"input {i} must be a tensor, got {type(x).__name__} (scalars are frozen at capture)")
+                raise TypeError(
+                    f"input {i} must be a tensor, got {type(x).__name__} (scalars are frozen at capture)"
+                )
             if not x.is_cuda:
                 raise ValueError(f"input {i} is on {x.device}; CUDA graphs need CUDA tensors")
         if warmup < 1:

@@ -44,7 +44,9 @@ def seed_key(seed: int) -> int:
 def stream_keys(seed: int, offset: int) -> tuple[int, int]:
     """Two 32-bit keys derived from (seed, offset) on the host (Python integers, no device work)."""
     if not isinstance(seed, int) or not isinstance(offset, int):
-        raise TypeError(f"seed and offset must be Python ints, got {type(seed).__name__}, {type(offset).__name__}")
+        raise TypeError(
+            f"seed and offset must be Python ints, got {type(seed).__name__}, {type(offset).__name__}"
+        )
     o = offset & 0xFFFFFFFFFFFFFFFF
     k0 = _lowbias32_int(seed_key(seed) ^ (o & _M32))
     k1 = _lowbias32_int(k0 ^ _lowbias32_int((o >> 32) ^ GOLDEN))
@@ -64,8 +66,15 @@ def stream_keys_tensor(seed: int, offset: torch.Tensor) -> tuple[torch.Tensor, t
 def check_offset(offset: int | torch.Tensor, device: torch.device) -> None:
     """``offset`` must be a Python int or a one-element integer tensor on ``device``."""
     if isinstance(offset, torch.Tensor):
-        if offset.numel() != 1 or offset.is_floating_point() or offset.is_complex() or offset.dtype == torch.bool:
-            raise ValueError(f"offset tensor must hold one integer, got {offset.dtype} of shape {tuple(offset.shape)}")
+        if (
+            offset.numel() != 1
+            or offset.is_floating_point()
+            or offset.is_complex()
+            or offset.dtype == torch.bool
+        ):
+            raise ValueError(
+                f"offset tensor must hold one integer, got {offset.dtype} of shape {tuple(offset.shape)}"
+            )
         if offset.device != device:
             raise ValueError(f"offset tensor is on {offset.device}, the logits on {device}")
     elif not isinstance(offset, int) or isinstance(offset, bool):
@@ -149,7 +158,9 @@ def sample_categorical(
             return "more than 2^31 elements"
         return None
 
-    fn = choose("sample_categorical", (logits,), backend, supported, ("sampling", "sample_categorical_triton"))
+    fn = choose(
+        "sample_categorical", (logits,), backend, supported, ("sampling", "sample_categorical_triton")
+    )
     if fn is None:
         return sample_categorical_ref(logits, temperature=temperature, seed=seed, offset=offset)
     return fn(logits, temperature=temperature, seed=seed, offset=offset)

@@ -18,7 +18,9 @@ def symexp(x: torch.Tensor) -> torch.Tensor:
 def twohot_expectation_ref(logits: torch.Tensor, *, low: float = -20.0, high: float = 20.0) -> torch.Tensor:
     """symexp(sum_i softmax(logits)_i * bucket_i) with logits.size(-1) evenly spaced buckets in [low, high]."""
     if logits.dim() < 1 or logits.size(-1) < 2:
-        raise ValueError(f"twohot logits need at least 2 buckets in the last dim, got shape {tuple(logits.shape)}")
+        raise ValueError(
+            f"twohot logits need at least 2 buckets in the last dim, got shape {tuple(logits.shape)}"
+        )
     if not high > low:
         raise ValueError(f"need high > low, got low={low}, high={high}")
     buckets = torch.linspace(low, high, logits.size(-1), device=logits.device, dtype=torch.float32)
@@ -31,7 +33,9 @@ def twohot_expectation(
 ) -> torch.Tensor:
     """Expected value (in reward/value space) of two-hot logits (..., K) -> float32 (...)."""
     if logits.dim() < 1 or logits.size(-1) < 2:
-        raise ValueError(f"twohot logits need at least 2 buckets in the last dim, got shape {tuple(logits.shape)}")
+        raise ValueError(
+            f"twohot logits need at least 2 buckets in the last dim, got shape {tuple(logits.shape)}"
+        )
 
     def supported() -> str | None:
         if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
