@@ -1,0 +1,224 @@
+"""``deltairis-play``: watch an agent, in the real environment or in its world model (headless: GIFs).
+
+From a run folder (``scripts/play.sh`` passes ``--run-dir``)::
+
+    deltairis-play              the agent plays in the real environment (test settings)
+    deltairis-play -a           the agent plays in its world model (imagination from a real first frame)
+    deltairis-play -w           you play in the world model: type an action (index or name) per step on a
+                                terminal; without a terminal, actions come from --actions or are random
+    deltairis-play -e           turn the episodes saved in media/episodes into GIFs
+    add -h                      a header with step, action, reward and return above the frames
+
+Frames are written as animated GIFs to ``RUN/media/play/`` (or ``--output``); ``--help`` shows all options.
+As in the reference, the world model's memory is flushed when its context is full, so long imagined
+rollouts continue from the current frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("deltairis.play")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deltairis-play", description=__doc__, add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("-w", dest="mode", action="store_const", const="world_model", help="play in the world model")
+    mode.add_argument("-a", dest="mode", action="store_const", const="agent_world_model",
+                      help="watch the agent play in the world model")
+    mode.add_argument("-e", dest="mode", action="store_const", const="episodes", help="render saved episodes")
+    p.add_argument("-h", "--header", action="store_true", help="draw a header with step, action, reward, return")
+    p.add_argument("--help", action="help", help="show this help and exit")
+    p.add_argument("--run-dir", type=Path, default=Path("."), help="run folder (default: current directory)")
+    p.add_argument("--checkpoint", type=Path, help="agent checkpoint (default: RUN/checkpoints/last.pt)")
+    p.add_argument("--steps", type=int, default=200, help="maximum steps per rollout")
+    p.add_argument("--actions", help="comma-separated actions (indices or names) for -w without a terminal")
+    p.add_argument("--episodes", type=int, default=4, help="number of saved episodes to render with -e")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=None, help="policy temperature (default: the run's test one)")
+    p.add_argument("--fps", type=int, default=15)
+    p.add_argument("--scale", type=int, default=4, help="pixel upscaling of the 64x64 frames")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--output", type=Path, help="GIF path (or folder with -e)")
+    p.set_defaults(mode="env")
+    return p
+
+
+def _header(frame: np.ndarray, text: str, scale: int) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(frame.repeat(scale, 0).repeat(scale, 1))
+    canvas = Image.new("RGB", (img.width, img.height + 14), (0, 0, 0))
+    canvas.paste(img, (0, 14))
+    ImageDraw.Draw(canvas).text((2, 1), text, fill=(255, 255, 255))
+    return np.asarray(canvas)
+
+
+def _frames_to_gif(frames: list[np.ndarray], texts: list[str] | None, path: Path, fps: int, scale: int) -> Path:
+    from deltairis.train.logging_utils import save_gif
+
+    if texts is not None:
+        out = np.stack([_header(f, t, scale) for f, t in zip(frames, texts)])
+        save_gif(out, path, fps=fps, scale=1)
+    else:
+        save_gif(np.stack(frames), path, fps=fps, scale=scale)
+    return path
+
+
+def _hwc(obs: torch.Tensor) -> np.ndarray:
+    """float (3, H, W) in [0, 1] -> uint8 (H, W, 3)."""
+    from deltairis.train.logging_utils import to_uint8_hwc
+
+    return to_uint8_hwc(obs)
+
+
+def _parse_action(token: str, names: list[str], num_actions: int) -> int:
+    token = token.strip().lower()
+    if token.isdigit() and int(token) < num_actions:
+        return int(token)
+    if token in names:
+        return names.index(token)
+    raise ValueError(f"unknown action {token!r}; use 0..{num_actions - 1} or one of {names}")
+
+
+def play_env(agent: Any, cfg: Any, args: argparse.Namespace, device: str) -> tuple[list[np.ndarray], list[str]]:
+    from deltairis.train.envs import make_env
+
+    env = make_env(cfg.env, "test", 1, seed=args.seed)
+    names = list(env.action_names)
+    temperature = args.temperature if args.temperature is not None else float(cfg.collection.test.temperature)
+    frames, texts = [], []
+    try:
+        obs = env.reset(args.seed)
+        state = agent.actor_critic.initial_state(1, device)
+        ret = 0.0
+        frames.append(obs[0])
+        texts.append("step 0")
+        for t in range(args.steps):
+            x = torch.from_numpy(obs).to(device).permute(0, 3, 1, 2).float().div_(255.0)  # (1, 3, H, W)
+            act, state = agent.actor_critic.act(x, state, temperature=temperature, seed=args.seed, offset=3 * t)
+            a = int(act[0])
+            obs, rew, term, trunc, info = env.step(np.array([a]))
+            ret += float(rew[0])
+            done = bool(term[0] or trunc[0])
+            frames.append(info["final_obs"][0] if done else obs[0])
+            texts.append(f"step {t + 1} {names[a]} r={float(rew[0]):+.2f} R={ret:.2f}")
+            if done:
+                break
+    finally:
+        env.close()
+    return frames, texts
+
+
+@torch.no_grad()
+def play_world_model(
+    agent: Any, cfg: Any, args: argparse.Namespace, device: str, with_agent: bool
+) -> tuple[list[np.ndarray], list[str]]:
+    from deltairis.rl.imagination import world_model_burn_in, world_model_step
+    from deltairis.train.envs import make_env
+
+    env = make_env(cfg.env, "test", 1, seed=args.seed)
+    names = list(env.action_names)
+    try:
+        obs0 = env.reset(args.seed)
+    finally:
+        env.close()
+    num_actions = agent.config.num_actions
+    interactive = not with_agent and sys.stdin.isatty() and args.actions is None
+    scripted = [] if args.actions is None else [_parse_action(a, names, num_actions) for a in args.actions.split(",")]
+    rng = np.random.default_rng(args.seed)
+    temperature = args.temperature if args.temperature is not None else float(cfg.collection.test.temperature)
+    x = torch.from_numpy(obs0).to(device).permute(0, 3, 1, 2).float().div_(255.0)  # (1, 3, H, W)
+    wstate = world_model_burn_in(
+        agent.tokenizer, agent.world_model, x.unsqueeze(1), torch.zeros(1, 1, dtype=torch.long, device=device), args.seed
+    )
+    ac_state = agent.actor_critic.initial_state(1, device)
+    frames, texts = [obs0[0]], ["step 0 (real frame)"]
+    ret = 0.0
+    for t in range(args.steps):
+        if with_agent:
+            act, ac_state = agent.actor_critic.act(wstate.obs, ac_state, temperature=temperature, seed=args.seed, offset=3 * t)
+            a = int(act[0])
+        elif interactive:
+            line = input(f"action ({', '.join(f'{i}:{n}' for i, n in enumerate(names))}; q quits)> ")
+            if line.strip().lower() in ("q", "quit"):
+                break
+            try:
+                a = _parse_action(line or "0", names, num_actions)
+            except ValueError as exc:
+                print(exc)
+                continue
+        elif scripted:
+            if t >= len(scripted):
+                break
+            a = scripted[t]
+        else:
+            a = int(rng.integers(num_actions))
+        wstate, rew, end = world_model_step(
+            agent.tokenizer, agent.world_model, wstate, torch.tensor([a], device=device)
+        )
+        r = float(rew[0])
+        ret += r
+        frames.append(_hwc(wstate.obs[0]))
+        texts.append(f"step {t + 1} {names[a]} r={r:+.2f} R={ret:.2f}" + (" END" if int(end[0]) else ""))
+        if int(end[0]):
+            break
+    return frames, texts
+
+
+def play_episodes(run_dir: Path, args: argparse.Namespace) -> list[Path]:
+    files = sorted((run_dir / "media" / "episodes").rglob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"no saved episodes in {run_dir / 'media' / 'episodes'}")
+    out_dir = args.output or run_dir / "media" / "play" / "episodes"
+    written = []
+    for f in files[-args.episodes :]:
+        with np.load(f) as ep:
+            obs = np.moveaxis(ep["obs"], 1, -1)  # (T, H, W, 3)
+            rew = ep["rew"]
+        texts = [f"{f.stem} step {t} R={float(rew[:t].sum()):.2f}" for t in range(obs.shape[0])] if args.header else None
+        written.append(_frames_to_gif(list(obs), texts, out_dir / f"{f.parent.name}_{f.stem}.gif", args.fps, args.scale))
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    from deltairis.agent import CheckpointError
+    from deltairis.cli.common import load_run, resolve_device
+    from deltairis.train.configuration import ConfigError
+
+    run_dir = args.run_dir.resolve()
+    device = resolve_device(args.device)
+    try:
+        if args.mode == "episodes":
+            paths = play_episodes(run_dir, args)
+        else:
+            cfg, agent = load_run(run_dir, args.checkpoint, device)
+            if args.mode == "env":
+                frames, texts = play_env(agent, cfg, args, device)
+            else:
+                frames, texts = play_world_model(agent, cfg, args, device, with_agent=args.mode == "agent_world_model")
+            path = args.output or run_dir / "media" / "play" / f"{args.mode}.gif"
+            paths = [_frames_to_gif(frames, texts if args.header else None, path, args.fps, args.scale)]
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"deltairis-play: error: {exc}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

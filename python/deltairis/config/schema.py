@@ -1,0 +1,154 @@
+"""Typed schema of the training configuration (``deltairis-train``).
+
+The YAML files beside this module (``trainer.yaml``, ``env/*.yaml``, ``params/*.yaml``) fill these
+dataclasses through Hydra; the schema makes OmegaConf reject unknown keys and wrong types with an
+error that names the key (``full_key: common.epochs``). Model hyper-parameters are not here: they come
+from :func:`deltairis.config.make_agent_config` (``agent.preset``) plus optional ``agent.overrides``.
+Everything about *when* and *how much* to train (SPEC section 6) is here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging; used only when ``wandb`` is installed and ``mode != disabled``."""
+
+    mode: str = "online"  # online | offline | disabled (offline is used when no credentials exist)
+    project: str = "delta-iris"
+    entity: str | None = None
+    name: str | None = None
+    group: str | None = None
+    tags: list[str] | None = None
+    notes: str | None = None
+
+
+@dataclass
+class CommonConfig:
+    epochs: int = MISSING
+    device: str = "auto"  # auto: CUDA when available, else CPU; or any torch device string
+    seed: int | None = None  # None: drawn once at the start of a run and saved in the run folder
+    resume: bool = False  # continue the run in the current / given run folder (scripts/resume.sh)
+    do_checkpoint: bool = True
+    num_threads: int | None = None  # torch intra-op threads; None leaves torch's default
+    progress_bar: bool = True
+
+
+@dataclass
+class AgentSection:
+    preset: str = MISSING  # crafter | atari | tiny  -> make_agent_config(preset, num_actions)
+    # Nested overrides of the preset's AgentConfig fields, e.g. {actor_critic: {horizon: 10}}.
+    overrides: dict[str, Any] = field(default_factory=dict)
+    # Initial weights (our checkpoint or a reference state dict) for a fresh run.
+    path_to_ckpt: str | None = None
+
+
+@dataclass
+class EnvSplitConfig:
+    """Settings of the train or test environments; ``None`` fields keep the env's default."""
+
+    id: str | None = None  # Atari game id, e.g. BreakoutNoFrameskip-v4
+    max_episode_steps: int | None = None  # time limit in agent steps (Crafter ``length``, toy)
+    max_episode_frames: int | None = None  # Atari time limit in raw emulator frames
+    noop_max: int | None = None  # Atari: random no-op frames at reset (1..noop_max)
+    respawn: bool | None = None  # toy: the goal reappears after being reached
+
+
+@dataclass
+class EnvConfig:
+    name: str = MISSING  # crafter | atari | toy  (deltairis.envs.make_vector_env)
+    backend: str = "auto"
+    num_threads: int | None = None
+    train: EnvSplitConfig = field(default_factory=EnvSplitConfig)
+    test: EnvSplitConfig = field(default_factory=EnvSplitConfig)
+
+
+@dataclass
+class TrainCollectionConfig:
+    num_envs: int = MISSING
+    num_steps: int = MISSING  # env steps per epoch, all envs together
+    num_steps_first_epoch: int = MISSING  # first epoch: uniformly random actions
+    stop_after_epochs: int = MISSING  # no collection after this epoch
+    epsilon: float = 0.01
+    temperature: float = 1.0
+    num_episodes_to_save: int = 10  # finished episodes per epoch written to media/episodes
+
+
+@dataclass
+class TestCollectionConfig:
+    num_envs: int = MISSING
+    num_episodes: int = MISSING
+    epsilon: float = 0.0
+    temperature: float = 0.5
+    num_episodes_to_save: int = 10
+
+
+@dataclass
+class CollectionConfig:
+    train: TrainCollectionConfig = field(default_factory=TrainCollectionConfig)
+    test: TestCollectionConfig = field(default_factory=TestCollectionConfig)
+    # A dataset in the reference layout imported into the train store of a fresh run (no collection).
+    path_to_static_dataset: str | None = None
+
+
+@dataclass
+class ComponentTrainingConfig:
+    start_after_epochs: int = 0  # trains at epoch e (1-based) when e > start_after_epochs
+    steps_per_epoch: int = MISSING
+    steps_first_epoch: int = MISSING  # at epoch start_after_epochs + 1
+    batch_size: int = MISSING
+    seq_len: int | None = None  # None for the actor-critic: burn_in + 1 of the agent config
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 10.0
+    sampling_alpha: float = 0.0  # episode priority (1 / (1 + visits)) ** alpha
+    mixed_precision: bool = False  # bf16 autocast, only on CUDA
+
+
+@dataclass
+class TrainingConfig:
+    should: bool = True
+    tokenizer: ComponentTrainingConfig = field(default_factory=ComponentTrainingConfig)
+    world_model: ComponentTrainingConfig = field(default_factory=ComponentTrainingConfig)
+    actor_critic: ComponentTrainingConfig = field(default_factory=ComponentTrainingConfig)
+
+
+@dataclass
+class EvaluationConfig:
+    should: bool = True
+    every: int = MISSING  # evaluate at epochs that are multiples of this
+    num_batches: int = 4  # batches of the test store for the tokenizer / world model eval losses
+    save_reconstructions: bool = True
+    num_reconstructions: int = 8
+
+
+@dataclass
+class TrainerConfig:
+    common: CommonConfig = field(default_factory=CommonConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    agent: AgentSection = field(default_factory=AgentSection)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    collection: CollectionConfig = field(default_factory=CollectionConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+
+__all__ = [
+    "AgentSection",
+    "CollectionConfig",
+    "CommonConfig",
+    "ComponentTrainingConfig",
+    "EnvConfig",
+    "EnvSplitConfig",
+    "EvaluationConfig",
+    "TestCollectionConfig",
+    "TrainCollectionConfig",
+    "TrainerConfig",
+    "TrainingConfig",
+    "WandbConfig",
+]

@@ -1,0 +1,151 @@
+"""Atomic, crash-consistent checkpoint files.
+
+Every file is written to a temporary name in the same directory, flushed and ``fsync``-ed, then
+renamed over its final name (``os.replace`` is atomic on POSIX), and the directory is ``fsync``-ed.
+
+A *checkpoint set* (``last.pt``, ``optimizer.pt``, ``trainer_state.pt``) must change together. The
+set is written in two phases with a journal:
+
+1. every member is written and synced under ``<name>.next``; then ``checkpoints/.journal.json``
+   (listing the members and the epoch) is written atomically: from this instant the new set is
+   *committed*;
+2. the members are renamed over their final names and the journal is removed.
+
+:func:`recover_checkpoint_set` (called before reading a run) completes phase 2 when a journal exists,
+so a crash at any point leaves either the old set or the new one, never a mix. A file that cannot be
+read is reported with :class:`CorruptCheckpointError` and is never overwritten by the trainer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_NAME = ".journal.json"
+NEXT_SUFFIX = ".next"
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read, or the files of a set disagree."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename + directory fsync)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        _write_synced(tmp, data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` atomically."""
+    atomic_write_bytes(path, torch_bytes(obj))
+
+
+def load_torch_file(path: Path, what: str) -> Any:
+    """``torch.load`` a checkpoint file on the CPU; unreadable files raise CorruptCheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CorruptCheckpointError(
+            f"{what} at {path} is corrupt or truncated ({type(exc).__name__}: {exc}); it was left untouched. "
+            "Restore it from a backup or start a new run."
+        ) from exc
+
+
+def write_checkpoint_set(directory: Path, members: Mapping[str, Any], epoch: int) -> None:
+    """Write several torch files as one atomic set (see the module docstring)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    recover_checkpoint_set(directory)  # never start a new set on top of an unfinished one
+    names = sorted(members)
+    for name in names:
+        _write_synced(directory / f"{name}{NEXT_SUFFIX}", torch_bytes(members[name]))
+    _fsync_dir(directory)
+    atomic_write_bytes(directory / JOURNAL_NAME, json.dumps({"epoch": epoch, "members": names}).encode())
+    _finish(directory, names)
+
+
+def _finish(directory: Path, names: list[str]) -> None:
+    for name in names:
+        nxt = directory / f"{name}{NEXT_SUFFIX}"
+        if nxt.exists():
+            os.replace(nxt, directory / name)
+    _fsync_dir(directory)
+    (directory / JOURNAL_NAME).unlink(missing_ok=True)
+    _fsync_dir(directory)
+
+
+def recover_checkpoint_set(directory: Path) -> None:
+    """Finish a set whose journal was committed, or discard the files of an uncommitted one."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    journal = directory / JOURNAL_NAME
+    if journal.exists():
+        try:
+            names = list(json.loads(journal.read_text())["members"])
+        except Exception as exc:
+            raise CorruptCheckpointError(f"checkpoint journal {journal} is unreadable: {exc}") from exc
+        logger.warning("completing an interrupted checkpoint write in %s", directory)
+        _finish(directory, names)
+    for leftover in directory.glob(f"*{NEXT_SUFFIX}"):
+        # written before the journal: the set was never committed, the old files are authoritative
+        logger.warning("discarding uncommitted checkpoint file %s", leftover)
+        leftover.unlink()
+    for leftover in directory.glob(".*.tmp-*"):
+        leftover.unlink()
+
+
+__all__ = [
+    "CorruptCheckpointError",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "load_torch_file",
+    "recover_checkpoint_set",
+    "write_checkpoint_set",
+]

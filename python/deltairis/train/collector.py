@@ -1,0 +1,314 @@
+"""Experience collection: a vector env, the acting policy and the replay store.
+
+Per-env auto-reset (see :mod:`deltairis.train.envs`): each env's running episode is buffered and written
+to the store when it ends (``end`` = termination, ``trunc`` = time limit) or at the end of a collection
+round (an unfinished episode is extended in the next round). The collector's state (current
+observations, store ids of the running episodes, the last ``burn_in`` frames of each, the envs
+themselves when they can be pickled) is saved with every checkpoint so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed determined by ``parts`` (stable across runs, processes and platforms)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def to_chw(obs: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) uint8 frames -> (N, C, H, W)."""
+    return np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
+
+
+def obs_to_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(N, H, W, C) uint8 -> float (N, C, H, W) in [0, 1] on ``device``."""
+    t = torch.from_numpy(np.ascontiguousarray(obs)).to(device)
+    return t.permute(0, 3, 1, 2).float().div_(255.0)  # (N, C, H, W)
+
+
+@dataclass
+class CollectStats:
+    """What one collection round produced (host values, for logging)."""
+
+    num_steps: int = 0
+    seconds: float = 0.0
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+    achievements: list[dict[str, int]] = field(default_factory=list)
+    finished_episode_ids: list[int] = field(default_factory=list)
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.num_steps / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Pending:
+    """Steps of one env not yet written to the store."""
+
+    def __init__(self) -> None:
+        self.obs: list[np.ndarray] = []
+        self.act: list[int] = []
+        self.rew: list[float] = []
+        self.end: list[int] = []
+        self.trunc: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.act)
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return (
+            np.stack(self.obs),  # (T, 3, 64, 64)
+            np.asarray(self.act, dtype=np.int64),
+            np.asarray(self.rew, dtype=np.float32),
+            np.asarray(self.end, dtype=np.uint8),
+            np.asarray(self.trunc, dtype=np.uint8),
+        )
+
+
+class Collector:
+    """Steps a vector env with a policy (or uniformly random actions) and fills a replay store.
+
+    Args:
+        env: a :class:`~deltairis.envs.vector.VectorEnv`.
+        store: the :class:`~deltairis.data.ReplayStore` to append to.
+        burn_in: frames of the running episode replayed into the policy's LSTM at the start of a round.
+        seed: seed of the env's first reset.
+    """
+
+    def __init__(self, env: Any, store: Any, burn_in: int, seed: int) -> None:
+        self.env = env
+        self.store = store
+        self.burn_in = int(burn_in)
+        n = env.num_envs
+        self.obs: np.ndarray = env.reset(seed)  # (N, 64, 64, 3)
+        self.episode_ids = np.full(n, -1, dtype=np.int64)  # store id of the running episode, -1: none yet
+        self.recent = np.zeros((n, self.burn_in, 3, *self.obs.shape[1:3]), dtype=np.uint8)  # last frames
+        self.recent_len = np.zeros(n, dtype=np.int64)
+        self.total_steps = 0
+
+    @property
+    def num_envs(self) -> int:
+        return int(self.env.num_envs)
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        try:
+            env_bytes: bytes | None = pickle.dumps(self.env)
+        except Exception as exc:  # e.g. C++ envs without pickling support
+            logger.debug("env state cannot be saved (%s); a resumed run restarts its episodes", exc)
+            env_bytes = None
+        return {
+            "obs": self.obs.copy(),
+            "episode_ids": self.episode_ids.copy(),
+            "recent": self.recent.copy(),
+            "recent_len": self.recent_len.copy(),
+            "total_steps": self.total_steps,
+            "env": env_bytes,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], reset_seed: int) -> None:
+        """Restore a saved state; when the env itself was not saved, restart every episode."""
+        self.total_steps = int(state["total_steps"])
+        if state.get("env") is not None:
+            self.env.close()
+            self.env = pickle.loads(state["env"])
+            self.obs = state["obs"].copy()
+            self.episode_ids = state["episode_ids"].copy()
+            self.recent = state["recent"].copy()
+            self.recent_len = state["recent_len"].copy()
+            return
+        logger.warning(
+            "the env state was not saved with the checkpoint (backend without pickling): the %d running "
+            "episodes are left unfinished in the store and new ones start from reset(seed=%d)",
+            self.num_envs,
+            reset_seed,
+        )
+        self.obs = self.env.reset(reset_seed)
+        self.episode_ids[:] = -1
+        self.recent_len[:] = 0
+
+    # -- collection ---------------------------------------------------------------------------------
+    def _flush(self, i: int, pending: _Pending) -> None:
+        if len(pending) == 0:
+            return
+        arrays = pending.arrays()
+        if self.episode_ids[i] < 0:
+            self.episode_ids[i] = self.store.add_episode(*arrays)
+        else:
+            self.store.extend_episode(int(self.episode_ids[i]), *arrays)
+
+    def _burn_in_state(self, actor_critic: Any, device: torch.device) -> Any:
+        n, b = self.num_envs, self.burn_in
+        state = actor_critic.initial_state(n, device)
+        if b == 0 or not self.recent_len.any():
+            return state
+        frames = torch.from_numpy(self.recent).to(device).float().div_(255.0)  # (N, B, 3, H, W)
+        pos = np.arange(b)[None, :]
+        mask = torch.from_numpy(pos >= (b - self.recent_len[:, None])).to(device)  # (N, B), right aligned
+        return actor_critic.burn_in(frames, mask, state)
+
+    @torch.no_grad()
+    def collect(
+        self,
+        num_steps: int,
+        actor_critic: Any | None,
+        device: torch.device,
+        *,
+        epsilon: float,
+        temperature: float,
+        seed: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> CollectStats:
+        """Collect at least ``num_steps`` env steps (rounded up to a multiple of ``num_envs``).
+
+        ``actor_critic=None`` draws uniformly random actions. Otherwise the policy acts ε-greedily at
+        ``temperature``, its LSTM first burned in on the last frames of every running episode, then
+        carried across steps and reset for envs that start a new episode.
+        """
+        n = self.num_envs
+        num_actions = int(self.env.num_actions)
+        rounds = math.ceil(num_steps / n)
+        stats = CollectStats()
+        pending = [_Pending() for _ in range(n)]
+        rng = np.random.default_rng(seed)
+        state = None if actor_critic is None else self._burn_in_state(actor_critic, device)
+        offset = 0
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            obs_chw = to_chw(self.obs)  # (N, 3, H, W)
+            if actor_critic is None:
+                act = rng.integers(num_actions, size=n, dtype=np.int64)
+            else:
+                obs_t = torch.from_numpy(obs_chw).to(device).float().div_(255.0)
+                act_t, state = actor_critic.act(
+                    obs_t, state, epsilon=epsilon, temperature=temperature, seed=seed, offset=offset
+                )
+                offset += 3
+                act = act_t.cpu().numpy().astype(np.int64)
+            next_obs, rew, term, trunc, info = self.env.step(act)
+            done = np.logical_or(term, trunc)
+            for i in range(n):
+                p = pending[i]
+                p.obs.append(obs_chw[i])
+                p.act.append(int(act[i]))
+                p.rew.append(float(rew[i]))
+                p.end.append(int(term[i]))
+                p.trunc.append(int(trunc[i]))
+                if done[i]:
+                    self._flush(i, p)
+                    stats.finished_episode_ids.append(int(self.episode_ids[i]))
+                    stats.episode_returns.append(float(info["episode_return"][i]))
+                    stats.episode_lengths.append(int(info["episode_length"][i]))
+                    final = info["final_info"][i] if "final_info" in info else None
+                    if isinstance(final, dict) and "achievements" in final:
+                        stats.achievements.append(dict(final["achievements"]))
+                    self.episode_ids[i] = -1
+                    pending[i] = _Pending()
+            # keep the last burn_in frames of every running episode (right aligned)
+            if self.burn_in > 0:
+                self.recent[:, :-1] = self.recent[:, 1:]
+                self.recent[:, -1] = obs_chw
+                self.recent_len = np.minimum(self.recent_len + 1, self.burn_in)
+                self.recent_len[done] = 0
+            if state is not None and done.any():
+                state = actor_critic.reset_state_rows(state, torch.from_numpy(done).to(device))
+            self.obs = next_obs
+            stats.num_steps += n
+            if progress is not None:
+                progress(n)
+        for i in range(n):
+            self._flush(i, pending[i])
+        self.total_steps += stats.num_steps
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+
+@torch.no_grad()
+def run_test_episodes(
+    env: Any,
+    num_episodes: int,
+    actor_critic: Any | None,
+    device: torch.device,
+    *,
+    epsilon: float,
+    temperature: float,
+    seed: int,
+    store: Any | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> CollectStats:
+    """Play exactly ``num_episodes`` episodes from a fresh ``reset(seed)`` and return their statistics.
+
+    Env ``i`` plays episodes ``i, i + N, i + 2N, ...`` of the quota (so short episodes are not favoured);
+    once an env has played its share its further steps are ignored. Finished episodes are added to
+    ``store`` when given. ``actor_critic=None`` plays uniformly random actions.
+    """
+    n = env.num_envs
+    quota = np.array([num_episodes // n + (1 if i < num_episodes % n else 0) for i in range(n)])
+    played = np.zeros(n, dtype=np.int64)
+    stats = CollectStats()
+    rng = np.random.default_rng(seed)
+    obs = env.reset(seed)
+    state = None if actor_critic is None else actor_critic.initial_state(n, device)
+    pending = [_Pending() for _ in range(n)]
+    offset = 0
+    t0 = time.perf_counter()
+    while (played < quota).any():
+        obs_chw = to_chw(obs)
+        if actor_critic is None:
+            act = rng.integers(env.num_actions, size=n, dtype=np.int64)
+        else:
+            obs_t = torch.from_numpy(obs_chw).to(device).float().div_(255.0)
+            act_t, state = actor_critic.act(
+                obs_t, state, epsilon=epsilon, temperature=temperature, seed=seed, offset=offset
+            )
+            offset += 3
+            act = act_t.cpu().numpy().astype(np.int64)
+        obs, rew, term, trunc, info = env.step(act)
+        done = np.logical_or(term, trunc)
+        finished_now = 0
+        for i in range(n):
+            if played[i] >= quota[i]:
+                continue
+            p = pending[i]
+            stats.num_steps += 1
+            if store is not None:
+                p.obs.append(obs_chw[i])
+                p.act.append(int(act[i]))
+                p.rew.append(float(rew[i]))
+                p.end.append(int(term[i]))
+                p.trunc.append(int(trunc[i]))
+            if done[i]:
+                played[i] += 1
+                finished_now += 1
+                stats.episode_returns.append(float(info["episode_return"][i]))
+                stats.episode_lengths.append(int(info["episode_length"][i]))
+                final = info["final_info"][i] if "final_info" in info else None
+                if isinstance(final, dict) and "achievements" in final:
+                    stats.achievements.append(dict(final["achievements"]))
+                if store is not None:
+                    stats.finished_episode_ids.append(int(store.add_episode(*p.arrays())))
+                pending[i] = _Pending()
+        if state is not None and done.any():
+            state = actor_critic.reset_state_rows(state, torch.from_numpy(done).to(device))
+        if progress is not None:
+            progress(finished_now)
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+__all__ = ["CollectStats", "Collector", "derive_seed", "obs_to_tensor", "run_test_episodes", "to_chw"]

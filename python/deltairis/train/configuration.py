@@ -1,0 +1,223 @@
+"""Composing, validating and saving the training configuration.
+
+The YAML config groups ship inside the package (``deltairis/config``) and are found through
+``pkg://deltairis.config``, never through the source tree. Overrides use Hydra's syntax
+(``env=atari params=atari env.train.id=BreakoutNoFrameskip-v4 common.epochs=10``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from deltairis.config.models import AgentConfig, make_agent_config
+from deltairis.config.schema import TrainerConfig
+
+logger = logging.getLogger(__name__)
+
+CONFIG_MODULE = "deltairis.config"
+CONFIG_NAME = "trainer"
+SCHEMA_NAME = "trainer_schema"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending key."""
+
+
+def _register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=TrainerConfig)
+
+
+def _format_error(exc: Exception) -> str:
+    # Hydra wraps OmegaConf errors; keep the whole chain: it names the key (full_key: ...).
+    parts = [str(exc).strip()]
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and len(parts) < 3 and "full_key:" not in "".join(parts):
+        text = str(cause).strip()
+        if text and text not in parts[-1]:
+            parts.append(text)
+        cause = cause.__cause__ or cause.__context__
+    return "\n".join(parts)
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``trainer.yaml`` with Hydra overrides and validate it against the schema.
+
+    Raises:
+        ConfigError: unknown key, wrong type, missing mandatory value or bad override syntax.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    _register_schema()
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+            cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides))
+    except Exception as exc:  # hydra raises several unrelated exception types
+        raise ConfigError(f"invalid configuration override: {_format_error(exc)}") from exc
+    return validate_config(cfg)
+
+
+def validate_config(cfg: Any) -> DictConfig:
+    """Merge ``cfg`` onto the typed schema and resolve it; errors name the key."""
+    try:
+        schema = OmegaConf.structured(TrainerConfig)
+        if isinstance(cfg, DictConfig):
+            # A plain container, so that keys Hydra added with ``+key=`` are checked against the schema.
+            cfg = OmegaConf.to_container(cfg, resolve=False)
+        merged = OmegaConf.merge(schema, cfg)
+        OmegaConf.resolve(merged)
+        missing = sorted(OmegaConf.missing_keys(merged))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"invalid configuration: {_format_error(exc)}") from exc
+    if missing:
+        raise ConfigError(f"missing mandatory configuration value(s): {', '.join(missing)}")
+    _check_values(merged)
+    OmegaConf.set_struct(merged, True)
+    return merged  # type: ignore[return-value]
+
+
+def _check_values(cfg: DictConfig) -> None:
+    def positive(key: str, value: Any, allow_zero: bool = False) -> None:
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+    positive("common.epochs", cfg.common.epochs)
+    if cfg.wandb.mode not in ("online", "offline", "disabled"):
+        raise ConfigError(f"wandb.mode must be online, offline or disabled, got {cfg.wandb.mode!r}")
+    if cfg.env.name not in ("crafter", "atari", "toy"):
+        raise ConfigError(f"env.name must be crafter, atari or toy, got {cfg.env.name!r}")
+    if cfg.env.name == "atari" and not cfg.env.train.id:
+        raise ConfigError("env.train.id is required with env=atari (e.g. env.train.id=BreakoutNoFrameskip-v4)")
+    if cfg.agent.preset not in ("crafter", "atari", "tiny"):
+        raise ConfigError(f"agent.preset must be crafter, atari or tiny, got {cfg.agent.preset!r}")
+    tc = cfg.collection.train
+    positive("collection.train.num_envs", tc.num_envs)
+    positive("collection.train.num_steps", tc.num_steps, allow_zero=True)
+    positive("collection.train.num_steps_first_epoch", tc.num_steps_first_epoch)
+    positive("collection.test.num_envs", cfg.collection.test.num_envs)
+    positive("collection.test.num_episodes", cfg.collection.test.num_episodes, allow_zero=True)
+    for split in ("train", "test"):
+        c = cfg.collection[split]
+        if not 0.0 <= c.epsilon <= 1.0:
+            raise ConfigError(f"collection.{split}.epsilon must be in [0, 1], got {c.epsilon}")
+        positive(f"collection.{split}.temperature", c.temperature)
+    for name in ("tokenizer", "world_model", "actor_critic"):
+        c = cfg.training[name]
+        for key in ("steps_per_epoch", "steps_first_epoch", "start_after_epochs"):
+            positive(f"training.{name}.{key}", c[key], allow_zero=True)
+        positive(f"training.{name}.batch_size", c.batch_size)
+        if c.seq_len is not None:
+            positive(f"training.{name}.seq_len", c.seq_len)
+        positive(f"training.{name}.learning_rate", c.learning_rate)
+        positive(f"training.{name}.weight_decay", c.weight_decay, allow_zero=True)
+        positive(f"training.{name}.max_grad_norm", c.max_grad_norm)
+        positive(f"training.{name}.sampling_alpha", c.sampling_alpha, allow_zero=True)
+    positive("evaluation.every", cfg.evaluation.every)
+    positive("evaluation.num_batches", cfg.evaluation.num_batches, allow_zero=True)
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Apply ``key=value`` overrides to an existing config (used when resuming a run).
+
+    Group choices (``env=atari``) cannot change on resume and are rejected.
+    """
+    cfg = copy.deepcopy(cfg)
+    OmegaConf.set_struct(cfg, True)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        key = key.lstrip("+")
+        if "." not in key:
+            raise ConfigError(f"override {item!r} selects a config group; groups cannot change on resume")
+        try:
+            parsed = OmegaConf.from_dotlist([f"{key}={value}"])
+            OmegaConf.update(cfg, key, OmegaConf.select(parsed, key), merge=True)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"invalid override {item!r}: {_format_error(exc)}") from exc
+    return validate_config(cfg)
+
+
+def load_run_config(path: Path) -> DictConfig:
+    """Load a run's saved ``config/trainer.yaml`` and validate it."""
+    if not path.is_file():
+        raise ConfigError(f"no saved configuration at {path}; is this a run folder?")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    return validate_config(raw)
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    from deltairis.train.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, OmegaConf.to_yaml(cfg, resolve=True).encode())
+
+
+def agent_config_from(cfg: DictConfig, num_actions: int) -> AgentConfig:
+    """The model configuration: the preset's, with ``agent.overrides`` applied (validated)."""
+    base = make_agent_config(cfg.agent.preset, num_actions)
+    overrides = OmegaConf.to_container(cfg.agent.overrides, resolve=True)
+    if not overrides:
+        return base
+    d = base.to_dict()
+
+    def merge(dst: dict[str, Any], src: dict[str, Any], prefix: str) -> None:
+        for k, v in src.items():
+            if k not in dst:
+                raise ConfigError(f"agent.overrides.{prefix}{k} is not a field of the model configuration")
+            if isinstance(v, dict):
+                if not isinstance(dst[k], dict):
+                    raise ConfigError(f"agent.overrides.{prefix}{k} is not a nested configuration")
+                merge(dst[k], v, f"{prefix}{k}.")
+            else:
+                dst[k] = v
+
+    merge(d, overrides, "")  # type: ignore[arg-type]
+    if d["tokenizer"]["num_actions"] != num_actions:
+        raise ConfigError("agent.overrides cannot change num_actions (it comes from the environment)")
+    try:
+        return AgentConfig.from_dict(d)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid agent.overrides: {exc}") from exc
+
+
+def diff_dicts(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Human-readable differences between two nested dicts (``key: old -> new``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            if k not in old:
+                out.append(f"{prefix}{k}: (absent) -> {new[k]!r}")
+            elif k not in new:
+                out.append(f"{prefix}{k}: {old[k]!r} -> (absent)")
+            else:
+                out.extend(diff_dicts(old[k], new[k], f"{prefix}{k}."))
+        return out
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        old, new = list(old), list(new)
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+__all__ = [
+    "ConfigError",
+    "agent_config_from",
+    "apply_overrides",
+    "compose_config",
+    "diff_dicts",
+    "load_run_config",
+    "save_config",
+    "validate_config",
+]

@@ -1,0 +1,69 @@
+"""Building the train / test vector envs from the ``env`` config section.
+
+Auto-reset choice: every backend resets an env *immediately and individually* when its episode ends
+(the rule of :mod:`deltairis.envs.vector`), instead of the reference's "wait until all envs are done".
+The collector therefore stores, per env, the steps of the running episode and closes it in the store
+when that env reports ``terminated`` (stored as ``end``) or ``truncated`` (time limit, stored as
+``trunc``); the first observation of the next episode starts a new stored episode. No env idles while
+others finish, and no step is thrown away.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig
+
+logger = logging.getLogger(__name__)
+
+
+def env_kwargs(env_cfg: DictConfig, split: str) -> dict[str, Any]:
+    """Keyword arguments of ``make_vector_env`` for the ``train`` or ``test`` settings."""
+    s = env_cfg[split]
+    name = env_cfg.name
+    kw: dict[str, Any] = {}
+    if name == "atari":
+        kw["id"] = s.id
+        kw["train"] = split == "train"
+        if s.noop_max is not None:
+            kw["noop_max"] = int(s.noop_max)
+        if s.max_episode_frames is not None:
+            kw["max_episode_frames"] = int(s.max_episode_frames)
+    elif name == "crafter":
+        if s.max_episode_steps is not None:
+            kw["length"] = int(s.max_episode_steps)
+    elif name == "toy":
+        if s.max_episode_steps is not None:
+            kw["max_steps"] = int(s.max_episode_steps)
+        if s.respawn is not None:
+            kw["respawn"] = bool(s.respawn)
+    return kw
+
+
+def make_env(env_cfg: DictConfig, split: str, num_envs: int, seed: int) -> Any:
+    """A :class:`~deltairis.envs.vector.VectorEnv` with the ``split`` settings, seeded with ``seed``."""
+    kw = env_kwargs(env_cfg, split)
+    from deltairis import envs
+
+    factory = getattr(envs, "make_vector_env", None)
+    if factory is not None:
+        return factory(
+            env_cfg.name, num_envs, seed=seed, backend=env_cfg.backend, num_threads=env_cfg.num_threads, **kw
+        )
+    # Fallback while the factory is not available: the Python backends directly.
+    logger.debug("deltairis.envs.make_vector_env missing; building the %s env directly", env_cfg.name)
+    if env_cfg.name == "toy":
+        from deltairis.envs.toy import ToyVectorEnv
+
+        return ToyVectorEnv(num_envs, seed=seed, **kw)
+    if env_cfg.name == "crafter":
+        from deltairis.envs.crafter_python import CrafterPythonVectorEnv
+
+        return CrafterPythonVectorEnv(num_envs, seed=seed, **kw)
+    from deltairis.envs.atari import AtariPythonVectorEnv
+
+    return AtariPythonVectorEnv(num_envs, seed=seed, **kw)
+
+
+__all__ = ["env_kwargs", "make_env"]

@@ -1,0 +1,65 @@
+"""Evaluating a policy in the real environment (shared by ``deltairis-eval``, the trainer and tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from deltairis.train.collector import CollectStats, run_test_episodes
+from deltairis.train.envs import make_env
+
+
+def episode_metrics(stats: CollectStats, prefix: str = "") -> dict[str, float]:
+    """Mean/std/min/max return, mean length, and Crafter achievements + score when available."""
+    out: dict[str, float] = {f"{prefix}num_episodes": float(len(stats.episode_returns))}
+    if stats.episode_returns:
+        r = np.asarray(stats.episode_returns, dtype=np.float64)
+        out[f"{prefix}return_mean"] = float(r.mean())
+        out[f"{prefix}return_std"] = float(r.std())
+        out[f"{prefix}return_min"] = float(r.min())
+        out[f"{prefix}return_max"] = float(r.max())
+        out[f"{prefix}episode_length_mean"] = float(np.mean(stats.episode_lengths))
+    if stats.achievements:
+        from deltairis.envs.crafter_metrics import crafter_metrics
+
+        out.update({f"{prefix}{k}": v for k, v in crafter_metrics(stats.achievements).items()})
+    return out
+
+
+@torch.no_grad()
+def evaluate_policy(
+    agent: Any | None,
+    env_cfg: DictConfig,
+    *,
+    num_episodes: int,
+    num_envs: int,
+    seed: int,
+    epsilon: float = 0.0,
+    temperature: float = 1.0,
+    device: torch.device | str = "cpu",
+    split: str = "test",
+) -> dict[str, float]:
+    """Play ``num_episodes`` episodes with ``agent``'s policy (``None``: uniformly random actions)."""
+    if num_episodes < 1:
+        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+    device = torch.device(device)
+    env = make_env(env_cfg, split, min(num_envs, num_episodes), seed=seed)
+    try:
+        ac = None
+        if agent is not None:
+            agent.eval()
+            ac = agent.actor_critic
+        stats = run_test_episodes(
+            env, num_episodes, ac, device, epsilon=epsilon, temperature=temperature, seed=seed
+        )
+    finally:
+        env.close()
+    out = episode_metrics(stats)
+    out["steps_per_s"] = stats.steps_per_second
+    return out
+
+
+__all__ = ["episode_metrics", "evaluate_policy"]
