@@ -61,6 +61,49 @@ def patch_creation_order() -> None:
     crafter.Env._deltairis_creation_order = True
 
 
+def patch_record_despawns() -> None:
+    """Keep crafter's own (address-ordered) balancing but record which object each despawn removes.
+
+    ``Env._balance_object`` is replaced by the same code plus one line that appends the removed object's
+    slot index to ``env._deltairis_despawns``; the trajectory is the unmodified package's. The native
+    engine replays those choices through its test hook (tier 2 of CRAFTER_NATIVE.md).
+    """
+    import crafter
+    import numpy as np
+
+    if getattr(crafter.Env, "_deltairis_record", False):
+        return
+
+    def _balance_object(
+        self: Any, chunk: Any, objs: Any, cls: Any, material: str, span_dist: int, despan_dist: int,
+        spawn_prob: float, despawn_prob: float, ctor: Any, target_fn: Any,
+    ) -> None:
+        xmin, xmax, ymin, ymax = chunk
+        random = self._world.random
+        creatures = [obj for obj in objs if isinstance(obj, cls)]
+        mask = self._world.mask(*chunk, material)
+        target_min, target_max = target_fn(len(creatures), mask.sum())
+        if len(creatures) < int(target_min) and random.uniform() < spawn_prob:
+            xs = np.tile(np.arange(xmin, xmax)[:, None], [1, ymax - ymin])
+            ys = np.tile(np.arange(ymin, ymax)[None, :], [xmax - xmin, 1])
+            xs, ys = xs[mask], ys[mask]
+            i = random.randint(0, len(xs))
+            pos = np.array((xs[i], ys[i]))
+            empty = self._world[pos][1] is None
+            away = self._player.distance(pos) >= span_dist
+            if empty and away:
+                self._world.add(ctor(pos))
+        elif len(creatures) > int(target_max) and random.uniform() < despawn_prob:
+            obj = creatures[random.randint(0, len(creatures))]
+            self.__dict__.setdefault("_deltairis_despawns", []).append(int(self._world._obj_map[tuple(obj.pos)]))
+            away = self._player.distance(obj.pos) >= despan_dist
+            if away:
+                self._world.remove(obj)
+
+    crafter.Env._balance_object = _balance_object
+    crafter.Env._deltairis_record = True
+
+
 def _objects_of(env: Any) -> list[tuple[str, int, int, int]]:
     return [
         (type(o).__name__, int(o.pos[0]), int(o.pos[1]), int(o.health)) for o in env._world.objects
@@ -79,6 +122,7 @@ def _run_case(case: dict[str, Any]) -> dict[str, Any]:
     )
     out: dict[str, Any] = {}
     for e, actions in enumerate(case["episodes"]):
+        env._deltairis_despawns = []
         obs = env.reset()
         out[f"e{e}_reset_obs"] = obs
         out[f"e{e}_material"] = env._world._mat_map.copy()
@@ -105,6 +149,7 @@ def _run_case(case: dict[str, Any]) -> dict[str, Any]:
         if rows["reward"]:
             out[f"e{e}_inventory_keys"] = np.array(list(info["inventory"].keys()))
         out[f"e{e}_final_objects"] = np.array(json.dumps(_objects_of(env)))
+        out[f"e{e}_despawns"] = np.array(env._deltairis_despawns, dtype=np.int64)
     return out
 
 
@@ -212,8 +257,13 @@ def scripted_actions(env: Any, steps: int, rng: Any, explore: float = 0.1) -> li
     return actions
 
 
-def run_reference(cases: list[dict[str, Any]], timeout: float = 600) -> list[dict[str, Any]]:
-    """Run the patched Python reference on ``cases`` in a subprocess with numpy's AVX-512 disabled.
+def run_reference(
+    cases: list[dict[str, Any]], timeout: float = 600, mode: str = "creation_order"
+) -> list[dict[str, Any]]:
+    """Run the Python reference on ``cases`` in a subprocess with numpy's AVX-512 disabled.
+
+    ``mode="creation_order"``: the creation-order oracle (tier 1). ``mode="record"``: the unmodified
+    package, recording each despawn's choice in ``e{episode}_despawns`` (tier 2).
 
     Each case: ``{"seed": int, "episodes": [[action, ...], ...], "length": int, "reward": bool}``.
     Returns one dict of arrays per case (keys ``e{episode}_{field}``).
@@ -222,7 +272,9 @@ def run_reference(cases: list[dict[str, Any]], timeout: float = 600) -> list[dic
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "cases.json"
-        spec.write_text(json.dumps({"cases": cases, "out": tmp}))
+        if mode not in ("creation_order", "record"):
+            raise ValueError(f"mode must be 'creation_order' or 'record', got {mode!r}")
+        spec.write_text(json.dumps({"cases": cases, "out": tmp, "mode": mode}))
         env = dict(os.environ, NPY_DISABLE_CPU_FEATURES=NPY_FLAGS)
         subprocess.run([sys.executable, __file__, str(spec)], check=True, env=env, timeout=timeout)
         results = []
@@ -236,7 +288,10 @@ def _main(spec_path: str) -> None:
     import numpy as np
 
     spec = json.loads(Path(spec_path).read_text())
-    patch_creation_order()
+    if spec.get("mode", "creation_order") == "record":
+        patch_record_despawns()
+    else:
+        patch_creation_order()
     for i, case in enumerate(spec["cases"]):
         np.savez(Path(spec["out"]) / f"case{i}.npz", **_run_case(case))
 

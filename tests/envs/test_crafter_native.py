@@ -95,12 +95,20 @@ def _objects(env: CrafterNative) -> list[list[Any]]:
     return [[o["kind"], o["pos"][0], o["pos"][1], o["health"]] for o in env.objects()]
 
 
-def assert_same_trajectories(case: dict[str, Any], ref: dict[str, Any]) -> dict[str, int]:
-    """Replay ``case`` on the native engine and compare every field at every step with ``ref``."""
+def assert_same_trajectories(
+    case: dict[str, Any], ref: dict[str, Any], replay_despawns: bool = False
+) -> dict[str, int]:
+    """Replay ``case`` on the native engine and compare every field at every step with ``ref``.
+
+    With ``replay_despawns`` the engine removes the objects the (unmodified) reference removed.
+    """
     env = _native_for(case)
-    stats = {"steps": 0, "night_steps": 0, "sleep_steps": 0}
+    stats = {"steps": 0, "night_steps": 0, "sleep_steps": 0, "despawns": 0}
     for e, actions in enumerate(case["episodes"]):
         obs = env.reset()
+        if replay_despawns:
+            env._env._set_despawn_choices(ref[f"e{e}_despawns"].tolist())
+            stats["despawns"] += len(ref[f"e{e}_despawns"])
         where = f"seed {case['seed']} episode {e}"
         np.testing.assert_array_equal(env.material_map(), ref[f"e{e}_material"], err_msg=f"{where}: material map")
         assert _objects(env) == json.loads(str(ref[f"e{e}_objects"])), f"{where}: objects after reset"
@@ -122,6 +130,8 @@ def assert_same_trajectories(case: dict[str, Any], ref: dict[str, Any]) -> dict[
             stats["steps"] += 1
             stats["night_steps"] += env.daylight < 0.5
             stats["sleep_steps"] += bool(env._env.sleeping)
+        if replay_despawns:
+            assert env._env._despawn_choices_left == 0, f"{where}: despawns left over"
         if n:
             assert list(info["inventory"].keys()) == ref[f"e{e}_inventory_keys"].tolist()
             assert _objects(env) == json.loads(str(ref[f"e{e}_final_objects"])), f"{where}: final objects"
@@ -133,12 +143,24 @@ def test_trajectories_match_reference(reference: dict[str, Any], kind: str) -> N
     names = [n for n in reference if n.startswith(kind)] if kind != "other" else [
         n for n in reference if not n.startswith(("random", "night", "scripted"))]
     assert names
-    total = {"steps": 0, "night_steps": 0, "sleep_steps": 0}
+    total = {"steps": 0, "night_steps": 0, "sleep_steps": 0, "despawns": 0}
     for name in names:
         stats = assert_same_trajectories(*reference[name])
         total = {k: total[k] + stats[k] for k in total}
     if kind == "night":  # the cases must really reach the night and sleeping
         assert total["night_steps"] > 100 and total["sleep_steps"] > 50, total
+
+
+def test_unmodified_package_with_replayed_despawns() -> None:
+    """Tier 2: against crafter WITHOUT the creation-order patch, feeding the engine the objects that
+    CPython's address-ordered sets made it despawn; every other draw and decision is the engine's own."""
+    rng = np.random.default_rng(77)
+    cases = [{"seed": 300 + s, "episodes": [_random_actions(rng, 500, 0.7) for _ in range(2)]} for s in range(3)]
+    results = crafter_oracle.run_reference(cases, mode="record")
+    despawns = 0
+    for case, ref in zip(cases, results):
+        despawns += assert_same_trajectories(case, ref, replay_despawns=True)["despawns"]
+    assert despawns > 0
 
 
 @pytest.mark.slow

@@ -911,7 +911,13 @@ void Env::balance_object(int chunk, ObjKind kind, int material, int span_dist, i
     const bool away = std::abs(x - player.x) + std::abs(y - player.y) >= span_dist;
     if (empty && away) add_object(kind, x, y);
   } else if (n > static_cast<long>(target_max) && random_.uniform() < despawn_prob) {
-    const std::uint32_t slot = creatures[static_cast<std::size_t>(random_.randint(n))];
+    std::uint32_t slot = creatures[static_cast<std::size_t>(random_.randint(n))];
+    if (forced_next_ < forced_despawns_.size()) {
+      slot = forced_despawns_[forced_next_++];
+      if (std::find(creatures.begin(), creatures.end(), slot) == creatures.end()) {
+        throw std::logic_error("forced despawn choice is not a creature of this chunk");
+      }
+    }
     const bool away = std::abs(slots_[slot].x - player.x) + std::abs(slots_[slot].y - player.y) >= despawn_dist;
     if (away) remove_object(slot);
   }

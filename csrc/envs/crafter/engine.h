@@ -231,6 +231,13 @@ class Env {
   std::vector<ObjectState> objects() const;
   // Lets the next reset() use this episode number minus one (the Python env's counter).
   void set_episode(std::int64_t episode) { episode_ = episode; }
+  // Test hook (replay of the unmodified package): the slots that the next despawns remove, in order,
+  // instead of creation-order creatures[randint(0, n)] (the draw itself still happens).
+  void set_despawn_choices(std::vector<std::uint32_t> slots) {
+    forced_despawns_ = std::move(slots);
+    forced_next_ = 0;
+  }
+  std::size_t despawn_choices_left() const { return forced_despawns_.size() - forced_next_; }
 
  private:
   struct Obj {
@@ -311,6 +318,9 @@ class Env {
   // Env bookkeeping.
   int env_last_health_ = 0;
   std::vector<bool> unlocked_;
+
+  std::vector<std::uint32_t> forced_despawns_;
+  std::size_t forced_next_ = 0;
 
   // Render scratch.
   std::vector<std::uint8_t> local_;   // (local_w, local_h, 3)
