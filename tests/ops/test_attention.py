@@ -173,7 +173,9 @@ def _bf16_errors(
 def test_triton_bf16_within_twice_pytorch_error_gpu(shape: tuple, mask: str) -> None:
     ours, pytorch = _bf16_errors(*shape, mask=mask, block_size=6, backend="triton")
     for name, e, p in zip(("out", "dq", "dk", "dv"), ours, pytorch):
-        assert e <= 2 * p + 1e-6, f"{name}: triton error {e:.3g} > 2 x PyTorch bf16 error {p:.3g}"
+        # 1e-4 absolute slack: with T = 1 both errors are rounding-level (dq is 0 in exact arithmetic),
+        # far below the ~1e-2 bf16 errors of the other shapes.
+        assert e <= 2 * p + 1e-4, f"{name}: triton error {e:.3g} > 2 x PyTorch bf16 error {p:.3g}"
 
 
 @pytest.mark.gpu
