@@ -147,6 +147,23 @@ def test_triton_decoding_loop_interpreter() -> None:
         lo += n
 
 
+@pytest.mark.usefixtures("interpret")
+def test_triton_fp16_within_twice_pytorch_error_interpreter() -> None:
+    """16-bit caches on CPU (fp16: Triton 3.9's interpreter computes bf16 dots wrongly)."""
+    case32 = make_case(3, 2, 3, 32, 30, [0, 14, 27])
+    case16 = [x.half() if x.is_floating_point() else x for x in case32]
+    ref32 = ops.attention_kvcache_ref(*[x.clone() for x in case32], mask="block_causal")
+    pt16 = ops.attention_kvcache_ref(*[x.clone() for x in case16], mask="block_causal")
+    caches = [x.clone() for x in case16]
+    ours = ops.attention_kvcache(*caches, mask="block_causal", backend="triton")
+    assert ours.dtype == torch.float16
+    err_ours, err_pt = (ours.float() - ref32).abs().max().item(), (pt16.float() - ref32).abs().max().item()
+    assert err_ours <= 2 * err_pt + 1e-4, f"triton fp16 error {err_ours:.3g} > 2 x PyTorch's {err_pt:.3g}"
+    ref_caches = [x.clone() for x in case16]
+    ops.attention_kvcache_ref(*ref_caches, mask="block_causal")
+    assert torch.equal(caches[3], ref_caches[3]) and torch.equal(caches[4], ref_caches[4])
+
+
 # ----------------------------------------------------------------------------------------------- GPU
 
 
