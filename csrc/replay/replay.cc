@@ -6,8 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <climits>
 #include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -113,7 +113,8 @@ void draw_segments(const std::int64_t* counts, const std::int64_t* lengths, std:
 
 void add_counts(std::int64_t* counts, std::int64_t n, const std::int64_t* episode, std::int64_t batch) {
   for (std::int64_t b = 0; b < batch; ++b)
-    if (episode[b] < 0 || episode[b] >= n) invalid("episode id " + std::to_string(episode[b]) + " out of range");
+    if (episode[b] < 0 || episode[b] >= n)
+      invalid("episode id " + std::to_string(episode[b]) + " out of range");
   for (std::int64_t b = 0; b < batch; ++b) ++counts[episode[b]];
 }
 
@@ -159,7 +160,8 @@ void Reader::ensure_mapped(std::int64_t num_rows) {
   };
   for (int i = 1; i < 5; ++i) {
     struct stat st;
-    if (::fstat(fds_[i], &st) != 0) fail("replay store: cannot stat " + paths_[i] + ": " + std::strerror(errno));
+    if (::fstat(fds_[i], &st) != 0)
+      fail("replay store: cannot stat " + paths_[i] + ": " + std::strerror(errno));
     const std::int64_t file_rows = static_cast<std::int64_t>(st.st_size) / kItem[i];
     if (file_rows < num_rows) fail("replay store: " + paths_[i] + " is shorter than the episode table says");
     rows = std::min(rows, file_rows);
@@ -233,7 +235,8 @@ void Reader::gather(const ChunkTable& table, const std::int64_t* episode, const 
       const std::int64_t chunk_end = table.offset[c] + table.len[c];
       const std::int64_t n = std::min(hi, chunk_end) - pos;
       const std::int64_t j = pos - s;
-      read_rows(table.row[c] + (pos - table.offset[c]), n, obs + j * fb, act + j, rew + j, end + j, trunc + j);
+      read_rows(table.row[c] + (pos - table.offset[c]), n, obs + j * fb, act + j, rew + j, end + j,
+                trunc + j);
       pos += n;
     }
   });

@@ -35,7 +35,8 @@ void draw_segments(const std::int64_t* counts, const std::int64_t* lengths, std:
 // counts[episode[b]] += 1 for every b (episode ids must be in [0, n)).
 void add_counts(std::int64_t* counts, std::int64_t n, const std::int64_t* episode, std::int64_t batch);
 
-// The episode table: chunks sorted by (episode, offset); chunks of episode e are [ep_begin[e], ep_begin[e+1]).
+// The episode table: chunks sorted by (episode, offset); chunks of episode e are [ep_begin[e],
+// ep_begin[e+1]).
 struct ChunkTable {
   std::int64_t num_episodes = 0;
   std::int64_t num_chunks = 0;
@@ -86,7 +87,7 @@ class Reader {
   void unmap();
 
   std::vector<int> fds_;
-  std::vector<void*> maps_;             // act, rew, end, trunc (index 1..4 of the paths); nullptr: none
+  std::vector<void*> maps_;  // act, rew, end, trunc (index 1..4 of the paths); nullptr: none
   std::vector<std::size_t> map_bytes_;
   std::int64_t mapped_rows_ = 0;
   std::vector<std::string> paths_;

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from deltairis.data import ReplayStore
 from deltairis.data.replay import _cpp_available
 
@@ -15,7 +14,9 @@ BACKENDS = [
 FIELDS = ("obs", "act", "rew", "end", "trunc")
 
 
-def random_steps(rng: np.random.Generator, t: int, obs_shape: tuple[int, ...] = (3, 64, 64)) -> dict[str, np.ndarray]:
+def random_steps(
+    rng: np.random.Generator, t: int, obs_shape: tuple[int, ...] = (3, 64, 64)
+) -> dict[str, np.ndarray]:
     """T random steps with the dtypes the store expects."""
     return {
         "obs": rng.integers(0, 256, (t, *obs_shape), dtype=np.uint8),
@@ -48,7 +49,11 @@ def fill_store(
 
 
 def expected_segments(
-    model: list[dict[str, np.ndarray]], ep: np.ndarray, start: np.ndarray, seq_len: int, obs_shape: tuple[int, ...]
+    model: list[dict[str, np.ndarray]],
+    ep: np.ndarray,
+    start: np.ndarray,
+    seq_len: int,
+    obs_shape: tuple[int, ...],
 ) -> dict[str, np.ndarray]:
     """The batch a gather must produce, built with plain loops over the in-memory episodes."""
     b = len(ep)

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from replay_testlib import BACKENDS
-
 from deltairis.data import ReplayStore, import_reference_dataset
+from replay_testlib import BACKENDS
 
 
 def write_reference_dataset(root: Path, lengths: list[int], seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -24,11 +23,15 @@ def write_reference_dataset(root: Path, lengths: list[int], seed: int = 0) -> li
             "ends": torch.zeros(t, dtype=torch.long),
         }
         ep["ends"][-1] = int(i % 2 == 0)
-        folder = root / f"{i % 10}" / f"{i % 100:02d}"  # ids 2 and 12 in different folders, 10 before 2 lexically
+        folder = (
+            root / f"{i % 10}" / f"{i % 100:02d}"
+        )  # ids 2 and 12 in different folders, 10 before 2 lexically
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(ep, folder / f"{i}.pt")
         episodes.append(ep)
-    torch.save({"num_episodes": len(lengths), "num_steps": sum(lengths), "lengths": lengths}, root / "info.pt")
+    torch.save(
+        {"num_episodes": len(lengths), "num_steps": sum(lengths), "lengths": lengths}, root / "info.pt"
+    )
     return episodes
 
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from replay_testlib import BACKENDS, FIELDS, expected_segments, fill_store, random_steps
-
 from deltairis.data import Batch, Episode, Prefetcher, ReplayStore
 from deltairis.data.replay import _cpp_available
+from replay_testlib import BACKENDS, FIELDS, expected_segments, fill_store, random_steps
 
 BATCH_FIELDS = (*FIELDS, "mask_padding", "episode_id", "start", "stop")
 SMALL = (2, 3, 5)  # an odd frame shape keeps the many-input tests fast
@@ -166,9 +165,13 @@ def test_probabilities_exact(backend: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     store = ReplayStore(tmp_path, backend=backend, obs_shape=SMALL)
     fill_store(store, rng, num_episodes=23, max_len=5, num_extends=0)
-    np.testing.assert_allclose(store.sampling_probabilities("ac", 3.0), np.full(23, 1 / 23), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(
+        store.sampling_probabilities("ac", 3.0), np.full(23, 1 / 23), rtol=0, atol=1e-15
+    )
     for _ in range(6):
-        store.sample("ac", int(rng.integers(1, 40)), 3, alpha=float(rng.random()), seed=int(rng.integers(1 << 30)))
+        store.sample(
+            "ac", int(rng.integers(1, 40)), 3, alpha=float(rng.random()), seed=int(rng.integers(1 << 30))
+        )
     counts = store.visit_counts("ac")
     assert counts.max() > counts.min()
     for alpha in (0.0, 0.5, 1.0, 5.0, 11.3):

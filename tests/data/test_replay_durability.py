@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from replay_testlib import BACKENDS, FIELDS, fill_store, random_steps
-
 from deltairis.data import ReplayStore, ReplayStoreError
 from deltairis.data.replay import DATA_FILES, INDEX_NAME, _cpp_available
+from replay_testlib import BACKENDS, FIELDS, fill_store, random_steps
 
 # A writer whose episode i is a deterministic function of i: it is added with its first part, and the
 # previous episode gets its second part, then everything is committed and the episode count printed.
@@ -210,7 +209,11 @@ FSIZE_CHILD = textwrap.dedent(
 
 def test_file_size_limit_in_subprocess(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-c", FSIZE_CHILD, str(tmp_path)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", FSIZE_CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -260,7 +263,9 @@ def test_disk_full_during_append(backend: str, tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_failed_commit_keeps_previous_state(backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_commit_keeps_previous_state(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = np.random.default_rng(2)
     store = ReplayStore(tmp_path, backend=backend)
     fill_store(store, rng, num_episodes=2, max_len=5, num_extends=0)

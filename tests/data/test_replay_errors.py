@@ -7,10 +7,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from replay_testlib import BACKENDS, fill_store, random_steps
-
 from deltairis.data import ReplayStore
 from deltairis.data.replay import _cpp_available
+from replay_testlib import BACKENDS, fill_store, random_steps
 
 
 def steps(t: int = 4, **changes: Any) -> dict[str, Any]:
@@ -20,17 +19,17 @@ def steps(t: int = 4, **changes: Any) -> dict[str, Any]:
 
 
 BAD_STEPS = [
-    (dict(obs=np.zeros((4, 3, 64, 64), np.float32)), "obs must have dtype uint8"),
-    (dict(obs=np.zeros((4, 3, 64, 63), np.uint8)), r"obs must have shape \(T, 3, 64, 64\)"),
-    (dict(obs=np.zeros((4, 64, 64, 3), np.uint8)), "obs must have shape"),
-    (dict(obs=[[0]]), "obs must be a NumPy array"),
-    (dict(act=np.zeros(4, np.float32)), "act has dtype float32"),
-    (dict(act=np.zeros(5, np.int64)), r"act must have shape \(4,\)"),
-    (dict(rew=np.zeros(4, np.int64)), "rew has dtype int64"),
-    (dict(rew=np.zeros((4, 1), np.float32)), "rew must have shape"),
-    (dict(end=np.full(4, 2, np.uint8)), "end must hold only 0 and 1"),
-    (dict(end=np.zeros(4, np.float32)), "end has dtype float32"),
-    (dict(trunc=np.zeros(3, np.uint8)), r"trunc must have shape \(4,\)"),
+    ({"obs": np.zeros((4, 3, 64, 64), np.float32)}, "obs must have dtype uint8"),
+    ({"obs": np.zeros((4, 3, 64, 63), np.uint8)}, r"obs must have shape \(T, 3, 64, 64\)"),
+    ({"obs": np.zeros((4, 64, 64, 3), np.uint8)}, "obs must have shape"),
+    ({"obs": [[0]]}, "obs must be a NumPy array"),
+    ({"act": np.zeros(4, np.float32)}, "act has dtype float32"),
+    ({"act": np.zeros(5, np.int64)}, r"act must have shape \(4,\)"),
+    ({"rew": np.zeros(4, np.int64)}, "rew has dtype int64"),
+    ({"rew": np.zeros((4, 1), np.float32)}, "rew must have shape"),
+    ({"end": np.full(4, 2, np.uint8)}, "end must hold only 0 and 1"),
+    ({"end": np.zeros(4, np.float32)}, "end has dtype float32"),
+    ({"trunc": np.zeros(3, np.uint8)}, r"trunc must have shape \(4,\)"),
 ]
 
 
@@ -69,15 +68,15 @@ def test_bad_ids_and_sampling_arguments(backend: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="episode_id must be a 1-d integer array"):
         store.gather(np.array([0.0]), np.array([0]), np.array([2]))
     for kwargs, message in [
-        (dict(seq_len=0), "seq_len must be >= 1"),
-        (dict(seq_len=2.5), "seq_len must be an int"),
-        (dict(batch_size=0), "batch_size must be >= 1"),
-        (dict(pad_mode="right"), "pad_mode must be one of"),
-        (dict(alpha=-1.0), "alpha must be a finite number >= 0"),
-        (dict(alpha=float("nan")), "alpha must be a finite number"),
-        (dict(consumer=""), "consumer must be a non-empty string"),
+        ({"seq_len": 0}, "seq_len must be >= 1"),
+        ({"seq_len": 2.5}, "seq_len must be an int"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"pad_mode": "right"}, "pad_mode must be one of"),
+        ({"alpha": -1.0}, "alpha must be a finite number >= 0"),
+        ({"alpha": float("nan")}, "alpha must be a finite number"),
+        ({"consumer": ""}, "consumer must be a non-empty string"),
     ]:
-        args: dict[str, Any] = dict(consumer="tokenizer", batch_size=2, seq_len=3)
+        args: dict[str, Any] = {"consumer": "tokenizer", "batch_size": 2, "seq_len": 3}
         args.update(kwargs)
         with pytest.raises(ValueError, match=message):
             store.sample(**args)
@@ -93,9 +92,18 @@ def test_bad_ids_and_sampling_arguments(backend: str, tmp_path: Path) -> None:
         store.sample("tokenizer", 2, 3)
 
 
-def test_bad_backend_name(tmp_path: Path) -> None:
+def test_bad_backend_name_and_shape(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="backend must be"):
         ReplayStore(tmp_path, backend="gpu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="obs_shape must be a non-empty tuple of positive sizes"):
+        ReplayStore(tmp_path / "a", obs_shape=(3, 0, 64))
+    with ReplayStore(tmp_path / "b", obs_shape=(1, 8, 8)) as store:
+        store.commit()
+    mismatch = r"obs_shape \(3, 64, 64\) does not match the store's frames \(1, 8, 8\)"
+    with pytest.raises(ValueError, match=mismatch):
+        ReplayStore(tmp_path / "b", obs_shape=(3, 64, 64))
+    with ReplayStore(tmp_path / "b") as store:  # no shape given: the stored one
+        assert store.obs_shape == (1, 8, 8)
 
 
 @pytest.mark.skipif(not _cpp_available(), reason="deltairis._core not built")
@@ -107,22 +115,22 @@ def test_cpp_boundary_validates_buffers(tmp_path: Path) -> None:
     view = store._view()
     reader = store._get_reader()
     b, L = 2, 3
-    good = dict(
-        num_rows=view.n_rows,
-        lengths=view.lengths,
-        ep_chunk_begin=view.ep_chunk_begin,
-        chunk_offset=view.chunk_offset,
-        chunk_row=view.chunk_row,
-        chunk_len=view.chunk_len,
-        episode_id=np.array([0, 2]),
-        start=np.array([-1, 1]),
-        obs=np.zeros((b, L, 3, 64, 64), np.uint8),
-        act=np.zeros((b, L), np.int64),
-        rew=np.zeros((b, L), np.float32),
-        end=np.zeros((b, L), np.uint8),
-        trunc=np.zeros((b, L), np.uint8),
-        mask_padding=np.zeros((b, L), bool),
-    )
+    good = {
+        "num_rows": view.n_rows,
+        "lengths": view.lengths,
+        "ep_chunk_begin": view.ep_chunk_begin,
+        "chunk_offset": view.chunk_offset,
+        "chunk_row": view.chunk_row,
+        "chunk_len": view.chunk_len,
+        "episode_id": np.array([0, 2]),
+        "start": np.array([-1, 1]),
+        "obs": np.zeros((b, L, 3, 64, 64), np.uint8),
+        "act": np.zeros((b, L), np.int64),
+        "rew": np.zeros((b, L), np.float32),
+        "end": np.zeros((b, L), np.uint8),
+        "trunc": np.zeros((b, L), np.uint8),
+        "mask_padding": np.zeros((b, L), bool),
+    }
     reader.gather(**good)
     assert good["mask_padding"].sum() > 0
     for name, value, message in [

@@ -46,7 +46,9 @@ def _flags(x: np.ndarray, field: str, path: Path) -> np.ndarray:
     return x.astype(np.uint8)
 
 
-def import_reference_dataset(src_dir: str | os.PathLike[str], store: ReplayStore, commit: bool = True) -> list[int]:
+def import_reference_dataset(
+    src_dir: str | os.PathLike[str], store: ReplayStore, commit: bool = True
+) -> list[int]:
     """Append every episode of a reference dataset folder to ``store``; returns the new episode ids.
 
     The folder holds (at any depth) one ``<id>.pt`` file per episode, a dict with ``observations`` uint8
@@ -63,7 +65,9 @@ def import_reference_dataset(src_dir: str | os.PathLike[str], store: ReplayStore
         info = torch.load(info_path, map_location="cpu", weights_only=True)
         expected = info.get("num_episodes") if isinstance(info, dict) else None
         if expected is not None and int(expected) != len(files):
-            raise ValueError(f"{info_path} says num_episodes={int(expected)} but {len(files)} episode files exist")
+            raise ValueError(
+                f"{info_path} says num_episodes={int(expected)} but {len(files)} episode files exist"
+            )
     ids: list[int] = []
     for path in files:
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -79,7 +83,9 @@ def import_reference_dataset(src_dir: str | os.PathLike[str], store: ReplayStore
             arrays[field] = _to_numpy(data[key], keys[0], path)
         t = arrays["act"].shape[0]
         arrays["end"] = _flags(arrays["end"], "ends", path)
-        arrays["trunc"] = _flags(arrays["trunc"], "truncations", path) if "trunc" in arrays else np.zeros(t, np.uint8)
+        arrays["trunc"] = (
+            _flags(arrays["trunc"], "truncations", path) if "trunc" in arrays else np.zeros(t, np.uint8)
+        )
         if arrays["rew"].dtype.kind == "f":
             arrays["rew"] = arrays["rew"].astype(np.float32)
         try:

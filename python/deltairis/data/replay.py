@@ -130,7 +130,8 @@ class ReplayStore:
             Results never depend on it.
         create: create an empty store when ``directory`` holds none.
         read_only: open without the write lock; appends and commits raise.
-        obs_shape: shape of one frame, fixed when the store is created.
+        obs_shape: shape of one frame, fixed when the store is created (default (3, 64, 64)); reopening
+            with a different explicit shape raises ``ValueError``.
     """
 
     def __init__(
@@ -140,14 +141,16 @@ class ReplayStore:
         num_threads: int | None = None,
         create: bool = True,
         read_only: bool = False,
-        obs_shape: tuple[int, ...] = DEFAULT_OBS_SHAPE,
+        obs_shape: tuple[int, ...] | None = None,
     ) -> None:
         if backend not in ("auto", "cpp", "numpy"):
             raise ValueError(f"backend must be 'auto', 'cpp' or 'numpy', got {backend!r}")
         if backend == "cpp":
             _native.require_core()
             if not _cpp_available():
-                raise RuntimeError("deltairis._core was built without the replay sampler; rebuild the package")
+                raise RuntimeError(
+                    "deltairis._core was built without the replay sampler; rebuild the package"
+                )
         self.backend: str = "cpp" if backend == "cpp" or (backend == "auto" and _cpp_available()) else "numpy"
         self.directory = Path(directory)
         self.read_only = read_only
@@ -171,7 +174,9 @@ class ReplayStore:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise ReplayStoreError(f"cannot create replay store directory {self.directory}: {exc}") from exc
+                raise ReplayStoreError(
+                    f"cannot create replay store directory {self.directory}: {exc}"
+                ) from exc
         if not index_path.exists() and not create:
             raise FileNotFoundError(f"no replay store index at {index_path}")
 
@@ -180,8 +185,12 @@ class ReplayStore:
         try:
             if index_path.exists():
                 self._load_index(index_path)
+                if obs_shape is not None and tuple(obs_shape) != self.obs_shape:
+                    raise ValueError(
+                        f"obs_shape {tuple(obs_shape)} does not match the store's frames {self.obs_shape}"
+                    )
             else:
-                self._init_empty(tuple(int(s) for s in obs_shape))
+                self._init_empty(tuple(int(s) for s in (obs_shape or DEFAULT_OBS_SHAPE)))
             self._open_data_files()
             if not read_only:  # left behind by a crash during commit
                 (self.directory / (INDEX_NAME + ".tmp")).unlink(missing_ok=True)
@@ -296,7 +305,9 @@ class ReplayStore:
                 )
             if size > want and not self.read_only:
                 # Rows appended after the last commit (a crash, or a close without commit): drop them.
-                logger.warning("replay store %s: dropping %d uncommitted bytes of %s", self.directory, size - want, name)
+                logger.warning(
+                    "replay store %s: dropping %d uncommitted bytes of %s", self.directory, size - want, name
+                )
                 os.ftruncate(fd, want)
 
     def close(self) -> None:
@@ -323,10 +334,12 @@ class ReplayStore:
         self.close()
 
     def __del__(self) -> None:  # pragma: no cover - best effort
+        if "_closed" not in self.__dict__:  # the constructor failed before opening anything
+            return
         try:
             self.close()
-        except Exception:
-            pass
+        except Exception:  # interpreter shutdown: nothing left to report to
+            logger.debug("replay store %s: error while closing", self.directory, exc_info=True)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -373,7 +386,9 @@ class ReplayStore:
         if obs.dtype != np.uint8:
             raise ValueError(f"obs must have dtype uint8, got {obs.dtype}")
         if obs.ndim != 1 + len(self.obs_shape) or tuple(obs.shape[1:]) != self.obs_shape:
-            raise ValueError(f"obs must have shape (T, {', '.join(map(str, self.obs_shape))}), got {obs.shape}")
+            raise ValueError(
+                f"obs must have shape (T, {', '.join(map(str, self.obs_shape))}), got {obs.shape}"
+            )
         t = obs.shape[0]
         if t == 0 and not allow_empty:
             raise ValueError("obs must hold at least one step (T >= 1)")
@@ -517,7 +532,9 @@ class ReplayStore:
             chunks = np.asarray(self._chunks, dtype=np.int64).reshape(-1, 4)
             order = np.lexsort((chunks[:, 1], chunks[:, 0]))  # by episode, then offset
             chunks = chunks[order]
-            begin = np.searchsorted(chunks[:, 0], np.arange(lengths.shape[0] + 1), side="left").astype(np.int64)
+            begin = np.searchsorted(chunks[:, 0], np.arange(lengths.shape[0] + 1), side="left").astype(
+                np.int64
+            )
             self._view_cache = _View(
                 n_rows=self._n_rows,
                 lengths=lengths,
@@ -649,7 +666,9 @@ class ReplayStore:
             if not isinstance(x, torch.Tensor) or x.device.type != "cpu":
                 raise ValueError(f"out.{name} must be a CPU tensor")
             if x.dtype != dtype or tuple(x.shape) != shape:
-                raise ValueError(f"out.{name} must be {dtype} of shape {shape}, got {x.dtype} {tuple(x.shape)}")
+                raise ValueError(
+                    f"out.{name} must be {dtype} of shape {shape}, got {x.dtype} {tuple(x.shape)}"
+                )
             if not x.is_contiguous():
                 raise ValueError(f"out.{name} must be contiguous")
             arrays[name] = x.numpy()
@@ -705,7 +724,9 @@ class ReplayStore:
 
         Steps outside the episode are zero with ``mask_padding`` False.
         """
-        ep = np.asarray(_as_numpy(episode_id, "episode_id") if isinstance(episode_id, torch.Tensor) else episode_id)
+        ep = np.asarray(
+            _as_numpy(episode_id, "episode_id") if isinstance(episode_id, torch.Tensor) else episode_id
+        )
         start_a = np.asarray(_as_numpy(start, "start") if isinstance(start, torch.Tensor) else start)
         stop_a = np.asarray(_as_numpy(stop, "stop") if isinstance(stop, torch.Tensor) else stop)
         for name, x in (("episode_id", ep), ("start", start_a), ("stop", stop_a)):
@@ -725,7 +746,9 @@ class ReplayStore:
             if np.any((ep < 0) | (ep >= n)):
                 bad = int(ep[(ep < 0) | (ep >= n)][0])
                 raise KeyError(f"unknown episode id {bad} (the store holds {n} episodes)")
-            return self._gather_locked(self._view(), ep.astype(np.int64), start_a.astype(np.int64), int(seq[0]), out)
+            return self._gather_locked(
+                self._view(), ep.astype(np.int64), start_a.astype(np.int64), int(seq[0]), out
+            )
 
     def load_episode(self, episode_id: int) -> Episode:
         """All steps of one episode as NumPy arrays."""
@@ -790,7 +813,9 @@ class ReplayStore:
         with self._lock:
             self._check_open()
             if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="replay-prefetch")
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="replay-prefetch"
+                )
             return self._executor.submit(self.sample, *args, **kwargs)
 
 
@@ -819,10 +844,14 @@ class Prefetcher:
         if num_buffers == 1 or num_buffers < 0:
             raise ValueError(f"num_buffers must be 0 or >= 2 (one batch is in flight), got {num_buffers}")
         self.store = store
-        self._kwargs = dict(
-            consumer=consumer, batch_size=batch_size, seq_len=seq_len, pad_mode=pad_mode, alpha=alpha,
-            update_counts=update_counts,
-        )
+        self._kwargs = {
+            "consumer": consumer,
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+            "pad_mode": pad_mode,
+            "alpha": alpha,
+            "update_counts": update_counts,
+        }
         self._rng = np.random.default_rng(seed)
         self._buffers = [store.allocate_batch(batch_size, seq_len, pin_memory) for _ in range(num_buffers)]
         self._next_buffer = 0
