@@ -126,6 +126,7 @@ class ActorCriticConfig:
     burn_in: int = 5
     horizon: int = 15
     temperature: float = 1.0
+    cuda_graphs: bool = True  # replay the imagined world-model step from CUDA graphs (CUDA only)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,13 @@
 """Imagination: roll the world model forward with a KV cache (SPEC sections 4 and 5).
 
 Everything stays on the device: token sampling uses counter-based random streams identified by
-(seed, offset) with Python-int offsets, and the cache position is a Python int, so no step reads a
-value back from the device.
+(seed, offset), and the cache position is a Python int, so no step reads a value back from the device.
+
+Random streams: an imagination call with seed ``s`` draws world-model samples from offsets
+``stream_base(s) + k`` and policy samples from ``stream_base(s) + POLICY_STREAM + i`` of the fixed
+sampler seed :data:`SAMPLER_SEED`. Keeping the sampler seed fixed and varying only offsets lets a
+captured CUDA graph (:mod:`deltairis.rl.graphs`) read the offset from a device tensor and reproduce
+the eager path's samples exactly.
 """
 
 from __future__ import annotations
@@ -14,6 +19,17 @@ import torch
 from deltairis import ops
 from deltairis.models.kv_cache import KVCache
 
+SAMPLER_SEED = 0x5EED1D15
+STREAM_BITS = 24  # offsets available to one imagination call
+POLICY_STREAM = 1 << (STREAM_BITS - 1)  # policy samples live in the upper half of a call's offsets
+
+
+def stream_base(seed: int) -> int:
+    """First offset of the streams of the imagination call identified by ``seed``."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"imagination seed must be a non-negative Python int, got {seed!r}")
+    return (seed % (1 << 39)) << STREAM_BITS
+
 
 @dataclass
 class WorldModelState:
@@ -23,7 +39,7 @@ class WorldModelState:
     obs: torch.Tensor  # (B, 3, H, W) current frame
     pending: torch.Tensor | None  # (B, 1, E) embedding of the last Δ-token, not yet fed
     seed: int
-    offset: int  # next counter stream of the sampler
+    offset: int | torch.Tensor  # next counter stream of the sampler (a device tensor under CUDA graphs)
 
 
 @torch.no_grad()
@@ -44,7 +60,7 @@ def world_model_burn_in(
             raise ValueError(f"burn-in of {seq.size(1)} tokens exceeds the cache ({cache.max_tokens})")
         world_model.transformer(seq[:, :-1], cache)
         pending = seq[:, -1:]
-    return WorldModelState(cache, obs[:, -1], pending, seed, 0)
+    return WorldModelState(cache, obs[:, -1], pending, SAMPLER_SEED, stream_base(seed))
 
 
 @torch.no_grad()
@@ -89,8 +105,12 @@ def world_model_step(
     return WorldModelState(cache, next_obs.float(), pending, state.seed, offset), rew.float(), end
 
 
-def imagine(batch, tokenizer, world_model, actor_critic, horizon: int, seed: int):
-    """Burn in on the real segment, then imagine ``horizon`` steps with the online policy."""
+def imagine(batch, tokenizer, world_model, actor_critic, horizon: int, seed: int, cuda_graphs: bool | None = None):
+    """Burn in on the real segment, then imagine ``horizon`` steps with the online policy.
+
+    On CUDA the world-model step is replayed from captured CUDA graphs unless ``cuda_graphs`` is False
+    (default: the actor-critic config's ``cuda_graphs``); both paths draw the same samples.
+    """
     from deltairis.models.actor_critic import ImaginationOutput
 
     obs, act, mask = batch.obs, batch.act, batch.mask_padding
@@ -98,12 +118,19 @@ def imagine(batch, tokenizer, world_model, actor_critic, horizon: int, seed: int
     cfg = ac.config
     if obs.size(1) < 1:
         raise ValueError("imagination needs at least one real frame")
-    wstate = world_model_burn_in(tokenizer, world_model, obs, act, seed)
+    use_graphs = cfg.cuda_graphs if cuda_graphs is None else cuda_graphs
+    step_fn = world_model_step
+    cache = None
+    if use_graphs and obs.is_cuda:
+        from deltairis.rl.graphs import graphed_world_model_step
+
+        runner = graphed_world_model_step(tokenizer, world_model, obs.size(0), obs.device)
+        step_fn, cache = runner.step, runner.cache
+    wstate = world_model_burn_in(tokenizer, world_model, obs, act, seed, cache)
     with torch.no_grad():
         state = ac.model.burn_in(obs[:, :-1], mask[:, :-1])
         tstate = ac.target_model.burn_in(obs[:, :-1], mask[:, :-1])
-    # Policy sampling uses a stream family disjoint from the world model's (offsets >= 2^32).
-    policy_offset = 1 << 32
+    policy_offset = stream_base(seed) + POLICY_STREAM
     frames, actions, logits_l, values_l, tvalues, rews, ends = [wstate.obs], [], [], [], [], [], []
     for _ in range(horizon):
         out = ac.model(wstate.obs, state)
@@ -112,9 +139,11 @@ def imagine(batch, tokenizer, world_model, actor_critic, horizon: int, seed: int
             tout = ac.target_model(wstate.obs, tstate)
             tstate = tout.state
             tvalues.append(ac.target_model.value(tout.value_logits))
-            a = ops.sample_categorical(out.logits.detach(), temperature=cfg.temperature, seed=seed, offset=policy_offset)
+            a = ops.sample_categorical(
+                out.logits.detach(), temperature=cfg.temperature, seed=SAMPLER_SEED, offset=policy_offset
+            )
             policy_offset += 1
-        wstate, r, e = world_model_step(tokenizer, world_model, wstate, a)
+        wstate, r, e = step_fn(tokenizer, world_model, wstate, a)
         frames.append(wstate.obs)
         actions.append(a)
         logits_l.append(out.logits)
