@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from deltairis.data import ReplayStore
+from deltairis.data import Prefetcher, ReplayStore
 from deltairis.data.replay import _cpp_available
 from replay_testlib import BACKENDS, fill_store, random_steps
 
@@ -90,6 +90,15 @@ def test_bad_ids_and_sampling_arguments(backend: str, tmp_path: Path) -> None:
     store.close()
     with pytest.raises(ValueError, match="closed"):
         store.sample("tokenizer", 2, 3)
+
+
+def test_bad_prefetcher_buffers(tmp_path: Path) -> None:
+    store = ReplayStore(tmp_path)
+    with pytest.raises(ValueError, match="num_buffers must be 0 or >= 2"):
+        Prefetcher(store, "wm", 2, 3, num_buffers=1)
+    store.close()
+    with pytest.raises(ValueError, match="closed"):
+        store.sample_async("wm", 2, 3)
 
 
 def test_bad_backend_name_and_shape(tmp_path: Path) -> None:

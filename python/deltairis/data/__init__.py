@@ -1,4 +1,19 @@
-"""Experience storage and batching."""
+"""Experience storage and batching.
+
+Typical use (collector and trainer in one process)::
+
+    store = ReplayStore(run_dir / "checkpoints/dataset/train")      # C++ backend when built
+    ep = store.add_episode(obs, act, rew, end, trunc)                # obs uint8 (T, 3, 64, 64), T >= 1
+    store.extend_episode(ep, obs2, act2, rew2, end2, trunc2)         # the episode grows next round
+    store.commit()                                                   # durable + visible to other processes
+    batch = store.sample("tokenizer", 32, 21, pad_mode="both", alpha=5.0, seed=rng)  # -> Batch (uint8 obs)
+    batch = batch.to("cuda", non_blocking=True)                      # obs become float in [0, 1]
+
+``seed`` is an int or a ``np.random.Generator`` (advanced by the call); visit counts per consumer are
+updated by ``sample`` (``update_counts=False`` to freeze them) and saved by ``commit``. Background
+prefetch: ``store.sample_async(...)`` (a Future) or ``Prefetcher(store, "world_model", 32, 21, ...)``;
+pinned buffers: ``store.allocate_batch(B, L, pin_memory=True)`` passed as ``out=``.
+"""
 
 from deltairis.data.batch import Batch
 from deltairis.data.reference_import import import_reference_dataset
