@@ -1,0 +1,1 @@
+"""Tests of deltairis.ops and the Triton kernels."""
