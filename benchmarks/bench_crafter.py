@@ -19,7 +19,6 @@ from typing import Any
 import gymnasium
 import numpy as np
 import pytest
-
 from deltairis.envs import crafter_native
 
 pytestmark = pytest.mark.skipif(

@@ -40,7 +40,10 @@ void CrafterVectorEnv::step(const std::int64_t* actions, const CrafterStepBuffer
     out.truncated[i] = r.over && !r.dead;
     out.episode_return[i] = 0.0;
     out.episode_length[i] = 0;
-    if (!r.done) return;
+    if (!r.done) {
+      std::memset(out.final_obs + i * obs_size_, 0, obs_size_);  // rows without a finished episode hold zeros
+      return;
+    }
     std::memcpy(out.final_obs + i * obs_size_, obs, obs_size_);
     out.episode_return[i] = returns_[i];
     out.episode_length[i] = lengths_[i];

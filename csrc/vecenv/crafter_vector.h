@@ -18,7 +18,7 @@ struct CrafterStepBuffers {
   float* reward = nullptr;                    // (N,)
   bool* terminated = nullptr;                 // (N,)
   bool* truncated = nullptr;                  // (N,)
-  std::uint8_t* final_obs = nullptr;          // (N, H, W, 3), rows of finished episodes
+  std::uint8_t* final_obs = nullptr;          // (N, H, W, 3), zeros where no episode finished
   double* episode_return = nullptr;           // (N,) 0 where nothing finished
   std::int64_t* episode_length = nullptr;     // (N,)
   std::int32_t* final_inventory = nullptr;    // (N, num_items)

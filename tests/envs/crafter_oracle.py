@@ -32,13 +32,24 @@ def patch_creation_order() -> None:
         return
 
     def _balance_object(
-        self: Any, chunk: Any, objs: Any, cls: Any, material: str, span_dist: int, despan_dist: int,
-        spawn_prob: float, despawn_prob: float, ctor: Any, target_fn: Any,
+        self: Any,
+        chunk: Any,
+        objs: Any,
+        cls: Any,
+        material: str,
+        span_dist: int,
+        despan_dist: int,
+        spawn_prob: float,
+        despawn_prob: float,
+        ctor: Any,
+        target_fn: Any,
     ) -> None:
         xmin, xmax, ymin, ymax = chunk
         random = self._world.random
         slot = self._world._obj_map
-        creatures = sorted((obj for obj in objs if isinstance(obj, cls)), key=lambda o: int(slot[tuple(o.pos)]))
+        creatures = sorted(
+            (obj for obj in objs if isinstance(obj, cls)), key=lambda o: int(slot[tuple(o.pos)])
+        )
         mask = self._world.mask(*chunk, material)
         target_min, target_max = target_fn(len(creatures), mask.sum())
         if len(creatures) < int(target_min) and random.uniform() < spawn_prob:
@@ -75,8 +86,17 @@ def patch_record_despawns() -> None:
         return
 
     def _balance_object(
-        self: Any, chunk: Any, objs: Any, cls: Any, material: str, span_dist: int, despan_dist: int,
-        spawn_prob: float, despawn_prob: float, ctor: Any, target_fn: Any,
+        self: Any,
+        chunk: Any,
+        objs: Any,
+        cls: Any,
+        material: str,
+        span_dist: int,
+        despan_dist: int,
+        spawn_prob: float,
+        despawn_prob: float,
+        ctor: Any,
+        target_fn: Any,
     ) -> None:
         xmin, xmax, ymin, ymax = chunk
         random = self._world.random
@@ -95,7 +115,9 @@ def patch_record_despawns() -> None:
                 self._world.add(ctor(pos))
         elif len(creatures) > int(target_max) and random.uniform() < despawn_prob:
             obj = creatures[random.randint(0, len(creatures))]
-            self.__dict__.setdefault("_deltairis_despawns", []).append(int(self._world._obj_map[tuple(obj.pos)]))
+            self.__dict__.setdefault("_deltairis_despawns", []).append(
+                int(self._world._obj_map[tuple(obj.pos)])
+            )
             away = self._player.distance(obj.pos) >= despan_dist
             if away:
                 self._world.remove(obj)
@@ -105,9 +127,7 @@ def patch_record_despawns() -> None:
 
 
 def _objects_of(env: Any) -> list[tuple[str, int, int, int]]:
-    return [
-        (type(o).__name__, int(o.pos[0]), int(o.pos[1]), int(o.health)) for o in env._world.objects
-    ]
+    return [(type(o).__name__, int(o.pos[0]), int(o.pos[1]), int(o.health)) for o in env._world.objects]
 
 
 def _run_case(case: dict[str, Any]) -> dict[str, Any]:
@@ -116,8 +136,11 @@ def _run_case(case: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     env = crafter.Env(
-        area=tuple(case.get("area", (64, 64))), view=tuple(case.get("view", (9, 9))),
-        size=tuple(case.get("size", (64, 64))), length=case.get("length", 10000), seed=case["seed"],
+        area=tuple(case.get("area", (64, 64))),
+        view=tuple(case.get("view", (9, 9))),
+        size=tuple(case.get("size", (64, 64))),
+        length=case.get("length", 10000),
+        seed=case["seed"],
         reward=case.get("reward", True),
     )
     out: dict[str, Any] = {}
@@ -127,9 +150,21 @@ def _run_case(case: dict[str, Any]) -> dict[str, Any]:
         out[f"e{e}_reset_obs"] = obs
         out[f"e{e}_material"] = env._world._mat_map.copy()
         out[f"e{e}_objects"] = np.array(json.dumps(_objects_of(env)))
-        rows: dict[str, list[Any]] = {k: [] for k in (
-            "obs", "reward", "done", "discount", "inventory", "achievements", "semantic", "player_pos",
-            "info_reward", "daylight")}
+        rows: dict[str, list[Any]] = {
+            k: []
+            for k in (
+                "obs",
+                "reward",
+                "done",
+                "discount",
+                "inventory",
+                "achievements",
+                "semantic",
+                "player_pos",
+                "info_reward",
+                "daylight",
+            )
+        }
         for action in actions:
             obs, reward, done, info = env.step(int(action))
             rows["obs"].append(obs)
@@ -151,7 +186,6 @@ def _run_case(case: dict[str, Any]) -> dict[str, Any]:
         out[f"e{e}_final_objects"] = np.array(json.dumps(_objects_of(env)))
         out[f"e{e}_despawns"] = np.array(env._deltairis_despawns, dtype=np.int64)
     return out
-
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -210,18 +244,32 @@ def scripted_actions(env: Any, steps: int, rng: Any, explore: float = 0.1) -> li
         px, py = (int(v) for v in info["player_pos"])
         fx, fy = px + facing[0], py + facing[1]
         front = int(sem[fx, fy]) if 0 <= fx < sem.shape[0] and 0 <= fy < sem.shape[1] else -1
-        near = {int(v) for v in sem[max(px - 1, 0): px + 2, max(py - 1, 0): py + 2].ravel()}
+        near = {int(v) for v in sem[max(px - 1, 0) : px + 2, max(py - 1, 0) : py + 2].ravel()}
         choice: str | None = None
         if rng.random() < explore:
             choice = names[int(rng.integers(len(names)))]
         elif inv["energy"] < 3:
             choice = "sleep"
-        elif front in (zombie, skeleton, cow) or front == mid["tree"] or front == mid["water"] and inv["drink"] < 9:
-            choice = "do"
-        elif front in (mid["stone"], mid["coal"]) and inv["wood_pickaxe"] or front == mid["iron"] and inv["stone_pickaxe"]:
+        elif (
+            front in (zombie, skeleton, cow)
+            or front == mid["tree"]
+            or front == mid["water"]
+            and inv["drink"] < 9
+            or front in (mid["stone"], mid["coal"])
+            and inv["wood_pickaxe"]
+            or front == mid["iron"]
+            and inv["stone_pickaxe"]
+        ):
             choice = "do"
         else:
-            for item in ("wood_pickaxe", "wood_sword", "stone_pickaxe", "stone_sword", "iron_pickaxe", "iron_sword"):
+            for item in (
+                "wood_pickaxe",
+                "wood_sword",
+                "stone_pickaxe",
+                "stone_sword",
+                "iron_pickaxe",
+                "iron_sword",
+            ):
                 if inv[item] == 0 and mid["table"] in near and rng.random() < 0.5:
                     choice = "make_" + item
                     break

@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import crafter_oracle  # noqa: E402
-
-from deltairis.envs import crafter_native  # noqa: E402
+import crafter_oracle
+from deltairis.envs import crafter_native
 
 pytestmark = pytest.mark.skipif(
     not crafter_native.native_available(), reason="deltairis._core was built without native Crafter"
@@ -54,19 +53,33 @@ def _cases(slow: bool) -> dict[str, dict[str, Any]]:
     for s in range(n_seeds):  # random policy, two episodes each (the episode counter feeds the seed)
         cases[f"random{s}"] = {"seed": s, "episodes": [_random_actions(rng, 400) for _ in range(2)]}
     for s in range(4 if slow else 3):  # mostly resting: survives into the night, sleeps, wakes up
-        cases[f"night{s}"] = {"seed": 1000 + s, "episodes": [_random_actions(rng, 700, 0.75) for _ in range(2)]}
+        cases[f"night{s}"] = {
+            "seed": 1000 + s,
+            "episodes": [_random_actions(rng, 700, 0.75) for _ in range(2)],
+        }
     # Crafting, placing (table, furnace, stone, plant), combat, drinking, eating: seeds picked so the
     # scripted agent reaches these between them.
     scripted = [2010, 2023, 2027, 2020] + ([2003, 2007, 2013, 2018, 2024, 2029] if slow else [])
     for seed in scripted:
         cases[f"scripted{seed}"] = _scripted_case(seed, 2, 600)
     # Small worlds reach the edges; other view/size settings exercise the general renderer.
-    cases["small_area"] = {"seed": 7, "area": [20, 14], "episodes": [_random_actions(rng, 300) for _ in range(3)]}
+    cases["small_area"] = {
+        "seed": 7,
+        "area": [20, 14],
+        "episodes": [_random_actions(rng, 300) for _ in range(3)],
+    }
     cases["other_view"] = {
-        "seed": 8, "area": [30, 40], "view": [7, 11], "size": [50, 90],
+        "seed": 8,
+        "area": [30, 40],
+        "view": [7, 11],
+        "size": [50, 90],
         "episodes": [_random_actions(rng, 200, 0.5) for _ in range(2)],
     }
-    cases["length_limit"] = {"seed": 9, "length": 40, "episodes": [_random_actions(rng, 60, 0.8) for _ in range(3)]}
+    cases["length_limit"] = {
+        "seed": 9,
+        "length": 40,
+        "episodes": [_random_actions(rng, 60, 0.8) for _ in range(3)],
+    }
     cases["no_reward"] = {"seed": 10, "reward": False, "episodes": [_random_actions(rng, 150)]}
     cases["big_seeds"] = {"seed": 2**40 + 3, "episodes": [_random_actions(rng, 50)]}
     cases["negative_seed"] = {"seed": -12345, "episodes": [_random_actions(rng, 50)]}
@@ -110,7 +123,9 @@ def assert_same_trajectories(
             env._env._set_despawn_choices(ref[f"e{e}_despawns"].tolist())
             stats["despawns"] += len(ref[f"e{e}_despawns"])
         where = f"seed {case['seed']} episode {e}"
-        np.testing.assert_array_equal(env.material_map(), ref[f"e{e}_material"], err_msg=f"{where}: material map")
+        np.testing.assert_array_equal(
+            env.material_map(), ref[f"e{e}_material"], err_msg=f"{where}: material map"
+        )
         assert _objects(env) == json.loads(str(ref[f"e{e}_objects"])), f"{where}: objects after reset"
         np.testing.assert_array_equal(obs, ref[f"e{e}_reset_obs"], err_msg=f"{where}: reset obs")
         n = len(ref[f"e{e}_reward"])
@@ -119,12 +134,18 @@ def assert_same_trajectories(
             at = f"{where} step {t + 1} (action {env.action_names[actions[t]]})"
             np.testing.assert_array_equal(obs, ref[f"e{e}_obs"][t], err_msg=f"{at}: obs")
             assert np.float64(reward).tobytes() == ref[f"e{e}_reward"][t].tobytes(), f"{at}: reward"
-            assert np.float64(info["reward"]).tobytes() == ref[f"e{e}_info_reward"][t].tobytes(), f"{at}: info reward"
+            assert np.float64(info["reward"]).tobytes() == ref[f"e{e}_info_reward"][t].tobytes(), (
+                f"{at}: info reward"
+            )
             assert done == bool(ref[f"e{e}_done"][t]), f"{at}: done"
             assert info["discount"] == ref[f"e{e}_discount"][t], f"{at}: discount"
             assert list(info["inventory"].values()) == ref[f"e{e}_inventory"][t].tolist(), f"{at}: inventory"
-            assert list(info["achievements"].values()) == ref[f"e{e}_achievements"][t].tolist(), f"{at}: achievements"
-            np.testing.assert_array_equal(info["semantic"], ref[f"e{e}_semantic"][t], err_msg=f"{at}: semantic")
+            assert list(info["achievements"].values()) == ref[f"e{e}_achievements"][t].tolist(), (
+                f"{at}: achievements"
+            )
+            np.testing.assert_array_equal(
+                info["semantic"], ref[f"e{e}_semantic"][t], err_msg=f"{at}: semantic"
+            )
             assert tuple(info["player_pos"]) == tuple(ref[f"e{e}_player_pos"][t]), f"{at}: player_pos"
             assert env.daylight == ref[f"e{e}_daylight"][t], f"{at}: daylight"
             stats["steps"] += 1
@@ -140,8 +161,11 @@ def assert_same_trajectories(
 
 @pytest.mark.parametrize("kind", ["random", "night", "scripted", "other"])
 def test_trajectories_match_reference(reference: dict[str, Any], kind: str) -> None:
-    names = [n for n in reference if n.startswith(kind)] if kind != "other" else [
-        n for n in reference if not n.startswith(("random", "night", "scripted"))]
+    names = (
+        [n for n in reference if n.startswith(kind)]
+        if kind != "other"
+        else [n for n in reference if not n.startswith(("random", "night", "scripted"))]
+    )
     assert names
     total = {"steps": 0, "night_steps": 0, "sleep_steps": 0, "despawns": 0}
     for name in names:
@@ -155,7 +179,9 @@ def test_unmodified_package_with_replayed_despawns() -> None:
     """Tier 2: against crafter WITHOUT the creation-order patch, feeding the engine the objects that
     CPython's address-ordered sets made it despawn; every other draw and decision is the engine's own."""
     rng = np.random.default_rng(77)
-    cases = [{"seed": 300 + s, "episodes": [_random_actions(rng, 500, 0.7) for _ in range(2)]} for s in range(3)]
+    cases = [
+        {"seed": 300 + s, "episodes": [_random_actions(rng, 500, 0.7) for _ in range(2)]} for s in range(3)
+    ]
     results = crafter_oracle.run_reference(cases, mode="record")
     despawns = 0
     for case, ref in zip(cases, results):
@@ -186,11 +212,26 @@ def test_reference_cases_cover_the_game(reference: dict[str, Any]) -> None:
                 sem_ids |= set(np.unique(ref[f"e{e}_semantic"]).tolist())
                 if ref[f"e{e}_done"][-1]:
                     ends.add("death" if ref[f"e{e}_discount"][-1] == 0 else "length")
-    wanted = {"collect_wood", "place_table", "make_wood_pickaxe", "make_wood_sword", "collect_stone",
-              "collect_drink", "defeat_zombie", "eat_cow", "wake_up", "collect_sapling", "place_plant",
-              "place_stone", "place_furnace", "make_stone_pickaxe"}
+    wanted = {
+        "collect_wood",
+        "place_table",
+        "make_wood_pickaxe",
+        "make_wood_sword",
+        "collect_stone",
+        "collect_drink",
+        "defeat_zombie",
+        "eat_cow",
+        "wake_up",
+        "collect_sapling",
+        "place_plant",
+        "place_stone",
+        "place_furnace",
+        "make_stone_pickaxe",
+    }
     assert wanted <= achievements, wanted - achievements
-    arrow_id = 13 + 4  # crafter's SemanticView: 13 material ids, then Player, Cow, Zombie, Skeleton, Arrow, Plant
+    arrow_id = (
+        13 + 4
+    )  # crafter's SemanticView: 13 material ids, then Player, Cow, Zombie, Skeleton, Arrow, Plant
     assert arrow_id in sem_ids and arrow_id + 1 in sem_ids
     assert ends == {"death", "length"}
 
@@ -207,7 +248,10 @@ def test_episode_seed_matches_python_tuple_hash() -> None:
     seeds += rng.integers(-(2**63), 2**63 - 1, 200, dtype=np.int64).tolist()
     for seed in seeds:
         for episode in (1, 2, 3, 1000, 2**40):
-            assert core._crafter_episode_seed(seed, episode) == hash((seed, episode)) % (2**31 - 1), (seed, episode)
+            assert core._crafter_episode_seed(seed, episode) == hash((seed, episode)) % (2**31 - 1), (
+                seed,
+                episode,
+            )
 
 
 def test_legacy_random_matches_numpy_randomstate() -> None:
@@ -220,7 +264,9 @@ def test_legacy_random_matches_numpy_randomstate() -> None:
             if r < 0.5:
                 calls.append(("uniform", 0))
             else:
-                calls.append(("randint", int(rng.choice([1, 2, 3, 4, 5, 7, 13, 64, 100, 144, 2**31 - 1, 2**32]))))
+                calls.append(
+                    ("randint", int(rng.choice([1, 2, 3, 4, 5, 7, 13, 64, 100, 144, 2**31 - 1, 2**32])))
+                )
         ours = core._crafter_legacy_random(int(seed), calls)
         ref = np.random.RandomState(int(seed))
         expected = [ref.uniform() if name == "uniform" else float(ref.randint(0, n)) for name, n in calls]
@@ -233,11 +279,13 @@ def test_noise3_matches_opensimplex() -> None:
     core = crafter_native._native.require_core()
     rng = np.random.default_rng(2)
     for seed in [0, 3, 2**31 - 2, 987654321, -5]:
-        xyz = np.concatenate([
-            rng.uniform(-30, 30, (300, 3)),
-            rng.integers(-20, 64, (100, 3)) / rng.choice([1, 3, 5, 7, 15], (100, 3)),
-            np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.5, 0.5], [2.0, 0.0, 0.0]]),
-        ])
+        xyz = np.concatenate(
+            [
+                rng.uniform(-30, 30, (300, 3)),
+                rng.integers(-20, 64, (100, 3)) / rng.choice([1, 3, 5, 7, 15], (100, 3)),
+                np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.5, 0.5], [2.0, 0.0, 0.0]]),
+            ]
+        )
         simplex = opensimplex.OpenSimplex(seed=seed)
         expected = np.array([simplex.noise3(*p) for p in xyz.tolist()])
         ours = core._crafter_noise3(seed, xyz)
@@ -250,7 +298,9 @@ def test_pillow_nearest_indices_match_pillow() -> None:
     core = crafter_native._native.require_core()
     for src in (1, 2, 5, 16, 17, 33):
         for dst in (1, 2, 3, 4, 5, 7, 9, 16, 20, 40):
-            row = np.arange(src, dtype=np.uint8)[None, :].repeat(2, 0)  # (2, src) image, values = column index
+            row = np.arange(src, dtype=np.uint8)[None, :].repeat(
+                2, 0
+            )  # (2, src) image, values = column index
             resized = np.array(Image.fromarray(row).resize((dst, 2), resample=Image.NEAREST))
             assert core._crafter_pillow_nearest(src, dst) == resized[0].tolist(), (src, dst)
 

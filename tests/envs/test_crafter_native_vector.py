@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from deltairis.envs import crafter_native
 
 pytestmark = pytest.mark.skipif(
@@ -14,7 +13,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _run_vector(num_envs: int, seed: int, steps: int, num_threads: int, length: int, action_seed: int = 0) -> list[Any]:
+def _run_vector(
+    num_envs: int, seed: int, steps: int, num_threads: int, length: int, action_seed: int = 0
+) -> list[Any]:
     rng = np.random.default_rng(action_seed)
     env = crafter_native.NativeCrafterVectorEnv(num_envs, seed=seed, num_threads=num_threads, length=length)
     out: list[Any] = [env.reset()]
@@ -90,7 +91,9 @@ def test_vector_equals_independent_single_envs() -> None:
 
 @pytest.mark.parametrize("num_envs", [1, 3, 8])
 def test_same_results_for_any_thread_count(num_envs: int) -> None:
-    runs = [_run_vector(num_envs, seed=5, steps=150, num_threads=t, length=80, action_seed=3) for t in (1, 2, 4)]
+    runs = [
+        _run_vector(num_envs, seed=5, steps=150, num_threads=t, length=80, action_seed=3) for t in (1, 2, 4)
+    ]
     _assert_same(runs[0], runs[1])
     _assert_same(runs[0], runs[2])
 

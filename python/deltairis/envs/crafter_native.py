@@ -23,7 +23,7 @@ import functools
 import logging
 import pathlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
@@ -129,7 +129,7 @@ class CrafterNative:
         if seed is None:
             seed = int(np.random.randint(0, 2**31 - 1))
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
+            raise ValueError(f"seed must be an int or None, got {seed!r}")  # noqa: TRY004 (project rule: bad input -> ValueError)
         if not -(2**63) <= int(seed) < 2**63:
             raise ValueError(f"seed must fit in int64, got {seed}")
         self._seed = int(seed)
@@ -177,7 +177,7 @@ class CrafterNative:
         if not self._started:
             raise RuntimeError("call reset() before step()")
         if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
-            raise ValueError(f"action must be an int, got {action!r}")
+            raise ValueError(f"action must be an int, got {action!r}")  # noqa: TRY004 (project rule: bad input -> ValueError)
         obs, reward, done, _dead, _over, info_reward = self._env.step(int(action))
         return obs, reward, done, self.info(info_reward)
 
@@ -239,20 +239,23 @@ class NativeCrafterVectorEnv(VectorEnv):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+            raise ValueError(f"seed must be an int, got {seed!r}")  # noqa: TRY004 (project rule: bad input -> ValueError)
         if num_threads is not None and (
             isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1
         ):
             raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
         core = _native.require_core()
-        self._assets = _assets(_pair(area, "area"), _pair(view, "view"), _pair(size, "size"), bool(reward),
-                               _check_length(length))
+        self._assets = _assets(
+            _pair(area, "area"), _pair(view, "view"), _pair(size, "size"), bool(reward), _check_length(length)
+        )
         self.num_envs = int(num_envs)
         self.action_names = list(self._assets.action_names)
         self.num_actions = len(self.action_names)
         self._items = list(self._assets.item_names)
         self._achievements = list(self._assets.achievement_names)
-        self._vec = core.CrafterVectorEnv(self._assets, self.num_envs, 0 if num_threads is None else num_threads)
+        self._vec = core.CrafterVectorEnv(
+            self._assets, self.num_envs, 0 if num_threads is None else num_threads
+        )
         self.num_threads = int(self._vec.num_threads)
         self._default_seed = int(seed)
         self._needs_reset = True
@@ -292,7 +295,9 @@ class NativeCrafterVectorEnv(VectorEnv):
         self._needs_reset = False
         return self._obs.copy()
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._closed:
             raise RuntimeError("step() called on a closed env")
         if self._needs_reset:
@@ -311,9 +316,8 @@ class NativeCrafterVectorEnv(VectorEnv):
                 "player_pos": b["final_player_pos"][i].copy(),
                 "reward": float(b["final_reward"][i]),
             }
-        final_obs = np.where(done[:, None, None, None], b["final_obs"], 0).astype(np.uint8)
         info = {
-            "final_obs": final_obs,
+            "final_obs": b["final_obs"].copy(),  # zeros in rows where no episode finished
             "episode_return": b["episode_return"].copy(),
             "episode_length": b["episode_length"].copy(),
             "final_info": final_info,
@@ -331,7 +335,7 @@ class CrafterGymEnv(gymnasium.Env):
     seed starts the current env's next episode, like ``crafter.Env.reset``.
     """
 
-    metadata: dict[str, Any] = {"render_modes": ["rgb_array"]}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         self._kwargs = kwargs
@@ -341,7 +345,9 @@ class CrafterGymEnv(gymnasium.Env):
         self.action_space = self._env.action_space
         self._last_obs: np.ndarray | None = None
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict]:
         del options
         super().reset(seed=seed)
         if seed is not None:
