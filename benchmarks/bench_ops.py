@@ -51,7 +51,7 @@ def _kvcache(dtype: torch.dtype, tq: int, variant: str) -> Callable[[], object]:
     lens[0] = tmax - tq
     backend = "triton" if variant == "triton" else "torch"
     return lambda: ops.attention_kvcache(
-        q, k_new, v_new, k_cache, v_cache, lens, mask="block_causal", backend=backend
+        q, k_new, v_new, k_cache, v_cache, lens, mask="causal", backend=backend
     )
 
 
@@ -91,7 +91,7 @@ def _cases() -> list[Case]:
     cases: list[Case] = []
     for dtype, dname in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
         for tq in (1, 3):
-            group = f"attention_kvcache B86 H8 D64 cache126 Tq{tq} {dname}"
+            group = f"attention_kvcache causal B86 H8 D64 cache126 Tq{tq} {dname}"
             for variant in ("reference", "triton"):
                 cases.append(
                     Case(group, variant, "reference", lambda dt=dtype, n=tq, v=variant: _kvcache(dt, n, v))
