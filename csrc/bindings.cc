@@ -66,8 +66,8 @@ void register_replay(py::module_& m) {
   namespace rp = deltairis::replay;
   // Checks kind/itemsize, C-contiguity, the number of dimensions, each known size (-1: any) and
   // writability; raises ValueError naming the field. Returns the data pointer as the tag's type.
-  auto checked = [](auto* tag, const py::array& a, const char* name, char kind, std::vector<py::ssize_t> shape,
-                    bool writable) {
+  auto checked = [](auto* tag, const py::array& a, const char* name, char kind,
+                    std::vector<py::ssize_t> shape, bool writable) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const std::string field(name);
     if (a.dtype().kind() != kind || a.dtype().itemsize() != static_cast<py::ssize_t>(sizeof(T))) {
@@ -81,7 +81,8 @@ void register_replay(py::module_& m) {
     for (std::size_t i = 0; i < shape.size(); ++i) {
       if (shape[i] >= 0 && a.shape(static_cast<py::ssize_t>(i)) != shape[i]) {
         throw py::value_error(field + " has size " + std::to_string(a.shape(static_cast<py::ssize_t>(i))) +
-                              " in dimension " + std::to_string(i) + ", expected " + std::to_string(shape[i]));
+                              " in dimension " + std::to_string(i) + ", expected " +
+                              std::to_string(shape[i]));
       }
     }
     if (!(a.flags() & py::array::c_style)) throw py::value_error(field + " must be C-contiguous");
@@ -106,12 +107,13 @@ void register_replay(py::module_& m) {
         if (n < 1) throw py::value_error("counts must hold at least one episode");
         rp::sampling_probabilities(c, n, alpha, o);
       },
-      py::arg("counts"), py::arg("alpha"), py::arg("out"), "Normalised sampling weights (left-to-right sum).");
+      py::arg("counts"), py::arg("alpha"), py::arg("out"),
+      "Normalised sampling weights (left-to-right sum).");
   m.def(
       "replay_draw_segments",
       [checked](const py::array& counts, const py::array& lengths, double alpha, const py::array& uniforms,
-         std::int64_t seq_len, int pad_mode, const py::array& episode, const py::array& start,
-         const py::array& stop) {
+                std::int64_t seq_len, int pad_mode, const py::array& episode, const py::array& start,
+                const py::array& stop) {
         const auto n = lengths.ndim() == 1 ? lengths.shape(0) : -1;
         const auto b = uniforms.ndim() == 2 ? uniforms.shape(1) : -1;
         auto* len = checked(static_cast<std::int64_t*>(nullptr), lengths, "lengths", 'i', {-1}, false);
@@ -121,8 +123,8 @@ void register_replay(py::module_& m) {
         auto* st = checked(static_cast<std::int64_t*>(nullptr), start, "start", 'i', {b}, true);
         auto* sp = checked(static_cast<std::int64_t*>(nullptr), stop, "stop", 'i', {b}, true);
         if (pad_mode != 0 && pad_mode != 1) throw py::value_error("pad_mode must be 0 (both) or 1 (left)");
-        rp::draw_segments(c, len, n, alpha, u, u + b, u + 2 * b, b, seq_len, static_cast<rp::PadMode>(pad_mode),
-                          ep, st, sp);
+        rp::draw_segments(c, len, n, alpha, u, u + b, u + 2 * b, b, seq_len,
+                          static_cast<rp::PadMode>(pad_mode), ep, st, sp);
       },
       py::arg("counts"), py::arg("lengths"), py::arg("alpha"), py::arg("uniforms"), py::arg("seq_len"),
       py::arg("pad_mode"), py::arg("episode_id"), py::arg("start"), py::arg("stop"),
@@ -147,29 +149,36 @@ void register_replay(py::module_& m) {
       .def_property_readonly("frame_bytes", &rp::Reader::frame_bytes)
       .def(
           "gather",
-          [checked](rp::Reader& self, std::int64_t num_rows, const py::array& lengths, const py::array& ep_chunk_begin,
-             const py::array& chunk_offset, const py::array& chunk_row, const py::array& chunk_len,
-             const py::array& episode, const py::array& start, const py::array& obs, const py::array& act,
-             const py::array& rew, const py::array& end, const py::array& trunc, const py::array& mask) {
+          [checked](rp::Reader& self, std::int64_t num_rows, const py::array& lengths,
+                    const py::array& ep_chunk_begin, const py::array& chunk_offset,
+                    const py::array& chunk_row, const py::array& chunk_len, const py::array& episode,
+                    const py::array& start, const py::array& obs, const py::array& act, const py::array& rew,
+                    const py::array& end, const py::array& trunc, const py::array& mask) {
             rp::ChunkTable t;
             t.num_rows = num_rows;
             t.num_episodes = lengths.ndim() == 1 ? lengths.shape(0) : -1;
             t.num_chunks = chunk_offset.ndim() == 1 ? chunk_offset.shape(0) : -1;
             t.lengths = checked(static_cast<std::int64_t*>(nullptr), lengths, "lengths", 'i', {-1}, false);
-            t.ep_begin = checked(static_cast<std::int64_t*>(nullptr), ep_chunk_begin, "ep_chunk_begin", 'i', {t.num_episodes + 1}, false);
-            t.offset = checked(static_cast<std::int64_t*>(nullptr), chunk_offset, "chunk_offset", 'i', {-1}, false);
-            t.row = checked(static_cast<std::int64_t*>(nullptr), chunk_row, "chunk_row", 'i', {t.num_chunks}, false);
-            t.len = checked(static_cast<std::int64_t*>(nullptr), chunk_len, "chunk_len", 'i', {t.num_chunks}, false);
+            t.ep_begin = checked(static_cast<std::int64_t*>(nullptr), ep_chunk_begin, "ep_chunk_begin", 'i',
+                                 {t.num_episodes + 1}, false);
+            t.offset =
+                checked(static_cast<std::int64_t*>(nullptr), chunk_offset, "chunk_offset", 'i', {-1}, false);
+            t.row = checked(static_cast<std::int64_t*>(nullptr), chunk_row, "chunk_row", 'i', {t.num_chunks},
+                            false);
+            t.len = checked(static_cast<std::int64_t*>(nullptr), chunk_len, "chunk_len", 'i', {t.num_chunks},
+                            false);
             const auto b = episode.ndim() == 1 ? episode.shape(0) : -1;
             const auto l = act.ndim() == 2 ? act.shape(1) : -1;
             const auto fb = self.frame_bytes();
-            const auto* ep = checked(static_cast<std::int64_t*>(nullptr), episode, "episode_id", 'i', {-1}, false);
+            const auto* ep =
+                checked(static_cast<std::int64_t*>(nullptr), episode, "episode_id", 'i', {-1}, false);
             const auto* st = checked(static_cast<std::int64_t*>(nullptr), start, "start", 'i', {b}, false);
             rp::GatherOutputs out;
             out.act = checked(static_cast<std::int64_t*>(nullptr), act, "act", 'i', {b, -1}, true);
             if (obs.ndim() < 2 || obs.shape(0) != b || obs.shape(1) != l || obs.size() != b * l * fb ||
                 obs.dtype().kind() != 'u' || obs.dtype().itemsize() != 1)
-              throw py::value_error("obs must be uint8 (B, L, *frame) matching act and the store's frame size");
+              throw py::value_error(
+                  "obs must be uint8 (B, L, *frame) matching act and the store's frame size");
             std::vector<py::ssize_t> obs_shape(obs.shape(), obs.shape() + obs.ndim());
             out.obs = checked(static_cast<std::uint8_t*>(nullptr), obs, "obs", 'u', obs_shape, true);
             out.rew = checked(static_cast<float*>(nullptr), rew, "rew", 'f', {b, l}, true);
@@ -179,9 +188,9 @@ void register_replay(py::module_& m) {
             py::gil_scoped_release release;
             self.gather(t, ep, st, b, l, out);
           },
-          py::arg("num_rows"), py::arg("lengths"), py::arg("ep_chunk_begin"), py::arg("chunk_offset"), py::arg("chunk_row"),
-          py::arg("chunk_len"), py::arg("episode_id"), py::arg("start"), py::arg("obs"), py::arg("act"),
-          py::arg("rew"), py::arg("end"), py::arg("trunc"), py::arg("mask_padding"),
+          py::arg("num_rows"), py::arg("lengths"), py::arg("ep_chunk_begin"), py::arg("chunk_offset"),
+          py::arg("chunk_row"), py::arg("chunk_len"), py::arg("episode_id"), py::arg("start"), py::arg("obs"),
+          py::arg("act"), py::arg("rew"), py::arg("end"), py::arg("trunc"), py::arg("mask_padding"),
           "Copy segments into the caller's buffers (GIL released); padding is zero with mask False.");
   // END replay bindings
 }
