@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import crafter_oracle
+
 from deltairis.envs import crafter_native
 
 pytestmark = pytest.mark.skipif(
@@ -44,6 +45,28 @@ def _scripted_case(seed: int, episodes: int, steps: int, **kwargs: Any) -> dict[
         env.reset()
         eps.append(crafter_oracle.scripted_actions(env, steps, rng))
     return {"seed": seed, "episodes": eps, **kwargs}
+
+
+def _searched_case(kind: str, seed: int, steps: int = 800) -> dict[str, Any]:
+    """One episode whose actions come from ``default_rng(seed)``: uniform (``random``), mostly resting
+    (``rest``) or the scripted agent. The seeds below were found by scanning the native engine for rare
+    events (arrows breaking tables, a lava death, a skeleton kill, a zombie hitting the sleeping player)."""
+    rng = np.random.default_rng(seed)
+    if kind == "scripted":
+        return _scripted_case(seed, 1, steps)
+    actions = rng.integers(0, 17, steps)
+    if kind == "rest":
+        rest = rng.random(steps) < 0.75
+        actions[rest] = rng.choice([0, 5, 6], int(rest.sum()))
+    return {"seed": seed, "episodes": [actions.tolist()]}
+
+
+RARE_EVENT_CASES = {
+    "arrow_table": ("scripted", 3003),
+    "skeleton_kill": ("scripted", 3035),
+    "lava_death": ("random", 3286),
+    "sleeping_hit": ("rest", 3004),
+}
 
 
 def _cases(slow: bool) -> dict[str, dict[str, Any]]:
@@ -83,6 +106,8 @@ def _cases(slow: bool) -> dict[str, dict[str, Any]]:
     cases["no_reward"] = {"seed": 10, "reward": False, "episodes": [_random_actions(rng, 150)]}
     cases["big_seeds"] = {"seed": 2**40 + 3, "episodes": [_random_actions(rng, 50)]}
     cases["negative_seed"] = {"seed": -12345, "episodes": [_random_actions(rng, 50)]}
+    for name, (kind, seed) in RARE_EVENT_CASES.items():
+        cases[f"event_{name}"] = _searched_case(kind, seed)
     for s in range(8 if slow else 4):  # world generation only
         cases[f"worldgen{s}"] = {"seed": 5000 + 7919 * s, "episodes": [[]]}
     return cases
@@ -229,6 +254,17 @@ def test_reference_cases_cover_the_game(reference: dict[str, Any]) -> None:
         "make_stone_pickaxe",
     }
     assert wanted <= achievements, wanted - achievements
+    # The rare events of the searched cases really happen in the reference trajectories.
+    mats = [None, *crafter_native.crafter_data()[0]["materials"]]
+    table, furnace, path, lava = (mats.index(m) for m in ("table", "furnace", "path", "lava"))
+    sem = reference["event_arrow_table"][1]["e0_semantic"]  # (T, 64, 64)
+    assert (np.isin(sem[:-1], (table, furnace)) & (sem[1:] == path)).any()
+    ref = reference["event_lava_death"][1]
+    x, y = ref["e0_player_pos"][-1]
+    assert ref["e0_done"][-1] and ref["e0_discount"][-1] == 0 and ref["e0_material"][x, y] == lava
+    assert reference["event_skeleton_kill"][1]["e0_achievements"][-1][names.index("defeat_skeleton")] > 0
+    health = reference["event_sleeping_hit"][1]["e0_inventory"][:, 0]
+    assert (np.diff(health) <= -7).any()
     arrow_id = (
         13 + 4
     )  # crafter's SemanticView: 13 material ids, then Player, Cow, Zombie, Skeleton, Arrow, Plant
