@@ -396,7 +396,33 @@ void register_vecenv(py::module_& m) {
           "_set_despawn_choices",
           [](cr::Env& e, std::vector<std::uint32_t> slots) { e.set_despawn_choices(std::move(slots)); },
           py::arg("slots"), "Test hook: slots the next despawns remove (replay of CPython's set order).")
-      .def_property_readonly("_despawn_choices_left", &cr::Env::despawn_choices_left);
+      .def_property_readonly("_despawn_choices_left", &cr::Env::despawn_choices_left)
+      .def(
+          "_poke",
+          [](cr::Env& e, const std::string& what, const py::tuple& args) {
+            try {
+              if (what == "inventory") {
+                e.poke_inventory(py::cast<int>(args[0]), py::cast<int>(args[1]));
+              } else if (what == "material") {
+                e.poke_material(py::cast<int>(args[0]), py::cast<int>(args[1]), py::cast<int>(args[2]));
+              } else if (what == "object") {
+                static const char* kNames[] = {"Player", "Cow", "Zombie", "Skeleton", "Arrow", "Plant", "Fence"};
+                const std::string kind = py::cast<std::string>(args[0]);
+                int k = -1;
+                for (int i = 0; i < 7; ++i)
+                  if (kind == kNames[i]) k = i;
+                if (k < 0) throw py::value_error("unknown object kind " + kind);
+                e.poke_object(static_cast<cr::ObjKind>(k), py::cast<int>(args[1]), py::cast<int>(args[2]),
+                              py::cast<int>(args[3]), py::cast<int>(args[4]), py::cast<int>(args[5]),
+                              py::cast<int>(args[6]));
+              } else {
+                throw py::value_error("unknown poke " + what);
+              }
+            } catch (const std::invalid_argument& err) {
+              throw py::value_error(err.what());
+            }
+          },
+          py::arg("what"), py::arg("args"), "Test hook: edit the state (inventory, material, object).");
 
   py::class_<deltairis::CrafterVectorEnv>(m, "CrafterVectorEnv",
                                           "N native Crafter envs stepped by a thread pool with auto-reset.")

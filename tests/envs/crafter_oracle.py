@@ -126,6 +126,46 @@ def patch_record_despawns() -> None:
     crafter.Env._deltairis_record = True
 
 
+def apply_pokes_python(env: Any, pokes: list[list[Any]]) -> None:
+    """Apply scenario edits to a reset ``crafter.Env``: ``["inventory", name, value]``,
+    ``["material", x, y, name]``, ``["object", kind, x, y, health, fx, fy, grown]``."""
+    import crafter
+
+    for what, *args in pokes:
+        if what == "inventory":
+            env._player.inventory[args[0]] = args[1]
+        elif what == "material":
+            env._world[(args[0], args[1])] = args[2]
+        elif what == "object":
+            kind, x, y, health, fx, fy, grown = args
+            cls = getattr(crafter.objects, kind)
+            if kind in ("Zombie", "Skeleton"):
+                obj = cls(env._world, (x, y), env._player)
+            elif kind == "Arrow":
+                obj = cls(env._world, (x, y), (fx, fy))
+            else:
+                obj = cls(env._world, (x, y))
+            obj.health = health
+            if kind == "Plant":
+                obj.grown = grown
+            env._world.add(obj)
+        else:
+            raise ValueError(f"unknown poke {what!r}")
+
+
+def apply_pokes_native(env: Any, pokes: list[list[Any]]) -> None:
+    """The same edits on a reset ``CrafterNative`` through its test hook."""
+    items = list(env._assets.item_names)
+    mats = list(env._assets.material_names)
+    for what, *args in pokes:
+        if what == "inventory":
+            env._env._poke("inventory", (items.index(args[0]), args[1]))
+        elif what == "material":
+            env._env._poke("material", (args[0], args[1], mats.index(args[2])))
+        else:
+            env._env._poke(what, tuple(args))
+
+
 def _objects_of(env: Any) -> list[tuple[str, int, int, int]]:
     return [(type(o).__name__, int(o.pos[0]), int(o.pos[1]), int(o.health)) for o in env._world.objects]
 
@@ -150,6 +190,7 @@ def _run_case(case: dict[str, Any]) -> dict[str, Any]:
         out[f"e{e}_reset_obs"] = obs
         out[f"e{e}_material"] = env._world._mat_map.copy()
         out[f"e{e}_objects"] = np.array(json.dumps(_objects_of(env)))
+        apply_pokes_python(env, case.get("pokes", [[]] * len(case["episodes"]))[e])
         rows: dict[str, list[Any]] = {
             k: []
             for k in (

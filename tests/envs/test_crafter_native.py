@@ -61,6 +61,77 @@ def _searched_case(kind: str, seed: int, steps: int = 800) -> dict[str, Any]:
     return {"seed": seed, "episodes": [actions.tolist()]}
 
 
+# Scenarios: identical edits to both engines right after reset (player at (32, 32) facing down), then
+# scripted actions. They reach rules that random and scripted play rarely do.
+_COLUMN = [
+    (33, "coal"),
+    (34, "iron"),
+    (35, "diamond"),
+    (36, "water"),
+    (37, "tree"),
+    (38, "stone"),
+    (39, "lava"),
+]
+SCENARIOS: dict[str, tuple[list[list[Any]], list[str]]] = {
+    "crafting": (
+        [["inventory", k, 9] for k in ("wood", "stone", "coal", "iron")]
+        + [["material", 31, 31, "table"], ["material", 33, 31, "furnace"]],
+        [
+            "make_wood_pickaxe",
+            "make_stone_pickaxe",
+            "make_iron_pickaxe",
+            "make_wood_sword",
+            "make_stone_sword",
+        ]
+        + ["make_iron_sword"] * 4
+        + ["place_stone", "do", "place_table", "do", "place_furnace", "noop", "move_up", "make_wood_sword"]
+        + ["move_left", "move_left", "make_wood_sword", "place_stone", "move_down", "do"],
+    ),
+    "mining": (
+        [["inventory", k, 1] for k in ("wood_pickaxe", "stone_pickaxe", "iron_pickaxe")]
+        + [["inventory", "stone", 5], ["inventory", "drink", 3]]
+        + [["material", 32, y, m] for y, m in _COLUMN],
+        ["do", "move_down", "do", "move_down", "do", "move_down", "do", "do", "move_down", "place_stone"]
+        + ["do", "move_down", "do", "do", "do", "move_down", "do", "move_down", "do", "move_down"]
+        + ["noop"] * 3,
+    ),
+    "combat_food": (
+        [["inventory", "iron_sword", 1], ["inventory", "food", 2], ["inventory", "sapling", 2]]
+        + [["object", "Zombie", 32, 33, 5, 0, 0, 0], ["object", "Cow", 33, 32, 3, 0, 0, 0]]
+        + [["object", "Plant", 31, 32, 1, 0, 0, 400], ["object", "Plant", 30, 31, 1, 0, 0, 0]]
+        + [["object", "Cow", 30, 30, 3, 0, 0, 0], ["object", "Arrow", 29, 33, 0, 1, 0, 0]],
+        ["do", "noop", "move_right", "do", "move_left", "do", "do", "move_down", "place_plant", "noop"]
+        + ["do", "do", "place_plant", "noop"] * 3,
+    ),
+    "sleep_attack": (
+        [["inventory", "energy", 1], ["object", "Zombie", 35, 32, 5, 0, 0, 0]],
+        ["sleep"] + ["noop"] * 40 + ["sleep"] * 20 + ["noop"] * 30,
+    ),
+    "arrows": (
+        [["material", 32, y, m] for y, m in ((33, "path"), (34, "water"), (35, "table"), (36, "path"))]
+        + [["material", 32, y, "path"] for y in (37, 38, 39)]
+        + [["material", 33, y, "path"] for y in (35, 36, 37)]
+        + [["material", 31, 36, "furnace"], ["object", "Skeleton", 32, 37, 3, 0, 0, 0]],
+        ["noop"] * 50 + ["move_down", "do"] * 5,
+    ),
+}
+
+
+def _scenario_case(name: str) -> dict[str, Any]:
+    """The scenario on the first seed whose world leaves the edited cells free of objects."""
+    pokes, action_names = SCENARIOS[name]
+    for seed in range(100):
+        env = CrafterNative(seed=seed)
+        env.reset()
+        try:
+            crafter_oracle.apply_pokes_native(env, pokes)
+        except ValueError:
+            continue
+        actions = [env.action_names.index(a) for a in action_names]
+        return {"seed": seed, "episodes": [actions], "pokes": [pokes]}
+    raise AssertionError(f"no seed fits scenario {name}")
+
+
 RARE_EVENT_CASES = {
     "arrow_table": ("scripted", 3003),
     "skeleton_kill": ("scripted", 3035),
@@ -106,6 +177,8 @@ def _cases(slow: bool) -> dict[str, dict[str, Any]]:
     cases["no_reward"] = {"seed": 10, "reward": False, "episodes": [_random_actions(rng, 150)]}
     cases["big_seeds"] = {"seed": 2**40 + 3, "episodes": [_random_actions(rng, 50)]}
     cases["negative_seed"] = {"seed": -12345, "episodes": [_random_actions(rng, 50)]}
+    for name in SCENARIOS:
+        cases[f"scenario_{name}"] = _scenario_case(name)
     for name, (kind, seed) in RARE_EVENT_CASES.items():
         cases[f"event_{name}"] = _searched_case(kind, seed)
     for s in range(8 if slow else 4):  # world generation only
@@ -148,11 +221,13 @@ def assert_same_trajectories(
             env._env._set_despawn_choices(ref[f"e{e}_despawns"].tolist())
             stats["despawns"] += len(ref[f"e{e}_despawns"])
         where = f"seed {case['seed']} episode {e}"
+        pokes = case.get("pokes", [[]] * len(case["episodes"]))[e]
         np.testing.assert_array_equal(
             env.material_map(), ref[f"e{e}_material"], err_msg=f"{where}: material map"
         )
         assert _objects(env) == json.loads(str(ref[f"e{e}_objects"])), f"{where}: objects after reset"
         np.testing.assert_array_equal(obs, ref[f"e{e}_reset_obs"], err_msg=f"{where}: reset obs")
+        crafter_oracle.apply_pokes_native(env, pokes)
         n = len(ref[f"e{e}_reward"])
         for t in range(n):
             obs, reward, done, info = env.step(actions[t])
@@ -264,6 +339,18 @@ def test_reference_cases_cover_the_game(reference: dict[str, Any]) -> None:
     assert ref["e0_done"][-1] and ref["e0_discount"][-1] == 0 and ref["e0_material"][x, y] == lava
     assert reference["event_skeleton_kill"][1]["e0_achievements"][-1][names.index("defeat_skeleton")] > 0
     health = reference["event_sleeping_hit"][1]["e0_inventory"][:, 0]
+    assert (np.diff(health) <= -7).any()
+    # The scenarios reach the iron tools, diamonds, eating plants and arrows breaking tables.
+    final = {
+        name: {names[i] for i in np.flatnonzero(reference[f"scenario_{name}"][1]["e0_achievements"][-1])}
+        for name in SCENARIOS
+    }
+    assert {"make_iron_pickaxe", "make_iron_sword", "place_furnace"} <= final["crafting"]
+    assert {"collect_coal", "collect_iron", "collect_diamond", "collect_drink"} <= final["mining"]
+    assert {"defeat_zombie", "eat_plant", "place_plant"} <= final["combat_food"]
+    sem = reference["scenario_arrows"][1]["e0_semantic"]
+    assert (np.isin(sem[:-1], (table, furnace)) & (sem[1:] == path)).any()
+    health = reference["scenario_sleep_attack"][1]["e0_inventory"][:, 0]
     assert (np.diff(health) <= -7).any()
     arrow_id = (
         13 + 4

@@ -1087,6 +1087,28 @@ void Env::render(std::uint8_t* obs) {
   }
 }
 
+void Env::poke_inventory(int item, int value) {
+  if (item < 0 || item >= a_.num_items()) throw std::invalid_argument("poke_inventory: bad item");
+  inventory_[item] = value;
+}
+
+void Env::poke_material(int x, int y, int material) {
+  if (!inside(x, y)) throw std::invalid_argument("poke_material: position outside the world");
+  if (material < 1 || material > a_.num_materials()) throw std::invalid_argument("poke_material: bad material");
+  mat_[cell(x, y)] = static_cast<std::uint8_t>(material);
+}
+
+std::uint32_t Env::poke_object(ObjKind kind, int x, int y, int health, int fx, int fy, int grown) {
+  if (!inside(x, y) || objmap_[cell(x, y)] != 0) throw std::invalid_argument("poke_object: cell not free");
+  if (kind == ObjKind::kPlayer) throw std::invalid_argument("poke_object: cannot add a second player");
+  const std::uint32_t slot = add_object(kind, x, y);
+  slots_[slot].health = health;
+  slots_[slot].fx = fx;
+  slots_[slot].fy = fy;
+  slots_[slot].grown = grown;
+  return slot;
+}
+
 void Env::semantic(std::uint8_t* out) const {
   std::copy(mat_.begin(), mat_.end(), out);
   for (std::uint32_t slot : alive_) {
