@@ -114,21 +114,36 @@ SCENARIOS: dict[str, tuple[list[list[Any]], list[str]]] = {
         + [["material", 31, 36, "furnace"], ["object", "Skeleton", 32, 37, 3, 0, 0, 0]],
         ["noop"] * 50 + ["move_down", "do"] * 5,
     ),
+    # A 9x9 world: walk into the corner, act on out-of-world targets, and hit the crafting quirk (no
+    # crafting at x == 0 or y == 0, where numpy's nearby slice is empty) next to a table.
+    "edges": (
+        [["material", x, 4, "grass"] for x in range(5)]
+        + [["material", 0, y, "grass"] for y in range(9)]
+        + [["material", x, y, "grass"] for x in range(1, 4) for y in (0, 1)]
+        + [["material", 2, 2, "table"], ["inventory", "wood", 5], ["inventory", "stone", 2]],
+        ["move_left"] * 5
+        + ["do", "place_stone", "make_wood_pickaxe", "noop"]
+        + ["move_up"] * 5
+        + ["make_wood_pickaxe", "do", "move_right", "make_wood_pickaxe", "move_down", "make_wood_pickaxe"]
+        + ["move_left", "move_left", "make_wood_sword", "move_right", "make_wood_sword", "move_down"] * 2,
+    ),
 }
+SCENARIO_OPTIONS: dict[str, dict[str, Any]] = {"edges": {"area": [9, 9]}}
 
 
 def _scenario_case(name: str) -> dict[str, Any]:
     """The scenario on the first seed whose world leaves the edited cells free of objects."""
     pokes, action_names = SCENARIOS[name]
+    options = SCENARIO_OPTIONS.get(name, {})
     for seed in range(100):
-        env = CrafterNative(seed=seed)
+        env = CrafterNative(seed=seed, **options)
         env.reset()
         try:
             crafter_oracle.apply_pokes_native(env, pokes)
         except ValueError:
             continue
         actions = [env.action_names.index(a) for a in action_names]
-        return {"seed": seed, "episodes": [actions], "pokes": [pokes]}
+        return {"seed": seed, "episodes": [actions], "pokes": [pokes], **options}
     raise AssertionError(f"no seed fits scenario {name}")
 
 
@@ -352,6 +367,11 @@ def test_reference_cases_cover_the_game(reference: dict[str, Any]) -> None:
     assert (np.isin(sem[:-1], (table, furnace)) & (sem[1:] == path)).any()
     health = reference["scenario_sleep_attack"][1]["e0_inventory"][:, 0]
     assert (np.diff(health) <= -7).any()
+    ref = reference["scenario_edges"][1]
+    assert (ref["e0_player_pos"] == 0).all(axis=1).any()  # reached the corner (0, 0)
+    pickaxes = ref["e0_inventory"][:, 10]  # wood_pickaxe: made only away from x == 0 and y == 0
+    made_at = ref["e0_player_pos"][np.flatnonzero(np.diff(pickaxes, prepend=0) > 0)]
+    assert len(made_at) and (made_at > 0).all()
     arrow_id = (
         13 + 4
     )  # crafter's SemanticView: 13 material ids, then Player, Cow, Zombie, Skeleton, Arrow, Plant
