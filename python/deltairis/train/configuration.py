@@ -7,13 +7,14 @@ The YAML config groups ship inside the package (``deltairis/config``) and are fo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from deltairis.config.models import AgentConfig, make_agent_config
@@ -138,12 +139,14 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
+        add = key.startswith("+")
         key = key.lstrip("+")
         if "." not in key:
             raise ConfigError(f"override {item!r} selects a config group; groups cannot change on resume")
         try:
             parsed = OmegaConf.from_dotlist([f"{key}={value}"])
-            OmegaConf.update(cfg, key, OmegaConf.select(parsed, key), merge=True)
+            with open_dict(cfg) if add else contextlib.nullcontext():
+                OmegaConf.update(cfg, key, OmegaConf.select(parsed, key), merge=True)
         except OmegaConfBaseException as exc:
             raise ConfigError(f"invalid override {item!r}: {_format_error(exc)}") from exc
     return validate_config(cfg)

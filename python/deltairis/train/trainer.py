@@ -281,8 +281,7 @@ class Trainer:
         changes = diff_dicts(saved["config"], agent_cfg.to_dict())
         if not changes:
             return
-        with torch.device("meta"):
-            fresh = Agent(agent_cfg).state_dict()
+        fresh = Agent(agent_cfg).state_dict()  # only built when the model settings changed
         old = saved["state_dict"]
         shape_changes = [
             f"{k}: {tuple(old[k].shape) if k in old else None} -> {tuple(v.shape)}"
