@@ -422,7 +422,47 @@ void register_vecenv(py::module_& m) {
               throw py::value_error(err.what());
             }
           },
-          py::arg("what"), py::arg("args"), "Test hook: edit the state (inventory, material, object).");
+          py::arg("what"), py::arg("args"), "Test hook: edit the state (inventory, material, object).")
+      .def(
+          "_import_state",
+          [](cr::Env& e, const py::dict& d) {
+            static const char* kNames[] = {"Player", "Cow", "Zombie", "Skeleton", "Arrow", "Plant", "Fence"};
+            cr::ImportedState s;
+            s.step = py::cast<std::int64_t>(d["step"]);
+            s.episode = py::cast<std::int64_t>(d["episode"]);
+            s.mt_key = py::cast<std::vector<std::uint32_t>>(d["mt_key"]);
+            s.mt_pos = py::cast<int>(d["mt_pos"]);
+            s.materials = py::cast<std::vector<std::uint8_t>>(d["materials"]);
+            s.num_slots = py::cast<std::uint32_t>(d["num_slots"]);
+            for (auto item : py::reinterpret_borrow<py::list>(d["objects"])) {
+              auto t = py::cast<py::sequence>(item);
+              const std::string kind = py::cast<std::string>(t[1]);
+              int k = -1;
+              for (int i = 0; i < 7; ++i)
+                if (kind == kNames[i]) k = i;
+              if (k < 0) throw py::value_error("unknown object kind " + kind);
+              s.objects.push_back({py::cast<std::uint32_t>(t[0]), static_cast<cr::ObjKind>(k), py::cast<int>(t[2]),
+                                   py::cast<int>(t[3]), py::cast<int>(t[4]), py::cast<int>(t[5]), py::cast<int>(t[6]),
+                                   py::cast<int>(t[7]), py::cast<int>(t[8])});
+            }
+            s.chunk_order = py::cast<std::vector<int>>(d["chunk_order"]);
+            s.sleeping = py::cast<bool>(d["sleeping"]);
+            s.player_last_health = py::cast<int>(d["player_last_health"]);
+            s.hunger = py::cast<double>(d["hunger"]);
+            s.thirst = py::cast<double>(d["thirst"]);
+            s.fatigue = py::cast<int>(d["fatigue"]);
+            s.recover = py::cast<double>(d["recover"]);
+            s.inventory = py::cast<std::vector<int>>(d["inventory"]);
+            s.achievements = py::cast<std::vector<int>>(d["achievements"]);
+            s.env_last_health = py::cast<int>(d["env_last_health"]);
+            s.unlocked = py::cast<std::vector<bool>>(d["unlocked"]);
+            try {
+              e.import_state(s);
+            } catch (const std::invalid_argument& err) {
+              throw py::value_error(err.what());
+            }
+          },
+          py::arg("state"), "Test hook: load a Python crafter.Env state exported between two steps.");
 
   py::class_<deltairis::CrafterVectorEnv>(m, "CrafterVectorEnv",
                                           "N native Crafter envs stepped by a thread pool with auto-reset.")

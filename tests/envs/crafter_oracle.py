@@ -166,6 +166,43 @@ def apply_pokes_native(env: Any, pokes: list[list[Any]]) -> None:
             env._env._poke(what, tuple(args))
 
 
+def export_state(env: Any) -> dict[str, Any]:
+    """The full state of a ``crafter.Env`` between two steps, as the native engine's ``_import_state`` reads it."""
+    world, player = env._world, env._player
+    _, key, pos, *_ = world.random.get_state()
+    objects = []
+    for slot, obj in enumerate(world._objects):
+        if obj is None:
+            continue
+        kind = type(obj).__name__
+        facing = tuple(int(v) for v in obj.facing) if kind in ("Player", "Arrow") else (0, 0)
+        cooldown = obj.cooldown if kind == "Zombie" else obj.reload if kind == "Skeleton" else 0
+        grown = obj.grown if kind == "Plant" else 0
+        pos_x, pos_y = (int(v) for v in obj.pos)
+        objects.append((slot, kind, pos_x, pos_y, int(obj.health), *facing, int(cooldown), int(grown)))
+    chunks_y = -(-world.area[1] // 12)
+    return {
+        "step": int(env._step),
+        "episode": int(env._episode),
+        "mt_key": [int(v) for v in key],
+        "mt_pos": int(pos),
+        "materials": world._mat_map.ravel().tolist(),
+        "num_slots": len(world._objects),
+        "objects": objects,
+        "chunk_order": [int(k[0] // 12 * chunks_y + k[2] // 12) for k in world._chunks],
+        "sleeping": bool(player.sleeping),
+        "player_last_health": int(player._last_health),
+        "hunger": float(player._hunger),
+        "thirst": float(player._thirst),
+        "fatigue": int(player._fatigue),
+        "recover": float(player._recover),
+        "inventory": [int(v) for v in player.inventory.values()],
+        "achievements": [int(v) for v in player.achievements.values()],
+        "env_last_health": int(env._last_health),
+        "unlocked": [name in env._unlocked for name in player.achievements],
+    }
+
+
 def _objects_of(env: Any) -> list[tuple[str, int, int, int]]:
     return [(type(o).__name__, int(o.pos[0]), int(o.pos[1]), int(o.health)) for o in env._world.objects]
 
@@ -206,8 +243,15 @@ def _run_case(case: dict[str, Any]) -> dict[str, Any]:
                 "daylight",
             )
         }
-        for action in actions:
+        export_every = case.get("export_every", 0)
+        states = []
+        for t, action in enumerate(actions):
+            exported = export_every and t % export_every == 0
+            if exported:
+                state, before = export_state(env), len(env._deltairis_despawns)
             obs, reward, done, info = env.step(int(action))
+            if exported:
+                states.append({"t": t, "state": state, "despawns": env._deltairis_despawns[before:]})
             rows["obs"].append(obs)
             rows["reward"].append(np.float64(reward))
             rows["done"].append(bool(done))
@@ -222,6 +266,7 @@ def _run_case(case: dict[str, Any]) -> dict[str, Any]:
                 break
         for key, values in rows.items():
             out[f"e{e}_{key}"] = np.array(values)
+        out[f"e{e}_states"] = np.array(json.dumps(states))
         if rows["reward"]:
             out[f"e{e}_inventory_keys"] = np.array(list(info["inventory"].keys()))
         out[f"e{e}_final_objects"] = np.array(json.dumps(_objects_of(env)))

@@ -304,6 +304,66 @@ def test_unmodified_package_with_replayed_despawns() -> None:
     assert despawns > 0
 
 
+def test_one_step_round_trips_from_python_states() -> None:
+    """Tier 3: load states of the UNMODIFIED package (exported every few steps of long episodes) into the
+    engine, step once with the same action (and the despawn CPython chose), compare every output."""
+    rng = np.random.default_rng(99)
+    cases = [
+        {"seed": 400 + s, "export_every": 7, "episodes": [_random_actions(rng, 600, p) for p in (0.6, 0.8)]}
+        for s in range(2)
+    ]
+    cases.append({**_scenario_case("combat_food"), "export_every": 1})
+    results = crafter_oracle.run_reference(cases, mode="record")
+    checked = balancing = 0
+    for case, ref in zip(cases, results):
+        for e, actions in enumerate(case["episodes"]):
+            for item in json.loads(str(ref[f"e{e}_states"])):
+                t = item["t"]
+                env = _native_for(case)
+                env.reset()
+                env._env._import_state(item["state"])
+                env._env._set_despawn_choices(item["despawns"])
+                obs, reward, done, info = env.step(actions[t])
+                at = f"seed {case['seed']} episode {e} step {t + 1}"
+                np.testing.assert_array_equal(obs, ref[f"e{e}_obs"][t], err_msg=f"{at}: obs")
+                assert np.float64(reward).tobytes() == ref[f"e{e}_reward"][t].tobytes(), at
+                assert done == bool(ref[f"e{e}_done"][t]), at
+                assert list(info["inventory"].values()) == ref[f"e{e}_inventory"][t].tolist(), at
+                assert list(info["achievements"].values()) == ref[f"e{e}_achievements"][t].tolist(), at
+                np.testing.assert_array_equal(info["semantic"], ref[f"e{e}_semantic"][t], err_msg=at)
+                assert tuple(info["player_pos"]) == tuple(ref[f"e{e}_player_pos"][t]), at
+                assert env._env._despawn_choices_left == 0, at
+                checked += 1
+                balancing += (t + 1) % 10 == 0
+    assert checked > 100 and balancing > 5, (checked, balancing)
+
+
+def test_import_state_rejects_bad_states() -> None:
+    env = CrafterNative(seed=0)
+    env.reset()
+    state = {
+        "step": 0, "episode": 1, "mt_key": [0] * 624, "mt_pos": 624, "materials": [2] * 4096, "num_slots": 2,
+        "objects": [(1, "Player", 32, 32, 0, 0, 1, 0, 0)], "chunk_order": [2 * 6 + 2], "sleeping": False,
+        "player_last_health": 9, "hunger": 0.0, "thirst": 0.0, "fatigue": 0, "recover": 0.0,
+        "inventory": [9] * 4 + [0] * 12, "achievements": [0] * 22, "env_last_health": 9, "unlocked": [False] * 22,
+    }  # fmt: skip
+    env._env._import_state(state)  # valid
+    for key, bad, match in (
+        ("mt_key", [0] * 10, "MT19937"),
+        ("materials", [2] * 100, "materials"),
+        ("objects", [], "no player"),
+        (
+            "objects",
+            [(1, "Player", 32, 32, 0, 0, 1, 0, 0), (1, "Cow", 30, 30, 3, 0, 0, 0, 0)],
+            "slot or position",
+        ),
+        ("chunk_order", [], "untouched chunk"),
+        ("chunk_order", [99], "chunk order"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            env._env._import_state({**state, key: bad})
+
+
 @pytest.mark.slow
 def test_trajectories_match_reference_long() -> None:
     """More seeds and scripted episodes (about two more minutes of Python crafter)."""

@@ -1087,6 +1087,72 @@ void Env::render(std::uint8_t* obs) {
   }
 }
 
+void Env::import_state(const ImportedState& s) {
+  const std::size_t cells = static_cast<std::size_t>(ax_) * ay_;
+  if (s.materials.size() != cells) throw std::invalid_argument("import_state: materials size");
+  if (s.inventory.size() != inventory_.size() && !inventory_.empty()) throw std::invalid_argument("import_state: inventory");
+  if (static_cast<int>(s.inventory.size()) != a_.num_items()) throw std::invalid_argument("import_state: inventory");
+  if (static_cast<int>(s.achievements.size()) != a_.num_achievements() ||
+      static_cast<int>(s.unlocked.size()) != a_.num_achievements()) {
+    throw std::invalid_argument("import_state: achievements");
+  }
+  step_ = s.step;
+  episode_ = s.episode;
+  random_.set_state(s.mt_key, s.mt_pos);
+  update_time();
+  mat_ = s.materials;
+  for (std::uint8_t m : mat_) {
+    if (m > a_.num_materials()) throw std::invalid_argument("import_state: bad material id");
+  }
+  objmap_.assign(cells, 0);
+  slots_.assign(s.num_slots, Obj{ObjKind::kFence, 0, 0, 0, 0, 0, 0, 0, true});
+  alive_.clear();
+  chunk_members_.assign(static_cast<std::size_t>(nchunk_x_) * nchunk_y_, {});
+  chunk_touched_.assign(chunk_members_.size(), false);
+  chunk_order_.clear();
+  for (int chunk : s.chunk_order) {
+    if (chunk < 0 || chunk >= static_cast<int>(chunk_members_.size()) || chunk_touched_[chunk]) {
+      throw std::invalid_argument("import_state: bad chunk order");
+    }
+    chunk_touched_[chunk] = true;
+    chunk_order_.push_back(chunk);
+  }
+  bool have_player = false;
+  std::vector<ImportedState::Object> objs = s.objects;
+  std::sort(objs.begin(), objs.end(), [](const auto& l, const auto& r) { return l.slot < r.slot; });
+  for (std::size_t i = 0; i < objs.size(); ++i) {
+    const auto& o = objs[i];
+    if (o.slot == 0 || o.slot >= s.num_slots || (i > 0 && objs[i - 1].slot == o.slot) || !inside(o.x, o.y) ||
+        objmap_[cell(o.x, o.y)] != 0) {
+      throw std::invalid_argument("import_state: bad object slot or position");
+    }
+    slots_[o.slot] = Obj{o.kind, o.x, o.y, o.health, o.facing_x, o.facing_y, o.cooldown, o.grown, false};
+    objmap_[cell(o.x, o.y)] = o.slot;
+    alive_.push_back(o.slot);
+    const int chunk = chunk_of(o.x, o.y);
+    if (!chunk_touched_[chunk]) throw std::invalid_argument("import_state: object in an untouched chunk");
+    chunk_members_[chunk].push_back(o.slot);
+    if (o.kind == ObjKind::kPlayer) {
+      if (have_player) throw std::invalid_argument("import_state: two players");
+      have_player = true;
+      player_slot_ = o.slot;
+    }
+  }
+  if (!have_player) throw std::invalid_argument("import_state: no player");
+  sleeping_ = s.sleeping;
+  player_last_health_ = s.player_last_health;
+  hunger_ = s.hunger;
+  thirst_ = s.thirst;
+  recover_ = s.recover;
+  fatigue_ = s.fatigue;
+  inventory_ = s.inventory;
+  achievements_ = s.achievements;
+  env_last_health_ = s.env_last_health;
+  unlocked_ = s.unlocked;
+  forced_despawns_.clear();
+  forced_next_ = 0;
+}
+
 void Env::poke_inventory(int item, int value) {
   if (item < 0 || item >= a_.num_items()) throw std::invalid_argument("poke_inventory: bad item");
   inventory_[item] = value;

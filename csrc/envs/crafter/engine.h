@@ -193,6 +193,31 @@ struct StepResult {
   bool over = false;
 };
 
+// Full state of a Python crafter.Env between two steps (test hook for one-step round trips).
+struct ImportedState {
+  struct Object {
+    std::uint32_t slot;
+    ObjKind kind;
+    int x, y, health, facing_x, facing_y, cooldown, grown;
+  };
+  std::int64_t step = 0;
+  std::int64_t episode = 0;
+  std::vector<std::uint32_t> mt_key;
+  int mt_pos = 0;
+  std::vector<std::uint8_t> materials;  // (area_x, area_y)
+  std::uint32_t num_slots = 1;          // len(world._objects), slot 0 included
+  std::vector<Object> objects;          // live objects, the player among them
+  std::vector<int> chunk_order;         // chunk indices (x // 12) * ceil(area_y / 12) + y // 12
+  bool sleeping = false;
+  int player_last_health = 0;
+  double hunger = 0, thirst = 0, recover = 0;
+  int fatigue = 0;
+  std::vector<int> inventory;
+  std::vector<int> achievements;
+  int env_last_health = 0;
+  std::vector<bool> unlocked;
+};
+
 // Public view of one object (for tests and state export).
 struct ObjectState {
   ObjKind kind;
@@ -240,6 +265,9 @@ class Env {
   std::size_t despawn_choices_left() const { return forced_despawns_.size() - forced_next_; }
   // Test hooks (scenario tests apply the same edits to the Python reference): set an inventory count
   // or a material, or add an object (throws std::invalid_argument on a bad position or kind).
+  // Test hook: replaces the whole state (throws std::invalid_argument on an inconsistent state, after
+  // which the env must be reset or re-imported before use).
+  void import_state(const ImportedState& state);
   void poke_inventory(int item, int value);
   void poke_material(int x, int y, int material);
   std::uint32_t poke_object(ObjKind kind, int x, int y, int health, int fx, int fy, int grown);

@@ -3,7 +3,9 @@
 
 #include <cstdint>
 #include <random>
+#include <sstream>
 #include <stdexcept>
+#include <vector>
 
 namespace deltairis {
 namespace crafter {
@@ -17,6 +19,17 @@ class LegacyRandom {
   void seed(std::uint32_t seed) { mt_.seed(seed); }
 
   std::uint32_t next_u32() { return static_cast<std::uint32_t>(mt_()); }
+
+  // Sets the generator to numpy's RandomState.get_state(): 624 key words and the next index (test hook;
+  // uses the libstdc++ text format "x[0] ... x[623] index").
+  void set_state(const std::vector<std::uint32_t>& key, int pos) {
+    if (key.size() != 624 || pos < 0 || pos > 624) throw std::invalid_argument("MT19937 state: bad key or pos");
+    std::stringstream ss;
+    for (std::uint32_t word : key) ss << word << ' ';
+    ss << pos;
+    ss >> mt_;
+    if (ss.fail()) throw std::invalid_argument("MT19937 state: rejected");
+  }
 
   // RandomState.uniform(): a 53-bit double from two 32-bit words.
   double uniform() {
