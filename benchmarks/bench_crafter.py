@@ -19,6 +19,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 import pytest
+
 from deltairis.envs import crafter_native
 
 pytestmark = pytest.mark.skipif(

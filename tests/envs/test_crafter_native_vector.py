@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from deltairis.envs import crafter_native
 
 pytestmark = pytest.mark.skipif(
