@@ -47,8 +47,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _train_step(loss_fn, params, opt, device: torch.device, autocast: bool, after=None):
+    params = list(params)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast and device.type == "cuda"):
+            loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+        if after is not None:
+            after()
+        _sync(device)
+
+    return step
 
 
 @pytest.mark.parametrize("preset", ["tiny", "crafter", "atari"])
@@ -57,19 +70,11 @@ def test_tokenizer_step(benchmark, bench_device: torch.device, preset: str) -> N
     agent = Agent(cfg).to(bench_device).train()
     (b, t), _, _ = _scale(bench_device)[preset]
     batch = _batch(b, t, cfg.num_actions, bench_device)
-    opt = configure_optimizer(agent.tokenizer, 1e-4, 0.01)
+    tok = agent.tokenizer
+    opt = configure_optimizer(tok, 1e-4, 0.01)
     benchmark.group = f"model-step-{preset}"
     benchmark.extra_info["shape"] = f"B={b} T={t}"
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with _autocast(bench_device):
-            loss = agent.tokenizer.compute_loss(batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(agent.tokenizer.parameters(), 10.0)
-        opt.step()
-        _sync(bench_device)
-
+    step = _train_step(lambda: tok.compute_loss(batch).loss, tok.parameters(), opt, bench_device, autocast=True)
     benchmark.pedantic(step, rounds=3, warmup_rounds=1)
 
 
@@ -79,41 +84,42 @@ def test_world_model_step(benchmark, bench_device: torch.device, preset: str) ->
     agent = Agent(cfg).to(bench_device).train()
     _, (b, t), _ = _scale(bench_device)[preset]
     batch = _batch(b, t, cfg.num_actions, bench_device)
-    opt = configure_optimizer(agent.world_model, 1e-4, 0.01)
+    wm = agent.world_model
+    opt = configure_optimizer(wm, 1e-4, 0.01)
     benchmark.group = f"model-step-{preset}"
     benchmark.extra_info["shape"] = f"B={b} T={t}"
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with _autocast(bench_device):
-            loss = agent.world_model.compute_loss(batch, agent.tokenizer).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(agent.world_model.parameters(), 10.0)
-        opt.step()
-        _sync(bench_device)
-
+    step = _train_step(
+        lambda: wm.compute_loss(batch, agent.tokenizer).loss, wm.parameters(), opt, bench_device, autocast=True
+    )
     benchmark.pedantic(step, rounds=3, warmup_rounds=1)
 
 
+@pytest.mark.parametrize("mode", ["pytorch", "triton", "triton-graphs"])
 @pytest.mark.parametrize("preset", ["tiny", "crafter", "atari"])
-def test_actor_critic_step(benchmark, bench_device: torch.device, preset: str) -> None:
-    """One actor-critic update including burn-in and the whole imagination (horizon from the preset)."""
+def test_actor_critic_step(
+    benchmark, bench_device: torch.device, preset: str, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One actor-critic update including burn-in and the whole imagination (horizon from the preset).
+
+    ``pytorch`` is the pure-PyTorch baseline (``DELTAIRIS_BACKEND=torch``, eager); ``triton`` uses the
+    kernels eagerly; ``triton-graphs`` also replays the imagined world-model step from CUDA graphs.
+    """
+    if mode != "pytorch" and bench_device.type != "cuda":
+        pytest.skip("the Triton paths need a CUDA device")
+    monkeypatch.setenv("DELTAIRIS_BACKEND", "torch" if mode == "pytorch" else "auto")
+    cuda_graphs = mode == "triton-graphs"
     cfg = make_agent_config(preset)
     agent = Agent(cfg).to(bench_device).train()
     _, _, b = _scale(bench_device)[preset]
     batch = _batch(b, cfg.actor_critic.burn_in + 1, cfg.num_actions, bench_device)
-    opt = configure_optimizer(agent.actor_critic.model, 1e-4, kind="adam")
-    benchmark.group = f"model-step-{preset}"
+    ac = agent.actor_critic
+    opt = configure_optimizer(ac.model, 1e-4, kind="adam")
+    benchmark.group = f"actor-critic-step-{preset}"
     benchmark.extra_info["shape"] = f"B={b} burn-in={cfg.actor_critic.burn_in} H={cfg.actor_critic.horizon}"
     seed = iter(range(10**6))
 
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss = agent.actor_critic.compute_loss(batch, agent.tokenizer, agent.world_model, seed=next(seed)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(agent.actor_critic.model.parameters(), 10.0)
-        opt.step()
-        agent.actor_critic.update_target()
-        _sync(bench_device)
+    def loss() -> torch.Tensor:
+        return ac.compute_loss(batch, agent.tokenizer, agent.world_model, seed=next(seed), cuda_graphs=cuda_graphs).loss
 
+    step = _train_step(loss, ac.model.parameters(), opt, bench_device, autocast=False, after=ac.update_target)
     benchmark.pedantic(step, rounds=3, warmup_rounds=1)

@@ -144,14 +144,20 @@ class ActorCritic(nn.Module):
         for pt, p in zip(self.target_model.parameters(), self.model.parameters()):
             pt.lerp_(p, 1.0 - tau)
 
-    def imagine(self, batch, tokenizer, world_model, seed: int, horizon: int | None = None) -> ImaginationOutput:
+    def imagine(
+        self, batch, tokenizer, world_model, seed: int, horizon: int | None = None, cuda_graphs: bool | None = None
+    ) -> ImaginationOutput:
         from deltairis.rl.imagination import imagine
 
-        return imagine(batch, tokenizer, world_model, self, horizon or self.config.horizon, seed)
+        return imagine(batch, tokenizer, world_model, self, horizon or self.config.horizon, seed, cuda_graphs)
 
-    def compute_loss(self, batch, tokenizer, world_model, seed: int) -> LossOutput:
+    def compute_loss(self, batch, tokenizer, world_model, seed: int, cuda_graphs: bool | None = None) -> LossOutput:
+        """Imagine from ``batch`` (burn_in + 1 real frames) and return the actor-critic loss.
+
+        ``cuda_graphs`` overrides the config's choice of replaying the imagined step from CUDA graphs.
+        """
         cfg = self.config
-        out = self.imagine(batch, tokenizer, world_model, seed)
+        out = self.imagine(batch, tokenizer, world_model, seed, cuda_graphs=cuda_graphs)
         end = out.end.float()
         # step i counts while no imagined end happened before it
         alive = torch.cat((torch.ones_like(end[:, :1]), torch.cumprod(1.0 - end, dim=1)[:, :-1]), dim=1) > 0
