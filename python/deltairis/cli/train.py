@@ -55,7 +55,7 @@ def _split(argv: Sequence[str]) -> tuple[list[str], Path | None, bool, bool]:
     return overrides, run_dir, resume, print_cfg
 
 
-def _setup_logging(run_dir: Path | None) -> None:
+def _setup_logging(run_dir: Path | None) -> logging.Handler | None:
     fmt = logging.Formatter("[%(asctime)s %(levelname)s %(name)s] %(message)s", "%H:%M:%S")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
@@ -68,6 +68,8 @@ def _setup_logging(run_dir: Path | None) -> None:
         fh = logging.FileHandler(run_dir / "train.log")
         fh.setFormatter(fmt)
         root.addHandler(fh)
+        return fh
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,11 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if run_dir is None:
             run_dir = new_run_dir(Path.cwd() / "outputs")
-        _setup_logging(run_dir)
+        handler = _setup_logging(run_dir)
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        with logging_redirect_tqdm():
-            train(cfg, run_dir)
+        try:
+            with logging_redirect_tqdm():
+                train(cfg, run_dir)
+        finally:
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
     except ConfigError as exc:
         print(f"deltairis-train: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,107 @@
+"""Training-pipeline throughput: steps/s of every phase and the wall time of one tiny-preset epoch.
+
+``python -m pytest benchmarks/bench_train.py --benchmark-only`` (CPU or CUDA, see ``bench_device``).
+
+Groups (one test per variant, the baseline in the same run):
+
+* ``train-<phase>``: one gradient step of the tokenizer / world model / actor-critic at the tiny
+  preset's batch shapes, sampling batches from the C++ replay store (``cpp``) vs the NumPy reference
+  store (``numpy``, the baseline); ``extra_info["steps_per_s"]``;
+* ``collect``: env steps/s of collection with the policy (CNN-LSTM forward per step) vs uniformly random
+  actions (the baseline: env + store only);
+* ``tiny-epoch``: wall time of one steady-state epoch of ``env=toy params=tiny`` (collection, the
+  three training phases, checkpoint; evaluation excluded), a single round.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from deltairis.data import ReplayStore
+from deltairis.train.configuration import compose_config
+from deltairis.train.trainer import Trainer
+
+PHASES = ("tokenizer", "world_model", "actor_critic")
+STEPS = 2
+
+
+def _config(device: torch.device, *extra: str):
+    return compose_config(
+        ["env=toy", "params=tiny", f"common.device={device}", "wandb.mode=disabled", "common.progress_bar=false",
+         "common.seed=0", "evaluation.should=false", *extra]
+    )
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory: pytest.TempPathFactory, bench_device: torch.device) -> Trainer:
+    run = tmp_path_factory.mktemp("bench") / "run"
+    steps = [f"training.{p}.steps_per_epoch={STEPS}" for p in PHASES]
+    t = Trainer(_config(bench_device, *steps), run)
+    t.collect(1)  # the first epoch's random experience
+    yield t
+    t.close()
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+@pytest.mark.parametrize("phase", PHASES)
+def test_phase_steps(benchmark, trainer: Trainer, phase: str, backend: str) -> None:
+    from deltairis import native_available
+
+    if backend == "cpp" and not native_available():
+        pytest.skip("deltairis._core not built")
+    benchmark.group = f"train-{phase}"
+    own = trainer.stores["train"]
+    trainer.stores["train"] = own if backend == "cpp" else ReplayStore(own.directory, backend="numpy", read_only=True)
+    try:
+        # epoch 2 is past every component's first epoch: steps_per_epoch = STEPS steps
+        benchmark.pedantic(trainer.train_component, args=(phase, 2), rounds=3, warmup_rounds=1)
+    finally:
+        if trainer.stores["train"] is not own:
+            trainer.stores["train"].close()
+        trainer.stores["train"] = own
+    c = trainer.cfg.training[phase]
+    benchmark.extra_info["steps_per_s"] = STEPS / benchmark.stats.stats.mean
+    benchmark.extra_info["batch"] = f"{c.batch_size} x {trainer._seq_len(phase)}"
+    benchmark.extra_info["store_backend"] = backend
+
+
+@pytest.mark.parametrize("policy", ["agent", "random"])
+def test_collect(benchmark, trainer: Trainer, policy: str) -> None:
+    benchmark.group = "collect"
+    n = 50 * trainer.collector.num_envs
+    ac = trainer.agent.actor_critic if policy == "agent" else None
+
+    def run() -> None:
+        trainer.collector.collect(n, ac, trainer.device, epsilon=0.01, temperature=1.0, seed=1)
+
+    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    benchmark.extra_info["env_steps_per_s"] = n / benchmark.stats.stats.mean
+    benchmark.extra_info["num_envs"] = trainer.collector.num_envs
+
+
+def test_tiny_epoch(benchmark, tmp_path: Path, bench_device: torch.device) -> None:
+    benchmark.group = "tiny-epoch"
+    t = Trainer(_config(bench_device), tmp_path / "run")
+    try:
+        t.collect(1)
+        t.epoch = 1
+        metrics: dict[str, float] = {}
+
+        def run() -> None:
+            metrics.update(t.run_epoch(2))
+
+        benchmark.pedantic(run, rounds=1, iterations=1)
+    finally:
+        t.close()
+    for k, v in metrics.items():
+        if k.endswith("steps_per_s") or k == "epoch_seconds":
+            benchmark.extra_info[k] = round(float(v), 3)
+    c = t.cfg
+    benchmark.extra_info["schedule"] = (
+        f"collect {c.collection.train.num_steps} steps; tokenizer/world_model/actor_critic "
+        f"{c.training.tokenizer.steps_per_epoch}/{c.training.world_model.steps_per_epoch}/"
+        f"{c.training.actor_critic.steps_per_epoch} steps"
+    )
