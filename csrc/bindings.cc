@@ -371,6 +371,19 @@ void register_vecenv(py::module_& m) {
             return py::make_tuple(obs, r.reward, r.done, r.dead, r.over, r.info_reward);
           },
           py::arg("action"), "Returns (obs, reward, done, dead, over, info_reward).")
+      .def(
+          "render",
+          [](cr::Env& env) {
+            if (env.episode() == 0) throw py::value_error("call reset() before render()");
+            U8Array obs({env.assets().obs_height(), env.assets().obs_width(), 3});
+            std::uint8_t* ptr = obs.mutable_data();
+            {
+              py::gil_scoped_release release;
+              env.render_frame(ptr);
+            }
+            return obs;
+          },
+          "Draws the current frame (crafter.Env.render; uses the world's random stream at night).")
       .def_property_readonly("inventory", [](const cr::Env& e) { return e.inventory(); })
       .def_property_readonly("achievements", [](const cr::Env& e) { return e.achievements(); })
       .def_property_readonly("player_pos", [](const cr::Env& e) { return py::make_tuple(e.player_x(), e.player_y()); })

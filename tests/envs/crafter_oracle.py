@@ -241,6 +241,7 @@ def _run_case(case: dict[str, Any]) -> dict[str, Any]:
                 "player_pos",
                 "info_reward",
                 "daylight",
+                "render",
             )
         }
         export_every = case.get("export_every", 0)
@@ -262,6 +263,8 @@ def _run_case(case: dict[str, Any]) -> dict[str, Any]:
             rows["player_pos"].append(np.asarray(info["player_pos"], np.int64))
             rows["info_reward"].append(np.float64(info["reward"]))
             rows["daylight"].append(np.float64(env._world.daylight))
+            if t in case.get("render_at", ()):
+                rows["render"].append(env.render())
             if done:
                 break
         for key, values in rows.items():

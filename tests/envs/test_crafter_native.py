@@ -190,6 +190,12 @@ def _cases(slow: bool) -> dict[str, dict[str, Any]]:
         "episodes": [_random_actions(rng, 60, 0.8) for _ in range(3)],
     }
     cases["no_reward"] = {"seed": 10, "reward": False, "episodes": [_random_actions(rng, 150)]}
+    # Extra render() calls, by day and by night (where they draw from the world's random stream).
+    cases["render_calls"] = {
+        "seed": 1001,
+        "render_at": [0, 5, 150, 180, 181, 200, 230, 260, 300],
+        "episodes": [_random_actions(rng, 500, 0.8)],
+    }
     cases["big_seeds"] = {"seed": 2**40 + 3, "episodes": [_random_actions(rng, 50)]}
     cases["negative_seed"] = {"seed": -12345, "episodes": [_random_actions(rng, 50)]}
     for name in SCENARIOS:
@@ -229,7 +235,7 @@ def assert_same_trajectories(
     With ``replay_despawns`` the engine removes the objects the (unmodified) reference removed.
     """
     env = _native_for(case)
-    stats = {"steps": 0, "night_steps": 0, "sleep_steps": 0, "despawns": 0}
+    stats = {"steps": 0, "night_steps": 0, "sleep_steps": 0, "despawns": 0, "renders": 0}
     for e, actions in enumerate(case["episodes"]):
         obs = env.reset()
         if replay_despawns:
@@ -263,6 +269,12 @@ def assert_same_trajectories(
             )
             assert tuple(info["player_pos"]) == tuple(ref[f"e{e}_player_pos"][t]), f"{at}: player_pos"
             assert env.daylight == ref[f"e{e}_daylight"][t], f"{at}: daylight"
+            if t in case.get("render_at", ()):
+                frame = env.render()
+                np.testing.assert_array_equal(
+                    frame, ref[f"e{e}_render"][stats["renders"]], err_msg=f"{at}: render"
+                )
+                stats["renders"] += 1
             stats["steps"] += 1
             stats["night_steps"] += env.daylight < 0.5
             stats["sleep_steps"] += bool(env._env.sleeping)
@@ -282,7 +294,7 @@ def test_trajectories_match_reference(reference: dict[str, Any], kind: str) -> N
         else [n for n in reference if not n.startswith(("random", "night", "scripted"))]
     )
     assert names
-    total = {"steps": 0, "night_steps": 0, "sleep_steps": 0, "despawns": 0}
+    total = {"steps": 0, "night_steps": 0, "sleep_steps": 0, "despawns": 0, "renders": 0}
     for name in names:
         stats = assert_same_trajectories(*reference[name])
         total = {k: total[k] + stats[k] for k in total}
@@ -427,6 +439,9 @@ def test_reference_cases_cover_the_game(reference: dict[str, Any]) -> None:
     assert (np.isin(sem[:-1], (table, furnace)) & (sem[1:] == path)).any()
     health = reference["scenario_sleep_attack"][1]["e0_inventory"][:, 0]
     assert (np.diff(health) <= -7).any()
+    case, ref = reference["render_calls"]
+    ats = [t for t in case["render_at"] if t < len(ref["e0_daylight"])]
+    assert len(ref["e0_render"]) == len(ats) >= 4 and (ref["e0_daylight"][ats] < 0.5).any()
     ref = reference["scenario_edges"][1]
     assert (ref["e0_player_pos"] == 0).all(axis=1).any()  # reached the corner (0, 0)
     pickaxes = ref["e0_inventory"][:, 10]  # wood_pickaxe: made only away from x == 0 and y == 0
@@ -565,7 +580,11 @@ def test_bad_actions_single_env() -> None:
     env = CrafterNative(seed=0)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(0)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.render()
     env.reset()
+    with pytest.raises(ValueError, match="size"):
+        env.render((32, 32))
     for bad in (-1, 17, 100):
         with pytest.raises(ValueError, match="action"):
             env.step(bad)

@@ -238,6 +238,9 @@ class Env {
   // Advances one step; `action` must be in [0, num_actions).
   StepResult step(int action, std::uint8_t* obs);
 
+  // crafter.Env.render(): draws the current frame again (at night this draws the noise from the world's
+  // random stream, exactly as crafter does, so it changes the rest of the episode).
+  void render_frame(std::uint8_t* obs) { render(obs); }
   const Assets& assets() const { return *assets_; }
   std::int64_t seed() const { return seed_; }
   std::int64_t episode() const { return episode_; }

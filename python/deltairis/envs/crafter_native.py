@@ -204,7 +204,16 @@ class CrafterNative:
         return self._env.objects()
 
     def render(self, size: Any = None) -> np.ndarray:
-        raise NotImplementedError("CrafterNative renders only at its configured size; use the observation")
+        """Draw the current frame like ``crafter.Env.render``: uint8 (H, W, 3).
+
+        As in crafter, rendering at night draws noise from the world's random generator, so calling it
+        changes the rest of the episode. Only the configured ``size`` is supported.
+        """
+        if size is not None and _pair(size, "size") != self._size:
+            raise ValueError(f"size must be None or the configured size {self._size}, got {size!r}")
+        if not self._started:
+            raise RuntimeError("call reset() before render()")
+        return self._env.render()
 
     def close(self) -> None:
         pass
