@@ -549,16 +549,16 @@ StepResult Env::step(int action, std::uint8_t* obs) {
   update_time();
   action_ = action;
   const int view_max = std::max(a_.config_.view_x, a_.config_.view_y);
-  const std::vector<std::uint32_t> snapshot = alive_;
-  for (std::uint32_t slot : snapshot) {
+  snapshot_.assign(alive_.begin(), alive_.end());  // objects created during the step are not updated
+  for (std::uint32_t slot : snapshot_) {
     const Obj& player = slots_[player_slot_];
     const Obj& obj = slots_[slot];
     const int dist = std::abs(obj.x - player.x) + std::abs(obj.y - player.y);
     if (dist < 2 * view_max) update_object(slot);
   }
   if (step_ % 10 == 0) {
-    const std::vector<int> chunks = chunk_order_;
-    for (int chunk : chunks) balance_chunk(chunk);
+    chunk_snapshot_.assign(chunk_order_.begin(), chunk_order_.end());
+    for (int chunk : chunk_snapshot_) balance_chunk(chunk);
   }
   render(obs);
   StepResult result;
@@ -894,7 +894,8 @@ void Env::balance_object(int chunk, ObjKind kind, int material, int span_dist, i
                          double spawn_prob, double despawn_prob, double target_min, double target_max) {
   const int xmin = (chunk / nchunk_y_) * 12, ymin = (chunk % nchunk_y_) * 12;
   const int xmax = std::min(xmin + 12, ax_), ymax = std::min(ymin + 12, ay_);
-  std::vector<std::uint32_t> creatures;
+  std::vector<std::uint32_t>& creatures = creatures_;
+  creatures.clear();
   for (std::uint32_t slot : chunk_members_[chunk]) {
     if (slots_[slot].kind == kind) creatures.push_back(slot);
   }

@@ -355,6 +355,11 @@ class Env {
   int env_last_health_ = 0;
   std::vector<bool> unlocked_;
 
+  // Per-step scratch (reused to avoid allocations).
+  std::vector<std::uint32_t> snapshot_;
+  std::vector<int> chunk_snapshot_;
+  std::vector<std::uint32_t> creatures_;
+
   std::vector<std::uint32_t> forced_despawns_;
   std::size_t forced_next_ = 0;
 
