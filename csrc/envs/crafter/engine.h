@@ -257,8 +257,6 @@ class Env {
   void semantic(std::uint8_t* out) const;
   // Live objects in creation order.
   std::vector<ObjectState> objects() const;
-  // Lets the next reset() use this episode number minus one (the Python env's counter).
-  void set_episode(std::int64_t episode) { episode_ = episode; }
   // Test hook (replay of the unmodified package): the slots that the next despawns remove, in order,
   // instead of creation-order creatures[randint(0, n)] (the draw itself still happens).
   void set_despawn_choices(std::vector<std::uint32_t> slots) {
