@@ -30,6 +30,11 @@ def derive_seed(*parts: int | str) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def derive_env_seed(*parts: int | str) -> int:
+    """Like :func:`derive_seed`, but small enough for env backends that take 32-bit seeds (seed + i)."""
+    return derive_seed(*parts) % (2**31 - 2**16)
+
+
 def to_chw(obs: np.ndarray) -> np.ndarray:
     """(N, H, W, C) uint8 frames -> (N, C, H, W)."""
     return np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
@@ -311,4 +316,4 @@ def run_test_episodes(
     return stats
 
 
-__all__ = ["CollectStats", "Collector", "derive_seed", "obs_to_tensor", "run_test_episodes", "to_chw"]
+__all__ = ["CollectStats", "Collector", "derive_env_seed", "derive_seed", "obs_to_tensor", "run_test_episodes", "to_chw"]

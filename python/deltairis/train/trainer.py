@@ -41,7 +41,7 @@ from deltairis.train.checkpoint import (
     recover_checkpoint_set,
     write_checkpoint_set,
 )
-from deltairis.train.collector import Collector, CollectStats, derive_seed, run_test_episodes
+from deltairis.train.collector import Collector, CollectStats, derive_env_seed, derive_seed, run_test_episodes
 from deltairis.train.configuration import ConfigError, agent_config_from, diff_dicts, save_config
 from deltairis.train.envs import make_env
 from deltairis.train.logging_utils import MetricsLogger, save_episode, save_image_grid, to_uint8_hwc
@@ -174,7 +174,7 @@ class Trainer:
 
         # -- environments and model configuration ----------------------------------------------------
         ctrain = cfg.collection.train
-        env = make_env(cfg.env, "train", ctrain.num_envs, seed=derive_seed(self.seed, "train_env"))
+        env = make_env(cfg.env, "train", ctrain.num_envs, seed=derive_env_seed(self.seed, "train_env"))
         self.num_actions = int(env.num_actions)
         self.action_names = list(getattr(env, "action_names", []))
         agent_cfg = agent_config_from(cfg, self.num_actions)
@@ -217,14 +217,14 @@ class Trainer:
             split: ReplayStore(dataset_dir / split, backend="auto", create=True) for split in ("train", "test")
         }
         self.collector = Collector(
-            env, self.stores["train"], agent_cfg.actor_critic.burn_in, seed=derive_seed(self.seed, "train_env")
+            env, self.stores["train"], agent_cfg.actor_critic.burn_in, seed=derive_env_seed(self.seed, "train_env")
         )
         self.epoch = 0
         self.num_updates = {c: 0 for c in COMPONENTS}
         if state is not None:
             self.epoch = int(state["epoch"])
             self.num_updates = dict(state["num_updates"])
-            self.collector.load_state_dict(state["collector"], reset_seed=derive_seed(self.seed, "reset", self.epoch))
+            self.collector.load_state_dict(state["collector"], reset_seed=derive_env_seed(self.seed, "reset", self.epoch))
             _set_rng_state(state["rng"])
             logger.info("resumed %s at the end of epoch %d", self.run_dir, self.epoch)
         elif cfg.collection.path_to_static_dataset:
@@ -528,7 +528,7 @@ class Trainer:
         self._set_modes(None)
         ctest = cfg.collection.test
         if ctest.num_episodes > 0:
-            env = make_env(cfg.env, "test", ctest.num_envs, seed=derive_seed(self.seed, "test_env", epoch))
+            env = make_env(cfg.env, "test", ctest.num_envs, seed=derive_env_seed(self.seed, "test_env", epoch))
             bar = _Progress(cfg.common.progress_bar, ctest.num_episodes, f"epoch {epoch} test episodes", "ep")
             try:
                 stats = run_test_episodes(
@@ -538,7 +538,7 @@ class Trainer:
                     self.device,
                     epsilon=ctest.epsilon,
                     temperature=ctest.temperature,
-                    seed=derive_seed(self.seed, "test", epoch),
+                    seed=derive_env_seed(self.seed, "test", epoch),
                     store=self.stores["test"],
                     progress=bar.update,
                 )
