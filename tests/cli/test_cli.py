@@ -22,7 +22,8 @@ TINY = [
     "training.tokenizer.steps_first_epoch=1", "training.tokenizer.steps_per_epoch=1", "training.tokenizer.batch_size=2",
     "training.world_model.steps_first_epoch=1", "training.world_model.steps_per_epoch=1",
     "training.world_model.batch_size=2", "training.world_model.seq_len=4",
-    "training.actor_critic.steps_first_epoch=1", "training.actor_critic.steps_per_epoch=1",
+    "training.actor_critic.start_after_epochs=0", "training.actor_critic.steps_first_epoch=1",
+    "training.actor_critic.steps_per_epoch=1",
     "training.actor_critic.batch_size=2", "evaluation.every=1", "evaluation.num_batches=1",
     "evaluation.num_reconstructions=2", "+agent.overrides.actor_critic.horizon=2",
 ]

@@ -31,6 +31,7 @@ TINY = [
     "training.world_model.steps_per_epoch=2",
     "training.world_model.batch_size=2",
     "training.world_model.seq_len=4",
+    "training.actor_critic.start_after_epochs=0",
     "training.actor_critic.steps_first_epoch=2",
     "training.actor_critic.steps_per_epoch=2",
     "training.actor_critic.batch_size=2",

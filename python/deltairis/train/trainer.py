@@ -572,7 +572,7 @@ class Trainer:
     def save_reconstructions(self, store: Any, epoch: int) -> Path:
         """Rows of real frames x_{t+1} above the tokenizer's reconstruction from (x_t, a_t, Δ-tokens)."""
         k = int(self.cfg.evaluation.num_reconstructions)
-        seq_len = min(8, self._seq_len("tokenizer"))
+        seq_len = min(8, max(self._seq_len("tokenizer"), self._seq_len("world_model")))
         batch = store.sample(
             "eval_reconstructions", k, seq_len, pad_mode="left",
             seed=derive_seed(self.seed, "reconstructions", epoch), update_counts=False,
