@@ -18,7 +18,11 @@ from deltairis.data import Batch
 from deltairis.models import configure_optimizer
 
 # (tokenizer B, T), (world model B, T), actor-critic B  -- full preset shapes from SPEC section 6
-FULL = {"crafter": ((32, 21), (32, 21), 86), "atari": ((16, 21), (64, 26), 64), "tiny": ((16, 21), (16, 21), 32)}
+FULL = {
+    "crafter": ((32, 21), (32, 21), 86),
+    "atari": ((16, 21), (64, 26), 64),
+    "tiny": ((16, 21), (16, 21), 32),
+}
 CPU = {"crafter": ((2, 21), (4, 21), 4), "atari": ((2, 21), (4, 26), 4), "tiny": ((8, 21), (8, 21), 16)}
 
 
@@ -74,7 +78,9 @@ def test_tokenizer_step(benchmark, bench_device: torch.device, preset: str) -> N
     opt = configure_optimizer(tok, 1e-4, 0.01)
     benchmark.group = f"model-step-{preset}"
     benchmark.extra_info["shape"] = f"B={b} T={t}"
-    step = _train_step(lambda: tok.compute_loss(batch).loss, tok.parameters(), opt, bench_device, autocast=True)
+    step = _train_step(
+        lambda: tok.compute_loss(batch).loss, tok.parameters(), opt, bench_device, autocast=True
+    )
     benchmark.pedantic(step, rounds=3, warmup_rounds=1)
 
 
@@ -89,7 +95,11 @@ def test_world_model_step(benchmark, bench_device: torch.device, preset: str) ->
     benchmark.group = f"model-step-{preset}"
     benchmark.extra_info["shape"] = f"B={b} T={t}"
     step = _train_step(
-        lambda: wm.compute_loss(batch, agent.tokenizer).loss, wm.parameters(), opt, bench_device, autocast=True
+        lambda: wm.compute_loss(batch, agent.tokenizer).loss,
+        wm.parameters(),
+        opt,
+        bench_device,
+        autocast=True,
     )
     benchmark.pedantic(step, rounds=3, warmup_rounds=1)
 
@@ -119,7 +129,9 @@ def test_actor_critic_step(
     seed = iter(range(10**6))
 
     def loss() -> torch.Tensor:
-        return ac.compute_loss(batch, agent.tokenizer, agent.world_model, seed=next(seed), cuda_graphs=cuda_graphs).loss
+        return ac.compute_loss(
+            batch, agent.tokenizer, agent.world_model, seed=next(seed), cuda_graphs=cuda_graphs
+        ).loss
 
     step = _train_step(loss, ac.model.parameters(), opt, bench_device, autocast=False, after=ac.update_target)
     benchmark.pedantic(step, rounds=3, warmup_rounds=1)

@@ -32,15 +32,27 @@ def encoder_keys(prefix: str, cin: int, latent: int, n: int) -> dict[str, tuple]
     # 8 RB(2n,4n), 9 GroupNorm(4n), 10 SiLU, 11 conv(4n->latent)
     d = _conv(f"{prefix}.0", n, cin, 3) | _rb(f"{prefix}.1", n, n) | _conv(f"{prefix}.2.conv", n, n, 2)
     d |= _rb(f"{prefix}.3", n, n) | _rb(f"{prefix}.4", n, 2 * n) | _conv(f"{prefix}.5.conv", 2 * n, 2 * n, 2)
-    d |= _rb(f"{prefix}.6", 2 * n, 2 * n) | _conv(f"{prefix}.7.conv", 2 * n, 2 * n, 2) | _rb(f"{prefix}.8", 2 * n, 4 * n)
+    d |= (
+        _rb(f"{prefix}.6", 2 * n, 2 * n)
+        | _conv(f"{prefix}.7.conv", 2 * n, 2 * n, 2)
+        | _rb(f"{prefix}.8", 2 * n, 4 * n)
+    )
     return d | _gn(f"{prefix}.9", 4 * n) | _conv(f"{prefix}.11", latent, 4 * n, 3)
 
 
 def decoder_keys(prefix: str, latent: int, cout: int, n: int) -> dict[str, tuple]:
     # SPEC 2: 0 conv(latent->4n), 1 RB(4n,2n), 2 up(2n), 3 RB(2n,2n), 4 up(2n), 5 RB(2n,n), 6 RB(n,n),
     # 7 up(n), 8 RB(n,n), 9 GroupNorm(n), 10 SiLU, 11 conv(n->C_out)
-    d = _conv(f"{prefix}.0", 4 * n, latent, 3) | _rb(f"{prefix}.1", 4 * n, 2 * n) | _conv(f"{prefix}.2.conv", 2 * n, 2 * n, 3)
-    d |= _rb(f"{prefix}.3", 2 * n, 2 * n) | _conv(f"{prefix}.4.conv", 2 * n, 2 * n, 3) | _rb(f"{prefix}.5", 2 * n, n)
+    d = (
+        _conv(f"{prefix}.0", 4 * n, latent, 3)
+        | _rb(f"{prefix}.1", 4 * n, 2 * n)
+        | _conv(f"{prefix}.2.conv", 2 * n, 2 * n, 3)
+    )
+    d |= (
+        _rb(f"{prefix}.3", 2 * n, 2 * n)
+        | _conv(f"{prefix}.4.conv", 2 * n, 2 * n, 3)
+        | _rb(f"{prefix}.5", 2 * n, n)
+    )
     d |= _rb(f"{prefix}.6", n, n) | _conv(f"{prefix}.7.conv", n, n, 3) | _rb(f"{prefix}.8", n, n)
     return d | _gn(f"{prefix}.9", n) | _conv(f"{prefix}.11", cout, n, 3)
 
@@ -63,7 +75,9 @@ def reference_layout(preset: str, a: int) -> dict[str, tuple]:
         "tokenizer.quantizer.codewords_freqs": (1024,),
         "tokenizer.quantizer.num_codebook_updates": (),
     }
-    d |= _lin("tokenizer.quantizer.pre_quant_proj", 64, 1024) | _lin("tokenizer.quantizer.post_quant_proj", 1024, 64)
+    d |= _lin("tokenizer.quantizer.pre_quant_proj", 64, 1024) | _lin(
+        "tokenizer.quantizer.post_quant_proj", 1024, 64
+    )
     d |= encoder_keys("tokenizer.encoder.encoder", 7, 64, 64)
     d |= decoder_keys("tokenizer.decoder.decoder", dec_latent + 4 + 64, 3, 64)
     d |= encoder_keys("tokenizer.frame_cnn.encoder", 3, dec_latent, dec_n)
@@ -123,7 +137,7 @@ def test_reference_layout_loads_strictly(tmp_path: Path, preset: str, a: int) ->
 
 def test_crafter_parameter_counts_match_spec() -> None:
     agent = Agent(make_agent_config("crafter"))
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(agent.tokenizer) == 5_409_611
     assert count(agent.world_model) == 11_948_457
     assert count(agent.actor_critic) == 7_490_432
@@ -140,7 +154,9 @@ def test_parity_api_shapes_on_reference_weights(tmp_path: Path) -> None:
     recon = agent.reconstruct(obs[:, :-1], act[:, :-1], obs[:, 1:])
     assert recon.shape == (2, 2, 3, 64, 64) and recon.min() >= 0 and recon.max() <= 1
     wm = agent.world_model_logits(obs, act)
-    assert wm.latents.shape == (2, 2, 4, 1024) and wm.rewards.shape == (2, 3, 255) and wm.ends.shape == (2, 3, 2)
+    assert (
+        wm.latents.shape == (2, 2, 4, 1024) and wm.rewards.shape == (2, 3, 255) and wm.ends.shape == (2, 3, 2)
+    )
     # the teacher-forced latent logits use the tokenizer's tokens as inputs: changing the first frame's
     # tokens changes the second transition's predictions
     pol = agent.policy_logits(obs)
@@ -164,7 +180,9 @@ def test_parity_api_shapes_on_reference_weights(tmp_path: Path) -> None:
             r"tokenizer.quantizer.codebook has shape \(512, 64\), expected \(1024, 64\)",
         ),
         (
-            lambda sd: sd.__setitem__("world_model.transformer.blocks.1.sa.mask", torch.ones(126, 126, dtype=torch.bool)),
+            lambda sd: sd.__setitem__(
+                "world_model.transformer.blocks.1.sa.mask", torch.ones(126, 126, dtype=torch.bool)
+            ),
             "blocks.1.sa.mask is not the causal attention mask",
         ),
         (

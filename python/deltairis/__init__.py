@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_agent", "Agent", "native_available"]
+__all__ = ["Agent", "__version__", "load_agent", "native_available"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from deltairis.agent import Agent, load_agent

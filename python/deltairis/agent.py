@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from deltairis.config.models import AgentConfig, make_agent_config
 from deltairis.models.actor_critic import ActorCritic
@@ -141,7 +141,9 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, Any], what: str 
     if missing:
         problems.append(f"missing keys: {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else ""))
     if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected[:20])}" + (" ..." if len(unexpected) > 20 else ""))
+        problems.append(
+            f"unexpected keys: {', '.join(unexpected[:20])}" + (" ..." if len(unexpected) > 20 else "")
+        )
     for k in sorted(set(expected) & set(state_dict)):
         v = state_dict[k]
         if not isinstance(v, torch.Tensor):
@@ -161,12 +163,12 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, Any], what: str 
 def _check_masks(agent: Agent, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
     expected = build_mask(agent.config.world_model.transformer)
     for k, v in state_dict.items():
-        if k.startswith("world_model.transformer.blocks.") and k.endswith(".sa.mask"):
-            if not torch.equal(v.bool().cpu(), expected):
-                raise CheckpointError(
-                    f"{what}: {k} is not the {agent.config.world_model.transformer.attention} attention mask "
-                    "of this configuration (set the transformer's attention type to match the checkpoint)"
-                )
+        is_mask = k.startswith("world_model.transformer.blocks.") and k.endswith(".sa.mask")
+        if is_mask and not torch.equal(v.bool().cpu(), expected):
+            raise CheckpointError(
+                f"{what}: {k} is not the {agent.config.world_model.transformer.attention} attention mask "
+                "of this configuration (set the transformer's attention type to match the checkpoint)"
+            )
 
 
 def load_agent(
@@ -182,12 +184,16 @@ def load_agent(
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or not a torch file ({exc})") from exc
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: the file is corrupt or not a torch file ({exc})"
+        ) from exc
     if not isinstance(payload, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, expected a state dict")
     if payload.get("format") == CHECKPOINT_FORMAT:
         if payload.get("version") != CHECKPOINT_VERSION:
-            raise CheckpointError(f"checkpoint {path} has format version {payload.get('version')}, expected {CHECKPOINT_VERSION}")
+            raise CheckpointError(
+                f"checkpoint {path} has format version {payload.get('version')}, expected {CHECKPOINT_VERSION}"
+            )
         try:
             config = AgentConfig.from_dict(payload["config"])
         except (KeyError, TypeError, ValueError) as exc:

@@ -7,7 +7,9 @@ import torch
 from deltairis.data import Batch
 
 
-def make_batch(b: int, t: int, num_actions: int, *, pad_left: int = 0, pad_right: int = 0, seed: int = 0) -> Batch:
+def make_batch(
+    b: int, t: int, num_actions: int, *, pad_left: int = 0, pad_right: int = 0, seed: int = 0
+) -> Batch:
     g = torch.Generator().manual_seed(seed)
     obs = torch.rand(b, t, 3, 64, 64, generator=g)
     mask = torch.ones(b, t, dtype=torch.bool)

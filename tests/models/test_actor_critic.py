@@ -114,7 +114,9 @@ def test_loss_gradients_reach_only_the_online_model(agent: Agent) -> None:
 
 def test_cache_resets_when_full() -> None:
     cfg = make_agent_config("tiny")
-    wm_cfg = dataclasses.replace(cfg.world_model, transformer=dataclasses.replace(cfg.world_model.transformer, max_blocks=4))
+    wm_cfg = dataclasses.replace(
+        cfg.world_model, transformer=dataclasses.replace(cfg.world_model.transformer, max_blocks=4)
+    )
     cfg = dataclasses.replace(cfg, world_model=wm_cfg)
     agent = Agent(cfg).eval()
     b = make_batch(2, 3, 5)

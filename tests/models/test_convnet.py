@@ -8,12 +8,32 @@ from deltairis.models.convnet import Downsample, FrameDecoder, FrameEncoder, Res
 
 # SPEC section 2, written out by hand: (kind, in_mult, out_mult) with n = num_channels.
 ENCODER_LAYOUT = [
-    ("conv", None, 1), ("rb", 1, 1), ("down", 1, 1), ("rb", 1, 1), ("rb", 1, 2), ("down", 2, 2),
-    ("rb", 2, 2), ("down", 2, 2), ("rb", 2, 4), ("gn", 4, 4), ("silu", 4, 4), ("conv", 4, None),
+    ("conv", None, 1),
+    ("rb", 1, 1),
+    ("down", 1, 1),
+    ("rb", 1, 1),
+    ("rb", 1, 2),
+    ("down", 2, 2),
+    ("rb", 2, 2),
+    ("down", 2, 2),
+    ("rb", 2, 4),
+    ("gn", 4, 4),
+    ("silu", 4, 4),
+    ("conv", 4, None),
 ]
 DECODER_LAYOUT = [
-    ("conv", None, 4), ("rb", 4, 2), ("up", 2, 2), ("rb", 2, 2), ("up", 2, 2), ("rb", 2, 1),
-    ("rb", 1, 1), ("up", 1, 1), ("rb", 1, 1), ("gn", 1, 1), ("silu", 1, 1), ("conv", 1, None),
+    ("conv", None, 4),
+    ("rb", 4, 2),
+    ("up", 2, 2),
+    ("rb", 2, 2),
+    ("up", 2, 2),
+    ("rb", 2, 1),
+    ("rb", 1, 1),
+    ("up", 1, 1),
+    ("rb", 1, 1),
+    ("gn", 1, 1),
+    ("silu", 1, 1),
+    ("conv", 1, None),
 ]
 
 
@@ -25,15 +45,25 @@ def _check_layout(seq: torch.nn.Sequential, layout: list, n: int) -> None:
             assert layer.f[2].in_channels == cin * n and layer.f[2].out_channels == cout * n
             assert isinstance(layer.skip_projection, torch.nn.Conv2d) == (cin != cout)
         elif kind == "down":
-            assert isinstance(layer, Downsample) and layer.conv.kernel_size == (2, 2) and layer.conv.stride == (2, 2)
+            assert (
+                isinstance(layer, Downsample)
+                and layer.conv.kernel_size == (2, 2)
+                and layer.conv.stride == (2, 2)
+            )
         elif kind == "up":
             assert isinstance(layer, Upsample) and layer.conv.kernel_size == (3, 3)
         elif kind == "gn":
-            assert isinstance(layer, torch.nn.GroupNorm) and layer.num_channels == cin * n and layer.num_groups == 32
+            assert (
+                isinstance(layer, torch.nn.GroupNorm)
+                and layer.num_channels == cin * n
+                and layer.num_groups == 32
+            )
         elif kind == "silu":
             assert isinstance(layer, torch.nn.SiLU)
         else:
-            assert isinstance(layer, torch.nn.Conv2d) and layer.kernel_size == (3, 3) and layer.bias is not None
+            assert (
+                isinstance(layer, torch.nn.Conv2d) and layer.kernel_size == (3, 3) and layer.bias is not None
+            )
 
 
 @pytest.mark.parametrize("n", [32, 64])

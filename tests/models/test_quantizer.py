@@ -21,7 +21,9 @@ def test_codebook_is_unit_norm_and_tokens_are_argmax() -> None:
     out = q(x)
     assert out.tokens.shape == (5, 7) and out.tokens.dtype == torch.int64
     z = F.normalize(q.pre_quant_proj(x), dim=-1)
-    brute = torch.stack([torch.stack([(z[i, j] @ q.codebook.T).argmax() for j in range(7)]) for i in range(5)])
+    brute = torch.stack(
+        [torch.stack([(z[i, j] @ q.codebook.T).argmax() for j in range(7)]) for i in range(5)]
+    )
     assert torch.equal(out.tokens, brute)
     for _ in range(3):
         q.update_codebook(out.z, out.tokens)

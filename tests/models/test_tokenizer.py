@@ -22,7 +22,7 @@ def test_shapes_and_dtypes(tokenizer: Tokenizer) -> None:
     tokens = tokenizer.encode_tokens(b.obs[:, :-1], b.act[:, :-1], b.obs[:, 1:])
     assert tokens.shape == (2, 3, 4) and tokens.dtype == torch.int64
     assert tokens.min() >= 0 and tokens.max() < tokenizer.config.codebook_size
-    recon, qo = tokenizer(b.obs[:, :-1], b.act[:, :-1], b.obs[:, 1:], clamp=True)
+    recon, _ = tokenizer(b.obs[:, :-1], b.act[:, :-1], b.obs[:, 1:], clamp=True)
     assert recon.shape == (2, 3, 3, 64, 64)
     assert recon.min() >= 0 and recon.max() <= 1
     torch.testing.assert_close(recon * 255, (recon * 255).round())
@@ -60,7 +60,9 @@ def test_loss_ignores_padding(tokenizer: Tokenizer) -> None:
 
 
 def test_loss_terms_and_training_update() -> None:
-    cfg = dataclasses.replace(make_agent_config("tiny").tokenizer, commitment_weight=0.0, l1_weight=0.0, max_pixel_weight=0.0)
+    cfg = dataclasses.replace(
+        make_agent_config("tiny").tokenizer, commitment_weight=0.0, l1_weight=0.0, max_pixel_weight=0.0
+    )
     tok = Tokenizer(cfg)
     b = make_batch(1, 3, 5, seed=3)
     recon, _ = tok(b.obs[:, :-1], b.act[:, :-1], b.obs[:, 1:])

@@ -50,7 +50,9 @@ def test_kv_cached_steps_equal_full_forward(t: int) -> None:
 def test_block_causal_differs_and_sees_inside_block() -> None:
     torch.manual_seed(0)
     causal, block = _wm("causal", num_layers=1), _wm("block_causal", num_layers=1)
-    block.load_state_dict(causal.state_dict() | {k: v for k, v in block.state_dict().items() if k.endswith("mask")})
+    block.load_state_dict(
+        causal.state_dict() | {k: v for k, v in block.state_dict().items() if k.endswith("mask")}
+    )
     seq = torch.randn(1, 12, 128)
     a, bb = causal.transformer(seq), block.transformer(seq)
     # with one layer, the last token of each block sees the same context under both masks

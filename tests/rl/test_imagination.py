@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from models.helpers import make_batch
 
 from deltairis.agent import Agent
 from deltairis.config import make_agent_config
 from deltairis.rl.imagination import imagine, stream_base, world_model_burn_in, world_model_step
-
-from models.helpers import make_batch
 
 
 def _rollout(agent: Agent, batch, tensor_offset: bool, steps: int = 4):
@@ -32,8 +31,12 @@ def test_device_offsets_reproduce_host_offsets(preset: str) -> None:
         import dataclasses
 
         cfg = dataclasses.replace(cfg, tokenizer=make_agent_config("tiny", cfg.num_actions).tokenizer)
-        cfg = dataclasses.replace(cfg, world_model=dataclasses.replace(
-            make_agent_config("tiny", cfg.num_actions).world_model, two_hot_rewards=False))
+        cfg = dataclasses.replace(
+            cfg,
+            world_model=dataclasses.replace(
+                make_agent_config("tiny", cfg.num_actions).world_model, two_hot_rewards=False
+            ),
+        )
     agent = Agent(cfg).eval()
     batch = make_batch(2, 3, cfg.num_actions)
     f1, r1, e1, s1 = _rollout(agent, batch, tensor_offset=False)
@@ -64,8 +67,12 @@ def test_cuda_graph_imagination_equals_eager(preset: str) -> None:
     ac = agent.actor_critic
     opt = torch.optim.Adam(agent.world_model.parameters(), lr=1e-3)
     for it in range(2):  # second round: after an in-place optimizer update, the graphs see new weights
-        graphed = imagine(batch, agent.tokenizer, agent.world_model, ac, ac.config.horizon, seed=it, cuda_graphs=True)
-        eager = imagine(batch, agent.tokenizer, agent.world_model, ac, ac.config.horizon, seed=it, cuda_graphs=False)
+        graphed = imagine(
+            batch, agent.tokenizer, agent.world_model, ac, ac.config.horizon, seed=it, cuda_graphs=True
+        )
+        eager = imagine(
+            batch, agent.tokenizer, agent.world_model, ac, ac.config.horizon, seed=it, cuda_graphs=False
+        )
         assert torch.equal(graphed.act, eager.act)
         torch.testing.assert_close(graphed.obs, eager.obs, rtol=0, atol=1.5 / 255)
         torch.testing.assert_close(graphed.rew, eager.rew, rtol=1e-4, atol=1e-4)

@@ -30,7 +30,9 @@ class FrameCnnConfig:
             raise ValueError(f"mult {self.mult} and down {self.down} must have the same length")
         for m in self.mult:
             if (m * self.num_channels) % self.num_groups:
-                raise ValueError(f"{m}*{self.num_channels} channels not divisible by {self.num_groups} groups")
+                raise ValueError(
+                    f"{m}*{self.num_channels} channels not divisible by {self.num_groups} groups"
+                )
 
     @property
     def downsampling(self) -> int:
@@ -70,7 +72,9 @@ class TokenizerConfig:
     def decoder(self) -> FrameCnnConfig:
         latent = self.frame_cnn.latent_dim + self.decoder_act_channels + self.encoder.latent_dim
         enc = self.encoder
-        return FrameCnnConfig(self.image_channels, latent, self.decoder_num_channels, enc.mult, enc.down, enc.num_groups)
+        return FrameCnnConfig(
+            self.image_channels, latent, self.decoder_num_channels, enc.mult, enc.down, enc.num_groups
+        )
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,7 @@ def make_agent_config(preset: str = "crafter", num_actions: int | None = None) -
             ),
         )
     # tiny: same structure, narrow layers and early downsampling, for tests and CPU demos
-    cnn = dict(mult=(1, 1, 1, 1), down=(1, 1, 1, 0), num_groups=8)
+    cnn: dict = {"mult": (1, 1, 1, 1), "down": (1, 1, 1, 0), "num_groups": 8}
     return AgentConfig(
         preset,
         TokenizerConfig(

@@ -9,8 +9,8 @@ import copy
 from typing import NamedTuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from deltairis import ops
 from deltairis.config.models import ActorCriticConfig
@@ -53,7 +53,9 @@ class ActorCriticModel(nn.Module):
         h, c = self.lstm(self.cnn(obs), state)
         return PolicyOutput(self.actor_linear(h), self.critic_linear(h), (h, c))
 
-    def burn_in(self, obs: torch.Tensor, mask: torch.Tensor | None = None, state: State | None = None) -> State:
+    def burn_in(
+        self, obs: torch.Tensor, mask: torch.Tensor | None = None, state: State | None = None
+    ) -> State:
         """Run the LSTM over (N, T, 3, 64, 64); steps where ``mask`` is False leave the state unchanged."""
         n, t = obs.shape[:2]
         if state is None:
@@ -107,7 +109,9 @@ class ActorCritic(nn.Module):
         keep = (~done.bool()).unsqueeze(-1).to(state[0].dtype)
         return state[0] * keep, state[1] * keep
 
-    def burn_in(self, obs: torch.Tensor, mask: torch.Tensor | None = None, state: State | None = None) -> State:
+    def burn_in(
+        self, obs: torch.Tensor, mask: torch.Tensor | None = None, state: State | None = None
+    ) -> State:
         return self.model.burn_in(obs, mask, state)
 
     def step(self, obs: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor, State]:
@@ -132,7 +136,9 @@ class ActorCritic(nn.Module):
         actions = ops.sample_categorical(out.logits, temperature=temperature, seed=seed, offset=offset)
         if epsilon > 0:
             coin = ops.counter_uniform(n, seed, offset + 1, obs.device)
-            uniform = ops.sample_categorical(torch.zeros(n, a, device=obs.device), seed=seed, offset=offset + 2)
+            uniform = ops.sample_categorical(
+                torch.zeros(n, a, device=obs.device), seed=seed, offset=offset + 2
+            )
             actions = torch.where(coin < epsilon, uniform, actions)
         return actions, out.state
 
@@ -145,13 +151,21 @@ class ActorCritic(nn.Module):
             pt.lerp_(p, 1.0 - tau)
 
     def imagine(
-        self, batch, tokenizer, world_model, seed: int, horizon: int | None = None, cuda_graphs: bool | None = None
+        self,
+        batch,
+        tokenizer,
+        world_model,
+        seed: int,
+        horizon: int | None = None,
+        cuda_graphs: bool | None = None,
     ) -> ImaginationOutput:
         from deltairis.rl.imagination import imagine
 
         return imagine(batch, tokenizer, world_model, self, horizon or self.config.horizon, seed, cuda_graphs)
 
-    def compute_loss(self, batch, tokenizer, world_model, seed: int, cuda_graphs: bool | None = None) -> LossOutput:
+    def compute_loss(
+        self, batch, tokenizer, world_model, seed: int, cuda_graphs: bool | None = None
+    ) -> LossOutput:
         """Imagine from ``batch`` (burn_in + 1 real frames) and return the actor-critic loss.
 
         ``cuda_graphs`` overrides the config's choice of replaying the imagined step from CUDA graphs.

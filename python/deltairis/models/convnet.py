@@ -7,9 +7,9 @@ are ``encoder.N.*`` / ``decoder.N.*`` with N counting the layers below.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch import nn
 
 from deltairis.config.models import FrameCnnConfig
 
@@ -101,7 +101,9 @@ class FrameDecoder(nn.Module):
         n, g = config.num_channels, config.num_groups
         mult, down = config.mult, config.down
         if down and down[-1]:
-            raise ValueError(f"decoder needs down[-1] == 0 to mirror the encoder's {sum(down)} downsamplings, got down={down}")
+            raise ValueError(
+                f"decoder needs down[-1] == 0 to mirror the encoder's {sum(down)} downsamplings, got down={down}"
+            )
         ch = mult[-1] * n
         layers: list[nn.Module] = [nn.Conv2d(config.latent_dim, ch, 3, padding=1)]
         for j in reversed(range(len(mult))):

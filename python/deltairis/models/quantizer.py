@@ -10,8 +10,8 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from deltairis.config.models import TokenizerConfig
 
@@ -61,7 +61,9 @@ class Quantizer(nn.Module):
         return -(f * torch.log2(f.clamp(min=1e-30))).sum()
 
     @torch.no_grad()
-    def update_codebook(self, z: torch.Tensor, tokens: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+    def update_codebook(
+        self, z: torch.Tensor, tokens: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> None:
         """One maintenance step from normalized vectors ``z`` (N, e) and their tokens (N,).
 
         ``weights`` (N,) in {0, 1} excludes padding vectors from every statistic and from revival.

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 from einops import rearrange
+from torch import nn
 
 from deltairis.config.models import TokenizerConfig
 from deltairis.models.common import LossOutput, masked_mean
@@ -22,12 +22,16 @@ class Tokenizer(nn.Module):
         super().__init__()
         self.config = config
         self.latent_res = config.latent_res
-        self.grid = int(round(config.tokens_per_frame**0.5))
+        self.grid = round(config.tokens_per_frame**0.5)
         if self.grid * self.grid != config.tokens_per_frame or self.latent_res % self.grid:
-            raise ValueError(f"tokens_per_frame={config.tokens_per_frame} must be a square dividing the latent map")
+            raise ValueError(
+                f"tokens_per_frame={config.tokens_per_frame} must be a square dividing the latent map"
+            )
         self.patch = self.latent_res // self.grid
         self.encoder_act_emb = nn.Embedding(config.num_actions, config.image_size**2)
-        self.decoder_act_emb = nn.Embedding(config.num_actions, config.decoder_act_channels * self.latent_res**2)
+        self.decoder_act_emb = nn.Embedding(
+            config.num_actions, config.decoder_act_channels * self.latent_res**2
+        )
         self.quantizer = Quantizer(config, input_dim=config.encoder.latent_dim * self.patch**2)
         self.encoder = FrameEncoder(config.encoder)
         self.frame_cnn = FrameEncoder(config.frame_cnn)
@@ -44,23 +48,37 @@ class Tokenizer(nn.Module):
 
     def tokens_to_map(self, q: torch.Tensor) -> torch.Tensor:
         """(B, T, K, patch*patch*latent) -> latent map (B, T, latent, r, r)."""
-        return rearrange(q, "b t (h w) (k l c) -> b t c (h k) (w l)", h=self.grid, w=self.grid, k=self.patch, l=self.patch)
+        return rearrange(
+            q, "b t (h w) (k l c) -> b t c (h k) (w l)", h=self.grid, w=self.grid, k=self.patch, l=self.patch
+        )
 
-    def decode(self, obs_prev: torch.Tensor, act: torch.Tensor, q_map: torch.Tensor, clamp: bool = False) -> torch.Tensor:
+    def decode(
+        self, obs_prev: torch.Tensor, act: torch.Tensor, q_map: torch.Tensor, clamp: bool = False
+    ) -> torch.Tensor:
         """x_t, a_t and the quantized map -> reconstruction of x_{t+1} (B, T, 3, H, W)."""
         frame = self.frame_cnn(obs_prev)  # (B, T, c, r, r)
         r = self.latent_res
-        a = rearrange(self.decoder_act_emb(act), "b t (c h w) -> b t c h w", c=self.config.decoder_act_channels, h=r, w=r)
+        a = rearrange(
+            self.decoder_act_emb(act),
+            "b t (c h w) -> b t c h w",
+            c=self.config.decoder_act_channels,
+            h=r,
+            w=r,
+        )
         x = self.decoder(torch.cat((frame, a, q_map), dim=2))
         return quantize_frame_values(x) if clamp else x
 
-    def decode_tokens(self, obs_prev: torch.Tensor, act: torch.Tensor, tokens: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    def decode_tokens(
+        self, obs_prev: torch.Tensor, act: torch.Tensor, tokens: torch.Tensor, clamp: bool = True
+    ) -> torch.Tensor:
         """Decode Δ-tokens (B, T, K) given x_t and a_t into x_{t+1} (used by imagination)."""
         q = self.quantizer.embed_tokens(tokens)  # (B, T, K, D)
         return self.decode(obs_prev, act, self.tokens_to_map(q), clamp=clamp)
 
     @torch.no_grad()
-    def encode_tokens(self, obs_prev: torch.Tensor, act: torch.Tensor, obs_next: torch.Tensor) -> torch.Tensor:
+    def encode_tokens(
+        self, obs_prev: torch.Tensor, act: torch.Tensor, obs_next: torch.Tensor
+    ) -> torch.Tensor:
         """Δ-tokens (B, T, K) int64 of each transition (no codebook update)."""
         return self.quantizer.encode(self.encode(obs_prev, act, obs_next))[1]
 
@@ -83,7 +101,10 @@ class Tokenizer(nn.Module):
         l2 = masked_mean(err.pow(2), valid)
         worst = masked_mean(err.pow(2).flatten(2).amax(dim=-1), valid)
         loss = (
-            cfg.commitment_weight * commitment + cfg.l1_weight * l1 + cfg.l2_weight * l2 + cfg.max_pixel_weight * worst
+            cfg.commitment_weight * commitment
+            + cfg.l1_weight * l1
+            + cfg.l2_weight * l2
+            + cfg.max_pixel_weight * worst
         )
         if self.training:
             weights = valid[..., None].expand_as(qo.tokens)

@@ -7,13 +7,13 @@ attention.proj}``, ``blocks.i.mlp.{ln, mlp.0, mlp.2}``, ``ln``.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 from einops import rearrange
+from torch import nn
 
 from deltairis import ops
-from deltairis.ops.attention import attention_mask
 from deltairis.config.models import TransformerConfig
 from deltairis.models.kv_cache import KVCache
+from deltairis.ops.attention import attention_mask
 
 
 def build_mask(config: TransformerConfig) -> torch.Tensor:
@@ -45,8 +45,14 @@ class Attention(nn.Module):
             y = ops.attention(q, k, v, mask=cfg.attention, block_size=cfg.tokens_per_block)
         else:
             y = ops.attention_kvcache(
-                q, k.to(cache.k.dtype), v.to(cache.v.dtype), cache.k[layer], cache.v[layer], cache.lens,
-                mask=cfg.attention, block_size=cfg.tokens_per_block,
+                q,
+                k.to(cache.k.dtype),
+                v.to(cache.v.dtype),
+                cache.k[layer],
+                cache.v[layer],
+                cache.lens,
+                mask=cfg.attention,
+                block_size=cfg.tokens_per_block,
             )
         y = rearrange(y, "b h l d -> b l (h d)")  # (B, L, E)
         return self.proj(y)
@@ -77,7 +83,10 @@ class MLPLayer(nn.Module):
         e = config.embed_dim
         self.ln = nn.LayerNorm(e)
         self.mlp = nn.Sequential(
-            nn.Linear(e, config.mlp_ratio * e), nn.GELU(), nn.Linear(config.mlp_ratio * e, e), nn.Dropout(config.dropout)
+            nn.Linear(e, config.mlp_ratio * e),
+            nn.GELU(),
+            nn.Linear(config.mlp_ratio * e, e),
+            nn.Dropout(config.dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,10 +112,18 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
         self.ln = nn.LayerNorm(config.embed_dim)
 
-    def empty_cache(self, batch_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> KVCache:
+    def empty_cache(
+        self, batch_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32
+    ) -> KVCache:
         cfg = self.config
         return KVCache.empty(
-            cfg.num_layers, batch_size, cfg.num_heads, cfg.max_tokens, cfg.embed_dim // cfg.num_heads, device, dtype
+            cfg.num_layers,
+            batch_size,
+            cfg.num_heads,
+            cfg.max_tokens,
+            cfg.embed_dim // cfg.num_heads,
+            device,
+            dtype,
         )
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:

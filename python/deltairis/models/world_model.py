@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from deltairis.config.models import WorldModelConfig
 from deltairis.models.common import LossOutput, masked_mean
@@ -29,7 +29,9 @@ class Head(nn.Module):
     full-length sequence.
     """
 
-    def __init__(self, max_blocks: int, block_pattern: list[int], embed_dim: int, hidden: int, out: int) -> None:
+    def __init__(
+        self, max_blocks: int, block_pattern: list[int], embed_dim: int, hidden: int, out: int
+    ) -> None:
         super().__init__()
         pattern = torch.tensor(block_pattern, dtype=torch.bool)
         kept = torch.nonzero(pattern).flatten()
@@ -55,7 +57,9 @@ class WorldModel(nn.Module):
         e = tcfg.embed_dim
         k = config.tokens_per_frame
         if tcfg.tokens_per_block != k + 2:
-            raise ValueError(f"tokens_per_block {tcfg.tokens_per_block} must be tokens_per_frame + 2 = {k + 2}")
+            raise ValueError(
+                f"tokens_per_block {tcfg.tokens_per_block} must be tokens_per_frame + 2 = {k + 2}"
+            )
         fc = config.frame_cnn
         res = 64 // fc.downsampling
         if fc.latent_dim * res * res != e:
@@ -116,7 +120,9 @@ class WorldModel(nn.Module):
             tokens = tokenizer.encode_tokens(obs[:, :-1], act[:, :-1], obs[:, 1:])  # (B, T-1, K)
         out = self.forward_logits(obs, act, tokens)
         valid_lat = (mask[:, :-1] & mask[:, 1:]).unsqueeze(-1).expand_as(tokens)  # (B, T-1, K)
-        ce_lat = F.cross_entropy(out.latents.flatten(0, 2).float(), tokens.flatten(), reduction="none").view_as(tokens)
+        ce_lat = F.cross_entropy(
+            out.latents.flatten(0, 2).float(), tokens.flatten(), reduction="none"
+        ).view_as(tokens)
         loss_latents = masked_mean(ce_lat, valid_lat)
         acc = masked_mean((out.latents.argmax(-1) == tokens).float(), valid_lat)
         labels = self.reward_labels(batch.rew)
@@ -124,11 +130,17 @@ class WorldModel(nn.Module):
         if cfg.two_hot_rewards:
             ce_rew = -(labels * F.log_softmax(logits_r, dim=-1)).sum(-1)
         else:
-            ce_rew = F.cross_entropy(logits_r.flatten(0, 1), labels.flatten(), reduction="none").view_as(batch.rew)
+            ce_rew = F.cross_entropy(logits_r.flatten(0, 1), labels.flatten(), reduction="none").view_as(
+                batch.rew
+            )
         loss_rewards = masked_mean(ce_rew, mask)
         ce_end = F.cross_entropy(out.ends.float().flatten(0, 1), batch.end.long().flatten(), reduction="none")
         loss_ends = masked_mean(ce_end.view_as(mask.float()), mask)
-        loss = cfg.latents_weight * loss_latents + cfg.rewards_weight * loss_rewards + cfg.ends_weight * loss_ends
+        loss = (
+            cfg.latents_weight * loss_latents
+            + cfg.rewards_weight * loss_rewards
+            + cfg.ends_weight * loss_ends
+        )
         metrics = {
             "world_model/loss": loss.detach(),
             "world_model/loss_latents": loss_latents.detach(),

@@ -44,7 +44,9 @@ class GraphedWorldModelStep:
         self._graphs: dict[tuple[int, bool], _Captured] = {}
         self.fingerprint = parameter_fingerprint(tokenizer, world_model)
 
-    def _capture(self, key: tuple[int, bool], state: WorldModelState, act: torch.Tensor, offset: torch.Tensor) -> _Captured:
+    def _capture(
+        self, key: tuple[int, bool], state: WorldModelState, act: torch.Tensor, offset: torch.Tensor
+    ) -> _Captured:
         size0, has_pending = key
         cache = self.cache
         lens0 = cache.lens.clone()
@@ -80,7 +82,9 @@ class GraphedWorldModelStep:
         pending = state.pending if state.pending is not None else self._dummy_pending
         obs, new_pending, rew, end, new_offset = captured.step(state.obs, act, pending, offset)
         self.cache.size = captured.size_after
-        new_state = WorldModelState(self.cache, obs.clone(), new_pending.clone(), state.seed, new_offset.clone())
+        new_state = WorldModelState(
+            self.cache, obs.clone(), new_pending.clone(), state.seed, new_offset.clone()
+        )
         return new_state, rew.clone(), end.clone()
 
 
@@ -91,7 +95,9 @@ def parameter_fingerprint(*modules: torch.nn.Module) -> tuple[int, ...]:
 _RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def graphed_world_model_step(tokenizer, world_model, batch_size: int, device: torch.device) -> GraphedWorldModelStep:
+def graphed_world_model_step(
+    tokenizer, world_model, batch_size: int, device: torch.device
+) -> GraphedWorldModelStep:
     """The cached runner for these models and batch size (rebuilt if parameters moved)."""
     per_model = _RUNNERS.setdefault(world_model, {})
     key = (id(tokenizer), batch_size, str(device))

@@ -105,7 +105,9 @@ def world_model_step(
     return WorldModelState(cache, next_obs.float(), pending, state.seed, offset), rew.float(), end
 
 
-def imagine(batch, tokenizer, world_model, actor_critic, horizon: int, seed: int, cuda_graphs: bool | None = None):
+def imagine(
+    batch, tokenizer, world_model, actor_critic, horizon: int, seed: int, cuda_graphs: bool | None = None
+):
     """Burn in on the real segment, then imagine ``horizon`` steps with the online policy.
 
     On CUDA the world-model step is replayed from captured CUDA graphs unless ``cuda_graphs`` is False

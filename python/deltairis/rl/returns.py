@@ -21,6 +21,8 @@ def lambda_returns(
     out = torch.empty_like(rew, dtype=torch.float32)
     g = values[:, -1].float()
     for i in reversed(range(rew.size(1))):
-        g = rew[:, i].float() + gamma * cont[:, i] * ((1.0 - lambda_) * values[:, i + 1].float() + lambda_ * g)
+        g = rew[:, i].float() + gamma * cont[:, i] * (
+            (1.0 - lambda_) * values[:, i + 1].float() + lambda_ * g
+        )
         out[:, i] = g
     return out

@@ -6,10 +6,12 @@ import torch
 
 from deltairis.ops.twohot import symexp, symlog
 
-__all__ = ["symexp", "symlog", "two_hot", "buckets"]
+__all__ = ["buckets", "symexp", "symlog", "two_hot"]
 
 
-def buckets(num_buckets: int, low: float, high: float, device: torch.device | str | None = None) -> torch.Tensor:
+def buckets(
+    num_buckets: int, low: float, high: float, device: torch.device | str | None = None
+) -> torch.Tensor:
     return torch.linspace(low, high, num_buckets, device=device)
 
 
