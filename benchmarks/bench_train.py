@@ -38,9 +38,10 @@ def _config(device: torch.device, *extra: str):
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory: pytest.TempPathFactory, bench_device: torch.device) -> Trainer:
     run = tmp_path_factory.mktemp("bench") / "run"
-    steps = [f"training.{p}.steps_per_epoch={STEPS}" for p in PHASES]
+    steps = [f"training.{p}.{k}={STEPS}" for p in PHASES for k in ("steps_per_epoch", "steps_first_epoch")]
     t = Trainer(_config(bench_device, *steps), run)
     t.collect(1)  # the first epoch's random experience
+    t.stores["train"].commit()  # visible to the NumPy store opened by the baseline
     yield t
     t.close()
 
@@ -56,13 +57,13 @@ def test_phase_steps(benchmark, trainer: Trainer, phase: str, backend: str) -> N
     own = trainer.stores["train"]
     trainer.stores["train"] = own if backend == "cpp" else ReplayStore(own.directory, backend="numpy", read_only=True)
     try:
-        # epoch 2 is past every component's first epoch: steps_per_epoch = STEPS steps
-        benchmark.pedantic(trainer.train_component, args=(phase, 2), rounds=3, warmup_rounds=1)
+        benchmark.pedantic(trainer.train_component, args=(phase, 10), rounds=3, warmup_rounds=1)
     finally:
         if trainer.stores["train"] is not own:
             trainer.stores["train"].close()
         trainer.stores["train"] = own
     c = trainer.cfg.training[phase]
+    assert trainer.stores["train"].num_episodes > 0
     benchmark.extra_info["steps_per_s"] = STEPS / benchmark.stats.stats.mean
     benchmark.extra_info["batch"] = f"{c.batch_size} x {trainer._seq_len(phase)}"
     benchmark.extra_info["store_backend"] = backend
