@@ -44,26 +44,11 @@ def env_kwargs(env_cfg: DictConfig, split: str) -> dict[str, Any]:
 def make_env(env_cfg: DictConfig, split: str, num_envs: int, seed: int) -> Any:
     """A :class:`~deltairis.envs.vector.VectorEnv` with the ``split`` settings, seeded with ``seed``."""
     kw = env_kwargs(env_cfg, split)
-    from deltairis import envs
+    from deltairis.envs import make_vector_env
 
-    factory = getattr(envs, "make_vector_env", None)
-    if factory is not None:
-        return factory(
-            env_cfg.name, num_envs, seed=seed, backend=env_cfg.backend, num_threads=env_cfg.num_threads, **kw
-        )
-    # Fallback while the factory is not available: the Python backends directly.
-    logger.debug("deltairis.envs.make_vector_env missing; building the %s env directly", env_cfg.name)
-    if env_cfg.name == "toy":
-        from deltairis.envs.toy import ToyVectorEnv
-
-        return ToyVectorEnv(num_envs, seed=seed, **kw)
-    if env_cfg.name == "crafter":
-        from deltairis.envs.crafter_python import CrafterPythonVectorEnv
-
-        return CrafterPythonVectorEnv(num_envs, seed=seed, **kw)
-    from deltairis.envs.atari import AtariPythonVectorEnv
-
-    return AtariPythonVectorEnv(num_envs, seed=seed, **kw)
+    return make_vector_env(
+        env_cfg.name, num_envs, seed=seed, backend=env_cfg.backend, num_threads=env_cfg.num_threads, **kw
+    )
 
 
 __all__ = ["env_kwargs", "make_env"]
