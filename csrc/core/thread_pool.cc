@@ -4,16 +4,6 @@
 
 namespace deltairis {
 
-namespace {
-// Contiguous chunk [begin, end) of n items handled by participant p out of P.
-void chunk(std::size_t n, int p, int P, std::size_t* begin, std::size_t* end) {
-  std::size_t base = n / P, rem = n % P;
-  std::size_t up = static_cast<std::size_t>(p);
-  *begin = up * base + (up < rem ? up : rem);
-  *end = *begin + base + (up < rem ? 1 : 0);
-}
-}  // namespace
-
 ThreadPool::ThreadPool(int num_threads) {
   if (num_threads < 1) num_threads = 1;
   for (int i = 0; i < num_threads - 1; ++i) workers_.emplace_back([this, i] { worker_loop(i + 1); });
@@ -28,7 +18,7 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::worker_loop(int worker_index) {
+void ThreadPool::worker_loop(int /*worker_index*/) {
   std::size_t seen = 0;
   for (;;) {
     const std::function<void(std::size_t)>* job;
@@ -41,10 +31,8 @@ void ThreadPool::worker_loop(int worker_index) {
       job = job_;
       n = job_size_;
     }
-    std::size_t b, e;
-    chunk(n, worker_index, num_threads(), &b, &e);
     try {
-      for (std::size_t i = b; i < e; ++i) (*job)(i);
+      for (std::size_t i = next_index_.fetch_add(1); i < n; i = next_index_.fetch_add(1)) (*job)(i);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex_);
       if (!error_) error_ = std::current_exception();
@@ -68,14 +56,13 @@ void ThreadPool::parallel_for(std::size_t n, const std::function<void(std::size_
     job_size_ = n;
     pending_ = static_cast<int>(workers_.size());
     error_ = nullptr;
+    next_index_.store(0);
     ++generation_;
   }
   start_cv_.notify_all();
-  std::size_t b, e;
-  chunk(n, 0, num_threads(), &b, &e);
   std::exception_ptr mine;
   try {
-    for (std::size_t i = b; i < e; ++i) fn(i);
+    for (std::size_t i = next_index_.fetch_add(1); i < n; i = next_index_.fetch_add(1)) fn(i);
   } catch (...) {
     mine = std::current_exception();
   }

@@ -1,8 +1,10 @@
 // A small fixed-size thread pool with a blocking parallel_for, shared by the replay sampler and the
-// vector env stepper. Work is split into contiguous index ranges so results never depend on the
-// thread count (each index is processed by exactly one thread, writing only its own outputs).
+// vector env stepper. Indices are handed out dynamically (an atomic counter), which balances uneven
+// work such as an env resetting mid-batch; results never depend on the thread count because each
+// index is processed exactly once and writes only its own outputs.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <functional>
@@ -34,6 +36,7 @@ class ThreadPool {
   std::condition_variable done_cv_;
   const std::function<void(std::size_t)>* job_ = nullptr;
   std::size_t job_size_ = 0;
+  std::atomic<std::size_t> next_index_{0};
   std::size_t generation_ = 0;
   int pending_ = 0;
   bool stop_ = false;
