@@ -113,23 +113,10 @@ def agent_checkpoint(agent: Agent) -> dict[str, Any]:
 
 
 def save_agent(agent: Agent, path: str | os.PathLike[str]) -> None:
-    """Write :func:`agent_checkpoint` atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(agent_checkpoint(agent), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write :func:`agent_checkpoint` atomically (temporary file, fsync, rename, directory fsync)."""
+    from deltairis.train.checkpoint import atomic_torch_save
+
+    atomic_torch_save(agent_checkpoint(agent), Path(path))
 
 
 def check_state_dict(model: nn.Module, state_dict: Mapping[str, Any], what: str = "checkpoint") -> None:
