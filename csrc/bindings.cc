@@ -6,9 +6,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -56,6 +59,42 @@ void register_core(py::module_& m) {
       },
       py::arg("n"), py::arg("num_threads") = 0,
       "Sum of i*i for i < n computed on the thread pool (a self-test of the pool).");
+  m.def(
+      "thread_pool_selftest",
+      [](std::int64_t n, int num_threads, int rounds, int spin_micros, std::int64_t fail_round,
+         std::int64_t fail_index) {
+        if (n < 0 || rounds < 0) throw py::value_error("n and rounds must be >= 0");
+        std::vector<std::uint64_t> sums;
+        std::vector<std::string> errors;
+        std::vector<std::uint64_t> partial(static_cast<std::size_t>(n));
+        {
+          py::gil_scoped_release release;
+          deltairis::ThreadPool pool(deltairis::resolve_num_threads(num_threads), spin_micros);
+          for (int r = 0; r < rounds; ++r) {
+            std::fill(partial.begin(), partial.end(), 0);
+            try {
+              pool.parallel_for(static_cast<std::size_t>(n), [&](std::size_t i) {
+                if (r == fail_round && static_cast<std::int64_t>(i) == fail_index)
+                  throw std::runtime_error("planted failure at index " + std::to_string(i));
+                partial[i] = static_cast<std::uint64_t>(i) * static_cast<std::uint64_t>(r + 1) + 1;
+              });
+              errors.emplace_back();
+            } catch (const std::exception& e) {
+              errors.emplace_back(e.what());
+            }
+            std::uint64_t total = 0;
+            for (auto v : partial) total += v;
+            sums.push_back(total);
+            // Uneven gaps between calls exercise both the spinning and the sleeping hand-over.
+            if (r % 7 == 3) std::this_thread::sleep_for(std::chrono::microseconds(200 * (r % 5)));
+          }
+        }
+        return py::make_tuple(sums, errors);
+      },
+      py::arg("n"), py::arg("num_threads"), py::arg("rounds"), py::arg("spin_micros"),
+      py::arg("fail_round") = -1, py::arg("fail_index") = -1,
+      "Runs `rounds` parallel_for calls on one pool (round r writes i*(r+1)+1 at index i); returns "
+      "(per-round sums, per-round error messages). A self-test of the pool's hand-over.");
 }
 
 // ---------------------------------------------------------------------------------------------

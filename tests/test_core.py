@@ -48,3 +48,37 @@ def test_kernels_are_shipped() -> None:
     import importlib.util
 
     assert importlib.util.find_spec("deltairis.kernels") is not None
+
+
+@pytest.mark.parametrize("spin_micros", [0, 50, 100_000])
+@pytest.mark.parametrize("threads", [2, 3, 5])
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 1001])
+def test_thread_pool_repeated_calls(n: int, threads: int, spin_micros: int) -> None:
+    """Many calls on one pool, with and without spinning, each index written exactly once per call."""
+    rounds = 60
+    sums, errors = core.thread_pool_selftest(n, threads, rounds, spin_micros)
+    expected = [sum(i * (r + 1) + 1 for i in range(n)) for r in range(rounds)]
+    assert sums == expected
+    assert errors == [""] * rounds
+
+
+@pytest.mark.parametrize("spin_micros", [0, 100_000])
+@pytest.mark.parametrize("fail_index", [0, 5, 63])
+def test_thread_pool_exception_is_rethrown_and_pool_survives(spin_micros: int, fail_index: int) -> None:
+    rounds, fail_round, n = 20, 9, 64
+    sums, errors = core.thread_pool_selftest(n, 3, rounds, spin_micros, fail_round, fail_index)
+    assert errors[fail_round] == f"planted failure at index {fail_index}"
+    assert all(e == "" for r, e in enumerate(errors) if r != fail_round)
+    # Every other round ran completely on the same pool after the failure.
+    for r, s in enumerate(sums):
+        if r != fail_round:
+            assert s == sum(i * (r + 1) + 1 for i in range(n))
+    assert sums[fail_round] < sum(i * (fail_round + 1) + 1 for i in range(n))
+
+
+def test_thread_pool_spin_env_var_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any DELTAIRIS_POOL_SPIN_US value, garbage included, leaves a working pool (garbage means the default)."""
+    for value in ["0", "250", "not-a-number", "-3"]:
+        monkeypatch.setenv("DELTAIRIS_POOL_SPIN_US", value)
+        sums, errors = core.thread_pool_selftest(16, 2, 5, -1)
+        assert sums == [sum(i * (r + 1) + 1 for i in range(16)) for r in range(5)]
