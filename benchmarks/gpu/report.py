@@ -1,7 +1,7 @@
 """Collect the outputs of ``benchmarks/gpu/run.sh`` into ``$OUT/gpu_report.json``.
 
 Reads ``steps.tsv`` (step, exit status, seconds), the JUnit XML files of the test steps, the
-standalone ``bench_ops.json`` and the pytest-benchmark ``bench_models.json``, and adds the device
+standalone ``bench_ops.json`` and the pytest-benchmark ``bench_models.json`` / ``bench_train.json``, and adds the device
 name and library versions. Missing pieces are recorded as missing, never invented.
 """
 
@@ -110,6 +110,7 @@ def main() -> None:
         if (out / "bench_ops.json").exists()
         else None,
         "bench_models": bench_models(out / "bench_models.json"),
+        "bench_train": bench_models(out / "bench_train.json"),
     }
     (out / "gpu_report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 

@@ -13,7 +13,10 @@
 # Every step has a time limit and the whole script stays under TOTAL_BUDGET_S (default 540 s); the
 # report is rewritten after each step, so a run that is cut short still leaves its figures.
 # Environment: OUT (default ./gpu-report), PYTHON (default python3), TOTAL_BUDGET_S, SKIP_STEPS
-# (space-separated step names to skip: install gpu_tests bench_ops bench_models interpreter_tests).
+# (space-separated step names to skip: install gpu_tests bench_ops bench_models bench_train
+# interpreter_tests), WHEELS_DIR (a folder of pure-Python wheels, e.g. hydra-core, omegaconf, gymnasium,
+# crafter, for a machine without a package index: installed with --target into a temporary folder put
+# on PYTHONPATH), STEP_LIMITS (e.g. "install=200 gpu_tests=150" to change a step's own limit).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -34,6 +37,8 @@ remaining() { echo $(( BUDGET - ($(date +%s) - START) )); }
 # step NAME LIMIT_S CMD...: run with a time limit (capped by the remaining budget), log, record rc.
 step() {
   local name="$1" limit="$2"; shift 2
+  local kv
+  for kv in ${STEP_LIMITS:-}; do [[ "${kv%%=*}" == "$name" ]] && limit="${kv#*=}"; done
   if [[ " $SKIP_STEPS " == *" $name "* ]]; then
     printf '%s\t%s\t%s\n' "$name" "skipped" "0" >> "$STEPS"; return 0
   fi
@@ -60,6 +65,14 @@ report() {
 has_module() { "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)"; }
 
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+
+# 0) Offline wheels for the pure-Python dependencies the image lacks.
+if [[ -n "${WHEELS_DIR:-}" ]] && compgen -G "$WHEELS_DIR/*.whl" > /dev/null; then
+  SITE="$(mktemp -d)"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS_DIR"/*.whl \
+    > "$OUT/wheels.log" 2>&1 && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  echo "== wheels from $WHEELS_DIR -> $SITE (rc $?)"
+fi
 
 # 1) Install.
 INSTALL_MODE=none
@@ -101,7 +114,15 @@ else
   printf '%s\t%s\t%s\n' bench_models "not-run(missing file, pytest or pytest-benchmark)" 0 >> "$STEPS"
 fi
 
-# 5) Triton interpreter tests (CPU tensors), in their own process: Triton's mode is fixed at import.
+# 5) Training-pipeline benchmarks (tiny preset on the toy env; needs hydra-core, omegaconf, gymnasium).
+if [[ -f "$ROOT/benchmarks/bench_train.py" ]] && has_module pytest && has_module pytest_benchmark; then
+  step bench_train 150 "$PY" -m pytest "$ROOT/benchmarks/bench_train.py" -q -p no:cacheprovider \
+    --benchmark-only --benchmark-json="$OUT/bench_train.json"
+else
+  printf '%s\t%s\t%s\n' bench_train "not-run(missing file, pytest or pytest-benchmark)" 0 >> "$STEPS"
+fi
+
+# 6) Triton interpreter tests (CPU tensors), in their own process: Triton's mode is fixed at import.
 if has_module pytest; then
   TRITON_INTERPRET=1 step interpreter_tests 150 "$PY" -m pytest tests/ops -m "not gpu" -q -p no:cacheprovider \
     --junitxml="$OUT/junit_interpreter_tests.xml"
