@@ -13,7 +13,7 @@
 # Every step has a time limit and the whole script stays under TOTAL_BUDGET_S (default 540 s); the
 # report is rewritten after each step, so a run that is cut short still leaves its figures.
 # Environment: OUT (default ./gpu-report), PYTHON (default python3), TOTAL_BUDGET_S, SKIP_STEPS
-# (space-separated step names to skip: install gpu_tests bench_ops bench_models bench_train
+# (space-separated step names to skip: install gpu_tests bench_ops bench_models profile_ac bench_train
 # interpreter_tests), WHEELS_DIR (a folder of pure-Python wheels, e.g. hydra-core, omegaconf, gymnasium,
 # crafter, for a machine without a package index: installed with --target into a temporary folder put
 # on PYTHONPATH), STEP_LIMITS (e.g. "install=200 gpu_tests=150" to change a step's own limit).
@@ -113,6 +113,9 @@ if [[ -f "$ROOT/benchmarks/bench_models.py" ]] && has_module pytest && has_modul
 else
   printf '%s\t%s\t%s\n' bench_models "not-run(missing file, pytest or pytest-benchmark)" 0 >> "$STEPS"
 fi
+
+# 4b) Operator profile of one actor-critic update per backend (crafter preset, full batch).
+step profile_ac 150 "$PY" "$ROOT/benchmarks/gpu/profile_ac.py" --preset crafter --out "$OUT"
 
 # 5) Training-pipeline benchmarks (tiny preset on the toy env; needs hydra-core, omegaconf, gymnasium).
 if [[ -f "$ROOT/benchmarks/bench_train.py" ]] && has_module pytest && has_module pytest_benchmark; then

@@ -217,16 +217,42 @@ def test_triton_fp32_matches_reference_gpu(shape: tuple, mask: str) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.usefixtures("compiled")
-def test_auto_uses_triton_on_cuda_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    import deltairis.ops.attention as attention_module
+def test_auto_uses_sdpa_for_full_attention_on_cuda_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA, ``auto`` runs full-sequence attention with PyTorch's SDPA (measured faster than the
+    Triton kernel), never the kernel; ``backend="triton"`` still runs the kernel."""
+    from deltairis.ops import _dispatch
 
-    calls: list[str] = []
+    loaded: list[tuple[str, str]] = []
+    real_load = _dispatch.load_kernel
 
-    def boom(*args: object, **kwargs: object) -> None:
-        calls.append("ref")
-        raise AssertionError("auto fell back to the reference on CUDA")
+    def spy(module: str, name: str):
+        loaded.append((module, name))
+        return real_load(module, name)
 
-    monkeypatch.setattr(attention_module, "attention_ref", boom)
+    monkeypatch.setattr(_dispatch, "load_kernel", spy)
     q, k, v = make_qkv(2, 2, 16, 32, dtype=torch.bfloat16, device="cuda")
-    out = ops.attention(q, k, v, backend="auto")
-    assert out.shape == q.shape and not calls
+    for mask in ("causal", "block_causal"):
+        loaded.clear()
+        out = ops.attention(q, k, v, mask=mask, backend="auto")
+        assert out.shape == q.shape and not loaded
+        forced = ops.attention(q, k, v, mask=mask, backend="triton")
+        assert loaded[-1] == ("attention", "attention_triton")
+        assert (forced.float() - out.float()).abs().max().item() < 2e-2  # bf16
+
+
+def test_auto_skips_kernels_marked_slower(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dispatch rule itself, without a GPU: CUDA-looking inputs get the kernel under ``auto`` unless
+    the op says its kernel is slower (``auto_uses_kernel=False``); explicit ``triton`` still gets it."""
+    from types import SimpleNamespace
+
+    from deltairis.ops import _dispatch
+
+    sentinel = object()
+    monkeypatch.setattr(_dispatch, "triton_available", lambda: True)
+    monkeypatch.setattr(_dispatch, "load_kernel", lambda module, name: sentinel)
+    cuda_like = [SimpleNamespace(is_cuda=True)]
+    ok = lambda: None  # noqa: E731
+    assert _dispatch.choose("op", cuda_like, "auto", ok, ("m", "f")) is sentinel
+    assert _dispatch.choose("op", cuda_like, "auto", ok, ("m", "f"), auto_uses_kernel=False) is None
+    assert _dispatch.choose("op", cuda_like, "triton", ok, ("m", "f"), auto_uses_kernel=False) is sentinel
+    assert _dispatch.choose("op", cuda_like, "torch", ok, ("m", "f")) is None

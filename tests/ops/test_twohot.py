@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from deltairis import ops
+from deltairis.rl.twohot import symlog
 
 
 def loop_expectation(logits: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -81,4 +82,10 @@ def test_triton_small_means_and_bf16_interpreter() -> None:
 def test_triton_matches_reference_gpu(dtype: torch.dtype) -> None:
     logits = (torch.randn(86, 15, 255, device="cuda") * 4).to(dtype)
     got = ops.twohot_expectation(logits, backend="triton")
-    assert close(got, ops.twohot_expectation_ref(logits), rtol=2e-5)
+    want = ops.twohot_expectation_ref(logits)
+    # Compiled Triton uses the hardware's approximate exp (about 2 ulp), so the softmax-weighted mean
+    # carries an absolute error of a few 1e-6 in symlog space (measured on an H200); symexp turns that
+    # into a large *relative* error where the mean is near 0. Compare where the mean is computed.
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    err = (symlog(got.double()) - symlog(want.double())).abs().max().item()
+    assert err <= 2e-5, f"max |symlog(triton) - symlog(reference)| = {err:.3g}"

@@ -8,7 +8,10 @@ Each op ``f`` has a pure-PyTorch reference ``f_ref`` and, optionally, a Triton k
 * ``triton``: the kernel; raises if Triton is missing, if the tensors are not on CUDA (unless
   ``TRITON_INTERPRET=1`` was set before Triton was imported: its interpreter then runs the kernels
   on CPU tensors), or if the op does not support the shape/dtype;
-* ``auto`` (default): the kernel only for CUDA tensors of supported shape and dtype, else the reference.
+* ``auto`` (default): the kernel only for CUDA tensors of supported shape and dtype, else the reference;
+  ops whose kernel measured slower than PyTorch on the GPU (full-sequence ``attention``: PyTorch's
+  flash / memory-efficient SDPA is 2-4x faster than our Triton kernel on an H200, see
+  ``benchmarks/bench_ops.py``) pass ``auto_uses_kernel=False`` and get the reference under ``auto``.
 
 Nothing here imports Triton or queries CUDA at import time.
 """
@@ -137,10 +140,12 @@ def choose(
     backend: str | None,
     supported: Callable[[], str | None],
     kernel: tuple[str, str],
+    auto_uses_kernel: bool = True,
 ) -> Callable[..., Any] | None:
     """Return the Triton callable to use, or None for the PyTorch reference.
 
     ``supported()`` returns None when the kernel handles these inputs, else a reason string.
+    ``auto_uses_kernel=False``: ``auto`` always picks the reference (the kernel only on request).
     """
     name = requested_backend(backend)
     if name == "torch":
@@ -148,7 +153,7 @@ def choose(
     tensors = list(tensors)
     on_cuda = all(t.is_cuda for t in tensors)
     if name == "auto":
-        if not on_cuda or not triton_available():
+        if not auto_uses_kernel or not on_cuda or not triton_available():
             return None
         if supported() is not None:
             return None
