@@ -95,6 +95,93 @@ void register_core(py::module_& m) {
       py::arg("fail_round") = -1, py::arg("fail_index") = -1,
       "Runs `rounds` parallel_for calls on one pool (round r writes i*(r+1)+1 at index i); returns "
       "(per-round sums, per-round error messages). A self-test of the pool's hand-over.");
+  m.def(
+      "thread_pool_task_selftest",
+      [](std::int64_t n, int num_threads, int rounds, int spin_micros, int tasks_per_round, int task_micros,
+         int cancel_every, std::int64_t throw_task) {
+        if (n < 0 || rounds < 0 || tasks_per_round < 0 || task_micros < 0) {
+          throw py::value_error("n, rounds, tasks_per_round and task_micros must be >= 0");
+        }
+        std::vector<std::uint64_t> sums;
+        std::vector<std::string> drain_errors;
+        std::vector<std::int64_t> mismatches;  // rounds after whose drain executed != submitted - cancelled
+        std::vector<std::uint64_t> partial(static_cast<std::size_t>(n));
+        std::atomic<std::int64_t> executed{0}, submitted{0};
+        std::int64_t cancelled = 0;
+        {
+          py::gil_scoped_release release;
+          deltairis::ThreadPool pool(deltairis::resolve_num_threads(num_threads), spin_micros);
+          auto make_task = [&] {
+            const std::int64_t id = submitted.fetch_add(1);
+            return [&executed, id, throw_task, task_micros] {
+              const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(task_micros);
+              while (std::chrono::steady_clock::now() < until) {
+              }
+              executed.fetch_add(1);
+              if (id == throw_task) throw std::runtime_error("planted task failure " + std::to_string(id));
+            };
+          };
+          auto drain = [&](int r) {
+            try {
+              pool.drain();
+            } catch (const std::exception& e) {
+              drain_errors.emplace_back(e.what());
+            }
+            if (executed.load() != submitted.load() - cancelled) mismatches.push_back(r);
+          };
+          for (int r = 0; r < rounds; ++r) {
+            for (int t = 0; t < tasks_per_round; ++t) pool.submit(make_task());
+            std::fill(partial.begin(), partial.end(), 0);
+            pool.parallel_for(static_cast<std::size_t>(n), [&](std::size_t i) {
+              partial[i] = static_cast<std::uint64_t>(i) * static_cast<std::uint64_t>(r + 1) + 1;
+              if (tasks_per_round > 0 && i % 16 == 5) pool.submit(make_task());  // from inside a job
+            });
+            std::uint64_t total = 0;
+            for (auto v : partial) total += v;
+            sums.push_back(total);
+            if (cancel_every > 0 && r % cancel_every == cancel_every - 1) {
+              cancelled += static_cast<std::int64_t>(pool.cancel_pending());
+            }
+            if (r % 5 == 4) drain(r);
+            if (r % 7 == 3) std::this_thread::sleep_for(std::chrono::microseconds(150 * (r % 5)));
+          }
+          drain(rounds);
+          if (pool.tasks_in_flight() != 0) mismatches.push_back(-1);
+        }
+        py::dict d;
+        d["sums"] = sums;
+        d["submitted"] = submitted.load();
+        d["executed"] = executed.load();
+        d["cancelled"] = cancelled;
+        d["drain_errors"] = drain_errors;
+        d["mismatches"] = mismatches;
+        return d;
+      },
+      py::arg("n"), py::arg("num_threads"), py::arg("rounds"), py::arg("spin_micros"), py::arg("tasks_per_round"),
+      py::arg("task_micros"), py::arg("cancel_every") = 0, py::arg("throw_task") = -1,
+      "Interleaves background tasks (busy-waiting task_micros each; tasks_per_round submitted before each "
+      "parallel_for and more from inside it) with parallel_for rounds like thread_pool_selftest, with "
+      "drains every 5 rounds and cancel_pending every cancel_every rounds. Returns a dict: sums, "
+      "submitted, executed, cancelled, drain_errors, mismatches (rounds whose drain left "
+      "executed != submitted - cancelled; -1: tasks still in flight at the end).");
+  m.def(
+      "thread_pool_destroy_with_pending",
+      [](int num_threads, int tasks, int task_micros) {
+        std::atomic<std::int64_t> executed{0};
+        {
+          py::gil_scoped_release release;
+          deltairis::ThreadPool pool(deltairis::resolve_num_threads(num_threads), 0);
+          for (int t = 0; t < tasks; ++t) {
+            pool.submit([&executed, task_micros] {
+              std::this_thread::sleep_for(std::chrono::microseconds(task_micros));
+              executed.fetch_add(1);
+            });
+          }
+        }  // the destructor drops what has not started and waits for what is running
+        return executed.load();
+      },
+      py::arg("num_threads"), py::arg("tasks"), py::arg("task_micros"),
+      "Submits tasks to a pool and destroys it at once; returns how many ran (a self-test of the destructor).");
 }
 
 // ---------------------------------------------------------------------------------------------
