@@ -613,6 +613,20 @@ void register_vecenv(py::module_& m) {
            py::arg("assets"), py::arg("num_envs"), py::arg("num_threads") = 0)
       .def_property_readonly("num_envs", &deltairis::CrafterVectorEnv::num_envs)
       .def_property_readonly("num_threads", &deltairis::CrafterVectorEnv::num_threads)
+      .def_property_readonly("background_resets", &deltairis::CrafterVectorEnv::background_resets,
+                             "Whether next episodes are built ahead by pool workers (more than one thread).")
+      .def_property_readonly(
+          "reset_counts",
+          [](const deltairis::CrafterVectorEnv& v) {
+            const auto c = v.reset_counts();
+            py::dict d;
+            d["ready"] = c.ready;
+            d["waited"] = c.waited;
+            d["inline"] = c.inline_built;
+            return d;
+          },
+          "Episode starts after an auto-reset or reset(None): taken from a ready spare, waited for a spare "
+          "being built, or built inline.")
       .def(
           "reset",
           [check_buffer](deltairis::CrafterVectorEnv& v, py::object seeds, py::array obs) {

@@ -3,61 +3,205 @@
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+#include <thread>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace deltairis {
+namespace {
+
+inline void relax(int k) {
+  if (k < 256) {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_pause();
+#endif
+  } else {
+    std::this_thread::yield();  // the builder may need this core (more threads than vCPUs)
+  }
+}
+
+}  // namespace
 
 CrafterVectorEnv::CrafterVectorEnv(std::shared_ptr<const crafter::Assets> assets, int num_envs, int num_threads)
     : assets_(std::move(assets)),
       obs_size_(static_cast<std::size_t>(assets_->obs_height()) * assets_->obs_width() * 3),
       pool_(std::max(1, std::min(num_threads, std::max(num_envs, 1)))) {
   if (num_envs < 1) throw std::invalid_argument("num_envs must be >= 1");
-  for (int i = 0; i < num_envs; ++i) envs_.push_back(std::make_unique<crafter::Env>(assets_, i));
+  use_spares_ = pool_.num_threads() > 1;
+  for (int i = 0; i < num_envs; ++i) {
+    envs_.push_back(std::make_unique<crafter::Env>(assets_, i));
+    spares_.push_back(std::make_unique<Spare>());
+    if (use_spares_) spares_.back()->obs.resize(obs_size_);
+  }
+  needs_submit_.assign(static_cast<std::size_t>(num_envs), 0);
   returns_.assign(static_cast<std::size_t>(num_envs), 0.0);
   lengths_.assign(static_cast<std::size_t>(num_envs), 0);
 }
 
-void CrafterVectorEnv::reset(const std::int64_t* seeds, std::uint8_t* obs) {
-  pool_.parallel_for(envs_.size(), [&](std::size_t i) {
-    if (seeds != nullptr) envs_[i] = std::make_unique<crafter::Env>(assets_, seeds[i]);
-    envs_[i]->reset(obs + i * obs_size_);
-    returns_[i] = 0.0;
-    lengths_[i] = 0;
+CrafterVectorEnv::~CrafterVectorEnv() {
+  // Queued builds refer to this object: drop them and wait for the running ones before members go.
+  pool_.cancel_pending();
+  try {
+    pool_.drain();
+  } catch (...) {  // a build's exception has nowhere to go now
+  }
+}
+
+void CrafterVectorEnv::build_spare(Spare& s) {
+  if (!s.env || s.env->seed() != s.seed) s.env = std::make_unique<crafter::Env>(assets_, s.seed);
+  s.env->reset_at(s.episode, s.obs.data());
+}
+
+void CrafterVectorEnv::submit_spare(std::size_t i) {
+  pool_.submit([this, i] {
+    Spare& s = *spares_[i];
+    int expected = kPending;
+    // A stale task (its spare was already built by the step) finds another state and does nothing.
+    if (!s.state.compare_exchange_strong(expected, kBuilding, std::memory_order_acquire)) return;
+    try {
+      build_spare(s);
+    } catch (...) {
+      s.state.store(kPending, std::memory_order_release);  // the step builds it inline and sees the error
+      return;
+    }
+    s.state.store(kReady, std::memory_order_release);
   });
+}
+
+void CrafterVectorEnv::drop_spares() {
+  pool_.cancel_pending();
+  pool_.drain();
+  for (auto& s : spares_) s->state.store(kEmpty);
+}
+
+void CrafterVectorEnv::next_episode(std::size_t i, std::uint8_t* obs) {
+  Spare& s = *spares_[i];
+  std::int64_t* outcome = &s.ready;
+  for (int k = 0;; ++k) {
+    int st = s.state.load(std::memory_order_acquire);
+    if (st == kReady) break;
+    if (st == kEmpty) {  // no spares (one thread, or none scheduled): the classic inline reset
+      s.inline_built += 1;
+      envs_[i]->reset(obs);
+      return;
+    }
+    if (st == kPending) {  // its build has not started: do it here rather than wait for a worker
+      if (!s.state.compare_exchange_weak(st, kBuilding, std::memory_order_acquire)) continue;
+      try {
+        build_spare(s);
+      } catch (...) {
+        s.state.store(kPending, std::memory_order_release);
+        throw;
+      }
+      s.state.store(kReady, std::memory_order_relaxed);  // this thread owns it
+      outcome = &s.inline_built;
+      break;
+    }
+    outcome = &s.waited;  // kBuilding on a worker: it is already running, wait for it
+    relax(k);
+  }
+  *outcome += 1;
+  std::swap(envs_[i], s.env);
+  std::memcpy(obs, s.obs.data(), obs_size_);
+  // The next spare: the slot's following episode, built on the Env that just finished.
+  s.seed = envs_[i]->seed();
+  s.episode = envs_[i]->episode() + 1;
+  s.state.store(kPending, std::memory_order_release);
+  needs_submit_[i] = 1;
+}
+
+void CrafterVectorEnv::reset(const std::int64_t* seeds, std::uint8_t* obs) {
+  if (seeds != nullptr) {
+    drop_spares();  // the queued spares belong to the old seeds
+    pool_.parallel_for(envs_.size(), [&](std::size_t i) {
+      envs_[i] = std::make_unique<crafter::Env>(assets_, seeds[i]);
+      envs_[i]->reset(obs + i * obs_size_);
+    });
+    if (use_spares_) {
+      for (std::size_t i = 0; i < envs_.size(); ++i) {  // no build can run: drop_spares drained the pool
+        Spare& s = *spares_[i];
+        s.seed = envs_[i]->seed();
+        s.episode = envs_[i]->episode() + 1;
+        s.state.store(kPending, std::memory_order_release);
+        needs_submit_[i] = 1;
+      }
+    }
+  } else {
+    try {
+      pool_.parallel_for(envs_.size(), [&](std::size_t i) { next_episode(i, obs + i * obs_size_); });
+    } catch (...) {
+      for (std::size_t i = 0; i < envs_.size(); ++i) {
+        if (needs_submit_[i]) submit_spare(i);
+        needs_submit_[i] = 0;
+      }
+      throw;
+    }
+  }
+  std::fill(returns_.begin(), returns_.end(), 0.0);
+  std::fill(lengths_.begin(), lengths_.end(), 0);
+  for (std::size_t i = 0; i < envs_.size(); ++i) {
+    if (needs_submit_[i]) submit_spare(i);
+    needs_submit_[i] = 0;
+  }
 }
 
 void CrafterVectorEnv::step(const std::int64_t* actions, const CrafterStepBuffers& out) {
   const std::size_t ni = static_cast<std::size_t>(assets_->num_items());
   const std::size_t na = static_cast<std::size_t>(assets_->num_achievements());
   const std::size_t area = static_cast<std::size_t>(assets_->config().area_x) * assets_->config().area_y;
-  pool_.parallel_for(envs_.size(), [&](std::size_t i) {
-    crafter::Env& env = *envs_[i];
-    std::uint8_t* obs = out.obs + i * obs_size_;
-    const crafter::StepResult r = env.step(static_cast<int>(actions[i]), obs);
-    returns_[i] += static_cast<double>(static_cast<float>(r.reward));  // as the Python backends sum float32 rewards
-    lengths_[i] += 1;
-    out.reward[i] = static_cast<float>(r.reward);
-    out.terminated[i] = r.dead;
-    out.truncated[i] = r.over && !r.dead;
-    out.episode_return[i] = 0.0;
-    out.episode_length[i] = 0;
-    if (!r.done) {
-      std::memset(out.final_obs + i * obs_size_, 0, obs_size_);  // rows without a finished episode hold zeros
-      return;
+  auto submit_consumed = [&] {
+    for (std::size_t i = 0; i < envs_.size(); ++i) {
+      if (needs_submit_[i]) submit_spare(i);
+      needs_submit_[i] = 0;
     }
-    std::memcpy(out.final_obs + i * obs_size_, obs, obs_size_);
-    out.episode_return[i] = returns_[i];
-    out.episode_length[i] = lengths_[i];
-    for (std::size_t k = 0; k < ni; ++k) out.final_inventory[i * ni + k] = env.inventory()[k];
-    for (std::size_t k = 0; k < na; ++k) out.final_achievements[i * na + k] = env.achievements()[k];
-    env.semantic(out.final_semantic + i * area);
-    out.final_player_pos[2 * i] = env.player_x();
-    out.final_player_pos[2 * i + 1] = env.player_y();
-    out.final_discount[i] = r.dead ? 0.0 : 1.0;
-    out.final_reward[i] = r.info_reward;
-    returns_[i] = 0.0;
-    lengths_[i] = 0;
-    env.reset(obs);
-  });
+  };
+  try {
+    pool_.parallel_for(envs_.size(), [&](std::size_t i) {
+      crafter::Env& env = *envs_[i];
+      std::uint8_t* obs = out.obs + i * obs_size_;
+      const crafter::StepResult r = env.step(static_cast<int>(actions[i]), obs);
+      returns_[i] += static_cast<double>(static_cast<float>(r.reward));  // as the Python backends sum float32 rewards
+      lengths_[i] += 1;
+      out.reward[i] = static_cast<float>(r.reward);
+      out.terminated[i] = r.dead;
+      out.truncated[i] = r.over && !r.dead;
+      out.episode_return[i] = 0.0;
+      out.episode_length[i] = 0;
+      if (!r.done) {
+        std::memset(out.final_obs + i * obs_size_, 0, obs_size_);  // rows without a finished episode hold zeros
+        return;
+      }
+      std::memcpy(out.final_obs + i * obs_size_, obs, obs_size_);
+      out.episode_return[i] = returns_[i];
+      out.episode_length[i] = lengths_[i];
+      for (std::size_t k = 0; k < ni; ++k) out.final_inventory[i * ni + k] = env.inventory()[k];
+      for (std::size_t k = 0; k < na; ++k) out.final_achievements[i * na + k] = env.achievements()[k];
+      env.semantic(out.final_semantic + i * area);
+      out.final_player_pos[2 * i] = env.player_x();
+      out.final_player_pos[2 * i + 1] = env.player_y();
+      out.final_discount[i] = r.dead ? 0.0 : 1.0;
+      out.final_reward[i] = r.info_reward;
+      returns_[i] = 0.0;
+      lengths_[i] = 0;
+      next_episode(i, obs);  // `env` may be swapped out here: not used after this line
+    });
+  } catch (...) {
+    submit_consumed();
+    throw;
+  }
+  submit_consumed();  // after the barrier: the workers build the next spares while the caller is away
+}
+
+CrafterVectorEnv::ResetCounts CrafterVectorEnv::reset_counts() const {
+  ResetCounts c;
+  for (const auto& s : spares_) {
+    c.ready += s->ready;
+    c.waited += s->waited;
+    c.inline_built += s->inline_built;
+  }
+  return c;
 }
 
 }  // namespace deltairis

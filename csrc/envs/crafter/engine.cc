@@ -433,9 +433,9 @@ void Env::update_time() {
   daylight_ = 1 - std::pow(std::abs(std::cos(kPi * progress)), 3.0);
 }
 
-void Env::reset(std::uint8_t* obs) {
+void Env::reset_at(std::int64_t episode, std::uint8_t* obs) {
   const int cx = ax_ / 2, cy = ay_ / 2;
-  ++episode_;
+  episode_ = episode;
   step_ = 0;
   random_.seed(episode_world_seed(seed_, episode_));
   daylight_ = 0.0;

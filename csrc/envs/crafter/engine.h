@@ -234,7 +234,11 @@ class Env {
   Env(std::shared_ptr<const Assets> assets, std::int64_t seed);
 
   // Starts the next episode and writes its first observation, (size_y, size_x, 3) uint8.
-  void reset(std::uint8_t* obs);
+  void reset(std::uint8_t* obs) { reset_at(episode_ + 1, obs); }
+  // Starts episode number `episode` (1 = the first) directly: the same state and observation as
+  // calling reset() `episode` times on a fresh Env with this seed (the vector env builds its next
+  // episodes ahead of time this way). Everything an episode depends on is re-initialised here.
+  void reset_at(std::int64_t episode, std::uint8_t* obs);
   // Advances one step; `action` must be in [0, num_actions).
   StepResult step(int action, std::uint8_t* obs);
 

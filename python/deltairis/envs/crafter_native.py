@@ -225,6 +225,11 @@ class NativeCrafterVectorEnv(VectorEnv):
     Env ``i`` behaves like ``CrafterNative(seed=seed + i, length=length)``; ``terminated`` = the player
     died, ``truncated`` = ``length`` was reached alive. Results are identical for any ``num_threads``.
 
+    With two or more threads the next episode of every env is generated ahead of time by idle pool
+    workers (world generation costs as much as ~70 steps), so an auto-reset inside :meth:`step` is
+    usually a swap and a copy instead of a stall of the whole batch; ``reset_counts`` tells how the
+    episode starts were served. With one thread resets run inline.
+
     Args:
         num_envs: number of envs.
         seed: seed of env 0 for the first ``reset()`` without a seed.
@@ -266,6 +271,7 @@ class NativeCrafterVectorEnv(VectorEnv):
             self._assets, self.num_envs, 0 if num_threads is None else num_threads
         )
         self.num_threads = int(self._vec.num_threads)
+        self.background_resets = bool(self._vec.background_resets)
         self._default_seed = int(seed)
         self._needs_reset = True
         self._closed = False
@@ -332,6 +338,15 @@ class NativeCrafterVectorEnv(VectorEnv):
             "final_info": final_info,
         }
         return self._obs.copy(), b["reward"].copy(), b["terminated"].copy(), b["truncated"].copy(), info
+
+    @property
+    def reset_counts(self) -> dict[str, int]:
+        """How episode starts after an auto-reset or ``reset()`` without a seed were served so far.
+
+        ``ready``: a spare built in the background was waiting; ``waited``: its build was running and the
+        step waited for it; ``inline``: built by the step itself (one thread, or a build not yet started).
+        """
+        return {k: int(v) for k, v in self._vec.reset_counts.items()}
 
     def close(self) -> None:
         self._closed = True
