@@ -120,3 +120,48 @@ def test_oracle_clearly_beats_random() -> None:
     # The undiscounted gap also holds with the terminate-on-goal variant.
     assert oracle_policy_return(64, seed=0, respawn=False) == 1.0
     assert random_policy_return(64, seed=0, respawn=False) < 0.8
+
+
+@pytest.mark.parametrize("grid", [2, 3, 5, 8])
+def test_other_board_sizes_render_and_move(grid: int) -> None:
+    """Any board size 2..8: agent/goal drawn in their cells, moves clipped at the walls, +1 on the goal."""
+    cell = 64 // grid
+    env = GridGoalEnv(max_steps=400, grid=grid)
+    frame = env.reset(seed=grid)
+    moves = {0: (0, 0), 1: (-1, 0), 2: (1, 0), 3: (0, -1), 4: (0, 1)}
+    rng = np.random.default_rng(grid)
+    goals = 0
+    for _ in range(300):
+        for pos, colour in ((env.agent_pos, AGENT_COLOUR), (env.goal_pos, GOAL_COLOUR)):
+            hits = [
+                (r, c)
+                for r in range(grid)
+                for c in range(grid)
+                if np.array_equal(frame[r * cell + cell // 2, c * cell + cell // 2], colour)
+            ]
+            assert hits == [tuple(pos)]
+        a = int(rng.integers(5))
+        expected = np.clip(env.agent_pos + moves[a], 0, grid - 1)
+        goal_before = env.goal_pos.copy()
+        frame, reward, done, info = env.step(a)
+        np.testing.assert_array_equal(info["agent_pos"], expected)
+        assert reward == (1.0 if np.array_equal(expected, goal_before) else 0.0)
+        goals += int(reward)
+        assert (0 <= env.goal_pos).all() and (env.goal_pos < grid).all()
+    assert goals > 0
+
+
+def test_smaller_boards_give_more_goals_to_random_play() -> None:
+    returns = [random_policy_return(64, seed=0, grid=g) for g in (2, 3, 4)]
+    assert returns[0] > returns[1] > returns[2]
+    # The oracle keeps a clear lead on every size.
+    for g, r in zip((2, 3, 4), returns):
+        assert oracle_policy_return(64, seed=0, grid=g) >= r + 5.0
+
+
+@pytest.mark.parametrize("bad", [1, 9, 0, -2, 2.5, True, "3"])
+def test_bad_board_size_is_rejected(bad: object) -> None:
+    with pytest.raises(ValueError, match="grid must be an int in \\[2, 8\\]"):
+        GridGoalEnv(grid=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="grid"):
+        make_vector_env("toy", 2, seed=0, grid=bad)

@@ -57,6 +57,7 @@ class EnvSplitConfig:
     max_episode_frames: int | None = None  # Atari time limit in raw emulator frames
     noop_max: int | None = None  # Atari: random no-op frames at reset (1..noop_max)
     respawn: bool | None = None  # toy: the goal reappears after being reached
+    grid: int | None = None  # toy: board size in cells a side (2..8)
 
 
 @dataclass

@@ -59,7 +59,7 @@ def make_vector_env(
             Python backends, which step in the calling thread.
         **kwargs: env options. Crafter: ``length`` (10,000), ``reward`` (True). Atari: ``id``
             (``"BreakoutNoFrameskip-v4"`` or an ALE name), ``train`` (True: training settings, False: test
-            settings), ``noop_max``, ``max_episode_frames``. Toy: ``max_steps`` (30), ``respawn`` (True).
+            settings), ``noop_max``, ``max_episode_frames``. Toy: ``max_steps`` (30), ``respawn`` (True), ``grid`` (4).
 
     Raises:
         ValueError: unknown ``name``, ``backend`` or option, or a bad value.
@@ -79,7 +79,7 @@ def make_vector_env(
     if name == "toy":
         from deltairis.envs.toy import ToyVectorEnv
 
-        _check_kwargs(name, kwargs, ("max_steps", "respawn"))
+        _check_kwargs(name, kwargs, ("max_steps", "respawn", "grid"))
         return ToyVectorEnv(num_envs, seed=seed, **kwargs)
 
     if name == "crafter":

@@ -1,6 +1,6 @@
 """A small built-in 64×64 RGB environment for tests and the ``tiny`` training preset.
 
-``GridGoal``: a 4×4 grid of 16×16-pixel cells drawn on a dark background. The agent is a red square, the
+``GridGoal``: a ``grid``×``grid`` board (default 4×4 of 16×16-pixel cells; 2..8) drawn on a dark background. The agent is a red square, the
 goal a green square. Actions: ``noop, up, down, left, right`` (moving into a wall leaves the agent in
 place). Reaching the goal gives +1; with ``respawn=True`` (default) the goal then reappears on a
 uniformly random other cell and the episode goes on until ``max_steps`` agent steps (truncation); with
@@ -24,8 +24,9 @@ import numpy as np
 
 from deltairis.envs.vector import OBS_SHAPE, SyncVectorEnv
 
-GRID = 4
-CELL = OBS_SHAPE[0] // GRID  # 16 pixels
+GRID = 4  # default board size
+CELL = OBS_SHAPE[0] // GRID  # 16 pixels at the default size
+GRID_SIZES = range(2, 9)
 MARGIN = 2  # pixels left dark around each square so neighbouring cells stay distinct
 ACTION_NAMES = ["noop", "up", "down", "left", "right"]
 # (d_row, d_col) per action, same order as ACTION_NAMES.
@@ -36,16 +37,17 @@ AGENT_COLOUR = np.array([230, 40, 40], dtype=np.uint8)
 GOAL_COLOUR = np.array([40, 220, 60], dtype=np.uint8)
 
 
-def _background() -> np.ndarray:
+def _background(grid: int) -> np.ndarray:
+    cell = OBS_SHAPE[0] // grid
     frame = np.empty(OBS_SHAPE, dtype=np.uint8)
     frame[:] = BACKGROUND
-    for k in range(GRID):
-        frame[k * CELL, :] = GRID_LINE
-        frame[:, k * CELL] = GRID_LINE
+    for k in range(grid):
+        frame[k * cell, :] = GRID_LINE
+        frame[:, k * cell] = GRID_LINE
     return frame
 
 
-_BACKGROUND_FRAME = _background()
+_BACKGROUND_FRAMES = {g: _background(g) for g in GRID_SIZES}
 
 
 class GridGoalEnv:
@@ -57,13 +59,21 @@ class GridGoalEnv:
         max_steps: episode length limit in agent steps (1..1000).
         respawn: keep the episode going after a goal (True) or terminate on the first goal (False).
         seed: seed for the first ``reset()`` when it is called without one.
+        grid: board size, 2..8 cells a side (cells of ``64 // grid`` pixels; smaller boards make goals
+            more frequent).
     """
 
     action_names: list[str] = list(ACTION_NAMES)
 
-    def __init__(self, max_steps: int = 30, respawn: bool = True, seed: int | None = None) -> None:
-        if not isinstance(max_steps, (int, np.integer)) or not 1 <= max_steps <= 1000:
+    def __init__(
+        self, max_steps: int = 30, respawn: bool = True, seed: int | None = None, grid: int = GRID
+    ) -> None:
+        if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or not 1 <= max_steps <= 1000:
             raise ValueError(f"max_steps must be an int in [1, 1000], got {max_steps!r}")
+        if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or int(grid) not in GRID_SIZES:
+            raise ValueError(f"grid must be an int in [2, 8], got {grid!r}")
+        self.grid = int(grid)
+        self.cell = OBS_SHAPE[0] // self.grid
         self.max_steps = int(max_steps)
         self.respawn = bool(respawn)
         self._rng = np.random.default_rng(seed)
@@ -79,24 +89,26 @@ class GridGoalEnv:
 
     def _place_goal(self) -> None:
         # Uniform over the cells other than the agent's.
-        k = int(self._rng.integers(GRID * GRID - 1))
-        agent_flat = int(self.agent_pos[0] * GRID + self.agent_pos[1])
+        g = self.grid
+        k = int(self._rng.integers(g * g - 1))
+        agent_flat = int(self.agent_pos[0] * g + self.agent_pos[1])
         if k >= agent_flat:
             k += 1
-        self.goal_pos[:] = (k // GRID, k % GRID)
+        self.goal_pos[:] = (k // g, k % g)
 
     def render(self) -> np.ndarray:
         """The current frame, uint8 (64, 64, 3)."""
-        frame = _BACKGROUND_FRAME.copy()
+        frame = _BACKGROUND_FRAMES[self.grid].copy()
+        cell = self.cell
         for pos, colour in ((self.goal_pos, GOAL_COLOUR), (self.agent_pos, AGENT_COLOUR)):
-            r0, c0 = int(pos[0]) * CELL + MARGIN, int(pos[1]) * CELL + MARGIN
-            frame[r0 : r0 + CELL - 2 * MARGIN + 1, c0 : c0 + CELL - 2 * MARGIN + 1] = colour
+            r0, c0 = int(pos[0]) * cell + MARGIN, int(pos[1]) * cell + MARGIN
+            frame[r0 : r0 + cell - 2 * MARGIN + 1, c0 : c0 + cell - 2 * MARGIN + 1] = colour
         return frame
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-        self.agent_pos[:] = self._rng.integers(GRID, size=2)
+        self.agent_pos[:] = self._rng.integers(self.grid, size=2)
         self._place_goal()
         self._t = 0
         self._goals = 0
@@ -108,7 +120,7 @@ class GridGoalEnv:
             raise RuntimeError("step() called before reset()")
         if not 0 <= int(action) < len(ACTION_NAMES):
             raise ValueError(f"action must lie in [0, {len(ACTION_NAMES)}), got {action}")
-        self.agent_pos[:] = np.clip(self.agent_pos + _MOVES[int(action)], 0, GRID - 1)
+        self.agent_pos[:] = np.clip(self.agent_pos + _MOVES[int(action)], 0, self.grid - 1)
         self._t += 1
         reward = 0.0
         terminated = False
@@ -151,12 +163,14 @@ class GridGoalEnv:
 class ToyVectorEnv(SyncVectorEnv):
     """``num_envs`` :class:`GridGoalEnv` behind the :class:`~deltairis.envs.vector.VectorEnv` interface."""
 
-    def __init__(self, num_envs: int, seed: int | None = 0, max_steps: int = 30, respawn: bool = True) -> None:
+    def __init__(
+        self, num_envs: int, seed: int | None = 0, max_steps: int = 30, respawn: bool = True, grid: int = GRID
+    ) -> None:
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
-        GridGoalEnv(max_steps=max_steps, respawn=respawn)  # validates the options once, clearly
+        GridGoalEnv(max_steps=max_steps, respawn=respawn, grid=grid)  # validates the options once, clearly
         super().__init__(
-            [lambda: GridGoalEnv(max_steps=max_steps, respawn=respawn) for _ in range(int(num_envs))],
+            [lambda: GridGoalEnv(max_steps=max_steps, respawn=respawn, grid=grid) for _ in range(int(num_envs))],
             seed=seed,
         )
 

@@ -38,6 +38,8 @@ def env_kwargs(env_cfg: DictConfig, split: str) -> dict[str, Any]:
             kw["max_steps"] = int(s.max_episode_steps)
         if s.respawn is not None:
             kw["respawn"] = bool(s.respawn)
+        if s.grid is not None:
+            kw["grid"] = int(s.grid)
     return kw
 
 
