@@ -82,6 +82,7 @@ def test_thread_pool_spin_env_var_is_read(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.setenv("DELTAIRIS_POOL_SPIN_US", value)
         sums, errors = core.thread_pool_selftest(16, 2, 5, -1)
         assert sums == [sum(i * (r + 1) + 1 for i in range(16)) for r in range(5)]
+        assert errors == [""] * 5
 
 
 @pytest.mark.parametrize("spin_micros", [0, 50, 100_000])

@@ -200,7 +200,9 @@ class _ReferenceVector:
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         if seed is not None:
-            self.envs = [crafter_native.CrafterNative(seed=seed + i, length=self.length) for i in range(self.num_envs)]
+            self.envs = [
+                crafter_native.CrafterNative(seed=seed + i, length=self.length) for i in range(self.num_envs)
+            ]
         self.returns[:] = 0.0
         self.lengths[:] = 0
         return np.stack([e.reset() for e in self.envs])

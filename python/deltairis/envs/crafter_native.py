@@ -279,13 +279,7 @@ class NativeCrafterVectorEnv(VectorEnv):
         obs_shape = tuple(self._assets.obs_shape)
         self._obs = np.zeros((n, *obs_shape), np.uint8)
         area_xy = _pair(area, "area")
-        self._buffers = {
-            "reward": np.zeros(n, np.float32),
-            "terminated": np.zeros(n, bool),
-            "truncated": np.zeros(n, bool),
-            "final_obs": np.zeros((n, *obs_shape), np.uint8),
-            "episode_return": np.zeros(n, np.float64),
-            "episode_length": np.zeros(n, np.int64),
+        self._buffers = {  # per-episode-end scratch, reused (step returns fresh arrays for the rest)
             "final_inventory": np.zeros((n, len(self._items)), np.int32),
             "final_achievements": np.zeros((n, len(self._achievements)), np.int32),
             "final_semantic": np.zeros((n, *area_xy), np.uint8),
@@ -319,8 +313,33 @@ class NativeCrafterVectorEnv(VectorEnv):
             raise RuntimeError("step() called before reset()")
         acts = validate_actions(actions, self.num_envs, self.num_actions)
         b = self._buffers
-        self._vec.step(acts, self._obs, **b)
-        done = b["terminated"] | b["truncated"]  # (N,)
+        # The rows returned to the caller are written into fresh arrays (the engine fills every row), so
+        # nothing is copied afterwards; the final_* scratch is read only in rows where an episode ended.
+        n = self.num_envs
+        obs = np.empty_like(self._obs)
+        reward = np.empty(n, np.float32)
+        terminated = np.empty(n, bool)
+        truncated = np.empty(n, bool)
+        final_obs = np.empty_like(self._obs)
+        episode_return = np.empty(n, np.float64)
+        episode_length = np.empty(n, np.int64)
+        self._vec.step(
+            acts,
+            obs,
+            reward,
+            terminated,
+            truncated,
+            final_obs,
+            episode_return,
+            episode_length,
+            b["final_inventory"],
+            b["final_achievements"],
+            b["final_semantic"],
+            b["final_player_pos"],
+            b["final_discount"],
+            b["final_reward"],
+        )
+        done = terminated | truncated  # (N,)
         final_info: list[dict[str, Any] | None] = [None] * self.num_envs
         for i in np.flatnonzero(done):
             final_info[i] = {
@@ -332,12 +351,12 @@ class NativeCrafterVectorEnv(VectorEnv):
                 "reward": float(b["final_reward"][i]),
             }
         info = {
-            "final_obs": b["final_obs"].copy(),  # zeros in rows where no episode finished
-            "episode_return": b["episode_return"].copy(),
-            "episode_length": b["episode_length"].copy(),
+            "final_obs": final_obs,  # zeros in rows where no episode finished
+            "episode_return": episode_return,
+            "episode_length": episode_length,
             "final_info": final_info,
         }
-        return self._obs.copy(), b["reward"].copy(), b["terminated"].copy(), b["truncated"].copy(), info
+        return obs, reward, terminated, truncated, info
 
     @property
     def reset_counts(self) -> dict[str, int]:
