@@ -35,7 +35,8 @@ def _check_episode(ep, expect_len: int | None) -> None:
 
 
 def _env_cfg(*extra: str):
-    return compose_config(["env=toy", "params=tiny", *extra]).env
+    # The 4x4 board the pixel checks above are written for (the config's default board is 2x2).
+    return compose_config(["env=toy", "params=tiny", f"env.train.grid={GRID}", f"env.test.grid={GRID}", *extra]).env
 
 
 @pytest.mark.parametrize("rounds", [[45, 60], [30], [7, 7, 7, 50]])
