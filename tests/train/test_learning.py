@@ -1,17 +1,22 @@
 """Learning test: the tiny preset trains a policy on the built-in toy env that clearly beats random.
 
 ``env=toy params=tiny`` on the CPU, with the schedule of ``params/tiny.yaml`` untouched (except the
-seed). The toy env (``deltairis.envs.toy``, 30-step episodes, +1 per goal reached, the goal respawns):
-a uniformly random policy collects about 0.8 goals per episode, a greedy oracle about 11.
+seed): 4 epochs, the actor-critic trained in imagination for 150 updates. The toy env as configured by
+``env/toy.yaml`` (``deltairis.envs.toy``: a 2x2 board, 30-step episodes, +1 per goal reached, the goal
+respawns elsewhere): a uniformly random policy collects about 3.6 goals per episode, a greedy oracle
+about 22.6.
 
 After training, the policy (test settings: temperature of ``collection.test``, ε = 0) is evaluated on
 64 fresh episodes of the real env and must reach at least ``RANDOM + MARGIN`` goals per episode, where
 RANDOM is the uniformly random policy's mean return on the same episodes (same seeds) and
-MARGIN = 1.0 goal per episode. Controls, so that the test fails when imagination training is broken:
+MARGIN = 3.0 goals per episode. Controls, so that the test fails when imagination training is broken:
 
 * the untrained agent (same initial weights) does not reach that bar (the skill comes from training);
 * the same actor-critic training with its λ-returns replaced by noise (the world model and tokenizer
   kept) does not reach it either (the skill comes from the returns computed in imagination).
+
+Measured when this was written (2-vCPU development machine, other jobs running): the trained policy
+scored ~10 goals per episode after the second epoch.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from deltairis.train.configuration import compose_config
 from deltairis.train.evaluate import evaluate_policy
 from deltairis.train.trainer import Trainer
 
-MARGIN = 1.0
+MARGIN = 3.0
 EVAL_EPISODES = 64
 EVAL_SEED = 20_260_101
 BASE = ["env=toy", "params=tiny", "common.device=cpu", "wandb.mode=disabled", "common.progress_bar=false",
@@ -46,13 +51,6 @@ def _noise_returns(rew, values, end, gamma, lambda_):  # same shape as the λ-re
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=False,
-    reason="KNOWN GAP (reported to the lead): with the tiny preset and a CPU-sized schedule the actor-critic "
-    "does not yet learn the toy env in imagination (imagined returns stay flat, the policy's entropy collapses); "
-    "any other error still fails this test. Remove this marker once the assertion holds.",
-)
 def test_tiny_preset_learns_the_toy_env(tmp_path, monkeypatch) -> None:
     t0 = time.perf_counter()
     cfg = compose_config(BASE)
@@ -75,11 +73,17 @@ def test_tiny_preset_learns_the_toy_env(tmp_path, monkeypatch) -> None:
     import deltairis.models.actor_critic as ac_module
 
     monkeypatch.setattr(ac_module, "lambda_returns", _noise_returns)
-    trainer.agent.actor_critic.load_state_dict(untrained.actor_critic.state_dict())
-    trainer.optimizers["actor_critic"] = torch.optim.Adam(
-        trainer.agent.actor_critic.model.parameters(), lr=cfg.training.actor_critic.learning_rate
-    )
-    for epoch in range(2, int(cfg.common.epochs) + 1):
-        trainer.train_component("actor_critic", epoch)
-    noise_return = _score(trainer.agent, cfg)
+    # trainer.run() closed the run's replay stores; reopen the finished run (resume) for the control.
+    control = Trainer(compose_config([*BASE, "common.resume=true"]), tmp_path / "run")
+    try:
+        assert control.epoch == int(cfg.common.epochs)
+        control.agent.actor_critic.load_state_dict(untrained.actor_critic.state_dict())
+        control.optimizers["actor_critic"] = torch.optim.Adam(
+            control.agent.actor_critic.model.parameters(), lr=cfg.training.actor_critic.learning_rate
+        )
+        for epoch in range(2, int(cfg.common.epochs) + 1):
+            control.train_component("actor_critic", epoch)
+        noise_return = _score(control.agent, cfg)
+    finally:
+        control.close()
     assert noise_return < bar, f"{report}; noise-returns control {noise_return:.2f}"
