@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--run-dir", type=Path, default=Path("."), help="run folder (default: current directory)")
     p.add_argument("--checkpoint", type=Path, help="agent checkpoint (default: RUN/checkpoints/last.pt)")
+    p.add_argument("--preset", choices=["crafter", "atari", "tiny"], default=None,
+                   help="outside a run folder: model preset of a reference-layout checkpoint (default: crafter)")
+    p.add_argument("--env-id", help="outside a run folder, with --preset atari: the game, e.g. BreakoutNoFrameskip-v4")
     p.add_argument("--steps", type=int, default=200, help="maximum steps per rollout")
     p.add_argument("--actions", help="comma-separated actions (indices or names) for -w without a terminal")
     p.add_argument("--episodes", type=int, default=4, help="number of saved episodes to render with -e")
@@ -205,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.mode == "episodes":
             paths = play_episodes(run_dir, args)
         else:
-            cfg, agent = load_run(run_dir, args.checkpoint, device)
+            cfg, agent = load_run(run_dir, args.checkpoint, device, preset=args.preset, env_id=args.env_id)
             if args.mode == "env":
                 frames, texts = play_env(agent, cfg, args, device)
             else:
