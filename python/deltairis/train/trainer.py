@@ -114,9 +114,16 @@ class _Progress:
 RESUME_SH = """#!/usr/bin/env bash
 # Resume this run from its last complete epoch. Extra key=value overrides are passed on
 # (e.g. common.epochs=2000 to train longer); a change of the model is refused.
+# Same as `deltairis-train hydra.run.dir=RUN common.resume=true`, but with the Python that created the
+# run, so no activated environment is needed; edit PYTHON if that environment moved.
 set -euo pipefail
+PYTHON={python}
+if [ ! -x "$PYTHON" ]; then
+  echo "resume.sh: $PYTHON (the Python that created this run) is missing; trying python3 from PATH" >&2
+  PYTHON=python3
+fi
 cd "$(dirname "$0")/.."
-exec deltairis-train hydra.run.dir="$PWD" common.resume=true "$@"
+exec "$PYTHON" -m deltairis.cli.train hydra.run.dir="$PWD" common.resume=true "$@"
 """
 
 PLAY_SH = """#!/usr/bin/env bash
@@ -124,9 +131,15 @@ PLAY_SH = """#!/usr/bin/env bash
 #   ./scripts/play.sh       agent in the real environment      ./scripts/play.sh -w   you/random in the world model
 #   ./scripts/play.sh -a    agent in the world model           ./scripts/play.sh -e   episodes of media/episodes
 #   add -h for a header with step, reward and return. Frames are written as GIFs to media/play/.
+# It runs the Python that created the run, so no activated environment is needed; edit PYTHON if it moved.
 set -euo pipefail
+PYTHON={python}
+if [ ! -x "$PYTHON" ]; then
+  echo "play.sh: $PYTHON (the Python that created this run) is missing; trying python3 from PATH" >&2
+  PYTHON=python3
+fi
 cd "$(dirname "$0")/.."
-exec deltairis-play --run-dir "$PWD" "$@"
+exec "$PYTHON" -m deltairis.cli.play --run-dir "$PWD" "$@"
 """
 
 
@@ -251,9 +264,12 @@ class Trainer:
     def _make_layout(self) -> None:
         for sub in ("checkpoints/dataset", "config", "media/episodes", "media/reconstructions", "scripts"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        import shlex
+        import sys
+
         for name, text in (("resume.sh", RESUME_SH), ("play.sh", PLAY_SH)):
             path = self.run_dir / "scripts" / name
-            atomic_write_bytes(path, text.encode())
+            atomic_write_bytes(path, text.format(python=shlex.quote(sys.executable)).encode())
             path.chmod(0o755)
 
     def _read_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
