@@ -2,7 +2,9 @@
 vector env or gymnasium + ale-py) and a built-in toy env.
 
 Importing this package registers ``deltairis/Crafter-v1`` with gymnasium when the native Crafter module
-is present (guarded: a missing or unbuilt module is not an error here).
+is present (guarded: a missing or unbuilt module is not an error here): ``gymnasium.make`` gives the
+single env, ``gymnasium.make_vec(..., vectorization_mode="vector_entry_point")`` the C++ vector stepper
+as a ``gymnasium.vector.VectorEnv`` (SAME_STEP auto-reset).
 """
 
 from __future__ import annotations

@@ -14,7 +14,10 @@ crafter patched the same way.
   ``step(action) -> (obs, reward, done, info)`` with the same info keys.
 * :class:`NativeCrafterVectorEnv`: N engines stepped by C++ threads with the GIL released, behind the
   :class:`~deltairis.envs.vector.VectorEnv` interface.
-* :func:`register_gymnasium`: registers ``deltairis/Crafter-v1`` (terminated/truncated split).
+* :class:`CrafterGymEnv` / :class:`CrafterGymVectorEnv`: gymnasium's ``Env`` and ``VectorEnv`` APIs
+  (the vector one on the C++ stepper, ``AutoresetMode.SAME_STEP``).
+* :func:`register_gymnasium`: registers ``deltairis/Crafter-v1`` (terminated/truncated split) for
+  ``gymnasium.make`` and ``gymnasium.make_vec(..., vectorization_mode="vector_entry_point")``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from deltairis.envs.vector import VectorEnv, validate_actions
 logger = logging.getLogger(__name__)
 
 GYM_ID = "deltairis/Crafter-v1"
+RENDER_FPS = 5  # crafter's own viewer (crafter/run_gui.py --fps) default
 # Python crafter's SemanticView ids: materials first, then these classes in this order.
 SEMANTIC_OBJECTS = ("Player", "Cow", "Zombie", "Skeleton", "Arrow", "Plant")
 
@@ -298,7 +302,21 @@ class NativeCrafterVectorEnv(VectorEnv):
             if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
                 raise ValueError(f"seed must be an int or None, got {seed!r}")
             seeds = np.arange(self.num_envs, dtype=np.int64) + np.int64(seed)  # (N,)
-            self._vec.reset(seeds, self._obs)
+            return self.reset_seeds(seeds)
+        return self.reset_seeds(None)
+
+    def reset_seeds(self, seeds: np.ndarray | None) -> np.ndarray:
+        """Start a new episode everywhere: env ``i`` gets a fresh engine seeded ``seeds[i]`` (int64 (N,)),
+        or, with ``None``, the next episode of its current engine (the first ``reset`` needs seeds)."""
+        if self._closed:
+            raise RuntimeError("reset() called on a closed env")
+        if seeds is None and self._needs_reset:
+            raise RuntimeError("the first reset needs seeds")
+        if seeds is not None:
+            seeds = np.asarray(seeds)
+            if seeds.shape != (self.num_envs,) or not np.issubdtype(seeds.dtype, np.integer):
+                raise ValueError(f"seeds must be an integer array of shape ({self.num_envs},), got {seeds!r}")
+            self._vec.reset(np.ascontiguousarray(seeds, dtype=np.int64), self._obs)
         else:
             self._vec.reset(None, self._obs)
         self._needs_reset = False
@@ -378,7 +396,7 @@ class CrafterGymEnv(gymnasium.Env):
     seed starts the current env's next episode, like ``crafter.Env.reset``.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": RENDER_FPS}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         self._kwargs = kwargs
@@ -412,8 +430,200 @@ class CrafterGymEnv(gymnasium.Env):
         pass
 
 
+def _exact_rewards(reward: np.ndarray) -> np.ndarray:
+    """The float64 rewards of the engine, recovered from the stepper's float32 copies.
+
+    The engine computes ``(health - last_health) / 10`` (+ ``1.0`` when an achievement was unlocked) in
+    double precision; health moves by at most +1 per step, so ``k = round(10 * reward)`` tells the terms
+    apart (``k <= 1``: no unlock; ``k >= 2``: unlock, health change ``k - 10``) and the double is rebuilt
+    with the engine's own operations. The one ambiguous value, ``k == 1`` (+1 health, or dying from 9
+    health while unlocking), is read as +1 health. Anything else keeps the float32 value.
+    """
+    r32 = np.asarray(reward, dtype=np.float32)
+    k = np.rint(r32.astype(np.float64) * 10.0)
+    exact = np.where(k <= 1, k / 10.0, (k - 10.0) / 10.0 + 1.0)
+    ok = (np.abs(k) <= 11) & (exact.astype(np.float32) == r32)
+    return np.where(ok, exact, r32.astype(np.float64))
+
+
+class CrafterGymVectorEnv(gymnasium.vector.VectorEnv):
+    """``deltairis/Crafter-v1`` as a :class:`gymnasium.vector.VectorEnv` on the native C++ stepper.
+
+    ``gymnasium.make_vec("deltairis/Crafter-v1", num_envs=N, vectorization_mode="vector_entry_point",
+    **kwargs)`` builds it. It steps exactly like ``gymnasium.vector.SyncVectorEnv`` over N
+    ``gymnasium.make("deltairis/Crafter-v1", **kwargs)`` envs with ``autoreset_mode=SAME_STEP``
+    (``tests/envs/test_gym_vector.py``):
+
+    * an env whose episode ends is reset inside the same step: ``obs[i]`` is the next episode's first
+      frame, ``info["final_obs"][i]`` (object array, ``None`` elsewhere, mask ``info["_final_obs"]``) the
+      last frame and ``info["final_info"]`` the finished episode's crafter info, batched by gymnasium's
+      ``_add_info`` (``final_info["inventory"]["wood"]`` (N,) with masks ``_inventory``, ``_wood``, ...,
+      outer mask ``info["_final_info"]``);
+    * ``reward`` float64 (N,), ``terminated`` = the player died, ``truncated`` = ``length`` was reached alive;
+    * seeding: ``reset(seed=s)`` makes env ``i`` a fresh engine seeded ``s + i`` (a list gives one seed per
+      env), as the single env's ``reset(seed=)`` does; ``reset()`` without a seed starts every env's next
+      episode; the very first unseeded ``reset()`` uses the constructor's ``seed`` for every env, or, when
+      it is ``None``, one seed per env drawn from numpy's global generator in env order (what N single
+      envs constructed one after the other draw).
+
+    Difference from the SyncVectorEnv: the per-step crafter infos of envs whose episode did not end
+    (``inventory``, ``achievements``, ``discount``, ``semantic``, ``player_pos``, ``reward``) are not
+    returned; the C++ stepper exports the state only at episode ends (in ``final_info``).
+    ``reset(options={"reset_mask": ...})`` (partial resets) is not supported either.
+
+    Args:
+        num_envs: number of envs.
+        render_mode: ``None`` or ``"rgb_array"``; ``render()`` returns each env's current frame either way
+            (like the single env).
+        num_threads: C++ worker threads (``None``: the default of ``deltairis._core``).
+        seed, area, view, size, reward, length: the single env's constructor arguments.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {
+        "render_modes": ["rgb_array"],
+        "render_fps": RENDER_FPS,
+        "autoreset_mode": gymnasium.vector.AutoresetMode.SAME_STEP,
+    }
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        render_mode: str | None = None,
+        num_threads: int | None = None,
+        seed: int | None = None,
+        area: int | Sequence[int] = (64, 64),
+        view: int | Sequence[int] = (9, 9),
+        size: int | Sequence[int] = (64, 64),
+        reward: bool = True,
+        length: int | None = 10000,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+                raise ValueError(f"seed must be an int or None, got {seed!r}")  # noqa: TRY004
+            if not -(2**63) <= int(seed) < 2**63:
+                raise ValueError(f"seed must fit in int64, got {seed}")
+        self.num_envs = int(num_envs)
+        self.render_mode = render_mode
+        self._native = NativeCrafterVectorEnv(
+            self.num_envs,
+            num_threads=num_threads,
+            length=_check_length(length),
+            reward=reward,
+            area=_pair(area, "area"),
+            view=_pair(view, "view"),
+            size=_pair(size, "size"),
+        )
+        self.action_names = list(self._native.action_names)
+        self.num_threads = self._native.num_threads
+        w, h = _pair(size, "size")
+        self.single_observation_space = gymnasium.spaces.Box(0, 255, (h, w, 3), np.uint8)
+        self.single_action_space = gymnasium.spaces.Discrete(self._native.num_actions)
+        self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = gymnasium.vector.utils.batch_space(self.single_action_space, self.num_envs)
+        # What N single envs draw one after the other at construction (CrafterNative(seed=None)).
+        if seed is None:
+            self._initial_seeds = np.array(
+                [np.random.randint(0, 2**31 - 1) for _ in range(self.num_envs)], dtype=np.int64
+            )
+        else:
+            self._initial_seeds = np.full(self.num_envs, int(seed), dtype=np.int64)
+        self._started = False
+        self._frames: np.ndarray | None = None
+
+    def _seeds(self, seed: Any) -> np.ndarray | None:
+        if seed is None:
+            return None
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+            if int(seed) < 0:
+                raise ValueError(f"seed must be a non-negative int, got {seed}")
+            if int(seed) + self.num_envs - 1 >= 2**63:
+                raise ValueError(f"seed + i must fit in int64, got seed {seed}")
+            return np.arange(self.num_envs, dtype=np.int64) + np.int64(seed)
+        if isinstance(seed, (list, tuple, np.ndarray)):
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(
+                    f"a list of seeds must have one seed per env ({self.num_envs}), got length {len(seeds)}"
+                )
+            if all(s is None for s in seeds):
+                return None
+            for s in seeds:
+                if s is None:
+                    raise ValueError(
+                        "seeds mixing None and ints are not supported: the native stepper resets every env "
+                        "with a seed or every env without one"
+                    )
+                if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2**63:
+                    raise ValueError(f"every seed must be a non-negative int (int64), got {s!r}")
+            return np.array([int(s) for s in seeds], dtype=np.int64)
+        raise ValueError(f"seed must be None, an int or a list of {self.num_envs} ints, got {seed!r}")
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset every env (see the class docstring for seeding). Returns obs uint8 (N, H, W, 3) and ``{}``."""
+        if self.closed:
+            raise RuntimeError("reset() called on a closed env")
+        if options is not None:
+            if not isinstance(options, dict):
+                raise ValueError(f"options must be a dict or None, got {options!r}")
+            if "reset_mask" in options:
+                raise ValueError(
+                    "options['reset_mask'] (partial reset) is not supported by the native Crafter stepper; "
+                    "reset all envs or rely on the auto-reset"
+                )
+        seeds = self._seeds(seed)
+        if isinstance(seed, (int, np.integer)):
+            super().reset(seed=int(seed))  # the vector env's own np_random, like gymnasium's envs
+        if seeds is None and not self._started:
+            seeds = self._initial_seeds
+        obs = self._native.reset_seeds(seeds)
+        self._started = True
+        self._frames = obs
+        return obs.copy(), {}
+
+    def step(
+        self, actions: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step every env (actions: integers (N,) in ``[0, 17)``); SAME_STEP auto-reset.
+
+        Raises:
+            ValueError: actions of a wrong dtype (floats, bools), shape or out of range.
+            RuntimeError: before ``reset()`` or after ``close()``.
+        """
+        if self.closed:
+            raise RuntimeError("step() called on a closed env")
+        obs, reward32, terminated, truncated, native_info = self._native.step(actions)
+        infos: dict[str, Any] = {}
+        for i in np.flatnonzero(terminated | truncated):
+            i = int(i)
+            infos = self._add_info(
+                infos, {"final_obs": native_info["final_obs"][i].copy(), "final_info": native_info["final_info"][i]}, i
+            )
+        self._frames = obs
+        return obs.copy(), _exact_rewards(reward32), terminated, truncated, infos
+
+    def render(self) -> tuple[np.ndarray | None, ...]:
+        """Each env's current frame (uint8 (H, W, 3)), like the single env's ``render()``; ``None``s
+        before the first ``reset()``."""
+        if self._frames is None:
+            return tuple(None for _ in range(self.num_envs))
+        return tuple(frame.copy() for frame in self._frames)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self._native.close()
+
+
 def register_gymnasium() -> None:
-    """Register ``deltairis/Crafter-v1`` with gymnasium (idempotent)."""
+    """Register ``deltairis/Crafter-v1`` with gymnasium (idempotent), single and vector entry points."""
     if GYM_ID in gymnasium.envs.registry:
         return
-    gymnasium.register(id=GYM_ID, entry_point="deltairis.envs.crafter_native:CrafterGymEnv")
+    gymnasium.register(
+        id=GYM_ID,
+        entry_point="deltairis.envs.crafter_native:CrafterGymEnv",
+        vector_entry_point="deltairis.envs.crafter_native:CrafterGymVectorEnv",
+    )
