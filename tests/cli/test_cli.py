@@ -127,11 +127,14 @@ def test_play_script_calls_the_installed_entry_point(run: Path) -> None:
     assert (run / "x.gif").stat().st_size > 0
 
 
-def test_eval(run: Path, capsys) -> None:
+def test_eval(run: Path, capsys, tmp_path, monkeypatch) -> None:
     assert eval_cli.main(["--run-dir", str(run), "--episodes", "3", "--num-envs", "2"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["num_episodes"] == 3 and m["episode_length_mean"] == 30
+    assert (run / "eval" / "report.md").is_file()  # the report goes to RUN/eval by default
+    monkeypatch.chdir(tmp_path)  # without a run folder the report goes to ./eval-report
     assert eval_cli.main(["--env", "toy", "--random", "--episodes", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["num_episodes"] == 4
+    assert (tmp_path / "eval-report" / "report.json").is_file()
     assert eval_cli.main([]) == 2
     assert "--run-dir" in capsys.readouterr().err

@@ -48,8 +48,9 @@ def load_run(
     A run folder (``RUN/config/trainer.yaml``) gives its own config. Without one (a folder holding only
     ``checkpoints/last.pt``, e.g. the published checkpoint, or ``checkpoint`` given outside a run folder),
     the default config of the model preset is used and a notice says so: the preset saved in our own
-    checkpoint format, else ``preset`` (default ``crafter``; ``atari`` needs ``env_id``; ``tiny`` plays
-    the toy env). Both checkpoint layouts load (see :func:`deltairis.agent.load_agent`).
+    checkpoint format, else ``preset``, else ``crafter`` (the published checkpoint) or, when the tensors
+    do not fit it, the first of ``atari``, ``tiny`` that fits. ``atari`` needs ``env_id``; ``tiny`` plays
+    the toy env. Both checkpoint layouts load (see :func:`deltairis.agent.load_agent`).
 
     Raises:
         ConfigError: not a run folder and no checkpoint, or a preset problem.
@@ -75,12 +76,21 @@ def load_run(
             "put it at checkpoints/last.pt of a folder (mkdir -p checkpoints && cp last.pt checkpoints/) "
             "or pass --checkpoint PATH"
         )
-    try:
-        agent = load_agent(checkpoint, preset=preset or "crafter", device=device)
-    except CheckpointError as exc:
-        if preset is None:
-            raise CheckpointError(f"not a Crafter checkpoint? pass --preset atari or --preset tiny. {exc}") from exc
-        raise
+    if preset is not None:
+        agent = load_agent(checkpoint, preset=preset, device=device)
+    else:  # a reference layout does not name its preset: Crafter (the published checkpoint), else the one that fits
+        try:
+            agent = load_agent(checkpoint, preset="crafter", device=device)
+        except CheckpointError as first:
+            for other in ("atari", "tiny"):
+                try:
+                    agent = load_agent(checkpoint, preset=other, device=device)
+                except CheckpointError:
+                    continue
+                logger.warning("checkpoint %s does not fit the crafter preset but fits the %s preset", checkpoint, other)
+                break
+            else:
+                raise CheckpointError(f"no preset fits this checkpoint; is it a delta-iris agent? {first}") from first
     used = agent.config.preset  # our format saves its preset; for a reference layout this is `preset`
     if preset is not None and preset != used:
         logger.warning("ignoring --preset %s: checkpoint %s was saved with the %s preset", preset, checkpoint, used)
