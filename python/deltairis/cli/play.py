@@ -1,17 +1,32 @@
-"""``deltairis-play``: watch an agent, in the real environment or in its world model (headless: GIFs).
+"""``deltairis-play``: play, or watch the agent, in the real environment or in its world model.
 
 From a run folder (``scripts/play.sh`` passes ``--run-dir``)::
 
     deltairis-play              the agent plays in the real environment (test settings)
     deltairis-play -a           the agent plays in its world model (imagination from a real first frame)
-    deltairis-play -w           you play in the world model: type an action (index or name) per step on a
-                                terminal; without a terminal, actions come from --actions or are random
-    deltairis-play -e           turn the episodes saved in media/episodes into GIFs
-    add -h                      a header with step, action, reward and return above the frames
+    deltairis-play -w           you play in the world model
+    deltairis-play -e           replay the episodes saved in media/episodes
+    add -h                      a header: step, action, reward, return and the agent's value estimate
 
-Frames are written as animated GIFs to ``RUN/media/play/`` (or ``--output``); ``--help`` shows all options.
-As in the reference, the world model's memory is flushed when its context is full, so long imagined
-rollouts continue from the current frame.
+With a display (DISPLAY / WAYLAND_DISPLAY, or SDL_VIDEODRIVER set) a pygame window opens. Keys:
+
+    every mode      Enter reset, . pause, , start/stop a recording (MP4 + NPZ in RUN/media/recordings),
+                    Esc or q quit
+    env, -w, -a     m switches control between you and the agent
+                    Crafter: crafter's own keys (WASD move, space do, tab sleep, R/T/F/P place
+                    stone/table/furnace/plant, 1-6 make wood/stone/iron pickaxe and sword);
+                    Atari: arrows or WASD for the direction, space for FIRE (combined, e.g.
+                    up+right+space -> UPRIGHTFIRE, within the game's minimal action set);
+                    toy: arrows or WASD; no key: noop
+    -e              right/left next/previous frame, page down/up 10 frames forward/back, home first
+                    frame, down/up next/previous episode
+
+The world model's memory is flushed as in the reference: its context restarts from the current frame
+once full (after max_blocks - 1 = 20 steps with the Crafter preset, 4 s at the default 5 fps).
+
+Without a display, or with --headless, frames are written as animated GIFs and MP4s to
+``RUN/media/play/`` (or ``--output``); ``-w`` then reads one action per line from a terminal, or takes
+them from --actions, or plays random actions.
 """
 
 from __future__ import annotations
@@ -50,10 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=4, help="number of saved episodes to render with -e")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=None, help="policy temperature (default: the run's test one)")
-    p.add_argument("--fps", type=int, default=15)
-    p.add_argument("--scale", type=int, default=4, help="pixel upscaling of the 64x64 frames")
+    p.add_argument("--fps", type=int, default=5, help="frames per second (window and videos; default 5)")
+    p.add_argument("--scale", type=int, default=None,
+                   help="pixel upscaling of the 64x64 frames (default: 8 in the window, 4 in GIFs and MP4s)")
+    p.add_argument("--headless", action="store_true", help="write GIFs and MP4s instead of opening a window")
+    p.add_argument("--record-dir", type=Path, help="window recordings (default: RUN/media/recordings)")
+    p.add_argument("--flush-steps", type=int, default=None,
+                   help="window: world-model steps between memory flushes (default: max_blocks - 1)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--output", type=Path, help="GIF path (or folder with -e)")
+    p.add_argument("--output", type=Path, help="GIF path (or folder with -e); the MP4 is written next to it")
     p.set_defaults(mode="env")
     return p
 
@@ -69,13 +89,17 @@ def _header(frame: np.ndarray, text: str, scale: int) -> np.ndarray:
 
 
 def _frames_to_gif(frames: list[np.ndarray], texts: list[str] | None, path: Path, fps: int, scale: int) -> Path:
+    """The GIF at ``path`` and the same frames as an MP4 next to it (``path`` with ``.mp4``); returns the GIF."""
+    from deltairis.cli.video import save_mp4
     from deltairis.train.logging_utils import save_gif
 
     if texts is not None:
         out = np.stack([_header(f, t, scale) for f, t in zip(frames, texts)])
-        save_gif(out, path, fps=fps, scale=1)
     else:
-        save_gif(np.stack(frames), path, fps=fps, scale=scale)
+        out = np.stack(frames).repeat(scale, axis=1).repeat(scale, axis=2)
+    save_gif(out, path, fps=fps, scale=1)
+    mp4 = save_mp4(out, path.with_suffix(".mp4"), fps=fps)
+    logger.info("wrote %s", mp4)
     return path
 
 
@@ -195,6 +219,75 @@ def play_episodes(run_dir: Path, args: argparse.Namespace) -> list[Path]:
     return written
 
 
+def _window_possible() -> bool:
+    """A display to open (DISPLAY / WAYLAND_DISPLAY, or SDL_VIDEODRIVER set) and pygame installed."""
+    import importlib.util
+    import os
+
+    if not any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")):
+        return False
+    if importlib.util.find_spec("pygame") is None:
+        logger.warning("pygame is not installed: writing GIFs and MP4s instead of opening a window")
+        return False
+    return True
+
+
+def _episode_files(run_dir: Path) -> list[Path]:
+    files = sorted((run_dir / "media" / "episodes").rglob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"no saved episodes in {run_dir / 'media' / 'episodes'}")
+    return files
+
+
+def _play_window(run_dir: Path, args: argparse.Namespace, device: str) -> int:
+    """The live pygame window (see the module docstring for the keys)."""
+    from deltairis.cli import keymaps
+    from deltairis.cli import play_window as pw
+    from deltairis.cli.common import load_run
+    from deltairis.train.envs import make_env
+
+    record_dir = args.record_dir or run_dir / "media" / "recordings"
+    scale = 8 if args.scale is None else args.scale
+    if args.mode == "episodes":
+        files = _episode_files(run_dir)
+        source: Any = pw.EpisodeSource(files, _saved_action_names(run_dir))
+        keymap = keymaps.episode_keymap()
+    else:
+        # The same loading options as the GIF export (--preset / --env-id outside a run folder).
+        options = {k: getattr(args, k) for k in ("preset", "env_id") if hasattr(args, k)}
+        cfg, agent = load_run(run_dir, args.checkpoint, device, **options)
+        temperature = args.temperature if args.temperature is not None else float(cfg.collection.test.temperature)
+        env = make_env(cfg.env, "test", 1, seed=args.seed)
+        keymap = keymaps.keymap_for(str(cfg.env.name), list(env.action_names))
+        if args.mode == "env":
+            source = pw.EnvSource(env, agent, device=device, temperature=temperature, seed=args.seed)
+        else:
+            source = pw.WorldModelSource(env, agent, device=device, temperature=temperature, seed=args.seed,
+                                         human=args.mode == "world_model", flush_steps=args.flush_steps)
+    try:
+        window = pw.PlayWindow(source, keymap, fps=args.fps, scale=scale, header=args.header, record_dir=record_dir)
+        window.run()
+    finally:
+        source.close()
+    return 0
+
+
+def _saved_action_names(run_dir: Path) -> list[str] | None:
+    """The env's action names for the header of -e (None when the run's config cannot be read)."""
+    try:
+        from deltairis.train.configuration import load_run_config
+        from deltairis.train.envs import make_env
+
+        env = make_env(load_run_config(run_dir / "config" / "trainer.yaml").env, "test", 1, seed=0)
+        try:
+            return list(env.action_names)
+        finally:
+            env.close()
+    except Exception as exc:  # noqa: BLE001 - the header falls back to action indices
+        logger.info("action names unavailable (%s): showing indices", exc)
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
@@ -204,6 +297,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     run_dir = args.run_dir.resolve()
     device = resolve_device(args.device)
+    if not args.headless and _window_possible():
+        try:
+            return _play_window(run_dir, args, device)
+        except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
+            print(f"deltairis-play: error: {exc}", file=sys.stderr)
+            return 2
+    if args.scale is None:
+        args.scale = 4
     try:
         if args.mode == "episodes":
             paths = play_episodes(run_dir, args)
