@@ -57,12 +57,15 @@ class TokenizerConfig:
     revival_entropy_margin_bits: float = 2.0
     revival_entropy_floor_bits: float = 1.0
     revival_freq_factor: float = 0.1
-    max_codebook_updates_with_revival: int = 0
+    max_codebook_updates_with_revival: int | None = 0  # None: no limit
     # loss weights
     commitment_weight: float = 0.02
     l1_weight: float = 0.1
     l2_weight: float = 1.0
     max_pixel_weight: float = 0.01
+    # Opt-in variant (not the reference): the commitment loss and the codebook statistics count only
+    # transitions whose two frames are real. The reference counts every token vector of the batch.
+    exclude_padding: bool = False
 
     @property
     def latent_res(self) -> int:
@@ -108,6 +111,9 @@ class WorldModelConfig:
     latents_weight: float = 1.0
     rewards_weight: float = 1.0
     ends_weight: float = 1.0
+    # Opt-in variant (not the reference): Δ-token targets and accuracy only where frames t and t+1 are
+    # both real. The reference masks by "frame t is real", so the step into right padding is trained.
+    exclude_padding: bool = False
 
     @property
     def num_reward_classes(self) -> int:
@@ -130,6 +136,9 @@ class ActorCriticConfig:
     burn_in: int = 5
     horizon: int = 15
     temperature: float = 1.0
+    # Opt-in variant (not the reference): burn-in steps on padding frames leave the LSTM state unchanged,
+    # in imagination and in the collector. The reference feeds every burn-in frame, zero padding included.
+    exclude_padding: bool = False
     cuda_graphs: bool = True  # replay the imagined world-model step from CUDA graphs (CUDA only)
 
 

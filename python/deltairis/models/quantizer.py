@@ -66,7 +66,14 @@ class Quantizer(nn.Module):
     ) -> None:
         """One maintenance step from normalized vectors ``z`` (N, e) and their tokens (N,).
 
-        ``weights`` (N,) in {0, 1} excludes padding vectors from every statistic and from revival.
+        The reference (and our default) passes every token vector of the batch, padding transitions
+        included. ``weights`` (N,) in {0, 1} excludes vectors from every statistic and from revival (the
+        opt-in ``exclude_padding`` variant).
+
+        Revival, as in the reference: when the entropy of the updated frequencies is below
+        ``log2(C) - margin`` (and revival is allowed), a uniformly random subset of the dead codes
+        (frequency < factor / C), of at most as many codes as there are usable vectors, is replaced by
+        distinct, uniformly drawn vectors of the batch. Decided and drawn on the device.
         """
         cfg = self.config
         c = cfg.codebook_size
@@ -83,16 +90,18 @@ class Quantizer(nn.Module):
         # Revival of dead codes, decided on the device.
         entropy = -(freqs * torch.log2(freqs.clamp(min=1e-30))).sum()
         limit = cfg.max_codebook_updates_with_revival
-        allowed = (entropy < cfg.revival_entropy_floor_bits) | (self.num_codebook_updates < limit)
+        allowed = entropy < cfg.revival_entropy_floor_bits
+        allowed = allowed | (True if limit is None else self.num_codebook_updates < limit)
         do_revive = (entropy < math.log2(c) - cfg.revival_entropy_margin_bits) & allowed
         dead = freqs < cfg.revival_freq_factor / c
-        # Random order of the valid vectors (valid first), each used at most once.
-        scores = torch.rand(n, device=z.device).masked_fill(w <= 0, -1.0)
-        order = scores.argsort(descending=True)
         num_valid = (w > 0).sum()
-        rank = dead.long().cumsum(0) - 1  # rank of each dead code among dead codes
-        revive = dead & do_revive & (rank < num_valid)
-        replacement = z[order[rank.clamp(min=0, max=max(n - 1, 0))]] if n > 0 else codebook
+        # A random order of the dead codes (dead codes first): the first num_valid of them are revived.
+        code_order = torch.rand(c, device=z.device).masked_fill(~dead, -1.0).argsort(descending=True)
+        code_rank = torch.empty_like(code_order).scatter_(0, code_order, torch.arange(c, device=z.device))
+        revive = dead & do_revive & (code_rank < num_valid)
+        # A random order of the usable vectors (usable first): revived code of rank r takes vector r.
+        vec_order = torch.rand(n, device=z.device).masked_fill(w <= 0, -1.0).argsort(descending=True)
+        replacement = z[vec_order[code_rank.clamp(max=max(n - 1, 0))]] if n > 0 else codebook
         codebook = torch.where(revive[:, None], replacement, codebook)
         freqs = torch.where(revive, torch.full_like(freqs, 1.0 / c), freqs)
 

@@ -89,14 +89,23 @@ class Tokenizer(nn.Module):
 
     # -- training ---------------------------------------------------------------------------
     def compute_loss(self, batch) -> LossOutput:
-        """Commitment + L1 + L2 + worst-pixel losses over transitions whose two frames are real."""
+        """Reconstruction losses over real->real transitions, commitment over every token vector.
+
+        As in the reference: the L1, L2 and worst-pixel terms count only transitions whose two frames
+        are real; the commitment loss and the codebook maintenance (in training mode) use all
+        B*(T-1)*K token vectors, padding transitions included. ``config.exclude_padding`` restricts
+        those two to real->real transitions too (an opt-in variant).
+        """
         cfg = self.config
         obs, act, mask = batch.obs, batch.act, batch.mask_padding
         valid = mask[:, :-1] & mask[:, 1:]  # (B, T-1)
         x_next = obs[:, 1:]
         recon, qo = self(obs[:, :-1], act[:, :-1], x_next)
         err = recon.float() - x_next.float()  # (B, T-1, C, H, W)
-        commitment = masked_mean(qo.commitment.float(), valid[..., None].expand_as(qo.commitment))
+        if cfg.exclude_padding:
+            commitment = masked_mean(qo.commitment.float(), valid[..., None].expand_as(qo.commitment))
+        else:
+            commitment = qo.commitment.float().mean()
         l1 = masked_mean(err.abs(), valid)
         l2 = masked_mean(err.pow(2), valid)
         worst = masked_mean(err.pow(2).flatten(2).amax(dim=-1), valid)
@@ -107,7 +116,7 @@ class Tokenizer(nn.Module):
             + cfg.max_pixel_weight * worst
         )
         if self.training:
-            weights = valid[..., None].expand_as(qo.tokens)
+            weights = valid[..., None].expand_as(qo.tokens) if cfg.exclude_padding else None
             self.quantizer.update_codebook(qo.z, qo.tokens, weights)
         metrics = {
             "tokenizer/loss": loss.detach(),

@@ -114,12 +114,20 @@ class WorldModel(nn.Module):
         return (torch.sign(rew) + 1).long()
 
     def compute_loss(self, batch, tokenizer) -> LossOutput:
+        """Δ-token, reward and end cross-entropies, masked as the reference masks them.
+
+        Rewards and ends count on every real step; the end label is the env's ``done``, termination
+        or time-limit truncation. Δ-token targets of block t (and the accuracy) count wherever frame
+        t is real, so the transition from the last real frame into right padding is trained;
+        ``config.exclude_padding`` (opt-in) also requires frame t+1 to be real.
+        """
         cfg = self.config
         obs, act, mask = batch.obs, batch.act, batch.mask_padding
         with torch.no_grad():
             tokens = tokenizer.encode_tokens(obs[:, :-1], act[:, :-1], obs[:, 1:])  # (B, T-1, K)
         out = self.forward_logits(obs, act, tokens)
-        valid_lat = (mask[:, :-1] & mask[:, 1:]).unsqueeze(-1).expand_as(tokens)  # (B, T-1, K)
+        real_t = mask[:, :-1] & mask[:, 1:] if cfg.exclude_padding else mask[:, :-1]  # (B, T-1)
+        valid_lat = real_t.unsqueeze(-1).expand_as(tokens)  # (B, T-1, K)
         ce_lat = F.cross_entropy(
             out.latents.flatten(0, 2).float(), tokens.flatten(), reduction="none"
         ).view_as(tokens)
@@ -134,7 +142,8 @@ class WorldModel(nn.Module):
                 batch.rew
             )
         loss_rewards = masked_mean(ce_rew, mask)
-        ce_end = F.cross_entropy(out.ends.float().flatten(0, 1), batch.end.long().flatten(), reduction="none")
+        done = batch.end.bool() | batch.trunc.bool()  # (B, T) the env's done
+        ce_end = F.cross_entropy(out.ends.float().flatten(0, 1), done.long().flatten(), reduction="none")
         loss_ends = masked_mean(ce_end.view_as(mask.float()), mask)
         loss = (
             cfg.latents_weight * loss_latents

@@ -8,11 +8,13 @@ from deltairis.ops._dispatch import choose
 
 
 def symlog(x: torch.Tensor) -> torch.Tensor:
-    return torch.sign(x) * torch.log1p(torch.abs(x))
+    """sign(x) * ln(|x| + 1), written as the reference writes it (not log1p) so labels match bit for bit."""
+    return torch.sign(x) * torch.log(torch.abs(x) + 1)
 
 
 def symexp(x: torch.Tensor) -> torch.Tensor:
-    return torch.sign(x) * torch.expm1(torch.abs(x))
+    """sign(x) * (exp(|x|) - 1), the inverse of :func:`symlog` (the reference's formula, not expm1)."""
+    return torch.sign(x) * (torch.exp(torch.abs(x)) - 1)
 
 
 def twohot_expectation_ref(logits: torch.Tensor, *, low: float = -20.0, high: float = 20.0) -> torch.Tensor:
