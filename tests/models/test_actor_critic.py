@@ -126,9 +126,30 @@ def test_cache_resets_when_full() -> None:
     for _ in range(4):
         st, r, e = world_model_step(agent.tokenizer, agent.world_model, st, torch.zeros(2, dtype=torch.long))
         sizes.append(st.cache.size)
-    # 24 positions: 11 + 6 = 17; then < 12 left -> reset and restart from the current frame (5 tokens)
-    assert sizes == [17, 5, 11, 17]
+    assert sizes == _reference_cache_sizes(max_blocks=4, burn_in_blocks=2, steps=4) == [17, 23, 5, 11]
     assert r.shape == (2,) and e.dtype == torch.int64
+
+
+def _reference_cache_sizes(max_blocks: int, burn_in_blocks: int, steps: int, block: int = 6) -> list[int]:
+    """The reference WorldModelEnv's KV-cache size after each step, restated as a loop.
+
+    Its burn-in feeds every burn-in block plus the current I-token; each step first resets the cache
+    when ``(max_tokens - size) / block <= 1``; a step feeds ``a`` (right after the burn-in), ``x, a``
+    (right after a reset) or ``Δ4, x, a`` (otherwise), then Δ1..Δ3. Our cache defers the last Δ-token and
+    the I-token, so after every step both caches hold the same number of tokens.
+    """
+    max_tokens = max_blocks * block
+    size = burn_in_blocks * block + 1
+    first, sizes = True, []
+    for _ in range(steps):
+        if (max_tokens - size) / block <= 1:
+            size, first, fresh = 0, False, True
+        else:
+            fresh = False
+        size += (1 if first else 2 if fresh else 3) + (block - 3)
+        first = False
+        sizes.append(size)
+    return sizes
 
 
 def test_imagination_never_syncs_with_the_host(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:

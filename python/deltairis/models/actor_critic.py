@@ -130,12 +130,16 @@ class ActorCritic(nn.Module):
         seed: int,
         offset: int,
     ) -> tuple[torch.Tensor, State]:
-        """ε-greedy sampling at ``temperature``; uses counter streams ``offset .. offset+2``."""
+        """ε-greedy sampling at ``temperature``; uses counter streams ``offset .. offset+2``.
+
+        As in the reference collector, one ε coin per call decides for every row at once whether the
+        actions are uniformly random.
+        """
         out = self.model(obs, state)
         n, a = out.logits.shape
         actions = ops.sample_categorical(out.logits, temperature=temperature, seed=seed, offset=offset)
         if epsilon > 0:
-            coin = ops.counter_uniform(n, seed, offset + 1, obs.device)
+            coin = ops.counter_uniform(1, seed, offset + 1, obs.device)  # (1,): one coin for all envs
             uniform = ops.sample_categorical(
                 torch.zeros(n, a, device=obs.device), seed=seed, offset=offset + 2
             )
@@ -145,10 +149,16 @@ class ActorCritic(nn.Module):
     # -- training -------------------------------------------------------------------------------
     @torch.no_grad()
     def update_target(self) -> None:
-        """target <- tau * target + (1 - tau) * online, for every parameter and buffer."""
+        """target <- online * (1 - tau) + target * tau for every parameter, rounded as the reference's.
+
+        The trainer calls it where the reference does: after the imagination of an actor-critic step
+        and before that step's optimizer update (the reference's ``compute_loss`` ends with it).
+        """
         tau = self.config.target_tau
-        for pt, p in zip(self.target_model.parameters(), self.model.parameters()):
-            pt.lerp_(p, 1.0 - tau)
+        target = list(self.target_model.parameters())
+        online = torch._foreach_mul([p.detach() for p in self.model.parameters()], 1.0 - tau)
+        torch._foreach_mul_(target, tau)
+        torch._foreach_add_(target, online)
 
     def imagine(
         self,

@@ -72,7 +72,7 @@ def world_model_step(
     cfg = wm.config
     block = cfg.transformer.tokens_per_block
     cache, pending, offset = state.cache, state.pending, state.offset
-    if cache.remaining < 2 * block:  # fewer than 2 blocks left: restart from the current frame
+    if cache.remaining <= block:  # at most one block left (the reference's rule): restart from the current frame
         cache.reset()
         pending = None
     frame = wm.embed_frames(state.obs.unsqueeze(1))  # (B, 1, E)
@@ -129,9 +129,11 @@ def imagine(
         runner = graphed_world_model_step(tokenizer, world_model, obs.size(0), obs.device)
         step_fn, cache = runner.step, runner.cache
     wstate = world_model_burn_in(tokenizer, world_model, obs, act, seed, cache)
+    # The reference feeds every burn-in frame to both LSTMs, zero padding frames included.
+    burn_mask = mask[:, :-1] if cfg.exclude_padding else None
     with torch.no_grad():
-        state = ac.model.burn_in(obs[:, :-1], mask[:, :-1])
-        tstate = ac.target_model.burn_in(obs[:, :-1], mask[:, :-1])
+        state = ac.model.burn_in(obs[:, :-1], burn_mask)
+        tstate = ac.target_model.burn_in(obs[:, :-1], burn_mask)
     policy_offset = stream_base(seed) + POLICY_STREAM
     frames, actions, logits_l, values_l, tvalues, rews, ends = [wstate.obs], [], [], [], [], [], []
     for _ in range(horizon):
