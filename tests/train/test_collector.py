@@ -86,26 +86,65 @@ def test_terminations_are_stored_as_end(tmp_path) -> None:
     assert ended > 5
 
 
-def test_burn_in_replays_the_last_frames_of_each_running_episode(tmp_path) -> None:
+def _reference_burn_in(agent, store, episode_ids, burn_in: int):
+    """The reference collector's round-start burn-in, restated: for each env the last ``burn_in`` stored
+    frames of its running episode, left-padded with zero frames; all zero frames when no episode runs."""
+    h, c = agent.actor_critic.initial_state(len(episode_ids), "cpu")
+    frames = np.zeros((len(episode_ids), burn_in, 3, 64, 64), dtype=np.uint8)
+    for i, ep in enumerate(episode_ids):
+        if ep >= 0:
+            obs = store.load_episode(int(ep)).obs[-burn_in:]
+            frames[i, burn_in - len(obs) :] = obs
+    for t in range(burn_in):  # every frame is fed, zero frames included
+        x = torch.from_numpy(frames[:, t]).float().div(255)
+        _, _, (h, c) = agent.actor_critic.step(x, (h, c))
+    return h, c
+
+
+@pytest.mark.parametrize(("steps", "lengths"), [(0, [0, 0, 0]), (30, [0, 0, 0]), (32, [2, 2, 2]), (35, [5, 5, 5]), (45, [15, 15, 15])])
+def test_burn_in_is_the_reference_collectors(tmp_path, steps: int, lengths: list[int]) -> None:
+    # a fresh start and every env just reset (no episode running: zero frames), short running episodes (2 frames, padded with
+    # zeros), and episodes at and beyond the burn-in length
     torch.manual_seed(0)
     from deltairis.agent import Agent
 
     agent = Agent(make_agent_config("tiny", 5)).eval()
+    torch.nn.init.normal_(agent.actor_critic.model.critic_linear.weight)
     env = make_env(_env_cfg(), "train", 3, seed=5)
     store = ReplayStore(tmp_path / "s", backend="numpy")
-    col = Collector(env, store, burn_in=4, seed=5)
-    col.collect(3 * 32, None, torch.device("cpu"), epsilon=0, temperature=1, seed=1)  # 2 frames into episode 2
-    assert sorted(col.recent_len.tolist()) == [2, 2, 2]
+    col = Collector(env, store, burn_in=5, seed=5)
+    if steps:
+        col.collect(3 * steps, None, torch.device("cpu"), epsilon=0, temperature=1, seed=1)  # 30-step episodes
+    running = [len(store.load_episode(int(e)).act) if e >= 0 else 0 for e in col.episode_ids]
+    assert running == lengths
     with torch.no_grad():
         got = col._burn_in_state(agent.actor_critic, torch.device("cpu"))
-        for i in range(3):
-            k = int(col.recent_len[i])
-            h, c = agent.actor_critic.initial_state(1, "cpu")
-            for frame in col.recent[i, 4 - k :]:
-                x = torch.from_numpy(frame).float().div(255).unsqueeze(0)
-                _, _, (h, c) = agent.actor_critic.step(x, (h, c))
-            torch.testing.assert_close(got[0][i], h[0], rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(got[1][i], c[0], rtol=1e-5, atol=1e-6)
+        h, c = _reference_burn_in(agent, store, col.episode_ids, 5)
+    torch.testing.assert_close(got[0], h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], c, rtol=1e-5, atol=1e-6)
+    if steps in (0, 30):  # the zero frames really move the state (the reference feeds them)
+        assert h.abs().sum() > 0
+
+
+def test_test_episodes_start_from_a_zero_frame_burn_in(tmp_path) -> None:
+    # The reference's test collector starts with no running episode: its LSTM consumes burn_in zero frames.
+    torch.manual_seed(0)
+    from deltairis.agent import Agent
+
+    agent = Agent(make_agent_config("tiny", 5)).eval()
+    seen = []
+    step = agent.actor_critic.model.forward
+
+    def spy(obs, state):
+        seen.append((obs.clone(), state[0].clone()))
+        return step(obs, state)
+
+    agent.actor_critic.model.forward = spy
+    env = make_env(_env_cfg("env.test.max_episode_steps=3"), "test", 2, seed=1)
+    run_test_episodes(env, 2, agent.actor_critic, torch.device("cpu"), epsilon=0, temperature=1, seed=2, burn_in=5)
+    with torch.no_grad():
+        h, _ = _reference_burn_in(agent, None, [-1, -1], 5)
+    torch.testing.assert_close(seen[0][1], h, rtol=1e-5, atol=1e-6)  # the state the first action sees
 
 
 @pytest.mark.parametrize(("num_episodes", "num_envs"), [(5, 2), (8, 8), (3, 4)])

@@ -37,6 +37,7 @@ class CommonConfig:
     do_checkpoint: bool = True
     num_threads: int | None = None  # torch intra-op threads; None leaves torch's default
     progress_bar: bool = True
+    tf32: bool = True  # TF32 matmuls on CUDA, as the reference enables them
 
 
 @dataclass
@@ -85,7 +86,7 @@ class TestCollectionConfig:
     num_envs: int = MISSING
     num_episodes: int = MISSING
     epsilon: float = 0.0
-    temperature: float = 0.5
+    temperature: float = 1.0  # the reference's test policy: sampled at temperature 1, epsilon 0
     num_episodes_to_save: int = 10
 
 
@@ -101,7 +102,7 @@ class CollectionConfig:
 class ComponentTrainingConfig:
     start_after_epochs: int = 0  # trains at epoch e (1-based) when e > start_after_epochs
     steps_per_epoch: int = MISSING
-    steps_first_epoch: int = MISSING  # at epoch start_after_epochs + 1
+    steps_first_epoch: int = MISSING  # at global epoch 1 only (a component starting later never uses it)
     batch_size: int = MISSING
     seq_len: int | None = None  # None for the actor-critic: burn_in + 1 of the agent config
     learning_rate: float = 1e-4
@@ -114,6 +115,9 @@ class ComponentTrainingConfig:
 @dataclass
 class TrainingConfig:
     should: bool = True
+    # Opt-in variant (not the reference): padding transitions are left out of the tokenizer's commitment
+    # loss and codebook statistics, of the world model's Δ-token targets, and of the LSTM burn-ins.
+    exclude_padding: bool = False
     tokenizer: ComponentTrainingConfig = field(default_factory=ComponentTrainingConfig)
     world_model: ComponentTrainingConfig = field(default_factory=ComponentTrainingConfig)
     actor_critic: ComponentTrainingConfig = field(default_factory=ComponentTrainingConfig)
@@ -123,7 +127,8 @@ class TrainingConfig:
 class EvaluationConfig:
     should: bool = True
     every: int = MISSING  # evaluate at epochs that are multiples of this
-    num_batches: int = 4  # batches of the test store for the tokenizer / world model eval losses
+    # Eval losses cover every segment of the test episodes (the reference); an int caps the batches.
+    num_batches: int | None = None
     save_reconstructions: bool = True
     num_reconstructions: int = 8
 

@@ -495,6 +495,32 @@ class ReplayStore:
                 ) from exc
             self._committed_rows = self._n_rows
 
+    def clear(self) -> None:
+        """Remove every episode and visit count, durably (the reference empties its test store this way).
+
+        The empty index is committed first, then the data files are truncated, so a crash in between
+        reopens as an empty store (reopening trims rows the index does not name).
+        """
+        with self._lock:
+            self._check_writable()
+            consumers = list(self._counts)
+            self._init_empty(self.obs_shape)
+            self._counts = {name: np.zeros(0, dtype=np.int64) for name in consumers}
+            self._view_cache = None
+            self._reader = None
+            self._memmaps = {}
+            self._memmap_rows = -1
+            self._out_cache.clear()
+            self.commit()
+            try:
+                for fd in self._fds.values():
+                    os.ftruncate(fd, 0)
+            except OSError as exc:
+                raise ReplayStoreError(
+                    f"cannot truncate the data files of replay store {self.directory}: "
+                    f"[Errno {exc.errno}] {exc.strerror}; the committed (empty) index is intact"
+                ) from exc
+
     def _index_payload(self) -> dict[str, np.ndarray]:
         names = sorted(self._counts)
         n = self.num_episodes

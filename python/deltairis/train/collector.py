@@ -46,6 +46,24 @@ def obs_to_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
     return t.permute(0, 3, 1, 2).float().div_(255.0)  # (N, C, H, W)
 
 
+def burn_in_state(actor_critic: Any, frames: np.ndarray, real: np.ndarray, device: torch.device) -> Any:
+    """Initial LSTM state after feeding ``frames`` (N, B, 3, H, W) uint8 (zero where not ``real``).
+
+    The reference feeds all B frames, zeros included; ``exclude_padding`` (opt-in) skips non-real ones.
+    """
+    n, b = frames.shape[:2]
+    state = actor_critic.initial_state(n, device)
+    if b == 0:
+        return state
+    mask = None
+    if getattr(actor_critic.config, "exclude_padding", False):
+        if not real.any():
+            return state
+        mask = torch.from_numpy(np.ascontiguousarray(real)).to(device)
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device).float().div_(255.0)  # (N, B, 3, H, W)
+    return actor_critic.burn_in(x, mask, state)
+
+
 @dataclass
 class CollectStats:
     """What one collection round produced (host values, for logging)."""
@@ -158,14 +176,16 @@ class Collector:
             self.store.extend_episode(int(self.episode_ids[i]), *arrays)
 
     def _burn_in_state(self, actor_critic: Any, device: torch.device) -> Any:
+        """The policy's LSTM state at the start of a round, burned in as the reference collector does.
+
+        Every env's LSTM consumes ``burn_in`` frames: the last stored frames of its running episode,
+        right-aligned, with zero frames where the episode is shorter (all zeros when no episode is
+        running yet). With ``exclude_padding`` (opt-in) the zero frames leave the state unchanged.
+        """
         n, b = self.num_envs, self.burn_in
-        state = actor_critic.initial_state(n, device)
-        if b == 0 or not self.recent_len.any():
-            return state
-        frames = torch.from_numpy(self.recent).to(device).float().div_(255.0)  # (N, B, 3, H, W)
         pos = np.arange(b)[None, :]
-        mask = torch.from_numpy(pos >= (b - self.recent_len[:, None])).to(device)  # (N, B), right aligned
-        return actor_critic.burn_in(frames, mask, state)
+        real = pos >= (b - self.recent_len[:, None])  # (N, B), right aligned
+        return burn_in_state(actor_critic, self.recent * real[:, :, None, None, None], real, device)
 
     @torch.no_grad()
     def collect(
@@ -255,12 +275,14 @@ def run_test_episodes(
     seed: int,
     store: Any | None = None,
     progress: Callable[[int], None] | None = None,
+    burn_in: int = 0,
 ) -> CollectStats:
     """Play exactly ``num_episodes`` episodes from a fresh ``reset(seed)`` and return their statistics.
 
     Env ``i`` plays episodes ``i, i + N, i + 2N, ...`` of the quota (so short episodes are not favoured);
     once an env has played its share its further steps are ignored. Finished episodes are added to
-    ``store`` when given. ``actor_critic=None`` plays uniformly random actions.
+    ``store`` when given. ``actor_critic=None`` plays uniformly random actions. As in the reference's
+    test collector, the policy's LSTM first consumes ``burn_in`` zero frames (no episode is running).
     """
     n = env.num_envs
     quota = np.array([num_episodes // n + (1 if i < num_episodes % n else 0) for i in range(n)])
@@ -268,7 +290,10 @@ def run_test_episodes(
     stats = CollectStats()
     rng = np.random.default_rng(seed)
     obs = env.reset(seed)
-    state = None if actor_critic is None else actor_critic.initial_state(n, device)
+    state = None
+    if actor_critic is not None:
+        zeros = np.zeros((n, burn_in, obs.shape[3], obs.shape[1], obs.shape[2]), dtype=np.uint8)
+        state = burn_in_state(actor_critic, zeros, np.zeros((n, burn_in), dtype=bool), device)
     pending = [_Pending() for _ in range(n)]
     offset = 0
     t0 = time.perf_counter()
@@ -316,4 +341,4 @@ def run_test_episodes(
     return stats
 
 
-__all__ = ["CollectStats", "Collector", "derive_env_seed", "derive_seed", "obs_to_tensor", "run_test_episodes", "to_chw"]
+__all__ = ["CollectStats", "Collector", "burn_in_state", "derive_env_seed", "derive_seed", "obs_to_tensor", "run_test_episodes", "to_chw"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,7 +126,8 @@ def _check_values(cfg: DictConfig) -> None:
         positive(f"training.{name}.max_grad_norm", c.max_grad_norm)
         positive(f"training.{name}.sampling_alpha", c.sampling_alpha, allow_zero=True)
     positive("evaluation.every", cfg.evaluation.every)
-    positive("evaluation.num_batches", cfg.evaluation.num_batches, allow_zero=True)
+    if cfg.evaluation.num_batches is not None:
+        positive("evaluation.num_batches", cfg.evaluation.num_batches, allow_zero=True)
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
@@ -172,6 +174,14 @@ def save_config(cfg: DictConfig, path: Path) -> None:
 def agent_config_from(cfg: DictConfig, num_actions: int) -> AgentConfig:
     """The model configuration: the preset's, with ``agent.overrides`` applied (validated)."""
     base = make_agent_config(cfg.agent.preset, num_actions)
+    if cfg.training.get("exclude_padding", False):
+        base = dataclasses.replace(
+            base,
+            **{
+                part: dataclasses.replace(getattr(base, part), exclude_padding=True)
+                for part in ("tokenizer", "world_model", "actor_critic")
+            },
+        )
     overrides = OmegaConf.to_container(cfg.agent.overrides, resolve=True)
     if not overrides:
         return base

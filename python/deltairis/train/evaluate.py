@@ -52,8 +52,9 @@ def evaluate_policy(
         if agent is not None:
             agent.eval()
             ac = agent.actor_critic
+        burn_in = 0 if agent is None else int(agent.config.actor_critic.burn_in)
         stats = run_test_episodes(
-            env, num_episodes, ac, device, epsilon=epsilon, temperature=temperature, seed=seed
+            env, num_episodes, ac, device, epsilon=epsilon, temperature=temperature, seed=seed, burn_in=burn_in
         )
     finally:
         env.close()

@@ -161,6 +161,9 @@ class Trainer:
         self.media_dir = self.run_dir / "media"
         resume = bool(cfg.common.resume)
         self.device = resolve_device(cfg.common.device)
+        if self.device.type == "cuda":
+            # The reference enables TF32 matmuls; common.tf32=false keeps full fp32 matmuls.
+            torch.backends.cuda.matmul.allow_tf32 = bool(cfg.common.tf32)
         if cfg.common.num_threads:
             torch.set_num_threads(int(cfg.common.num_threads))
 
@@ -223,12 +226,15 @@ class Trainer:
 
         # -- replay stores ---------------------------------------------------------------------------
         dataset_dir = self.ckpt_dir / "dataset"
-        if state is not None:
-            for split, payload in state["dataset_index"].items():
-                self._restore_store_index(dataset_dir / split, payload)
+        if state is not None and "train" in state["dataset_index"]:
+            self._restore_store_index(dataset_dir / "train", state["dataset_index"]["train"])
         self.stores = {
             split: ReplayStore(dataset_dir / split, backend="auto", create=True) for split in ("train", "test")
         }
+        if state is not None:
+            # The test store only holds one evaluation's episodes and is emptied before every
+            # evaluation; it is not part of the checkpoint.
+            self.stores["test"].clear()
         self.collector = Collector(
             env, self.stores["train"], agent_cfg.actor_critic.burn_in, seed=derive_env_seed(self.seed, "train_env")
         )
@@ -336,8 +342,8 @@ class Trainer:
         index: dict[str, bytes | None] = {}
         for split, store in self.stores.items():
             store.commit()
-            path = store.directory / INDEX_NAME
-            index[split] = path.read_bytes() if path.exists() else None
+        path = self.stores["train"].directory / INDEX_NAME
+        index["train"] = path.read_bytes() if path.exists() else None
         agent_payload = agent_checkpoint(self.agent)
         agent_payload["epoch"] = self.epoch
         members = {
@@ -486,15 +492,14 @@ class Trainer:
         c = self.cfg.training[name]
         if epoch <= c.start_after_epochs:
             return {}
-        first = epoch == c.start_after_epochs + 1
-        steps = int(c.steps_first_epoch if first else c.steps_per_epoch)
+        steps = epoch_steps(c, epoch)
         store = self.stores["train"]
         if steps == 0 or store.num_episodes == 0:
             return {}
         seq_len = self._seq_len(name)
         pad_mode = "left" if name == "actor_critic" else "both"
-        # Visit counts drive the priorities from the second training epoch of a component on.
-        update_counts = not first
+        # As in the reference: visit counts are updated after every batch from global epoch 2 on.
+        update_counts = epoch > 1
         optimizer = self.optimizers[name]
         params = self._parameters(name)
         self._set_modes(name)
@@ -515,12 +520,13 @@ class Trainer:
                 ).to(self.device, non_blocking=True)
                 with self._autocast(bool(c.mixed_precision)):
                     out = self._loss(name, batch, derive_seed(self.seed, name, "imagine", epoch, step))
+                if name == "actor_critic":
+                    # where the reference does it: after imagining, before this step's update
+                    self.agent.actor_critic.update_target()
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 grad_norm_sum += torch.nn.utils.clip_grad_norm_(params, float(c.max_grad_norm)).detach()
                 optimizer.step()
-                if name == "actor_critic":
-                    self.agent.actor_critic.update_target()
                 for k, v in out.metrics.items():
                     v = v.detach().float()
                     sums[k] = sums[k] + v if k in sums else v
@@ -539,10 +545,14 @@ class Trainer:
     # -- evaluation ------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, epoch: int) -> dict[str, float]:
+        """The reference's evaluation: empty the test store, play the test episodes into it, then the
+        tokenizer and world-model losses over those episodes (every segment, in order, no autocast)."""
         cfg = self.cfg
         out: dict[str, float] = {}
         self._set_modes(None)
         ctest = cfg.collection.test
+        test_store = self.stores["test"]
+        test_store.clear()
         if ctest.num_episodes > 0:
             env = make_env(cfg.env, "test", ctest.num_envs, seed=derive_env_seed(self.seed, "test_env", epoch))
             bar = _Progress(cfg.common.progress_bar, ctest.num_episodes, f"epoch {epoch} test episodes", "ep")
@@ -555,34 +565,44 @@ class Trainer:
                     epsilon=ctest.epsilon,
                     temperature=ctest.temperature,
                     seed=derive_env_seed(self.seed, "test", epoch),
-                    store=self.stores["test"],
+                    store=test_store,
                     progress=bar.update,
+                    burn_in=int(self.agent.config.actor_critic.burn_in),
                 )
             finally:
                 bar.close()
                 env.close()
             out.update(self._episode_metrics("test", stats))
             out["test/steps_per_s"] = stats.steps_per_second
-            self._save_episodes(stats, self.stores["test"], "test", epoch, ctest.num_episodes_to_save)
-        store = self.stores["test"] if self.stores["test"].num_episodes > 0 else self.stores["train"]
+            self._save_episodes(stats, test_store, "test", epoch, ctest.num_episodes_to_save)
+        if test_store.num_episodes == 0:
+            return out
         for name in ("tokenizer", "world_model"):
             c = cfg.training[name]
-            if epoch <= c.start_after_epochs or cfg.evaluation.num_batches == 0:
+            if epoch <= c.start_after_epochs:
                 continue
-            sums: dict[str, float] = {}
-            for b in range(cfg.evaluation.num_batches):
-                batch = store.sample(
-                    f"eval_{name}", int(c.batch_size), self._seq_len(name), pad_mode="both",
-                    seed=derive_seed(self.seed, "eval", name, epoch, b), update_counts=False,
-                ).to(self.device)
-                with self._autocast(bool(c.mixed_precision)):
-                    res = self._loss(name, batch, 0)
-                for k, v in res.metrics.items():
-                    sums[f"eval/{k}"] = sums.get(f"eval/{k}", 0.0) + float(v) / cfg.evaluation.num_batches
-            out.update(sums)
+            out.update(self._eval_losses(name, test_store, int(c.batch_size)))
         if cfg.evaluation.save_reconstructions and epoch > cfg.training.tokenizer.start_after_epochs:
-            self.save_reconstructions(store, epoch)
+            self.save_reconstructions(test_store, epoch)
         return out
+
+    def _eval_losses(self, name: str, store: Any, batch_size: int) -> dict[str, float]:
+        """Mean over batches of each loss metric, the batches covering every test episode in order."""
+        seq_len = self._seq_len(name)
+        eps, starts = eval_chunks(store.lengths, seq_len)
+        limit = self.cfg.evaluation.num_batches
+        num_batches = -(-len(eps) // batch_size)
+        if limit is not None:
+            num_batches = min(num_batches, int(limit))
+        sums: dict[str, torch.Tensor] = {}
+        for b in range(num_batches):
+            ep, st = eps[b * batch_size : (b + 1) * batch_size], starts[b * batch_size : (b + 1) * batch_size]
+            batch = store.gather(ep, st, st + seq_len).to(self.device)
+            res = self._loss(name, batch, 0)
+            for k, v in res.metrics.items():
+                v = v.detach().float()
+                sums[k] = sums[k] + v if k in sums else v
+        return {f"eval/{k}": float(v) / num_batches for k, v in sums.items()}
 
     @torch.no_grad()
     def save_reconstructions(self, store: Any, epoch: int) -> Path:
@@ -606,6 +626,34 @@ class Trainer:
         return path
 
 
+def epoch_steps(component_cfg: Any, epoch: int) -> int:
+    """Gradient steps of a component at global epoch ``epoch`` (0 before it starts).
+
+    As in the reference, ``steps_first_epoch`` applies at global epoch 1 only: a component that starts
+    later (the Atari tokenizer at epoch 6) runs ``steps_per_epoch`` from its first epoch on.
+    """
+    if epoch <= int(component_cfg.start_after_epochs):
+        return 0
+    return int(component_cfg.steps_first_epoch if epoch == 1 else component_cfg.steps_per_epoch)
+
+
+def eval_chunks(lengths: Any, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive segments covering every episode, as the reference's evaluation traverses a store.
+
+    Episode ``i`` of length ``n`` gives the segments ``[j*L, (j+1)*L)`` for ``j < ceil(n / L)`` (the last
+    one right-padded), in episode order; a last segment with a single real step is dropped. Returns
+    (episode ids, starts), int64.
+    """
+    eps, starts = [], []
+    for ep, n in enumerate(np.asarray(lengths, dtype=np.int64).tolist()):
+        k = -(-n // seq_len)
+        if n % seq_len == 1:
+            k -= 1
+        eps.extend([ep] * k)
+        starts.extend(j * seq_len for j in range(k))
+    return np.asarray(eps, dtype=np.int64), np.asarray(starts, dtype=np.int64)
+
+
 def new_run_dir(base: Path | str = "outputs") -> Path:
     """``outputs/YYYY-MM-DD/hh-mm-ss`` (local time, like Hydra), made unique if it already exists."""
     now = time.localtime()
@@ -624,4 +672,4 @@ def train(cfg: DictConfig, run_dir: Path | str) -> Trainer:
     return trainer
 
 
-__all__ = ["ResumeError", "Trainer", "new_run_dir", "resolve_device", "train"]
+__all__ = ["ResumeError", "Trainer", "epoch_steps", "eval_chunks", "new_run_dir", "resolve_device", "train"]
