@@ -284,12 +284,13 @@ def test_crafter_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
         make_vector_env("crafter", 1, backend="native")
 
 
-def test_atari_auto_backend_is_the_fast_path() -> None:
+def test_atari_auto_backend_is_the_reference_path() -> None:
+    # The faithful default: the reference preprocessing; ALE's vector env only when asked for.
     from deltairis.envs.atari import AleVectorEnv, AtariPythonVectorEnv
 
     env = make_vector_env("atari", 1, backend="auto")
-    assert isinstance(env, AleVectorEnv)
-    env.close()
-    env = make_vector_env("atari", 1, backend="python")
     assert isinstance(env, AtariPythonVectorEnv)
+    env.close()
+    env = make_vector_env("atari", 1, backend="ale_vector")
+    assert isinstance(env, AleVectorEnv)
     env.close()

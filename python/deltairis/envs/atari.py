@@ -45,7 +45,8 @@ reference path, measured in ``tests/envs/test_atari.py`` and ``benchmarks/bench_
   aligned by seed alone (the tests align them by forcing the python path's no-op count);
 * after a lost life ALE continues without the extra no-op agent step of the reference.
 
-``backend="auto"`` picks ``ale_vector`` when ale-py provides it, else ``python``.
+``backend="auto"`` is ``python``, the reference's frames and reset rules; ``ale_vector`` is the opt-in
+fast path with the differences above.
 """
 
 from __future__ import annotations

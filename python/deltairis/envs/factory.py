@@ -53,7 +53,9 @@ def make_vector_env(
         name: ``"crafter"``, ``"atari"`` or ``"toy"``.
         num_envs: number of environments (>= 1).
         seed: env ``i`` is seeded with ``seed + i`` at the first ``reset()``.
-        backend: ``"auto"`` (fastest available), or per env: crafter ``"native"`` | ``"python"``;
+        backend: ``"auto"`` (crafter: the native engine when built, which is byte-identical to the
+            crafter package; atari: the reference preprocessing ``"python"``), or per env: crafter
+            ``"native"`` | ``"python"``;
             atari ``"ale_vector"`` | ``"python"``; toy ``"python"``.
         num_threads: worker threads of the native backends (``None``: their default). Ignored by the
             Python backends, which step in the calling thread.
@@ -102,10 +104,10 @@ def make_vector_env(
     from deltairis.envs.atari import AleVectorEnv, AtariPythonVectorEnv, ale_vector_available
 
     _check_kwargs(name, kwargs, ("id", "train", "noop_max", "max_episode_frames"))
-    if backend in ("auto", "ale_vector"):
+    # ``auto`` is the reference preprocessing (the faithful default); ALE's vector env is opt-in because
+    # its frames and reset rules differ (see deltairis.envs.atari).
+    if backend == "ale_vector":
         if ale_vector_available():
             return AleVectorEnv(num_envs, seed=seed, num_threads=num_threads, **kwargs)
-        if backend == "ale_vector":
-            raise RuntimeError("atari backend 'ale_vector' needs ale-py >= 0.10 (ale_py.vector_env)")
-        logger.info("ale-py has no vector env; using the gymnasium + ale-py path")
+        raise RuntimeError("atari backend 'ale_vector' needs ale-py >= 0.10 (ale_py.vector_env)")
     return AtariPythonVectorEnv(num_envs, seed=seed, **kwargs)
