@@ -286,26 +286,26 @@ def _episodes(root: Path, n: int = 2, t: int = 15) -> list[Path]:
 
 
 def test_episode_replay_keys(dummy_video, tmp_path) -> None:
-    files = _episodes(tmp_path)
+    files = _episodes(tmp_path, n=3)
     src = pw.EpisodeSource(files, list(ACTION_NAMES))
     window = pw.PlayWindow(src, keymaps.episode_keymap(), scale=1, header=True, record_dir=tmp_path).open()
-    with np.load(files[0]) as ep:
-        obs0 = np.moveaxis(ep["obs"], 1, -1)
-    with np.load(files[1]) as ep:
-        obs1 = np.moveaxis(ep["obs"], 1, -1)
+    obs = []
+    for f in files:
+        with np.load(f) as ep:
+            obs.append(np.moveaxis(ep["obs"], 1, -1))
     hh = pw.header_height(True)
     steps = [(K.K_RIGHT, 0, 1), (K.K_RIGHT, 0, 2), (K.K_LEFT, 0, 1), (K.K_PAGEDOWN, 0, 11), (K.K_PAGEDOWN, 0, 14),
              (K.K_PAGEUP, 0, 4), (K.K_HOME, 0, 0), (K.K_LEFT, 0, 0), (K.K_DOWN, 1, 0), (K.K_RIGHT, 1, 1),
-             (K.K_DOWN, 0, 0), (K.K_UP, 1, 0), (None, 1, 0)]
+             (K.K_DOWN, 2, 0), (K.K_UP, 1, 0), (K.K_UP, 0, 0), (K.K_UP, 2, 0), (None, 2, 0)]
     for key, ep, t in steps:
         _tick(window, *([] if key is None else [key]))
         assert (src.index, src.t) == (ep, t), key
-        np.testing.assert_array_equal(window.screen_array()[hh:], (obs1 if ep else obs0)[t])
+        np.testing.assert_array_equal(window.screen_array()[hh:], obs[ep][t])
     _tick(window, K.K_RIGHT)
     _tick(window, K.K_RIGHT)
     _tick(window, K.K_RETURN)
     assert src.t == 0
-    assert src.header_lines()[1] == "episode 2/2  frame 0/14"
+    assert src.header_lines()[1] == "episode 3/3  frame 0/14"
     assert _tick(window, K.K_q) is False
 
 

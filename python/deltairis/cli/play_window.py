@@ -392,7 +392,7 @@ class PlayWindow:
         if self.paused:
             flags.append("PAUSED")
         if self.recording:
-            flags.append(f"REC {len(self._rec_frames)}")
+            flags.append("REC")
         return "  ".join(flags)
 
     def compose(self) -> np.ndarray:
