@@ -10,6 +10,7 @@ Examples::
     deltairis-eval outputs/2026-01-01/12-00-00 --episodes 64      # a run folder (or --run-dir RUN)
     deltairis-eval RUN --curves --episodes 0                      # training curves only, no episodes
     deltairis-eval my-agent                                       # a folder holding only checkpoints/last.pt
+    deltairis-eval                                                # the current folder, when it is one of those
     deltairis-eval --checkpoint last.pt                           # e.g. the published (Crafter) checkpoint
     deltairis-eval --checkpoint last.pt --preset atari --env-id BreakoutNoFrameskip-v4
     deltairis-eval --env toy --random --episodes 32               # uniformly random baseline
@@ -31,7 +32,8 @@ from typing import Any
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deltairis-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", nargs="?", type=Path, metavar="RUN", help="run folder (same as --run-dir)")
+    p.add_argument("run", nargs="?", type=Path, metavar="RUN",
+                   help="run folder, same as --run-dir (default: the current folder if it holds a run or checkpoints/last.pt)")
     p.add_argument("--run-dir", type=Path, help="run folder (config/trainer.yaml + checkpoints/last.pt, or only the latter)")
     p.add_argument("--checkpoint", type=Path, help="agent checkpoint (default: RUN/checkpoints/last.pt)")
     p.add_argument("--env", choices=["crafter", "atari", "toy"], help="environment (default: the run's / the preset's)")
@@ -57,7 +59,14 @@ def _run_dir(args: argparse.Namespace) -> Path | None:
 
     if args.run is not None and args.run_dir is not None and args.run.resolve() != args.run_dir.resolve():
         raise ConfigError(f"two run folders given: {args.run} and --run-dir {args.run_dir}")
-    return args.run if args.run is not None else args.run_dir
+    if args.run is not None or args.run_dir is not None:
+        return args.run if args.run is not None else args.run_dir
+    here = Path(".")
+    if args.checkpoint is None and args.env is None and (
+        (here / "config" / "trainer.yaml").is_file() or (here / "checkpoints" / "last.pt").is_file()
+    ):
+        return here  # like deltairis-play: the current folder when it is a run folder
+    return None
 
 
 def _resolve(args: argparse.Namespace, run_dir: Path | None, device: str) -> tuple[Any, Any, Any, str]:

@@ -241,8 +241,10 @@ def render_markdown(report: Mapping[str, Any], images: Mapping[str, str] | None 
             "",
             "| episodes | mean | std | min | median | max | mean length |",
             "|---:|---:|---:|---:|---:|---:|---:|",
-            f"| {s['num_episodes']} | {_f(s['mean'])} | {_f(s['std'])} | {_f(s['min'])} | {_f(s['median'])} "
-            f"| {_f(s['max'])} | {_f(s['episode_length_mean'], 1)} |",
+            (
+                f"| {s['num_episodes']} | {_f(s['mean'])} | {_f(s['std'])} | {_f(s['min'])} | {_f(s['median'])} "
+                f"| {_f(s['max'])} | {_f(s['episode_length_mean'], 1)} |"
+            ),
             "",
         ]
         if "returns" in images:
@@ -252,8 +254,10 @@ def render_markdown(report: Mapping[str, Any], images: Mapping[str, str] | None 
         lines += [
             "## Crafter",
             "",
-            f"Crafter score: **{_f(c['crafter_score'])} %** (exp(mean ln(1 + s_i)) - 1 over the 22 success "
-            f"rates s_i in percent); {c['num_achievements_unlocked']} / 22 achievements unlocked at least once.",
+            (
+                f"Crafter score: **{_f(c['crafter_score'])} %** (exp(mean ln(1 + s_i)) - 1 over the 22 success "
+                f"rates s_i in percent); {c['num_achievements_unlocked']} / 22 achievements unlocked at least once."
+            ),
             "",
             "| achievement | success rate (%) |",
             "|---|---:|",
@@ -267,9 +271,11 @@ def render_markdown(report: Mapping[str, Any], images: Mapping[str, str] | None 
         lines += [
             "## Atari",
             "",
-            f"{a['game']}: mean return {_f(report['returns']['mean'])}; reference scores random "
-            f"{_f(a['random_score'], 1)}, human {_f(a['human_score'], 1)}; human-normalized score "
-            f"**{_f(a['human_normalized_score'], 3)}** ((score - random) / (human - random)).",
+            (
+                f"{a['game']}: mean return {_f(report['returns']['mean'])}; reference scores random "
+                f"{_f(a['random_score'], 1)}, human {_f(a['human_score'], 1)}; human-normalized score "
+                f"**{_f(a['human_normalized_score'], 3)}** ((score - random) / (human - random))."
+            ),
             "",
         ]
     if "curves" in report:
