@@ -18,13 +18,13 @@ import torch
 
 pygame = pytest.importorskip("pygame")
 
-from deltairis.agent import Agent, make_agent_config  # noqa: E402
-from deltairis.cli import keymaps  # noqa: E402
-from deltairis.cli import play as play_cli  # noqa: E402
-from deltairis.cli import play_window as pw  # noqa: E402
-from deltairis.cli.video import read_mp4  # noqa: E402
-from deltairis.envs.toy import ACTION_NAMES, ToyVectorEnv  # noqa: E402
-from deltairis.rl.imagination import world_model_burn_in, world_model_step  # noqa: E402
+from deltairis.agent import Agent, make_agent_config
+from deltairis.cli import keymaps
+from deltairis.cli import play as play_cli
+from deltairis.cli import play_window as pw
+from deltairis.cli.video import read_mp4
+from deltairis.envs.toy import ACTION_NAMES, ToyVectorEnv
+from deltairis.rl.imagination import world_model_burn_in, world_model_step
 
 K = pygame
 
@@ -430,7 +430,7 @@ def test_real_window_under_xvfb_shows_the_frame(xvfb, agent, tmp_path) -> None:
     for _ in range(50):  # the X server draws asynchronously: wait until the window shows the frame
         pygame.display.flip()
         grab = np.asarray(ImageGrab.grab(xdisplay=xvfb).convert("RGB"))
-        for dy in range(0, 41):  # a window manager could add a title bar
+        for dy in range(41):  # a window manager could add a title bar
             crop = grab[y0 + dy : y0 + dy + h, x0 : x0 + w]
             if crop.shape == expected.shape and np.array_equal(crop, expected):
                 shot = crop

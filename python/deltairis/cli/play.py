@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["crafter", "atari", "tiny"], default=None,
                    help="outside a run folder: model preset of a reference-layout checkpoint (default: crafter)")
     p.add_argument("--env-id", help="outside a run folder, with --preset atari: the game, e.g. BreakoutNoFrameskip-v4")
-    p.add_argument("--steps", type=int, default=200, help="maximum steps per rollout")
+    p.add_argument("--steps", type=int, default=200,
+                   help="maximum steps per rollout (GIF/MP4 export; the window runs until you quit)")
     p.add_argument("--actions", help="comma-separated actions (indices or names) for -w without a terminal")
     p.add_argument("--episodes", type=int, default=4, help="number of saved episodes to render with -e")
     p.add_argument("--seed", type=int, default=0)

@@ -380,12 +380,6 @@ class PlayWindow:
         self.running = False
         pygame.display.quit()
 
-    def __enter__(self) -> PlayWindow:
-        return self.open()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     # -- drawing ------------------------------------------------------------------------------------
     def status(self) -> str:
         flags = []
