@@ -647,7 +647,7 @@ def eval_chunks(lengths: Any, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     eps, starts = [], []
     for ep, n in enumerate(np.asarray(lengths, dtype=np.int64).tolist()):
         k = -(-n // seq_len)
-        if n % seq_len == 1:
+        if n - (k - 1) * seq_len < 2:  # the last segment holds a single real step
             k -= 1
         eps.extend([ep] * k)
         starts.extend(j * seq_len for j in range(k))
