@@ -15,8 +15,8 @@ crafter_native = pytest.importorskip("deltairis.envs.crafter_native")
 if not crafter_native.native_available():
     pytest.skip("deltairis._core was built without the native Crafter engine", allow_module_level=True)
 
-from gymnasium.utils.env_checker import check_env, data_equivalence  # noqa: E402
-from gymnasium.vector import AutoresetMode  # noqa: E402
+from gymnasium.utils.env_checker import check_env, data_equivalence
+from gymnasium.vector import AutoresetMode
 
 ID = crafter_native.GYM_ID
 # The crafter infos a single env returns at every step; the C++ stepper reports them only at episode
@@ -37,8 +37,11 @@ def make_native(num_envs: int, **kwargs: Any) -> Any:
 
 def make_sync(num_envs: int, **kwargs: Any) -> Any:
     return gym.make_vec(
-        ID, num_envs=num_envs, vectorization_mode="sync",
-        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **kwargs,
+        ID,
+        num_envs=num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+        **kwargs,
     )
 
 
@@ -51,7 +54,9 @@ def without_per_step_keys(info: dict[str, Any]) -> dict[str, Any]:
 def assert_same_step(a: tuple, b: tuple, where: str) -> None:
     names = ("obs", "reward", "terminated", "truncated")
     for name, x, y in zip(names, a[:4], b[:4]):
-        assert x.dtype == y.dtype and x.shape == y.shape, f"{where}: {name} {x.dtype}{x.shape} vs {y.dtype}{y.shape}"
+        assert x.dtype == y.dtype and x.shape == y.shape, (
+            f"{where}: {name} {x.dtype}{x.shape} vs {y.dtype}{y.shape}"
+        )
         np.testing.assert_array_equal(x, y, err_msg=f"{where}: {name}")
     info_a, info_b = a[4], without_per_step_keys(b[4])
     assert info_a.keys() == info_b.keys(), f"{where}: info keys {sorted(info_a)} vs {sorted(info_b)}"
@@ -102,9 +107,17 @@ def test_make_vec_builds_the_native_vector_env_with_gymnasium_metadata_and_space
         assert env.metadata["render_fps"] > 0 and "rgb_array" in env.metadata["render_modes"]
         assert env.metadata == sync.metadata  # SyncVectorEnv: the single env's metadata + its autoreset mode
         single = gym.make(ID, length=20)
-        assert env.single_observation_space == single.observation_space == gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+        assert (
+            env.single_observation_space
+            == single.observation_space
+            == gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+        )
         assert env.single_action_space == single.action_space == gym.spaces.Discrete(17)
-        assert env.observation_space == sync.observation_space == gym.spaces.Box(0, 255, (3, 64, 64, 3), np.uint8)
+        assert (
+            env.observation_space
+            == sync.observation_space
+            == gym.spaces.Box(0, 255, (3, 64, 64, 3), np.uint8)
+        )
         assert env.action_space == sync.action_space == gym.spaces.MultiDiscrete([17, 17, 17])
         assert env.num_envs == 3 and env.spec.id == ID and env.spec.kwargs["length"] == 20
         obs, _ = env.reset(seed=0)

@@ -503,7 +503,7 @@ class CrafterGymVectorEnv(gymnasium.vector.VectorEnv):
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-                raise ValueError(f"seed must be an int or None, got {seed!r}")  # noqa: TRY004
+                raise ValueError(f"seed must be an int or None, got {seed!r}")
             if not -(2**63) <= int(seed) < 2**63:
                 raise ValueError(f"seed must fit in int64, got {seed}")
         self.num_envs = int(num_envs)
