@@ -104,7 +104,7 @@ def test_corrupt_checkpoint_is_reported(run: Path, tmp_path, capsys) -> None:
 def test_play_writes_gifs(run: Path, flags: list[str], expected: str, capsys) -> None:
     from PIL import Image
 
-    assert play_cli.main(["--run-dir", str(run), "-h", "--steps", "4", *flags]) == 0
+    assert play_cli.main(["--run-dir", str(run), "--headless", "-h", "--steps", "4", *flags]) == 0
     path = run / "media" / "play" / expected
     assert capsys.readouterr().out.strip().endswith(expected)
     with Image.open(path) as img:
@@ -112,9 +112,9 @@ def test_play_writes_gifs(run: Path, flags: list[str], expected: str, capsys) ->
 
 
 def test_play_episodes_and_bad_actions(run: Path, capsys) -> None:
-    assert play_cli.main(["--run-dir", str(run), "-e", "--episodes", "2"]) == 0
+    assert play_cli.main(["--run-dir", str(run), "--headless", "-e", "--episodes", "2"]) == 0
     assert len(capsys.readouterr().out.split()) == 2
-    assert play_cli.main(["--run-dir", str(run), "-w", "--actions", "1,jump"]) == 2
+    assert play_cli.main(["--run-dir", str(run), "--headless", "-w", "--actions", "1,jump"]) == 2
     assert "jump" in capsys.readouterr().err
 
 

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epsilon", type=float, default=0.0)
-    p.add_argument("--temperature", type=float, default=None, help="default: the run's test temperature or 0.5")
+    p.add_argument("--temperature", type=float, default=None, help="default: the run's test temperature, else 1.0 (the reference's test policy)")
     p.add_argument("--device", default="auto")
     p.add_argument("--output", type=Path, help="report folder (default: RUN/eval, or ./eval-report without a run)")
     p.add_argument("--curves", action="store_true", help="add the training curves of RUN/metrics.jsonl to the report")
@@ -98,35 +98,21 @@ def _resolve(args: argparse.Namespace, run_dir: Path | None, device: str) -> tup
 
 def _play(agent: Any, env_cfg: Any, *, episodes: int, num_envs: int, seed: int, epsilon: float, temperature: float,
           device: str) -> tuple[Any, dict[str, float]]:
-    """Like deltairis.train.evaluate.evaluate_policy, but also returns the per-episode statistics."""
-    import torch
-
-    from deltairis.train.collector import run_test_episodes
+    """deltairis.train.evaluate.play_test_episodes, with a configuration error for a mismatched agent."""
     from deltairis.train.configuration import ConfigError
-    from deltairis.train.envs import make_env
-    from deltairis.train.evaluate import episode_metrics
+    from deltairis.train.evaluate import play_test_episodes
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1 to play, got {episodes}")
-    env = make_env(env_cfg, "test", min(num_envs, episodes), seed=seed)
     try:
-        ac = None
-        if agent is not None:
-            if agent.config.num_actions != env.num_actions:
-                raise ConfigError(
-                    f"the agent has {agent.config.num_actions} actions but the {env_cfg.name} env has "
-                    f"{env.num_actions}; wrong --env/--env-id/--preset for this checkpoint?"
-                )
-            agent.eval()
-            ac = agent.actor_critic
-        with torch.no_grad():
-            stats = run_test_episodes(env, episodes, ac, torch.device(device), epsilon=epsilon,
-                                      temperature=temperature, seed=seed)
-    finally:
-        env.close()
-    metrics = episode_metrics(stats)
-    metrics["steps_per_s"] = stats.steps_per_second
-    return stats, metrics
+        return play_test_episodes(
+            agent, env_cfg, num_episodes=episodes, num_envs=num_envs, seed=seed, epsilon=epsilon,
+            temperature=temperature, device=device,
+        )
+    except ValueError as exc:
+        if "actions but the" in str(exc):
+            raise ConfigError(f"{exc} (check --env/--env-id/--preset)") from exc
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             episodes = args.episodes or (int(cfg.collection.test.num_episodes) if cfg is not None else 16)
             temperature = args.temperature
             if temperature is None:
-                temperature = float(cfg.collection.test.temperature) if cfg is not None else 0.5
+                temperature = float(cfg.collection.test.temperature) if cfg is not None else 1.0
             stats, metrics = _play(agent, env_cfg, episodes=episodes, num_envs=args.num_envs, seed=args.seed,
                                    epsilon=args.epsilon, temperature=temperature, device=device)
             settings = {"episodes": episodes, "num_envs": min(args.num_envs, episodes), "seed": args.seed,

@@ -30,7 +30,7 @@ def episode_metrics(stats: CollectStats, prefix: str = "") -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_policy(
+def play_test_episodes(
     agent: Any | None,
     env_cfg: DictConfig,
     *,
@@ -41,8 +41,12 @@ def evaluate_policy(
     temperature: float = 1.0,
     device: torch.device | str = "cpu",
     split: str = "test",
-) -> dict[str, float]:
-    """Play ``num_episodes`` episodes with ``agent``'s policy (``None``: uniformly random actions)."""
+) -> tuple[CollectStats, dict[str, float]]:
+    """Play ``num_episodes`` episodes with ``agent``'s policy (``None``: uniformly random actions).
+
+    The reference's test protocol: the policy's LSTM starts from a burn-in on zero frames. Returns the
+    per-episode statistics and their summary metrics.
+    """
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
     device = torch.device(device)
@@ -50,6 +54,11 @@ def evaluate_policy(
     try:
         ac = None
         if agent is not None:
+            if agent.config.num_actions != env.num_actions:
+                raise ValueError(
+                    f"the agent has {agent.config.num_actions} actions but the {env_cfg.name} env has "
+                    f"{env.num_actions}; wrong env, game id or preset for this checkpoint?"
+                )
             agent.eval()
             ac = agent.actor_critic
         burn_in = 0 if agent is None else int(agent.config.actor_critic.burn_in)
@@ -60,7 +69,12 @@ def evaluate_policy(
         env.close()
     out = episode_metrics(stats)
     out["steps_per_s"] = stats.steps_per_second
-    return out
+    return stats, out
 
 
-__all__ = ["episode_metrics", "evaluate_policy"]
+def evaluate_policy(agent: Any | None, env_cfg: DictConfig, **kwargs: Any) -> dict[str, float]:
+    """The summary metrics of :func:`play_test_episodes` (same arguments)."""
+    return play_test_episodes(agent, env_cfg, **kwargs)[1]
+
+
+__all__ = ["episode_metrics", "evaluate_policy", "play_test_episodes"]

@@ -11,7 +11,7 @@ Run folder (``outputs/YYYY-MM-DD/hh-mm-ss/``)::
     config/trainer.yaml            the resolved configuration (what scripts/resume.sh uses)
     media/episodes/{train,test}    a few episodes per epoch (NPZ; deltairis-play -e makes GIFs)
     media/reconstructions          original frames above their tokenizer reconstructions (PNG)
-    scripts/resume.sh, play.sh     call the installed deltairis-train / deltairis-play
+    scripts/resume.sh, play.sh     run deltairis.cli.train / .play with the interpreter that created the run
     metrics.jsonl, tensorboard/, train.log, wandb/ (when enabled)
 
 Consistency: at the end of an epoch the stores are committed, then the checkpoint set (including a
