@@ -68,8 +68,12 @@ def _ref_two_hot(x: torch.Tensor, x_min: float, x_max: float, num_buckets: int) 
     x = x.clone().clamp_(x_min, x_max - 1e-5)
     buckets = torch.linspace(x_min, x_max, num_buckets).to(x.device)
     k = torch.searchsorted(buckets, x) - 1
-    values = torch.stack((buckets[k + 1] - x, x - buckets[k]), dim=-1) / (buckets[k + 1] - buckets[k]).unsqueeze(-1)
-    return torch.scatter(x.new_zeros(*x.size(), num_buckets), dim=-1, index=torch.stack((k, k + 1), dim=-1), src=values)
+    values = torch.stack((buckets[k + 1] - x, x - buckets[k]), dim=-1) / (
+        buckets[k + 1] - buckets[k]
+    ).unsqueeze(-1)
+    return torch.scatter(
+        x.new_zeros(*x.size(), num_buckets), dim=-1, index=torch.stack((k, k + 1), dim=-1), src=values
+    )
 
 
 def _ref_tokenizer_loss(tok, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,12 +95,16 @@ def _ref_tokenizer_loss(tok, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, 
     return commitment + l1 + l2 + worst, z.detach(), tokens
 
 
-def _ref_codebook_update(quantizer: Quantizer, z: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _ref_codebook_update(
+    quantizer: Quantizer, z: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """EMA of the codebook and the frequencies over every vector (no revival at high entropy)."""
     c = quantizer.codebook.size(0)
     one_hot = F.one_hot(tokens, c).float()
     counts = one_hot.sum(dim=0)
-    update = F.normalize(torch.einsum("ne,nc->ce", z, one_hot) / torch.clamp(counts.unsqueeze(-1), min=1), dim=-1)
+    update = F.normalize(
+        torch.einsum("ne,nc->ce", z, one_hot) / torch.clamp(counts.unsqueeze(-1), min=1), dim=-1
+    )
     codebook = quantizer.codebook.clone().lerp_(update, 1 - 0.99)
     freqs = quantizer.codewords_freqs.clone().lerp_(counts / one_hot.size(0), 1 - 0.98)
     return F.normalize(codebook, dim=-1), freqs
@@ -112,7 +120,9 @@ def _ref_world_model_loss(wm, tokenizer, batch: Batch) -> tuple[torch.Tensor, to
     logits_latents = out.latents[mask[:, :-1]].flatten(0, 1)
     acc = (logits_latents.max(dim=-1)[1] == labels_latents).float().mean()
     if cfg.two_hot_rewards:
-        labels_rewards = _ref_two_hot(_ref_symlog(batch.rew), cfg.bucket_low, cfg.bucket_high, cfg.num_reward_buckets)
+        labels_rewards = _ref_two_hot(
+            _ref_symlog(batch.rew), cfg.bucket_low, cfg.bucket_high, cfg.num_reward_buckets
+        )
     else:
         labels_rewards = (batch.rew.sign() + 1).long()
     done = (batch.end.bool() | batch.trunc.bool()).long()
@@ -196,13 +206,17 @@ def test_tokenizer_padding_changes_only_commitment_and_codebook() -> None:
     m1, m2 = tok.compute_loss(b1).metrics, tok.compute_loss(b2).metrics
     for key in ("tokenizer/l1_loss", "tokenizer/l2_loss", "tokenizer/max_pixel_loss"):
         torch.testing.assert_close(m1[key], m2[key])
-    assert not torch.isclose(m1["tokenizer/commitment_loss"], m2["tokenizer/commitment_loss"], rtol=1e-7, atol=0)
+    assert not torch.isclose(
+        m1["tokenizer/commitment_loss"], m2["tokenizer/commitment_loss"], rtol=1e-7, atol=0
+    )
 
 
 def test_tokenizer_exclude_padding_switch_restores_the_masked_variant() -> None:
     torch.manual_seed(0)
     cfg = make_agent_config("tiny", 5)
-    tok = Agent(dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, exclude_padding=True))).tokenizer
+    tok = Agent(
+        dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, exclude_padding=True))
+    ).tokenizer
     tok.eval()
     b1 = _batch(2, 6, 5, 2, 2, seed=3)
     b2 = copy.deepcopy(b1)
@@ -280,7 +294,9 @@ def test_world_model_trains_the_step_into_right_padding() -> None:
     assert probe.grad[-1, last_real].abs().sum() > 0  # frame t real, t+1 padding: trained
     assert probe.grad[0, 0].abs().sum() == 0  # frame t padding: not trained
     cfg = make_agent_config("tiny", 5)
-    strict = Agent(dataclasses.replace(cfg, world_model=dataclasses.replace(cfg.world_model, exclude_padding=True)))
+    strict = Agent(
+        dataclasses.replace(cfg, world_model=dataclasses.replace(cfg.world_model, exclude_padding=True))
+    )
     strict.load_state_dict(agent.state_dict())
     strict.eval()
     full = agent.world_model.compute_loss(b, agent.tokenizer).metrics["world_model/loss_latents"]
@@ -299,4 +315,6 @@ def test_world_model_end_label_includes_truncation() -> None:
     l2 = agent.world_model.compute_loss(b2, agent.tokenizer).metrics["world_model/loss_ends"]
     assert not torch.isclose(l1, l2)
     b2.end[1, 5] = 1  # the same label given as a termination
-    torch.testing.assert_close(agent.world_model.compute_loss(b2, agent.tokenizer).metrics["world_model/loss_ends"], l1)
+    torch.testing.assert_close(
+        agent.world_model.compute_loss(b2, agent.tokenizer).metrics["world_model/loss_ends"], l1
+    )

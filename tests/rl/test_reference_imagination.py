@@ -51,7 +51,10 @@ def test_burn_in_feeds_every_frame_to_both_lstms(pad_left: int, pad_right: int) 
     torch.testing.assert_close(out.logits[:, 0], ac.model.actor_linear(h), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.value_logits[:, 0], ac.model.critic_linear(h), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(
-        out.target_values[:, 0], ac.target_model.value(ac.target_model.critic_linear(ht)), rtol=1e-5, atol=1e-6
+        out.target_values[:, 0],
+        ac.target_model.value(ac.target_model.critic_linear(ht)),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -60,10 +63,14 @@ def test_exclude_padding_switch_skips_padding_frames_in_the_burn_in() -> None:
     batch = make_batch(2, 6, 5, pad_left=3, seed=3)
     with torch.no_grad():
         a = ref.actor_critic.imagine(batch, ref.tokenizer, ref.world_model, seed=1, cuda_graphs=False)
-        b = strict.actor_critic.imagine(batch, strict.tokenizer, strict.world_model, seed=1, cuda_graphs=False)
+        b = strict.actor_critic.imagine(
+            batch, strict.tokenizer, strict.world_model, seed=1, cuda_graphs=False
+        )
         h = _reference_lstm(strict.actor_critic.model, batch.obs[:, 3:])  # real frames only
     assert not torch.allclose(a.logits[0, 0], b.logits[0, 0])
-    torch.testing.assert_close(b.logits[0, 0], strict.actor_critic.model.actor_linear(h)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        b.logits[0, 0], strict.actor_critic.model.actor_linear(h)[0], rtol=1e-5, atol=1e-6
+    )
     torch.testing.assert_close(a.logits[1, 0], b.logits[1, 0])  # no padding: same
 
 

@@ -28,8 +28,16 @@ def _reference_steps(cfg, epoch: int) -> int:
         (["params=crafter"], {1: (5000, 2500, 500), 2: (500, 500, 500), 1000: (500, 500, 500)}),
         (
             ["env=atari", "params=atari", "env.train.id=BreakoutNoFrameskip-v4"],
-            {1: (0, 0, 0), 5: (0, 0, 0), 6: (200, 0, 0), 50: (200, 0, 0), 51: (200, 120, 0),
-             75: (200, 120, 0), 76: (200, 120, 200), 600: (200, 120, 200)},
+            {
+                1: (0, 0, 0),
+                5: (0, 0, 0),
+                6: (200, 0, 0),
+                50: (200, 0, 0),
+                51: (200, 120, 0),
+                75: (200, 120, 0),
+                76: (200, 120, 200),
+                600: (200, 120, 200),
+            },
         ),
     ],
 )
@@ -116,9 +124,14 @@ def _reference_eval_loss(trainer: Trainer, name: str, key: str) -> float:
         from deltairis.data.batch import Batch
 
         batch = Batch(
-            obs=torch.from_numpy(obs), act=torch.from_numpy(act), rew=torch.from_numpy(rew),
-            end=torch.from_numpy(end), trunc=torch.from_numpy(trunc), mask_padding=torch.from_numpy(mask),
-            episode_id=torch.zeros(len(part), dtype=torch.long), start=torch.zeros(len(part), dtype=torch.long),
+            obs=torch.from_numpy(obs),
+            act=torch.from_numpy(act),
+            rew=torch.from_numpy(rew),
+            end=torch.from_numpy(end),
+            trunc=torch.from_numpy(trunc),
+            mask_padding=torch.from_numpy(mask),
+            episode_id=torch.zeros(len(part), dtype=torch.long),
+            start=torch.zeros(len(part), dtype=torch.long),
             stop=torch.zeros(len(part), dtype=torch.long),
         )
         with torch.no_grad():

@@ -182,7 +182,7 @@ class Collector:
         right-aligned, with zero frames where the episode is shorter (all zeros when no episode is
         running yet). With ``exclude_padding`` (opt-in) the zero frames leave the state unchanged.
         """
-        n, b = self.num_envs, self.burn_in
+        b = self.burn_in
         pos = np.arange(b)[None, :]
         real = pos >= (b - self.recent_len[:, None])  # (N, B), right aligned
         return burn_in_state(actor_critic, self.recent * real[:, :, None, None, None], real, device)
