@@ -652,7 +652,7 @@ void register_vecenv(py::module_& m) {
                          py::array terminated, py::array truncated, py::array final_obs, py::array episode_return,
                          py::array episode_length, py::array final_inventory, py::array final_achievements,
                          py::array final_semantic, py::array final_player_pos, py::array final_discount,
-                         py::array final_reward) {
+                         py::array final_reward, bool all_infos) {
             const auto& a = v.assets();
             const py::ssize_t n = v.num_envs();
             if (!actions.dtype().is(py::dtype::of<std::int64_t>())) {
@@ -699,6 +699,7 @@ void register_vecenv(py::module_& m) {
             out.final_player_pos = static_cast<std::int64_t*>(final_player_pos.mutable_data());
             out.final_discount = static_cast<double*>(final_discount.mutable_data());
             out.final_reward = static_cast<double*>(final_reward.mutable_data());
+            out.all_infos = all_infos;
             std::vector<std::int64_t> act_copy(act, act + n);
             py::gil_scoped_release release;
             v.step(act_copy.data(), out);
@@ -706,8 +707,10 @@ void register_vecenv(py::module_& m) {
           py::arg("actions"), py::arg("obs"), py::arg("reward"), py::arg("terminated"), py::arg("truncated"),
           py::arg("final_obs"), py::arg("episode_return"), py::arg("episode_length"), py::arg("final_inventory"),
           py::arg("final_achievements"), py::arg("final_semantic"), py::arg("final_player_pos"),
-          py::arg("final_discount"), py::arg("final_reward"),
-          "Steps all envs in place (auto-reset); every output is a caller-owned buffer.");
+          py::arg("final_discount"), py::arg("final_reward"), py::arg("all_infos") = false,
+          "Steps all envs in place (auto-reset); every output is a caller-owned buffer. The final_* info "
+          "rows (inventory ... reward) are written where an episode ended, and with all_infos=True in every "
+          "row (a running env's state after the step).");
 
   // Low-level numerics, exposed for the equivalence tests.
   m.def("_crafter_episode_seed", &cr::episode_world_seed, py::arg("seed"), py::arg("episode"));

@@ -169,13 +169,15 @@ void CrafterVectorEnv::step(const std::int64_t* actions, const CrafterStepBuffer
       out.truncated[i] = r.over && !r.dead;
       out.episode_return[i] = 0.0;
       out.episode_length[i] = 0;
-      if (!r.done) {
+      if (r.done) {
+        std::memcpy(out.final_obs + i * obs_size_, obs, obs_size_);
+        out.episode_return[i] = returns_[i];
+        out.episode_length[i] = lengths_[i];
+      } else {
         std::memset(out.final_obs + i * obs_size_, 0, obs_size_);  // rows without a finished episode hold zeros
-        return;
+        if (!out.all_infos) return;
       }
-      std::memcpy(out.final_obs + i * obs_size_, obs, obs_size_);
-      out.episode_return[i] = returns_[i];
-      out.episode_length[i] = lengths_[i];
+      // The info of this step: the finished episode's last state, or (all_infos) the running env's state.
       for (std::size_t k = 0; k < ni; ++k) out.final_inventory[i * ni + k] = env.inventory()[k];
       for (std::size_t k = 0; k < na; ++k) out.final_achievements[i * na + k] = env.achievements()[k];
       env.semantic(out.final_semantic + i * area);
@@ -183,6 +185,7 @@ void CrafterVectorEnv::step(const std::int64_t* actions, const CrafterStepBuffer
       out.final_player_pos[2 * i + 1] = env.player_y();
       out.final_discount[i] = r.dead ? 0.0 : 1.0;
       out.final_reward[i] = r.info_reward;
+      if (!r.done) return;
       returns_[i] = 0.0;
       lengths_[i] = 0;
       next_episode(i, obs);  // `env` may be swapped out here: not used after this line

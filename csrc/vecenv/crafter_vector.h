@@ -38,6 +38,9 @@ struct CrafterStepBuffers {
   std::int64_t* final_player_pos = nullptr;   // (N, 2)
   double* final_discount = nullptr;           // (N,)
   double* final_reward = nullptr;             // (N,) info["reward"] of the last step
+  // The final_* info rows above are written only where an episode ended (other rows are left as they
+  // are), unless all_infos: then every row gets them, a running env's state after this step.
+  bool all_infos = false;
 };
 
 class CrafterVectorEnv {

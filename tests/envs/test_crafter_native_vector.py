@@ -180,6 +180,73 @@ def test_core_buffers_are_validated() -> None:
         vec.reset(np.zeros(3, np.int64), obs)
 
 
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_core_step_all_infos_flag(num_threads: int) -> None:
+    """Without all_infos (the default, NativeCrafterVectorEnv's step) the final_* info rows are written only
+    where an episode ended and the others are left untouched; with all_infos=True every row holds the info
+    a single env returns for that step (a running env's state after the step)."""
+    core = crafter_native._native.require_core()
+    n, length = 3, 6
+    assets = crafter_native._assets((64, 64), (9, 9), (64, 64), True, length)
+    vec = core.CrafterVectorEnv(assets, n, num_threads)
+    obs = np.zeros((n, 64, 64, 3), np.uint8)
+    vec.reset(np.arange(n, dtype=np.int64) + 20, obs)
+    singles = [crafter_native.CrafterNative(seed=20 + i, length=length) for i in range(n)]
+    for env in singles:
+        env.reset()
+    items, achievements = list(assets.item_names), list(assets.achievement_names)
+    rng = np.random.default_rng(4)
+    sentinel = {
+        "final_inventory": (np.int32, (n, len(items)), -7),
+        "final_achievements": (np.int32, (n, len(achievements)), -7),
+        "final_semantic": (np.uint8, (n, 64, 64), 251),
+        "final_player_pos": (np.int64, (n, 2), -7),
+        "final_discount": (np.float64, (n,), -7.0),
+        "final_reward": (np.float64, (n,), -7.0),
+    }
+    seen = {"done_flag_off": 0, "running_flag_off": 0, "done_flag_on": 0, "running_flag_on": 0}
+    for t in range(20):
+        all_infos = t % 4 in (1, 2)  # episode ends (every 6th step) with and without the flag
+        actions = rng.integers(0, 17, n)
+        bufs = {k: np.full(shape, fill, dtype) for k, (dtype, shape, fill) in sentinel.items()}
+        terminated, truncated = np.zeros(n, bool), np.zeros(n, bool)
+        kwargs = {"all_infos": True} if all_infos else {}  # the default is the training collector's path
+        vec.step(
+            actions.astype(np.int64),
+            obs,
+            np.zeros(n, np.float32),
+            terminated,
+            truncated,
+            np.zeros_like(obs),
+            np.zeros(n),
+            np.zeros(n, np.int64),
+            *bufs.values(),
+            **kwargs,
+        )
+        for i, env in enumerate(singles):
+            _, _, done, info = env.step(int(actions[i]))
+            assert done == bool(terminated[i] | truncated[i])
+            expected = {
+                "final_inventory": [info["inventory"][k] for k in items],
+                "final_achievements": [info["achievements"][k] for k in achievements],
+                "final_semantic": info["semantic"],
+                "final_player_pos": info["player_pos"],
+                "final_discount": info["discount"],
+                "final_reward": info["reward"],
+            }
+            for key, value in expected.items():
+                if done or all_infos:
+                    np.testing.assert_array_equal(bufs[key][i], value, err_msg=f"step {t} env {i} {key}")
+                else:
+                    assert (bufs[key][i] == sentinel[key][2]).all(), (
+                        f"step {t} env {i}: {key} row was written"
+                    )
+            seen[f"{'done' if done else 'running'}_flag_{'on' if all_infos else 'off'}"] += 1
+            if done:
+                env.reset()
+    assert min(seen.values()) > 0, seen
+
+
 def test_factory_routes_native_backend() -> None:
     from deltairis.envs import make_vector_env
 

@@ -19,9 +19,8 @@ from gymnasium.utils.env_checker import check_env, data_equivalence
 from gymnasium.vector import AutoresetMode
 
 ID = crafter_native.GYM_ID
-# The crafter infos a single env returns at every step; the C++ stepper reports them only at episode
-# ends (inside final_info), so these keys (and their masks) are the one documented difference.
-PER_STEP_KEYS = {"inventory", "achievements", "discount", "semantic", "player_pos", "reward"}
+# The crafter infos a single env returns at every step (batched at the top level for running envs).
+PER_STEP_KEYS = ("inventory", "achievements", "discount", "semantic", "player_pos", "reward")
 
 
 @pytest.fixture(autouse=True)
@@ -45,12 +44,6 @@ def make_sync(num_envs: int, **kwargs: Any) -> Any:
     )
 
 
-def without_per_step_keys(info: dict[str, Any]) -> dict[str, Any]:
-    dropped = {k for k in info if k.lstrip("_") in PER_STEP_KEYS}
-    assert {k.lstrip("_") for k in dropped} <= PER_STEP_KEYS
-    return {k: v for k, v in info.items() if k not in dropped}
-
-
 def assert_same_step(a: tuple, b: tuple, where: str) -> None:
     names = ("obs", "reward", "terminated", "truncated")
     for name, x, y in zip(names, a[:4], b[:4]):
@@ -58,8 +51,10 @@ def assert_same_step(a: tuple, b: tuple, where: str) -> None:
             f"{where}: {name} {x.dtype}{x.shape} vs {y.dtype}{y.shape}"
         )
         np.testing.assert_array_equal(x, y, err_msg=f"{where}: {name}")
-    info_a, info_b = a[4], without_per_step_keys(b[4])
-    assert info_a.keys() == info_b.keys(), f"{where}: info keys {sorted(info_a)} vs {sorted(info_b)}"
+    info_a, info_b = a[4], b[4]
+    assert list(info_a) == list(info_b), f"{where}: info keys {list(info_a)} vs {list(info_b)}"
+    for key in info_b:  # key by key first, for a message naming the key
+        assert data_equivalence(info_a[key], info_b[key], exact=True), f"{where}: info[{key!r}] differs"
     assert data_equivalence(info_a, info_b, exact=True), f"{where}: infos differ"
 
 
@@ -70,7 +65,13 @@ def run_side_by_side(native: Any, sync: Any, steps: int, policy, seed: int) -> d
     np.testing.assert_array_equal(obs_n, obs_s)
     assert info_n == info_s == {}
     rng = np.random.default_rng(seed)
-    counts = {"terminated": 0, "truncated": 0, "final_info_rows": 0}
+    counts = {
+        "terminated": 0,
+        "truncated": 0,
+        "final_info_rows": 0,
+        "running_info_steps": 0,
+        "mixed_steps": 0,
+    }
     for t in range(steps):
         actions = policy(rng, native.num_envs)
         a = native.step(actions)
@@ -78,8 +79,16 @@ def run_side_by_side(native: Any, sync: Any, steps: int, policy, seed: int) -> d
         assert_same_step(a, b, f"step {t}")
         counts["terminated"] += int(a[2].sum())
         counts["truncated"] += int(a[3].sum())
+        done = a[2] | a[3]
+        if not done.all():  # every running env has its step info at the top level, the others none
+            for key in PER_STEP_KEYS:
+                np.testing.assert_array_equal(a[4][f"_{key}"], ~done, err_msg=f"step {t}: _{key}")
+            counts["running_info_steps"] += 1
+        else:
+            assert not any(key in a[4] for key in PER_STEP_KEYS)
+        if done.any() and not done.all():
+            counts["mixed_steps"] += 1
         if "final_info" in a[4]:
-            done = a[2] | a[3]
             np.testing.assert_array_equal(a[4]["_final_obs"], done)
             np.testing.assert_array_equal(a[4]["_final_info"], done)
             assert all((x is None) != bool(d) for x, d in zip(a[4]["final_obs"], done))
@@ -158,6 +167,9 @@ def test_steps_like_sync_vector_env_step_for_step(kwargs: dict, steps: int, poli
         counts = run_side_by_side(native, sync, steps, policy, seed=11)
         assert counts[expect] >= 2, counts  # episode ends of the intended kind happened
         assert counts["final_info_rows"] == counts["terminated"] + counts["truncated"]
+        assert counts["running_info_steps"] >= steps // 2, counts
+        if expect == "terminated":  # deaths at different steps: envs ending next to running ones
+            assert counts["mixed_steps"] >= 2, counts
         # A later unseeded reset starts every env's next episode in both; then keep stepping.
         obs_n, _ = native.reset()
         obs_s, _ = sync.reset()

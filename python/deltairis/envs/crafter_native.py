@@ -325,6 +325,26 @@ class NativeCrafterVectorEnv(VectorEnv):
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        obs, reward, terminated, truncated, final_obs, episode_return, episode_length = self._step(actions)
+        done = terminated | truncated  # (N,)
+        final_info: list[dict[str, Any] | None] = [None] * self.num_envs
+        for i in np.flatnonzero(done):
+            final_info[i] = self._row_info(int(i))
+        info = {
+            "final_obs": final_obs,  # zeros in rows where no episode finished
+            "episode_return": episode_return,
+            "episode_length": episode_length,
+            "final_info": final_info,
+        }
+        return obs, reward, terminated, truncated, info
+
+    def _step(self, actions: np.ndarray, all_infos: bool = False) -> tuple[np.ndarray, ...]:
+        """One engine step: obs, reward, terminated, truncated, final_obs, episode_return, episode_length.
+
+        The crafter info of row ``i`` is then :meth:`_row_info` ``(i)``: where an episode ended, its last
+        state; with ``all_infos`` also, in every other row, the running env's state after this step
+        (without it those rows of the scratch are stale).
+        """
         if self._closed:
             raise RuntimeError("step() called on a closed env")
         if self._needs_reset:
@@ -332,7 +352,7 @@ class NativeCrafterVectorEnv(VectorEnv):
         acts = validate_actions(actions, self.num_envs, self.num_actions)
         b = self._buffers
         # The rows returned to the caller are written into fresh arrays (the engine fills every row), so
-        # nothing is copied afterwards; the final_* scratch is read only in rows where an episode ended.
+        # nothing is copied afterwards; the final_* scratch is read by _row_info.
         n = self.num_envs
         obs = np.empty_like(self._obs)
         reward = np.empty(n, np.float32)
@@ -356,25 +376,22 @@ class NativeCrafterVectorEnv(VectorEnv):
             b["final_player_pos"],
             b["final_discount"],
             b["final_reward"],
+            all_infos=bool(all_infos),
         )
-        done = terminated | truncated  # (N,)
-        final_info: list[dict[str, Any] | None] = [None] * self.num_envs
-        for i in np.flatnonzero(done):
-            final_info[i] = {
-                "inventory": dict(zip(self._items, b["final_inventory"][i].tolist())),
-                "achievements": dict(zip(self._achievements, b["final_achievements"][i].tolist())),
-                "discount": float(b["final_discount"][i]),
-                "semantic": b["final_semantic"][i].copy(),
-                "player_pos": b["final_player_pos"][i].copy(),
-                "reward": float(b["final_reward"][i]),
-            }
-        info = {
-            "final_obs": final_obs,  # zeros in rows where no episode finished
-            "episode_return": episode_return,
-            "episode_length": episode_length,
-            "final_info": final_info,
+        return obs, reward, terminated, truncated, final_obs, episode_return, episode_length
+
+    def _row_info(self, i: int) -> dict[str, Any]:
+        """Row ``i`` of the last step's final_* scratch as crafter's info dict (keys and value types of
+        :meth:`CrafterNative.info`)."""
+        b = self._buffers
+        return {
+            "inventory": dict(zip(self._items, b["final_inventory"][i].tolist())),
+            "achievements": dict(zip(self._achievements, b["final_achievements"][i].tolist())),
+            "discount": float(b["final_discount"][i]),
+            "semantic": b["final_semantic"][i].copy(),
+            "player_pos": b["final_player_pos"][i].copy(),
+            "reward": float(b["final_reward"][i]),
         }
-        return obs, reward, terminated, truncated, info
 
     @property
     def reset_counts(self) -> dict[str, int]:
@@ -464,12 +481,15 @@ class CrafterGymVectorEnv(gymnasium.vector.VectorEnv):
       env), as the single env's ``reset(seed=)`` does; ``reset()`` without a seed starts every env's next
       episode; the very first unseeded ``reset()`` uses the constructor's ``seed`` for every env, or, when
       it is ``None``, one seed per env drawn from numpy's global generator in env order (what N single
-      envs constructed one after the other draw).
+      envs constructed one after the other draw);
+    * the infos are SyncVectorEnv's, key for key, dtype for dtype, mask for mask: each running env's
+      crafter step info (``inventory``, ``achievements``, ``discount``, ``semantic``, ``player_pos``,
+      ``reward``, batched with masks ``_inventory``, ...), while an env that auto-reset in the step has
+      its step info only in ``final_info`` (its reset info, ``{}``, replaces it; its rows of the top-level
+      keys are masked off).
 
-    Difference from the SyncVectorEnv: the per-step crafter infos of envs whose episode did not end
-    (``inventory``, ``achievements``, ``discount``, ``semantic``, ``player_pos``, ``reward``) are not
-    returned; the C++ stepper exports the state only at episode ends (in ``final_info``).
-    ``reset(options={"reset_mask": ...})`` (partial resets) is not supported either.
+    Difference from the SyncVectorEnv: ``reset(options={"reset_mask": ...})`` (partial resets) is not
+    supported.
 
     Args:
         num_envs: number of envs.
@@ -597,13 +617,18 @@ class CrafterGymVectorEnv(gymnasium.vector.VectorEnv):
         """
         if self.closed:
             raise RuntimeError("step() called on a closed env")
-        obs, reward32, terminated, truncated, native_info = self._native.step(actions)
+        obs, reward32, terminated, truncated, final_obs, _, _ = self._native._step(actions, all_infos=True)
+        # Batched as SyncVectorEnv (SAME_STEP) does, env by env: an env whose episode ended puts its last
+        # frame and step info under final_obs/final_info, then the info of its reset (the single env's
+        # reset info is {}: nothing) takes the step info's place; a running env adds its step info.
+        done = terminated | truncated
         infos: dict[str, Any] = {}
-        for i in np.flatnonzero(terminated | truncated):
-            i = int(i)
-            infos = self._add_info(
-                infos, {"final_obs": native_info["final_obs"][i].copy(), "final_info": native_info["final_info"][i]}, i
-            )
+        for i in range(self.num_envs):
+            step_info = self._native._row_info(i)
+            if done[i]:
+                infos = self._add_info(infos, {"final_obs": final_obs[i].copy(), "final_info": step_info}, i)
+                step_info = {}  # the reset info
+            infos = self._add_info(infos, step_info, i)
         self._frames = obs
         return obs.copy(), _exact_rewards(reward32), terminated, truncated, infos
 
