@@ -49,6 +49,14 @@ TINY = [
 ]
 
 
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported (find_spec raises when a parent package is missing)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
 def _env_with_entry_points() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
@@ -142,7 +150,7 @@ def test_default_sweep_folder_is_hydras_multirun_dir(tmp_path: Path, monkeypatch
     ],
 )
 def test_launcher_group_is_selectable(launcher: str, target: str, plugin: str | None, capsys) -> None:
-    if plugin is not None and importlib.util.find_spec(plugin) is None:
+    if plugin is not None and not _installed(plugin):
         pytest.skip("hydra-submitit-launcher is not installed (pip install 'delta-iris[slurm]')")
     assert (
         train_cli.main(["--cfg", "hydra", "-p", "hydra.launcher", f"hydra/launcher={launcher}", *TINY]) == 0
@@ -152,7 +160,7 @@ def test_launcher_group_is_selectable(launcher: str, target: str, plugin: str | 
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_a_job(tmp_path: Path) -> None:
-    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+    if not _installed("hydra_plugins.hydra_submitit_launcher"):
         pytest.skip("hydra-submitit-launcher is not installed (pip install 'delta-iris[slurm]')")
     exe = _entry_point()
     sweep = tmp_path / "sweep"
