@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from deltairis.config.models import AgentConfig, make_agent_config
+from deltairis.errors import CheckpointError
 from deltairis.models.actor_critic import ActorCritic
 from deltairis.models.tokenizer import Tokenizer
 from deltairis.models.transformer import build_mask
@@ -28,10 +29,6 @@ from deltairis.models.world_model import WorldModel, WorldModelLogits
 
 CHECKPOINT_FORMAT = "deltairis-agent"
 CHECKPOINT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded (corrupt, wrong layout, mismatched shapes)."""
 
 
 class PolicyLogits(NamedTuple):

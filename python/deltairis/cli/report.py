@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from deltairis.errors import ReportError
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 SCORES_FILE = "atari100k_scores.json"
@@ -40,10 +42,6 @@ CURVE_PANELS: dict[str, tuple[str, ...]] = {
 }
 #: Candidates for the x axis of the curves, in order of preference.
 CURVE_X_KEYS = ("collection/total_env_steps", "dataset/train_steps")
-
-
-class ReportError(ValueError):
-    """Bad input to the report (unknown Atari game, missing or unreadable metrics.jsonl, no episodes)."""
 
 
 # -- Atari reference scores -----------------------------------------------------------------------------
@@ -325,7 +323,9 @@ def plot_achievements(rates: Mapping[str, float], path: Path) -> Path:
     names = list(rates)
     values = [rates[n] for n in names]
     ax.bar(range(len(names)), values, color="tab:green")
-    ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=60, ha="right", fontsize=8)
+    ax.set_xticks(
+        range(len(names)), [n.replace("_", " ") for n in names], rotation=60, ha="right", fontsize=8
+    )
     ax.set_ylabel("success rate (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Crafter achievement success rates")
@@ -339,13 +339,17 @@ def plot_curves(records: Sequence[Mapping[str, float]], path: Path) -> Path:
     panels = {t: [k for k in keys if any(k in r for r in records)] for t, keys in CURVE_PANELS.items()}
     panels = {t: keys for t, keys in panels.items() if keys}
     if not panels:
-        raise ReportError("metrics.jsonl has none of the curve keys " + ", ".join(sum(CURVE_PANELS.values(), ())))
+        raise ReportError(
+            "metrics.jsonl has none of the curve keys " + ", ".join(sum(CURVE_PANELS.values(), ()))
+        )
     fig = _figure(6, 2.6 * len(panels))
     for i, (title, keys) in enumerate(panels.items()):
         ax = fig.add_subplot(len(panels), 1, i + 1)
         for key in keys:
             pts = [(x, float(r[key])) for x, r in zip(xs, records) if key in r]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 50 else None, label=key)
+            ax.plot(
+                [p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 50 else None, label=key
+            )
         ax.set_title(title)
         ax.set_xlabel(x_key)
         ax.grid(alpha=0.3)

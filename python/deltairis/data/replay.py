@@ -40,6 +40,7 @@ import torch
 from deltairis import _native
 from deltairis.data import sampling
 from deltairis.data.batch import Batch
+from deltairis.errors import ReplayStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +60,6 @@ _BATCH_FIELDS = ("obs", "act", "rew", "end", "trunc", "mask_padding", "episode_i
 DEFAULT_OBS_SHAPE = (3, 64, 64)
 
 Backend = Literal["auto", "cpp", "numpy"]
-
-
-class ReplayStoreError(OSError):
-    """The store could not be written or read (full disk, read-only directory, corrupt index...)."""
 
 
 @dataclass

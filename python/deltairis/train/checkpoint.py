@@ -28,14 +28,12 @@ from typing import Any
 
 import torch
 
+from deltairis.errors import CorruptCheckpointError
+
 logger = logging.getLogger(__name__)
 
 JOURNAL_NAME = ".journal.json"
 NEXT_SUFFIX = ".next"
-
-
-class CorruptCheckpointError(RuntimeError):
-    """A checkpoint file exists but cannot be read, or the files of a set disagree."""
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -20,16 +20,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from deltairis.config.models import AgentConfig, make_agent_config
 from deltairis.config.schema import TrainerConfig
+from deltairis.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 CONFIG_MODULE = "deltairis.config"
 CONFIG_NAME = "trainer"
 SCHEMA_NAME = "trainer_schema"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the offending key."""
 
 
 def _register_schema() -> None:

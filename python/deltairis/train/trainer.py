@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from deltairis.errors import ResumeError
 from deltairis.train.checkpoint import (
     CorruptCheckpointError,
     atomic_write_bytes,
@@ -50,10 +51,6 @@ logger = logging.getLogger(__name__)
 
 COMPONENTS = ("tokenizer", "world_model", "actor_critic")
 STATE_VERSION = 1
-
-
-class ResumeError(RuntimeError):
-    """A run cannot be resumed (missing files, or a config that changes the model)."""
 
 
 def resolve_device(spec: str) -> torch.device:

@@ -1,0 +1,48 @@
+"""The package's one error hierarchy.
+
+Every error delta-iris raises on purpose derives from :class:`DeltaIrisError`, and also from the
+built-in exception a caller would naturally catch (``ValueError`` for bad settings and bad files,
+``OSError`` for storage, ``RuntimeError`` for a run that cannot go on), so ``except ValueError`` keeps
+working where it did. This module imports nothing from the package: every layer may use it.
+"""
+
+from __future__ import annotations
+
+
+class DeltaIrisError(Exception):
+    """Base class of the errors delta-iris raises on purpose; the message names the problem."""
+
+
+class ConfigError(DeltaIrisError, ValueError):
+    """A configuration that cannot be used; the message names the offending key."""
+
+
+class CheckpointError(DeltaIrisError, ValueError):
+    """A checkpoint that cannot be loaded (corrupt, wrong layout, mismatched shapes)."""
+
+
+class CorruptCheckpointError(CheckpointError, RuntimeError):
+    """A checkpoint file exists but cannot be read, or the files of a checkpoint set disagree."""
+
+
+class ResumeError(DeltaIrisError, RuntimeError):
+    """A run cannot be resumed (missing files, or a config that changes the model)."""
+
+
+class ReplayStoreError(DeltaIrisError, OSError):
+    """A replay store could not be written or read (full disk, read-only directory, corrupt index...)."""
+
+
+class ReportError(DeltaIrisError, ValueError):
+    """An evaluation report cannot be made from the given files."""
+
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "CorruptCheckpointError",
+    "DeltaIrisError",
+    "ReplayStoreError",
+    "ReportError",
+    "ResumeError",
+]
