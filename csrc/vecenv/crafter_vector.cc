@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 #include <thread>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -28,7 +29,7 @@ CrafterVectorEnv::CrafterVectorEnv(std::shared_ptr<const crafter::Assets> assets
     : assets_(std::move(assets)),
       obs_size_(static_cast<std::size_t>(assets_->obs_height()) * assets_->obs_width() * 3),
       pool_(std::max(1, std::min(num_threads, std::max(num_envs, 1)))) {
-  if (num_envs < 1) throw std::invalid_argument("num_envs must be >= 1");
+  if (num_envs < 1) throw std::invalid_argument("num_envs must be >= 1, got " + std::to_string(num_envs));
   use_spares_ = pool_.num_threads() > 1;
   for (int i = 0; i < num_envs; ++i) {
     envs_.push_back(std::make_unique<crafter::Env>(assets_, i));
@@ -38,6 +39,15 @@ CrafterVectorEnv::CrafterVectorEnv(std::shared_ptr<const crafter::Assets> assets
   needs_submit_.assign(static_cast<std::size_t>(num_envs), 0);
   returns_.assign(static_cast<std::size_t>(num_envs), 0.0);
   lengths_.assign(static_cast<std::size_t>(num_envs), 0);
+}
+
+void CrafterVectorEnv::check_actions(const std::int64_t* actions) const {
+  for (int i = 0; i < num_envs(); ++i) {
+    if (actions[i] < 0 || actions[i] >= assets_->num_actions()) {
+      throw std::invalid_argument("actions[" + std::to_string(i) + "] = " + std::to_string(actions[i]) +
+                                  " is out of range [0, " + std::to_string(assets_->num_actions()) + ")");
+    }
+  }
 }
 
 CrafterVectorEnv::~CrafterVectorEnv() {

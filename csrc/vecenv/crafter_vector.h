@@ -61,6 +61,8 @@ class CrafterVectorEnv {
   void reset(const std::int64_t* seeds, std::uint8_t* obs);
   // Steps env i with actions[i] (validated by the caller to lie in [0, num_actions)).
   void step(const std::int64_t* actions, const CrafterStepBuffers& out);
+  // Throws std::invalid_argument naming the first action outside [0, num_actions).
+  void check_actions(const std::int64_t* actions) const;
 
   // Episode starts served so far: from a ready spare, after waiting for a spare being built, and built
   // inline by the step (a spare whose build had not started, or no spares at all). For tests/benchmarks.

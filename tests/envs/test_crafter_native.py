@@ -459,21 +459,30 @@ def test_reference_cases_cover_the_game(reference: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_episode_seed_matches_python_tuple_hash() -> None:
-    core = crafter_native._native.require_core()
+@pytest.fixture(scope="module")
+def core() -> Any:
+    """The engine's numerics through csrc/testing/crafter_probe.cc (built by tests/cpp/cxx_build.py)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "cpp"))
+    import cxx_build
+
+    probe = cxx_build.crafter_probe()
+    yield probe
+    probe.close()
+
+
+def test_episode_seed_matches_python_tuple_hash(core: Any) -> None:
     rng = np.random.default_rng(0)
     seeds = [0, 1, -1, -2, 2**31 - 1, 2**61 - 1, 2**61, -(2**61) + 1, 2**63 - 1, -(2**63)]
     seeds += rng.integers(-(2**63), 2**63 - 1, 200, dtype=np.int64).tolist()
     for seed in seeds:
         for episode in (1, 2, 3, 1000, 2**40):
-            assert core._crafter_episode_seed(seed, episode) == hash((seed, episode)) % (2**31 - 1), (
+            assert core.episode_seed(seed, episode) == hash((seed, episode)) % (2**31 - 1), (
                 seed,
                 episode,
             )
 
 
-def test_legacy_random_matches_numpy_randomstate() -> None:
-    core = crafter_native._native.require_core()
+def test_legacy_random_matches_numpy_randomstate(core: Any) -> None:
     rng = np.random.default_rng(1)
     for seed in [0, 1, 2**31 - 2, 2**32 - 1, *rng.integers(0, 2**32, 20).tolist()]:
         calls = []
@@ -485,16 +494,15 @@ def test_legacy_random_matches_numpy_randomstate() -> None:
                 calls.append(
                     ("randint", int(rng.choice([1, 2, 3, 4, 5, 7, 13, 64, 100, 144, 2**31 - 1, 2**32])))
                 )
-        ours = core._crafter_legacy_random(int(seed), calls)
+        ours = core.legacy_random(int(seed), calls)
         ref = np.random.RandomState(int(seed))
         expected = [ref.uniform() if name == "uniform" else float(ref.randint(0, n)) for name, n in calls]
         assert np.asarray(ours).tobytes() == np.asarray(expected).tobytes(), seed
 
 
-def test_noise3_matches_opensimplex() -> None:
+def test_noise3_matches_opensimplex(core: Any) -> None:
     import opensimplex
 
-    core = crafter_native._native.require_core()
     rng = np.random.default_rng(2)
     for seed in [0, 3, 2**31 - 2, 987654321, -5]:
         xyz = np.concatenate(
@@ -506,21 +514,20 @@ def test_noise3_matches_opensimplex() -> None:
         )
         simplex = opensimplex.OpenSimplex(seed=seed)
         expected = np.array([simplex.noise3(*p) for p in xyz.tolist()])
-        ours = core._crafter_noise3(seed, xyz)
+        ours = core.noise3(seed, xyz)
         assert ours.tobytes() == expected.tobytes(), seed
 
 
-def test_pillow_nearest_indices_match_pillow() -> None:
+def test_pillow_nearest_indices_match_pillow(core: Any) -> None:
     from PIL import Image
 
-    core = crafter_native._native.require_core()
     for src in (1, 2, 5, 16, 17, 33):
         for dst in (1, 2, 3, 4, 5, 7, 9, 16, 20, 40):
             row = np.arange(src, dtype=np.uint8)[None, :].repeat(
                 2, 0
             )  # (2, src) image, values = column index
             resized = np.array(Image.fromarray(row).resize((dst, 2), resample=Image.NEAREST))
-            assert core._crafter_pillow_nearest(src, dst) == resized[0].tolist(), (src, dst)
+            assert core.pillow_nearest(src, dst) == resized[0].tolist(), (src, dst)
 
 
 # ------------------------------------------------------------------------------------------------

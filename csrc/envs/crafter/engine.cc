@@ -45,6 +45,19 @@ std::vector<int> pillow_nearest_indices(int src, int dst) {
   return out;
 }
 
+namespace {
+constexpr const char* kObjectKindNames[] = {"Player", "Cow", "Zombie", "Skeleton", "Arrow", "Plant", "Fence"};
+constexpr int kNumObjectKinds = static_cast<int>(sizeof(kObjectKindNames) / sizeof(kObjectKindNames[0]));
+}  // namespace
+
+const char* object_kind_name(ObjKind kind) { return kObjectKindNames[static_cast<int>(kind)]; }
+
+ObjKind object_kind_from_name(const std::string& name) {
+  for (int k = 0; k < kNumObjectKinds; ++k)
+    if (name == kObjectKindNames[k]) return static_cast<ObjKind>(k);
+  throw std::invalid_argument("unknown object kind " + name);
+}
+
 // ------------------------------------------------------------------------------------------------
 // Assets
 // ------------------------------------------------------------------------------------------------

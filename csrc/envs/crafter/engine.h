@@ -86,6 +86,11 @@ std::vector<int> pillow_nearest_indices(int src, int dst);
 
 enum class ObjKind : std::uint8_t { kPlayer = 0, kCow, kZombie, kSkeleton, kArrow, kPlant, kFence };
 
+// Python crafter's class name of an object kind ("Player", "Cow", ...).
+const char* object_kind_name(ObjKind kind);
+// The kind whose class name is `name`; throws std::invalid_argument("unknown object kind <name>").
+ObjKind object_kind_from_name(const std::string& name);
+
 enum class ActionKind : std::uint8_t { kNoop, kMove, kDo, kSleep, kPlace, kMake };
 
 // Immutable rules, textures and render tables for one EnvConfig; shared by many envs and threads.
