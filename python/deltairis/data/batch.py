@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from deltairis.data.fields import BATCH_FIELD_NAMES, FIELDS_BY_NAME
+
+if TYPE_CHECKING:
+    from deltairis.data.buffers import BatchBuffers
 
 
 @dataclass
 class Batch:
     """A batch of B segments of T steps.
 
-    obs          uint8 (B, T, 3, 64, 64) on the host; float32 in [0, 1] after :meth:`to`
-    act          int64 (B, T)
-    rew          float32 (B, T)
-    end          uint8 (B, T)   termination (the episode really ended after this step)
-    trunc        uint8 (B, T)   truncation (time limit)
-    mask_padding bool (B, T)    True where the step is real, False for padding
-    episode_id   int64 (B,)     segment ids: episode, start (may be < 0) and stop (may exceed length)
-    start        int64 (B,)
-    stop         int64 (B,)
+    Step fields (obs, act, rew, end, trunc, mask_padding) are (B, T, ...), segment ids (episode_id, start,
+    stop) are (B,); ``obs`` is uint8 on the host and float32 in [0, 1] after :meth:`to`. Dtypes, shapes and
+    meanings: :data:`deltairis.data.fields.BATCH_FIELDS`, which these fields must match (checked at import).
     """
 
     obs: torch.Tensor
@@ -32,6 +32,10 @@ class Batch:
     episode_id: torch.Tensor
     start: torch.Tensor
     stop: torch.Tensor
+
+    def __post_init__(self) -> None:
+        # NumPy views of the tensors once a replay store checked them as ``out`` (not a dataclass field).
+        self.host_buffers: BatchBuffers | None = None
 
     @property
     def batch_size(self) -> int:
@@ -47,7 +51,7 @@ class Batch:
         for f in fields(self):
             t = getattr(self, f.name)
             t = t.to(device, non_blocking=non_blocking)
-            if f.name == "obs" and t.dtype == torch.uint8:
+            if FIELDS_BY_NAME[f.name].frame and t.dtype == torch.uint8:
                 t = t.float().div_(255.0)
             values[f.name] = t
         return Batch(**values)
@@ -56,3 +60,7 @@ class Batch:
     def from_numpy(cls, **arrays: np.ndarray) -> Batch:
         """Wrap NumPy arrays (no copy when possible)."""
         return cls(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+if tuple(f.name for f in fields(Batch)) != BATCH_FIELD_NAMES:  # pragma: no cover - a programming error
+    raise RuntimeError("Batch and deltairis.data.fields.BATCH_FIELDS list different fields")

@@ -10,19 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from deltairis.data.fields import STEP_FIELDS
 from deltairis.data.replay import ReplayStore
 
 logger = logging.getLogger(__name__)
 
 INFO_NAME = "info.pt"
-# our field -> accepted keys in a reference episode file, first match wins
-_KEYS: dict[str, tuple[str, ...]] = {
-    "obs": ("observations", "obs"),
-    "act": ("actions", "act"),
-    "rew": ("rewards", "rew"),
-    "end": ("ends", "end"),
-    "trunc": ("truncations", "truncs", "trunc"),
-}
 
 
 def _episode_files(src: Path) -> list[Path]:
@@ -74,7 +67,7 @@ def import_reference_dataset(
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
         arrays: dict[str, np.ndarray] = {}
-        for field, keys in _KEYS.items():
+        for field, keys in ((f.name, f.reference_keys) for f in STEP_FIELDS):
             key = next((k for k in keys if k in data), None)
             if key is None:
                 if field == "trunc":

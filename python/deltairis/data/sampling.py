@@ -20,6 +20,8 @@ from typing import Literal
 
 import numpy as np
 
+from deltairis.data.fields import STEP_FIELD_NAMES
+
 PadMode = Literal["both", "left"]
 PAD_MODES: dict[str, int] = {"both": 0, "left": 1}
 
@@ -106,9 +108,9 @@ def gather_numpy(
     mask: np.ndarray,
     out: dict[str, np.ndarray],
 ) -> None:
-    """Copy rows of the stored arrays (``obs, act, rew, end, trunc``) into ``out``; padding is zero."""
+    """Copy rows of the stored arrays (the step fields) into ``out``; padding is zero."""
     valid_rows = rows[mask]
-    for name in ("obs", "act", "rew", "end", "trunc"):
+    for name in STEP_FIELD_NAMES:
         dst = out[name]
         dst[...] = 0
         dst[mask] = arrays[name][valid_rows]
