@@ -25,7 +25,7 @@ WRITER = textwrap.dedent(
     import os, signal, sys
     import numpy as np
     from deltairis.data import ReplayStore
-    import deltairis.data.replay as replay
+    import deltairis.data.store as replay  # the module that writes the files
 
     def episode(i):
         rng = np.random.default_rng(i)

@@ -121,8 +121,8 @@ def test_cpp_boundary_validates_buffers(tmp_path: Path) -> None:
 
     store = ReplayStore(tmp_path, backend="cpp")
     fill_store(store, np.random.default_rng(2), num_episodes=3, max_len=6, num_extends=3)
-    view = store._view()
-    reader = store._get_reader()
+    view = store.view()
+    reader = store._sampler.reader()
     b, L = 2, 3
     good = {
         "num_rows": view.n_rows,
