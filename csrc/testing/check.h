@@ -65,8 +65,10 @@ std::string show(const std::vector<T>& values) {
   return out + (values.size() > 16 ? ", ...]" : "]");
 }
 
-template <typename A, typename B>
-bool check_op(bool ok, const char* file, int line, const char* expr, const A& a, const B& b) {
+// Evaluates each side once, compares them with `cmp` and reports both values on failure.
+template <typename A, typename B, typename Cmp>
+bool check_op(const A& a, const B& b, Cmp cmp, const char* file, int line, const char* expr) {
+  const bool ok = cmp(a, b);
   if (!ok) report(file, line, std::string(expr) + " with " + show(a) + " vs " + show(b));
   return ok;
 }
@@ -108,8 +110,9 @@ inline int run_all(int argc, char** argv) {
                                                                                       &DELTAIRIS_CONCAT(test_##suite##_, name)); \
   static void DELTAIRIS_CONCAT(test_##suite##_, name)()
 
-#define DELTAIRIS_CHECK_OP(a, op, b) \
-  ::deltairis::testing::check_op(((a)op(b)), __FILE__, __LINE__, #a " " #op " " #b, (a), (b))
+#define DELTAIRIS_CHECK_OP(a, op, b)                                                                  \
+  ::deltairis::testing::check_op((a), (b), [](const auto& x_, const auto& y_) { return x_ op y_; }, __FILE__, \
+                                 __LINE__, #a " " #op " " #b)
 #define CHECK_EQ(a, b) DELTAIRIS_CHECK_OP(a, ==, b)
 #define CHECK_NE(a, b) DELTAIRIS_CHECK_OP(a, !=, b)
 #define CHECK_LT(a, b) DELTAIRIS_CHECK_OP(a, <, b)
