@@ -6,7 +6,10 @@ same block of ``block_size`` tokens. No mask tensor is materialised: each progra
 visible key range of its query tile and masks the boundary tiles element-wise.
 
 Forward: one program per (query tile, batch*head) with an online softmax in fp32 (exp2 domain),
-storing the output and the log-sum-exp (base 2) for the backward pass.
+storing the output and the log-sum-exp (base 2) for the backward pass. As in Triton's fused-attention
+tutorial, each tile loop is one ``@triton.jit`` helper called for two ranges: the tiles every query
+(key) of the program sees whole, with no visibility test (``MASKED=False``), and the tiles of the
+diagonal band, masked element-wise. :mod:`attention_kvcache` reuses the forward's helpers.
 Backward (FlashAttention-2 style, no atomics, deterministic): a pre-pass computes
 ``delta = rowsum(dO * O)``, one kernel accumulates dK and dV per key tile over the query tiles that
 see it, and one kernel accumulates dQ per query tile over its visible keys.
@@ -47,6 +50,115 @@ def _key_end(q_last, block_size, n_keys, BLOCK_CAUSAL: tl.constexpr):
 
 
 @triton.jit
+def _head(H):
+    """This program's (batch, head), as int64 for the pointer offsets, and its row of LSE / DELTA."""
+    bh = tl.program_id(1)
+    return (bh // H).to(tl.int64), (bh % H).to(tl.int64), bh.to(tl.int64)
+
+
+@triton.jit
+def _load_rows(base, pos, stride_t, stride_d, offs_d, row_ok, d_ok):
+    """The (len(pos), BLOCK_D) tile of rows ``pos`` of one (T, D) matrix; zeros where masked."""
+    return tl.load(
+        base + pos[:, None] * stride_t + offs_d[None, :] * stride_d,
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
+def _store_rows(base, x, pos, stride_t, stride_d, offs_d, row_ok, d_ok):
+    """Store ``x`` (fp32) as rows ``pos`` of one (T, D) matrix, in its element type."""
+    tl.store(
+        base + pos[:, None] * stride_t + offs_d[None, :] * stride_d,
+        x.to(base.dtype.element_ty),
+        mask=row_ok[:, None] & d_ok[None, :],
+    )
+
+
+@triton.jit
+def _attn_fwd_inner(
+    acc, l_i, m_i, q, q_pos,
+    k_base, skt, skd, v_base, svt, svd,
+    kn_base, sknt, sknd, vn_base, svnt, svnd,
+    split, n_keys, start, stop, qk_scale, block_size, offs_d, d_ok,
+    BLOCK_CAUSAL: tl.constexpr,
+    MASKED: tl.constexpr,
+    TWO_SOURCES: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    """Online softmax of the queries ``q`` (at positions ``q_pos``) over the key tiles in [start, stop).
+
+    Keys and values of positions [0, n_keys) are read from ``k_base`` / ``v_base``; with
+    ``TWO_SOURCES`` only those below ``split``, the others from row ``pos - split`` of ``kn_base`` /
+    ``vn_base`` (the KV cache's new tokens). ``MASKED=False`` (tiles below the diagonal band, every key
+    of which exists and is visible from every query) skips the visibility test; ``MASKED=True``
+    applies the causal / block-causal mask and the ``n_keys`` bound. Returns the updated
+    (acc, l_i, m_i); scores are in log2 units (``qk_scale`` includes log2(e)).
+    """
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(start, stop, BLOCK_N):
+        k_pos = start_n + offs_n
+        if TWO_SOURCES:
+            old = k_pos < split
+            new = (k_pos >= split) & (k_pos < n_keys)
+            new_row = k_pos - split
+            kt = tl.trans(_load_rows(k_base, k_pos, skt, skd, offs_d, old, d_ok))  # (BLOCK_D, BLOCK_N)
+            kt += tl.trans(_load_rows(kn_base, new_row, sknt, sknd, offs_d, new, d_ok)).to(kt.dtype)
+            v = _load_rows(v_base, k_pos, svt, svd, offs_d, old, d_ok)  # (BLOCK_N, BLOCK_D)
+            v += _load_rows(vn_base, new_row, svnt, svnd, offs_d, new, d_ok).to(v.dtype)  # disjoint masks
+        else:
+            k_ok = k_pos < n_keys
+            kt = tl.trans(_load_rows(k_base, k_pos, skt, skd, offs_d, k_ok, d_ok))
+            v = _load_rows(v_base, k_pos, svt, svd, offs_d, k_ok, d_ok)
+        s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
+        if MASKED:
+            vis = (
+                _visible(q_pos[:, None], k_pos[None, :], block_size, BLOCK_CAUSAL) & (k_pos < n_keys)[None, :]
+            )
+            s = tl.where(vis, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: key 0 is visible from every query
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_tile(
+    q, q_first, q_last, q_pos,
+    k_base, skt, skd, v_base, svt, svd,
+    kn_base, sknt, sknd, vn_base, svnt, svnd,
+    split, n_keys, qk_scale, block_size, offs_d, d_ok,
+    BLOCK_CAUSAL: tl.constexpr,
+    TWO_SOURCES: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    """Attention of one query tile (positions q_first..q_last): the unmasked key tiles, then the
+    masked ones of the diagonal band. Returns (out, m_i + log2(l_i)) in fp32."""
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    # Keys below _key_end(q_first) are visible from every query of the tile (and the later ones).
+    mid = (_key_end(q_first, block_size, n_keys, BLOCK_CAUSAL) // BLOCK_N) * BLOCK_N
+    hi = _key_end(q_last, block_size, n_keys, BLOCK_CAUSAL)
+    for stage in tl.static_range(2):  # unmasked key tiles [0, mid), then the masked band [mid, hi)
+        acc, l_i, m_i = _attn_fwd_inner(
+            acc, l_i, m_i, q, q_pos,
+            k_base, skt, skd, v_base, svt, svd, kn_base, sknt, sknd, vn_base, svnt, svnd,
+            split, n_keys, 0 if stage == 0 else mid, mid if stage == 0 else hi, qk_scale, block_size,
+            offs_d, d_ok, BLOCK_CAUSAL, stage == 1, TWO_SOURCES, BLOCK_N, DOT_PREC,
+        )  # fmt: skip
+    return acc / l_i[:, None], m_i + tl.log2(l_i)
+
+
+@triton.jit
 def _attn_fwd_kernel(
     Q, K, V, O, LSE,
     sqb, sqh, sqt, sqd,
@@ -61,55 +173,23 @@ def _attn_fwd_kernel(
     DOT_PREC: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    b, h, row = _head(H)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
-    q = tl.load(
-        Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
-        mask=(offs_m[:, None] < T) & d_ok[None, :],
-        other=0.0,
-    )
+    m_ok = offs_m < T
+    q = _load_rows(Q + b * sqb + h * sqh, offs_m, sqt, sqd, offs_d, m_ok, d_ok)
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     q_last = tl.minimum(pid_m * BLOCK_M + BLOCK_M, T) - 1
-    hi = _key_end(q_last, block_size, T, BLOCK_CAUSAL)
-    for start_n in range(0, hi, BLOCK_N):
-        k_pos = start_n + offs_n
-        k_ok = k_pos < T
-        kt = tl.load(
-            k_base + k_pos[None, :] * skt + offs_d[:, None] * skd,
-            mask=k_ok[None, :] & d_ok[:, None],
-            other=0.0,
-        )  # (BLOCK_D, BLOCK_N)
-        s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
-        vis = _visible(offs_m[:, None], k_pos[None, :], block_size, BLOCK_CAUSAL) & k_ok[None, :]
-        s = tl.where(vis, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: key 0 is visible from every query
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(
-            v_base + k_pos[:, None] * svt + offs_d[None, :] * svd,
-            mask=k_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )  # (BLOCK_N, BLOCK_D)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-        m_i = m_new
-    out = acc / l_i[:, None]
-    row_ok = offs_m < T
-    tl.store(
-        O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :] * sod,
-        out.to(O.dtype.element_ty),
-        mask=row_ok[:, None] & d_ok[None, :],
-    )
-    tl.store(LSE + bh.to(tl.int64) * T + offs_m, m_i + tl.log2(l_i), mask=row_ok)
+    out, lse = _attn_fwd_tile(
+        q, pid_m * BLOCK_M, q_last, offs_m,
+        k_base, skt, skd, v_base, svt, svd, k_base, skt, skd, v_base, svt, svd,
+        T, T, qk_scale, block_size, offs_d, d_ok,
+        BLOCK_CAUSAL, False, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PREC,
+    )  # fmt: skip
+    _store_rows(O + b * sob + h * soh, out, offs_m, sot, sod, offs_d, m_ok, d_ok)
+    tl.store(LSE + row * T + offs_m, lse, mask=m_ok)
 
 
 @triton.jit
@@ -122,18 +202,49 @@ def _attn_bwd_delta_kernel(
     BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    b, h, row = _head(H)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    ok = (offs_m[:, None] < T) & (offs_d[None, :] < D)
-    o = tl.load(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :] * sod, mask=ok, other=0.0)
-    do = tl.load(
-        DO + b * sdob + h * sdoh + offs_m[:, None] * sdot + offs_d[None, :] * sdod, mask=ok, other=0.0
-    )
+    m_ok = offs_m < T
+    d_ok = offs_d < D
+    o = _load_rows(O + b * sob + h * soh, offs_m, sot, sod, offs_d, m_ok, d_ok)
+    do = _load_rows(DO + b * sdob + h * sdoh, offs_m, sdot, sdod, offs_d, m_ok, d_ok)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    tl.store(DELTA + bh.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
+    tl.store(DELTA + row * T + offs_m, delta, mask=m_ok)
+
+
+@triton.jit
+def _attn_bwd_dkdv_inner(
+    dk, dv, k, v, k_pos,
+    q_base, sqt, sqd, do_base, sdot, sdod, lse_base, delta_base,
+    T, start, stop, qk_scale, block_size, offs_d, d_ok,
+    BLOCK_CAUSAL: tl.constexpr,
+    MASKED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    """dK and dV of one key tile (positions ``k_pos``) accumulated over the query tiles in [start, stop).
+
+    ``MASKED=False``: queries that see every key of the tile (only the bound ``q < T`` is applied).
+    """
+    offs_m = tl.arange(0, BLOCK_M)
+    for start_m in range(start, stop, BLOCK_M):
+        q_pos = start_m + offs_m
+        m_ok = q_pos < T
+        q = _load_rows(q_base, q_pos, sqt, sqd, offs_d, m_ok, d_ok)
+        do = _load_rows(do_base, q_pos, sdot, sdod, offs_d, m_ok, d_ok)
+        lse = tl.load(lse_base + q_pos, mask=m_ok, other=0.0)
+        delta = tl.load(delta_base + q_pos, mask=m_ok, other=0.0)
+        st = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
+        vis = m_ok[None, :]
+        if MASKED:
+            vis = vis & _visible(q_pos[None, :], k_pos[:, None], block_size, BLOCK_CAUSAL)
+        pt = tl.where(vis, tl.exp2(st - lse[None, :]), 0.0)
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PREC)
+        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # (BLOCK_N, BLOCK_M)
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PREC)
+    return dk, dv
 
 
 @triton.jit
@@ -153,61 +264,63 @@ def _attn_bwd_dkdv_kernel(
     DOT_PREC: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    b, h, row = _head(H)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     n_ok = offs_n < T
-    kv_mask = n_ok[:, None] & d_ok[None, :]
-    k = tl.load(
-        K + b * skb + h * skh + offs_n[:, None] * skt + offs_d[None, :] * skd, mask=kv_mask, other=0.0
-    )
-    v = tl.load(
-        V + b * svb + h * svh + offs_n[:, None] * svt + offs_d[None, :] * svd, mask=kv_mask, other=0.0
-    )
-    q_base = Q + b * sqb + h * sqh
-    do_base = DO + b * sdob + h * sdoh
-    row_base = bh.to(tl.int64) * T
+    k = _load_rows(K + b * skb + h * skh, offs_n, skt, skd, offs_d, n_ok, d_ok)
+    v = _load_rows(V + b * svb + h * svh, offs_n, svt, svd, offs_d, n_ok, d_ok)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    # The first query that sees a key of this tile: the tile start (causal) or its block start.
+    # Query tiles from the first query that sees a key of this tile (the tile start, causal, or its
+    # block start) are masked up to the first query that sees all of them (the last key, or its
+    # block start); the later ones are not.
     first_q = pid_n * BLOCK_N
+    all_q = tl.minimum(first_q + BLOCK_N, T) - 1
     if BLOCK_CAUSAL:
         first_q = (first_q // block_size) * block_size
+        all_q = (all_q // block_size) * block_size
     lo = (first_q // BLOCK_M) * BLOCK_M
-    for start_m in range(lo, T, BLOCK_M):
-        q_pos = start_m + offs_m
-        m_ok = q_pos < T
-        qd_mask = m_ok[:, None] & d_ok[None, :]
-        q = tl.load(q_base + q_pos[:, None] * sqt + offs_d[None, :] * sqd, mask=qd_mask, other=0.0)
-        do = tl.load(do_base + q_pos[:, None] * sdot + offs_d[None, :] * sdod, mask=qd_mask, other=0.0)
-        lse = tl.load(LSE + row_base + q_pos, mask=m_ok, other=0.0)
-        delta = tl.load(DELTA + row_base + q_pos, mask=m_ok, other=0.0)
-        st = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
-        vis = (
-            _visible(q_pos[None, :], offs_n[:, None], block_size, BLOCK_CAUSAL)
-            & m_ok[None, :]
-            & n_ok[:, None]
-        )
-        pt = tl.where(vis, tl.exp2(st - lse[None, :]), 0.0)
-        dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PREC)
-        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # (BLOCK_N, BLOCK_M)
-        dst = pt * (dpt - delta[None, :])
-        dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PREC)
-    dk = dk * sm_scale
-    tl.store(
-        DK + b * sdkb + h * sdkh + offs_n[:, None] * sdkt + offs_d[None, :] * sdkd,
-        dk.to(DK.dtype.element_ty),
-        mask=kv_mask,
-    )
-    tl.store(
-        DV + b * sdvb + h * sdvh + offs_n[:, None] * sdvt + offs_d[None, :] * sdvd,
-        dv.to(DV.dtype.element_ty),
-        mask=kv_mask,
-    )
+    mid = tl.cdiv(all_q, BLOCK_M) * BLOCK_M
+    q_base = Q + b * sqb + h * sqh
+    do_base = DO + b * sdob + h * sdoh
+    for stage in tl.static_range(2):  # masked band [lo, mid), then the unmasked rest [mid, T)
+        dk, dv = _attn_bwd_dkdv_inner(
+            dk, dv, k, v, offs_n, q_base, sqt, sqd, do_base, sdot, sdod, LSE + row * T, DELTA + row * T,
+            T, lo if stage == 0 else mid, mid if stage == 0 else T, qk_scale, block_size, offs_d, d_ok,
+            BLOCK_CAUSAL, stage == 0, BLOCK_M, DOT_PREC,
+        )  # fmt: skip
+    _store_rows(DK + b * sdkb + h * sdkh, dk * sm_scale, offs_n, sdkt, sdkd, offs_d, n_ok, d_ok)
+    _store_rows(DV + b * sdvb + h * sdvh, dv, offs_n, sdvt, sdvd, offs_d, n_ok, d_ok)
+
+
+@triton.jit
+def _attn_bwd_dq_inner(
+    dq, q, do, lse, delta, q_pos,
+    k_base, skt, skd, v_base, svt, svd,
+    T, start, stop, qk_scale, block_size, offs_d, d_ok,
+    BLOCK_CAUSAL: tl.constexpr,
+    MASKED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    """dQ of one query tile accumulated over the key tiles in [start, stop) (ranges as the forward's)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(start, stop, BLOCK_N):
+        k_pos = start_n + offs_n
+        k_ok = k_pos < T
+        k = _load_rows(k_base, k_pos, skt, skd, offs_d, k_ok, d_ok)
+        v = _load_rows(v_base, k_pos, svt, svd, offs_d, k_ok, d_ok)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
+        p = tl.exp2(s - lse[:, None])
+        if MASKED:
+            vis = _visible(q_pos[:, None], k_pos[None, :], block_size, BLOCK_CAUSAL) & k_ok[None, :]
+            p = tl.where(vis, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # (BLOCK_M, BLOCK_N)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+    return dq
 
 
 @triton.jit
@@ -226,51 +339,27 @@ def _attn_bwd_dq_kernel(
     DOT_PREC: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    b, h, row = _head(H)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     m_ok = offs_m < T
-    qd_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(
-        Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd, mask=qd_mask, other=0.0
-    )
-    do = tl.load(
-        DO + b * sdob + h * sdoh + offs_m[:, None] * sdot + offs_d[None, :] * sdod, mask=qd_mask, other=0.0
-    )
-    row_base = bh.to(tl.int64) * T
-    lse = tl.load(LSE + row_base + offs_m, mask=m_ok, other=0.0)
-    delta = tl.load(DELTA + row_base + offs_m, mask=m_ok, other=0.0)
+    q = _load_rows(Q + b * sqb + h * sqh, offs_m, sqt, sqd, offs_d, m_ok, d_ok)
+    do = _load_rows(DO + b * sdob + h * sdoh, offs_m, sdot, sdod, offs_d, m_ok, d_ok)
+    lse = tl.load(LSE + row * T + offs_m, mask=m_ok, other=0.0)
+    delta = tl.load(DELTA + row * T + offs_m, mask=m_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    mid = (_key_end(pid_m * BLOCK_M, block_size, T, BLOCK_CAUSAL) // BLOCK_N) * BLOCK_N
+    hi = _key_end(tl.minimum(pid_m * BLOCK_M + BLOCK_M, T) - 1, block_size, T, BLOCK_CAUSAL)
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    q_last = tl.minimum(pid_m * BLOCK_M + BLOCK_M, T) - 1
-    hi = _key_end(q_last, block_size, T, BLOCK_CAUSAL)
-    for start_n in range(0, hi, BLOCK_N):
-        k_pos = start_n + offs_n
-        k_ok = k_pos < T
-        kd_mask = k_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_base + k_pos[:, None] * skt + offs_d[None, :] * skd, mask=kd_mask, other=0.0)
-        v = tl.load(v_base + k_pos[:, None] * svt + offs_d[None, :] * svd, mask=kd_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
-        vis = (
-            _visible(offs_m[:, None], k_pos[None, :], block_size, BLOCK_CAUSAL)
-            & k_ok[None, :]
-            & m_ok[:, None]
-        )
-        p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # (BLOCK_M, BLOCK_N)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
-    dq = dq * sm_scale
-    tl.store(
-        DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdqt + offs_d[None, :] * sdqd,
-        dq.to(DQ.dtype.element_ty),
-        mask=qd_mask,
-    )
+    for stage in tl.static_range(2):  # unmasked key tiles [0, mid), then the masked band [mid, hi)
+        dq = _attn_bwd_dq_inner(
+            dq, q, do, lse, delta, offs_m, k_base, skt, skd, v_base, svt, svd,
+            T, 0 if stage == 0 else mid, mid if stage == 0 else hi, qk_scale, block_size, offs_d, d_ok,
+            BLOCK_CAUSAL, stage == 1, BLOCK_N, DOT_PREC,
+        )  # fmt: skip
+    _store_rows(DQ + b * sdqb + h * sdqh, dq * sm_scale, offs_m, sdqt, sdqd, offs_d, m_ok, d_ok)
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:

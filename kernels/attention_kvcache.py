@@ -16,6 +16,7 @@ unspecified); the host-side checks in :mod:`deltairis.ops` reject them for CPU t
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 
@@ -23,8 +24,18 @@ import torch
 import triton
 import triton.language as tl
 
+from deltairis.kernels import attention as _attention
+
 INTERPRETED: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
-LOG2E = 1.4426950408889634
+# The shared jit helpers must be decorated in this module's mode (an earlier import may have used the other).
+if _attention.INTERPRETED != INTERPRETED:
+    _attention = importlib.reload(_attention)
+_attn_fwd_tile = _attention._attn_fwd_tile
+_head = _attention._head
+_load_rows = _attention._load_rows
+_store_rows = _attention._store_rows
+_strides = _attention._strides
+LOG2E = _attention.LOG2E
 
 
 @triton.jit
@@ -44,17 +55,13 @@ def _attn_kvcache_kernel(
     DOT_PREC: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    b, h, _ = _head(H)
     cache_len = tl.load(LENS + b)
     n_written = tl.minimum(cache_len + TQ, TMAX)  # keys at positions >= n_written are never visible
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # rows of the new tokens
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     m_ok = offs_m < TQ
-    md_mask = m_ok[:, None] & d_ok[None, :]
     kn_base = KN + b * sknb + h * sknh
     vn_base = VN + b * svnb + h * svnh
     kc_base = KC + b * skcb + h * skch
@@ -62,77 +69,21 @@ def _attn_kvcache_kernel(
 
     # 1) Write this tile's new keys/values at their absolute positions.
     q_pos = cache_len + offs_m
-    w_mask = md_mask & (q_pos[:, None] < TMAX)
-    k_rows = tl.load(kn_base + offs_m[:, None] * sknt + offs_d[None, :] * sknd, mask=md_mask, other=0.0)
-    v_rows = tl.load(vn_base + offs_m[:, None] * svnt + offs_d[None, :] * svnd, mask=md_mask, other=0.0)
-    tl.store(
-        kc_base + q_pos[:, None] * skct + offs_d[None, :] * skcd, k_rows.to(KC.dtype.element_ty), mask=w_mask
-    )
-    tl.store(
-        vc_base + q_pos[:, None] * svct + offs_d[None, :] * svcd, v_rows.to(VC.dtype.element_ty), mask=w_mask
-    )
+    w_ok = m_ok & (q_pos < TMAX)
+    k_rows = _load_rows(kn_base, offs_m, sknt, sknd, offs_d, m_ok, d_ok)
+    _store_rows(kc_base, k_rows, q_pos, skct, skcd, offs_d, w_ok, d_ok)
+    v_rows = _load_rows(vn_base, offs_m, svnt, svnd, offs_d, m_ok, d_ok)
+    _store_rows(vc_base, v_rows, q_pos, svct, svcd, offs_d, w_ok, d_ok)
 
     # 2) Attend over [0, n_written): old keys from the cache, new ones from k_new / v_new.
-    q = tl.load(
-        Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd, mask=md_mask, other=0.0
-    )
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    q_last = cache_len + tl.minimum(pid_m * BLOCK_M + BLOCK_M, TQ) - 1
-    if BLOCK_CAUSAL:
-        hi = (q_last // block_size + 1) * block_size
-    else:
-        hi = q_last + 1
-    hi = tl.minimum(hi, n_written)
-    for start_n in range(0, hi, BLOCK_N):
-        k_pos = start_n + offs_n
-        old = k_pos < cache_len
-        new = (k_pos >= cache_len) & (k_pos < n_written)
-        new_row = k_pos - cache_len
-        kt = tl.load(
-            kc_base + k_pos[None, :] * skct + offs_d[:, None] * skcd,
-            mask=old[None, :] & d_ok[:, None],
-            other=0.0,
-        )
-        kt += tl.load(
-            kn_base + new_row[None, :] * sknt + offs_d[:, None] * sknd,
-            mask=new[None, :] & d_ok[:, None],
-            other=0.0,
-        ).to(kt.dtype)  # (BLOCK_D, BLOCK_N); the two masks are disjoint
-        s = tl.dot(q.to(kt.dtype), kt, input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
-        vis = (k_pos[None, :] <= q_pos[:, None]) & (old | new)[None, :]
-        if BLOCK_CAUSAL:
-            vis = vis | (
-                ((k_pos[None, :] // block_size) == (q_pos[:, None] // block_size)) & (old | new)[None, :]
-            )
-        s = tl.where(vis, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: key 0 is visible from every query
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(
-            vc_base + k_pos[:, None] * svct + offs_d[None, :] * svcd,
-            mask=old[:, None] & d_ok[None, :],
-            other=0.0,
-        )
-        v += tl.load(
-            vn_base + new_row[:, None] * svnt + offs_d[None, :] * svnd,
-            mask=new[:, None] & d_ok[None, :],
-            other=0.0,
-        ).to(v.dtype)  # (BLOCK_N, BLOCK_D)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-        m_i = m_new
-    out = acc / l_i[:, None]
-    tl.store(
-        O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :] * sod,
-        out.to(O.dtype.element_ty),
-        mask=md_mask,
-    )
-
-
-def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+    q = _load_rows(Q + b * sqb + h * sqh, offs_m, sqt, sqd, offs_d, m_ok, d_ok).to(KC.dtype.element_ty)
+    out, _ = _attn_fwd_tile(
+        q, cache_len + pid_m * BLOCK_M, cache_len + tl.minimum(pid_m * BLOCK_M + BLOCK_M, TQ) - 1, q_pos,
+        kc_base, skct, skcd, vc_base, svct, svcd, kn_base, sknt, sknd, vn_base, svnt, svnd,
+        tl.minimum(cache_len, n_written), n_written, qk_scale, block_size, offs_d, d_ok,
+        BLOCK_CAUSAL, True, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PREC,
+    )  # fmt: skip
+    _store_rows(O + b * sob + h * soh, out, offs_m, sot, sod, offs_d, m_ok, d_ok)
 
 
 def attention_kvcache_triton(

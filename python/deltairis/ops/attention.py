@@ -7,7 +7,9 @@ absolute, so with a KV cache the blocks stay aligned to the sequence start).
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,31 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(
             f"attention expects q, k, v of one shape (B, H, T, D), got {q.shape}, {k.shape}, {v.shape}"
         )
+
+
+def _kernel_unsupported(q: torch.Tensor) -> str | None:
+    """Why the Triton kernels cannot take these queries (None when they can)."""
+    if q.size(-1) > 128:
+        return f"head dim {q.size(-1)} > 128"
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"dtype {q.dtype}"
+    return None
+
+
+def _dispatch(
+    op: str,
+    ref: Callable[..., torch.Tensor],
+    tensors: tuple[torch.Tensor, ...],
+    mask: str,
+    block_size: int,
+    backend: str | None,
+    supported: Callable[[], str | None],
+    auto_uses_kernel: bool = True,
+) -> torch.Tensor:
+    """Run ``op`` on validated ``tensors``: the kernel ``deltairis.kernels.<op>.<op>_triton`` that
+    :func:`choose` picks, else the reference ``ref``."""
+    fn = choose(op, tensors, backend, supported, (op, f"{op}_triton"), auto_uses_kernel=auto_uses_kernel)
+    return (ref if fn is None else fn)(*tensors, mask=mask, block_size=block_size)
 
 
 def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, mask: str, block_size: int) -> torch.Tensor:
@@ -70,21 +97,10 @@ def attention(
     _check_mask(mask, block_size)
     _check_qkv(q, k, v)
 
-    def supported() -> str | None:
-        if q.size(-1) > 128:
-            return f"head dim {q.size(-1)} > 128"
-        if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            return f"dtype {q.dtype}"
-        return None
-
+    supported = functools.partial(_kernel_unsupported, q)
     # auto -> PyTorch's SDPA: measured 2-4x faster than the Triton kernel for forward+backward on an H200
     # (benchmarks/bench_ops.py, README); the kernel stays available with backend="triton".
-    fn = choose(
-        "attention", (q, k, v), backend, supported, ("attention", "attention_triton"), auto_uses_kernel=False
-    )
-    if fn is None:
-        return attention_ref(q, k, v, mask=mask, block_size=block_size)
-    return fn(q, k, v, mask=mask, block_size=block_size)
+    return _dispatch("attention", attention_ref, (q, k, v), mask, block_size, backend, supported, False)
 
 
 def _check_kvcache(
@@ -178,20 +194,12 @@ def attention_kvcache(
     _check_kvcache(q, k_new, v_new, k_cache, v_cache, cache_lens)
 
     def supported() -> str | None:
-        if q.size(-1) > 128:
-            return f"head dim {q.size(-1)} > 128"
-        if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            return f"dtype {q.dtype}"
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_new, v_new)):
+        reason = _kernel_unsupported(q)
+        if reason is None and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_new, v_new)):
             return "attention_kvcache is forward-only (inputs require grad)"
-        return None
+        return reason
 
     tensors = (q, k_new, v_new, k_cache, v_cache, cache_lens)
-    fn = choose(
-        "attention_kvcache", tensors, backend, supported, ("attention_kvcache", "attention_kvcache_triton")
+    return _dispatch(
+        "attention_kvcache", attention_kvcache_ref, tensors, mask, block_size, backend, supported
     )
-    if fn is None:
-        return attention_kvcache_ref(
-            q, k_new, v_new, k_cache, v_cache, cache_lens, mask=mask, block_size=block_size
-        )
-    return fn(q, k_new, v_new, k_cache, v_cache, cache_lens, mask=mask, block_size=block_size)
