@@ -157,19 +157,9 @@ class NumpySampler:
     def num_threads(self) -> int:
         return 1
 
-    def probabilities(self, counts: np.ndarray, alpha: float) -> np.ndarray:
-        return sampling.sampling_probabilities(counts, alpha)
-
-    def draw_segments(
-        self,
-        counts: np.ndarray,
-        lengths: np.ndarray,
-        alpha: float,
-        uniforms: np.ndarray,
-        seq_len: int,
-        pad_mode: str,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return sampling.draw_segments(counts, lengths, alpha, uniforms, seq_len, pad_mode)
+    # The reference functions themselves (they take the same arguments).
+    probabilities = staticmethod(sampling.sampling_probabilities)
+    draw_segments = staticmethod(sampling.draw_segments)
 
     def add_counts(self, counts: np.ndarray, episode_id: np.ndarray) -> None:
         np.add.at(counts, episode_id, 1)
