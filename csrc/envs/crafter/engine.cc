@@ -84,13 +84,47 @@ int Assets::achievement_id(const std::string& name) const {
   return -1;
 }
 
+int Assets::required_item(const std::string& name) const {
+  const int id = item_id(name);
+  if (id < 0) throw std::invalid_argument("crafter rules: unknown item '" + name + "'");
+  return id;
+}
+
+int Assets::required_achievement(const std::string& name) const {
+  const int id = achievement_id(name);
+  if (id < 0) throw std::invalid_argument("crafter rules: unknown achievement '" + name + "'");
+  return id;
+}
+
+std::vector<Assets::ItemAmount> Assets::item_amounts(const RulesSpec::Amounts& in) const {
+  std::vector<ItemAmount> out;
+  for (const auto& kv : in) out.push_back({required_item(kv.first), kv.second});
+  return out;
+}
+
 Assets::Assets(const RulesSpec& rules, const std::map<std::string, Texture>& textures, const EnvConfig& config)
     : config_(config) {
+  check_config(config);
+  load_materials(rules);
+  load_items(rules);
+  std::vector<std::string> place_names, make_names;
+  load_rules(rules, &place_names, &make_names);
+  load_actions(rules, place_names, make_names);
+  build_layout();
+  build_textures(textures);
+  build_vignette();
+  semantic_base_ = static_cast<int>(material_names_.size());
+}
+
+void Assets::check_config(const EnvConfig& config) {
   if (config.area_x < 1 || config.area_y < 1) throw std::invalid_argument("area must be positive");
   if (config.area_x > 4096 || config.area_y > 4096) throw std::invalid_argument("area is too large");
   if (config.view_x < 1 || config.view_y < 1) throw std::invalid_argument("view must be positive");
   if (config.size_x < 1 || config.size_y < 1) throw std::invalid_argument("size must be positive");
+}
 
+// Material names (id 0: none), the ids the engine refers to, and the walkable tables.
+void Assets::load_materials(const RulesSpec& rules) {
   material_names_.push_back("");
   for (const auto& m : rules.materials) material_names_.push_back(m);
   if (material_names_.size() > 250) throw std::invalid_argument("crafter rules: too many materials");
@@ -114,132 +148,140 @@ Assets::Assets(const RulesSpec& rules, const std::map<std::string, Texture>& tex
   arrow_walkable_ = walkable_;
   arrow_walkable_[m_water_] = true;
   arrow_walkable_[m_lava_] = true;
+}
 
+// Items with their limits, achievements, and the ids the engine refers to.
+void Assets::load_items(const RulesSpec& rules) {
   for (const auto& item : rules.items) {
     item_names_.push_back(item.name);
     item_max_.push_back(item.max);
     item_initial_.push_back(item.initial);
   }
   achievement_names_ = rules.achievements;
-  auto need_item = [&](const std::string& name) {
-    const int id = item_id(name);
-    if (id < 0) throw std::invalid_argument("crafter rules: unknown item '" + name + "'");
-    return id;
-  };
-  auto need_achievement = [&](const std::string& name) {
-    const int id = achievement_id(name);
-    if (id < 0) throw std::invalid_argument("crafter rules: unknown achievement '" + name + "'");
-    return id;
-  };
-  auto amounts = [&](const RulesSpec::Amounts& in) {
-    std::vector<ItemAmount> out;
-    for (const auto& kv : in) out.push_back({need_item(kv.first), kv.second});
-    return out;
-  };
-  i_health_ = need_item("health");
-  i_food_ = need_item("food");
-  i_drink_ = need_item("drink");
-  i_energy_ = need_item("energy");
-  i_wood_sword_ = need_item("wood_sword");
-  i_stone_sword_ = need_item("stone_sword");
-  i_iron_sword_ = need_item("iron_sword");
+  i_health_ = required_item("health");
+  i_food_ = required_item("food");
+  i_drink_ = required_item("drink");
+  i_energy_ = required_item("energy");
+  i_wood_sword_ = required_item("wood_sword");
+  i_stone_sword_ = required_item("stone_sword");
+  i_iron_sword_ = required_item("iron_sword");
   i_fence_ = item_id("fence");
-  a_wake_up_ = need_achievement("wake_up");
-  a_eat_plant_ = need_achievement("eat_plant");
+  a_wake_up_ = required_achievement("wake_up");
+  a_eat_plant_ = required_achievement("eat_plant");
   a_collect_fence_ = achievement_id("collect_fence");
-  a_defeat_zombie_ = need_achievement("defeat_zombie");
-  a_defeat_skeleton_ = need_achievement("defeat_skeleton");
-  a_eat_cow_ = need_achievement("eat_cow");
+  a_defeat_zombie_ = required_achievement("defeat_zombie");
+  a_defeat_skeleton_ = required_achievement("defeat_skeleton");
+  a_eat_cow_ = required_achievement("eat_cow");
+}
 
+// The collect, place and make rules; the names of the place and make rules in rule order.
+void Assets::load_rules(const RulesSpec& rules, std::vector<std::string>* place_names,
+                        std::vector<std::string>* make_names) {
+  const int nm = static_cast<int>(material_names_.size());
   collect_.assign(nm, CollectRule{});
   for (const auto& c : rules.collect) {
     CollectRule rule;
     rule.present = true;
-    rule.require = amounts(c.require);
-    rule.receive = amounts(c.receive);
-    for (const auto& kv : c.receive) rule.receive_achievement.push_back(need_achievement("collect_" + kv.first));
+    rule.require = item_amounts(c.require);
+    rule.receive = item_amounts(c.receive);
+    for (const auto& kv : c.receive) rule.receive_achievement.push_back(required_achievement("collect_" + kv.first));
     rule.leaves = material_id(c.leaves, true);
     rule.probability = c.probability;
     collect_[material_id(c.material, true)] = rule;
   }
-  std::vector<std::string> place_names, make_names;
   for (const auto& p : rules.place) {
-    PlaceRule rule;
-    rule.uses = amounts(p.uses);
-    rule.where.assign(nm, false);
-    for (const auto& w : p.where) rule.where[material_id(w, true)] = true;
-    if (p.type == "material") {
-      rule.is_object = false;
-      rule.material = material_id(p.name, true);
-    } else if (p.type == "object") {
-      rule.is_object = true;
-      if (p.name == "plant") {
-        rule.object_kind = ObjKind::kPlant;
-      } else if (p.name == "fence") {
-        rule.object_kind = ObjKind::kFence;
-      } else {
-        throw std::invalid_argument("crafter rules: cannot place object '" + p.name + "'");
-      }
-    } else {
-      throw std::invalid_argument("crafter rules: unknown place type '" + p.type + "'");
-    }
-    rule.achievement = need_achievement("place_" + p.name);
-    place_.push_back(rule);
-    place_names.push_back(p.name);
+    place_.push_back(place_rule(p));
+    place_names->push_back(p.name);
   }
   for (const auto& mk : rules.make) {
     MakeRule rule;
-    rule.uses = amounts(mk.uses);
+    rule.uses = item_amounts(mk.uses);
     for (const auto& n : mk.nearby) rule.nearby.push_back(material_id(n, true));
-    rule.item = need_item(mk.name);
+    rule.item = required_item(mk.name);
     rule.gives = mk.gives;
-    rule.achievement = need_achievement("make_" + mk.name);
+    rule.achievement = required_achievement("make_" + mk.name);
     make_.push_back(rule);
-    make_names.push_back(mk.name);
+    make_names->push_back(mk.name);
   }
-  for (const auto& name : rules.actions) {
-    Action act;
-    auto starts = [&](const char* prefix) { return name.rfind(prefix, 0) == 0; };
-    auto index_of = [&](const std::vector<std::string>& names, const std::string& n) {
-      for (std::size_t i = 0; i < names.size(); ++i)
-        if (names[i] == n) return static_cast<int>(i);
-      throw std::invalid_argument("crafter rules: action '" + name + "' has no rule");
-    };
-    if (name == "noop") {
-      act.kind = ActionKind::kNoop;
-    } else if (starts("move_")) {
-      act.kind = ActionKind::kMove;
-      const std::string dir = name.substr(5);
-      if (dir == "left") {
-        act.dx = -1;
-      } else if (dir == "right") {
-        act.dx = 1;
-      } else if (dir == "up") {
-        act.dy = -1;
-      } else if (dir == "down") {
-        act.dy = 1;
-      } else {
-        throw std::invalid_argument("crafter rules: unknown direction in '" + name + "'");
-      }
-    } else if (name == "do") {
-      act.kind = ActionKind::kDo;
-    } else if (name == "sleep") {
-      act.kind = ActionKind::kSleep;
-    } else if (starts("place_")) {
-      act.kind = ActionKind::kPlace;
-      act.index = index_of(place_names, name.substr(6));
-    } else if (starts("make_")) {
-      act.kind = ActionKind::kMake;
-      act.index = index_of(make_names, name.substr(5));
-    } else {
-      throw std::invalid_argument("crafter rules: unknown action '" + name + "'");
-    }
-    action_names_.push_back(name);
-    actions_.push_back(act);
-  }
+}
 
-  // Render tables: unit = size // view; the local view loses ceil(items / view_x) rows to the
-  // inventory bar.
+Assets::PlaceRule Assets::place_rule(const RulesSpec::Place& p) const {
+  PlaceRule rule;
+  rule.uses = item_amounts(p.uses);
+  rule.where.assign(material_names_.size(), false);
+  for (const auto& w : p.where) rule.where[material_id(w, true)] = true;
+  if (p.type == "material") {
+    rule.is_object = false;
+    rule.material = material_id(p.name, true);
+  } else if (p.type == "object") {
+    rule.is_object = true;
+    if (p.name == "plant") {
+      rule.object_kind = ObjKind::kPlant;
+    } else if (p.name == "fence") {
+      rule.object_kind = ObjKind::kFence;
+    } else {
+      throw std::invalid_argument("crafter rules: cannot place object '" + p.name + "'");
+    }
+  } else {
+    throw std::invalid_argument("crafter rules: unknown place type '" + p.type + "'");
+  }
+  rule.achievement = required_achievement("place_" + p.name);
+  return rule;
+}
+
+void Assets::load_actions(const RulesSpec& rules, const std::vector<std::string>& place_names,
+                          const std::vector<std::string>& make_names) {
+  for (const auto& name : rules.actions) {
+    action_names_.push_back(name);
+    actions_.push_back(parse_action(name, place_names, make_names));
+  }
+}
+
+// noop, move_<dir>, do, sleep, place_<rule>, make_<rule>.
+Assets::Action Assets::parse_action(const std::string& name, const std::vector<std::string>& place_names,
+                                    const std::vector<std::string>& make_names) {
+  Action act;
+  auto starts = [&](const char* prefix) { return name.rfind(prefix, 0) == 0; };
+  auto index_of = [&](const std::vector<std::string>& names, const std::string& n) {
+    for (std::size_t i = 0; i < names.size(); ++i)
+      if (names[i] == n) return static_cast<int>(i);
+    throw std::invalid_argument("crafter rules: action '" + name + "' has no rule");
+  };
+  if (name == "noop") {
+    act.kind = ActionKind::kNoop;
+  } else if (starts("move_")) {
+    act.kind = ActionKind::kMove;
+    const std::string dir = name.substr(5);
+    if (dir == "left") {
+      act.dx = -1;
+    } else if (dir == "right") {
+      act.dx = 1;
+    } else if (dir == "up") {
+      act.dy = -1;
+    } else if (dir == "down") {
+      act.dy = 1;
+    } else {
+      throw std::invalid_argument("crafter rules: unknown direction in '" + name + "'");
+    }
+  } else if (name == "do") {
+    act.kind = ActionKind::kDo;
+  } else if (name == "sleep") {
+    act.kind = ActionKind::kSleep;
+  } else if (starts("place_")) {
+    act.kind = ActionKind::kPlace;
+    act.index = index_of(place_names, name.substr(6));
+  } else if (starts("make_")) {
+    act.kind = ActionKind::kMake;
+    act.index = index_of(make_names, name.substr(5));
+  } else {
+    throw std::invalid_argument("crafter rules: unknown action '" + name + "'");
+  }
+  return act;
+}
+
+// Render tables: unit = size // view; the local view loses ceil(items / view_x) rows to the inventory bar.
+void Assets::build_layout() {
+  const EnvConfig& config = config_;
   unit_x_ = config.size_x / config.view_x;
   unit_y_ = config.size_y / config.view_y;
   if (unit_x_ < 1 || unit_y_ < 1) throw std::invalid_argument("size must be at least view in each axis");
@@ -252,44 +294,6 @@ Assets::Assets(const RulesSpec& rules, const std::map<std::string, Texture>& tex
   item_h_ = item_rows_ * unit_y_;
   border_x_ = (config.size_x - unit_x_ * config.view_x) / 2;
   border_y_ = (config.size_y - unit_y_ * config.view_y) / 2;
-
-  texture_store_.reserve(nm + 16 + num_items() + 11);
-  auto make_texture = [&](const std::string& wanted, int w, int h) -> const CanvasTexture* {
-    auto it = textures.find(wanted);
-    if (it == textures.end()) it = textures.find("unknown");
-    if (it == textures.end()) throw std::invalid_argument("crafter textures: missing '" + wanted + "'");
-    const Texture& t = it->second;
-    if (t.channels != 3 && t.channels != 4) throw std::invalid_argument("texture '" + wanted + "' channels");
-    CanvasTexture out;
-    out.w = std::max(w, 0);
-    out.h = std::max(h, 0);
-    out.channels = t.channels;
-    out.pixels.resize(static_cast<std::size_t>(out.w) * out.h * t.channels);
-    // Crafter transposes the PNG to (width, height) before Pillow resizes it to (w, h) rows x cols.
-    const std::vector<int> ri = pillow_nearest_indices(t.width, out.w);
-    const std::vector<int> ci = pillow_nearest_indices(t.height, out.h);
-    for (int r = 0; r < out.w; ++r) {
-      for (int c = 0; c < out.h; ++c) {
-        const std::uint8_t* src = &t.pixels[(static_cast<std::size_t>(ci[c]) * t.width + ri[r]) * t.channels];
-        std::uint8_t* dst = &out.pixels[(static_cast<std::size_t>(r) * out.h + c) * t.channels];
-        for (int k = 0; k < t.channels; ++k) dst[k] = src[k];
-      }
-    }
-    texture_store_.push_back(std::move(out));
-    return &texture_store_.back();
-  };
-  material_tex_.assign(nm, nullptr);
-  material_tex_[0] = make_texture("unknown", unit_x_, unit_y_);
-  for (int m = 1; m < nm; ++m) material_tex_[m] = make_texture(material_names_[m], unit_x_, unit_y_);
-  const char* object_names[] = {"player-left", "player-right", "player-up", "player-down", "player-sleep",
-                                "cow",         "zombie",       "skeleton",  "arrow-left",  "arrow-right",
-                                "arrow-up",    "arrow-down",   "plant",     "plant-ripe",  "fence"};
-  for (const char* n : object_names) object_tex_.push_back(make_texture(n, unit_x_, unit_y_));
-  const int item_w = static_cast<int>(0.8 * unit_x_), item_hh = static_cast<int>(0.8 * unit_y_);
-  const int digit_w = static_cast<int>(0.6 * unit_x_), digit_h = static_cast<int>(0.6 * unit_y_);
-  for (const auto& n : item_names_) item_tex_.push_back(make_texture(n, item_w, item_hh));
-  for (int d = 0; d < 10; ++d) digit_tex_.push_back(make_texture(std::to_string(d), digit_w, digit_h));
-  digit_tex_.push_back(make_texture("unknown", digit_w, digit_h));
   for (int i = 0; i < num_items(); ++i) {
     const int px = i % grid_x_, py = i / grid_x_;
     item_pos_x_.push_back(static_cast<int>(px * unit_x_ + 0.1 * unit_x_));
@@ -297,16 +301,62 @@ Assets::Assets(const RulesSpec& rules, const std::map<std::string, Texture>& tex
     amount_pos_x_.push_back(static_cast<int>(px * unit_x_ + 0.4 * unit_x_));
     amount_pos_y_.push_back(static_cast<int>(py * unit_y_ + 0.4 * unit_y_));
   }
+}
+
+// The texture `wanted` ("unknown" when absent) resized to (w, h) like crafter: the PNG transposed to
+// (width, height), then Pillow's nearest resize to w rows x h columns.
+const CanvasTexture* Assets::add_texture(const std::map<std::string, Texture>& textures, const std::string& wanted,
+                                         int w, int h) {
+  auto it = textures.find(wanted);
+  if (it == textures.end()) it = textures.find("unknown");
+  if (it == textures.end()) throw std::invalid_argument("crafter textures: missing '" + wanted + "'");
+  const Texture& t = it->second;
+  if (t.channels != 3 && t.channels != 4) throw std::invalid_argument("texture '" + wanted + "' channels");
+  CanvasTexture out;
+  out.w = std::max(w, 0);
+  out.h = std::max(h, 0);
+  out.channels = t.channels;
+  out.pixels.resize(static_cast<std::size_t>(out.w) * out.h * t.channels);
+  const std::vector<int> ri = pillow_nearest_indices(t.width, out.w);
+  const std::vector<int> ci = pillow_nearest_indices(t.height, out.h);
+  for (int r = 0; r < out.w; ++r) {
+    for (int c = 0; c < out.h; ++c) {
+      const std::uint8_t* src = &t.pixels[(static_cast<std::size_t>(ci[c]) * t.width + ri[r]) * t.channels];
+      std::uint8_t* dst = &out.pixels[(static_cast<std::size_t>(r) * out.h + c) * t.channels];
+      for (int k = 0; k < t.channels; ++k) dst[k] = src[k];
+    }
+  }
+  texture_store_.push_back(std::move(out));
+  return &texture_store_.back();
+}
+
+void Assets::build_textures(const std::map<std::string, Texture>& textures) {
+  const int nm = static_cast<int>(material_names_.size());
+  texture_store_.reserve(nm + 16 + num_items() + 11);  // no reallocation: the tables point into it
+  material_tex_.assign(nm, nullptr);
+  material_tex_[0] = add_texture(textures, "unknown", unit_x_, unit_y_);
+  for (int m = 1; m < nm; ++m) material_tex_[m] = add_texture(textures, material_names_[m], unit_x_, unit_y_);
+  const char* object_names[] = {"player-left", "player-right", "player-up", "player-down", "player-sleep",
+                                "cow",         "zombie",       "skeleton",  "arrow-left",  "arrow-right",
+                                "arrow-up",    "arrow-down",   "plant",     "plant-ripe",  "fence"};
+  for (const char* n : object_names) object_tex_.push_back(add_texture(textures, n, unit_x_, unit_y_));
+  const int item_w = static_cast<int>(0.8 * unit_x_), item_hh = static_cast<int>(0.8 * unit_y_);
+  const int digit_w = static_cast<int>(0.6 * unit_x_), digit_h = static_cast<int>(0.6 * unit_y_);
+  for (const auto& n : item_names_) item_tex_.push_back(add_texture(textures, n, item_w, item_hh));
+  for (int d = 0; d < 10; ++d) digit_tex_.push_back(add_texture(textures, std::to_string(d), digit_w, digit_h));
+  digit_tex_.push_back(add_texture(textures, "unknown", digit_w, digit_h));
+}
+
+// LocalView's vignette: 1 - exp(-0.5 * (x^2 + y^2) / 0.5^2) over linspace(-1, 1) in each axis.
+void Assets::build_vignette() {
   vignette_.resize(static_cast<std::size_t>(local_w_) * local_h_);
   for (int x = 0; x < local_w_; ++x) {
     const double lx = linspace_pm1(local_w_, x);
     for (int y = 0; y < local_h_; ++y) {
       const double ly = linspace_pm1(local_h_, y);
-      vignette_[static_cast<std::size_t>(x) * local_h_ + y] =
-          1 - std::exp(-0.5 * (lx * lx + ly * ly) / (0.5 * 0.5));
+      vignette_[static_cast<std::size_t>(x) * local_h_ + y] = 1 - std::exp(-0.5 * (lx * lx + ly * ly) / (0.5 * 0.5));
     }
   }
-  semantic_base_ = nm;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -611,10 +661,16 @@ void Env::update_player() {
   const int tx = slots_[me].x + slots_[me].fx, ty = slots_[me].y + slots_[me].fy;
   const int material = material_at(tx, ty);
   const std::uint32_t target_obj = object_at(tx, ty);
+  apply_player_action(player_action(), tx, ty, material, target_obj);
+  update_life_stats();
+  update_player_health();
+}
+
+// The action the player takes: its own, or sleep while asleep and not rested (waking up when rested).
+Assets::Action Env::player_action() {
   Assets::Action act = a_.actions_[action_];
-  const int energy_max = a_.item_max_[a_.i_energy_];
   if (sleeping_) {
-    if (inventory_[a_.i_energy_] < energy_max) {
+    if (inventory_[a_.i_energy_] < a_.item_max_[a_.i_energy_]) {
       act = Assets::Action{};
       act.kind = ActionKind::kSleep;
     } else {
@@ -622,6 +678,12 @@ void Env::update_player() {
       achievements_[a_.a_wake_up_] += 1;
     }
   }
+  return act;
+}
+
+// Player.update's action dispatch; (tx, ty) is the facing cell with its material and object.
+void Env::apply_player_action(const Assets::Action& act, int tx, int ty, int material, std::uint32_t target_obj) {
+  const std::uint32_t me = player_slot_;
   switch (act.kind) {
     case ActionKind::kNoop: break;
     case ActionKind::kMove: {
@@ -639,12 +701,15 @@ void Env::update_player() {
       }
       break;
     case ActionKind::kSleep:
-      if (inventory_[a_.i_energy_] < energy_max) sleeping_ = true;
+      if (inventory_[a_.i_energy_] < a_.item_max_[a_.i_energy_]) sleeping_ = true;
       break;
     case ActionKind::kPlace: player_place(act.index, tx, ty, material); break;
     case ActionKind::kMake: player_make(act.index); break;
   }
-  // Life stats.
+}
+
+// Player._update_life_stats: hunger, thirst and fatigue.
+void Env::update_life_stats() {
   hunger_ += sleeping_ ? 0.5 : 1;
   if (hunger_ > 25) {
     hunger_ = 0;
@@ -668,7 +733,11 @@ void Env::update_player() {
     fatigue_ = 0;
     inventory_[a_.i_energy_] -= 1;
   }
-  // Health degeneration or regeneration.
+}
+
+// Player._recover_health, the inventory limits, and _wake_up_when_hurt.
+void Env::update_player_health() {
+  const std::uint32_t me = player_slot_;
   const bool fine = inventory_[a_.i_food_] > 0 && inventory_[a_.i_drink_] > 0 &&
                     (inventory_[a_.i_energy_] > 0 || sleeping_);
   if (fine) {
@@ -990,16 +1059,49 @@ void draw_texture(std::uint8_t* canvas, int cw, int ch, int x0, int y0, const Ca
   }
 }
 
+// LocalView._light then _sleep for one pixel: c is the canvas colour, n1 its noised version (c itself in
+// daylight).
+void light_pixel(const std::uint8_t* c, const std::uint8_t* n1, double daylight, double one_minus_day, bool sleeping,
+                 std::uint8_t* dst) {
+  static constexpr double kNightTint[3] = {0, 16, 64};
+  static constexpr double kSleepTint[3] = {0, 0, 16};
+  const int grey = luma(n1);
+  double out[3];
+  for (int k = 0; k < 3; ++k) {
+    const float blended = static_cast<float>(grey) + 0.4f * static_cast<float>(static_cast<int>(n1[k]) - grey);
+    const std::uint8_t n2 = static_cast<std::uint8_t>(blended);
+    const double night = 0.5 * n2 + 0.5 * kNightTint[k];
+    out[k] = daylight * c[k] + one_minus_day * night;
+  }
+  if (sleeping) {
+    std::uint8_t s[3];
+    for (int k = 0; k < 3; ++k) s[k] = static_cast<std::uint8_t>(out[k]);
+    const int g = luma(s);
+    for (int k = 0; k < 3; ++k) {
+      const float blended = static_cast<float>(g) + 0.0f * static_cast<float>(static_cast<int>(s[k]) - g);
+      out[k] = 0.5 * static_cast<std::uint8_t>(blended) + 0.5 * kSleepTint[k];
+    }
+  }
+  for (int k = 0; k < 3; ++k) dst[k] = static_cast<std::uint8_t>(out[k]);
+}
+
 }  // namespace
 
 void Env::render(std::uint8_t* obs) {
-  const int sx = a_.config_.size_x, sy = a_.config_.size_y;
+  draw_local_view();
+  std::fill(obs, obs + static_cast<std::size_t>(a_.config_.size_x) * a_.config_.size_y * 3,
+            static_cast<std::uint8_t>(0));
+  light_local_view(obs);
+  draw_item_view(obs);
+}
+
+// Local view canvas: materials, then objects in creation order.
+void Env::draw_local_view() {
   const int w = a_.local_w_, h = a_.local_h_;
   const int ux = a_.unit_x_, uy = a_.unit_y_;
   const int gx = a_.grid_x_, gy = a_.grid_y_;
   const int ox = gx / 2, oy = gy / 2;
   const Obj& player = slots_[player_slot_];
-  // Local view: materials, then objects in creation order.
   std::fill(local_.begin(), local_.end(), static_cast<std::uint8_t>(127));
   for (int x = 0; x < gx; ++x) {
     for (int y = 0; y < gy; ++y) {
@@ -1014,7 +1116,13 @@ void Env::render(std::uint8_t* obs) {
     if (x < 0 || y < 0 || x >= gx || y >= gy) continue;
     draw_texture(local_.data(), w, h, x * ux, y * uy, *object_texture(obj), true);
   }
-  // Lighting (LocalView._light) and sleep tint.
+}
+
+// Lighting (LocalView._light, with noise and vignette at night) and sleep tint of the local view canvas
+// into obs.
+void Env::light_local_view(std::uint8_t* obs) {
+  const int sx = a_.config_.size_x, sy = a_.config_.size_y;
+  const int w = a_.local_w_, h = a_.local_h_;
   const double daylight = daylight_;
   const bool dark = daylight < 0.5;
   const double amount = 2 * (0.5 - daylight);
@@ -1022,32 +1130,8 @@ void Env::render(std::uint8_t* obs) {
     for (std::size_t i = 0; i < noise_.size(); ++i) noise_[i] = random_.uniform(32, 127);
   }
   const double one_minus_day = 1 - daylight;
-  static constexpr double kNightTint[3] = {0, 16, 64};
-  static constexpr double kSleepTint[3] = {0, 0, 16};
   const bool sleeping = sleeping_;
-  std::fill(obs, obs + static_cast<std::size_t>(sx) * sy * 3, static_cast<std::uint8_t>(0));
   const int bx = a_.border_x_, by = a_.border_y_;
-  // Maps a canvas colour c (and its noised version n1) to the final pixel, LocalView._light then _sleep.
-  auto light = [&](const std::uint8_t* c, const std::uint8_t* n1, std::uint8_t* dst) {
-    const int grey = luma(n1);
-    double out[3];
-    for (int k = 0; k < 3; ++k) {
-      const float blended = static_cast<float>(grey) + 0.4f * static_cast<float>(static_cast<int>(n1[k]) - grey);
-      const std::uint8_t n2 = static_cast<std::uint8_t>(blended);
-      const double night = 0.5 * n2 + 0.5 * kNightTint[k];
-      out[k] = daylight * c[k] + one_minus_day * night;
-    }
-    if (sleeping) {
-      std::uint8_t s[3];
-      for (int k = 0; k < 3; ++k) s[k] = static_cast<std::uint8_t>(out[k]);
-      const int g = luma(s);
-      for (int k = 0; k < 3; ++k) {
-        const float blended = static_cast<float>(g) + 0.0f * static_cast<float>(static_cast<int>(s[k]) - g);
-        out[k] = 0.5 * static_cast<std::uint8_t>(blended) + 0.5 * kSleepTint[k];
-      }
-    }
-    for (int k = 0; k < 3; ++k) dst[k] = static_cast<std::uint8_t>(out[k]);
-  };
   // In daylight the result depends on the colour alone: memoise it per frame (textures use few colours).
   if (!dark) std::fill(light_cache_key_.begin(), light_cache_key_.end(), -1);
   for (int x = 0; x < w; ++x) {
@@ -1062,13 +1146,13 @@ void Env::render(std::uint8_t* obs) {
         const double m = amount * a_.vignette_[p];
         const double nz = noise_[p];
         for (int k = 0; k < 3; ++k) n1[k] = static_cast<std::uint8_t>((1 - m) * c[k] + m * nz);
-        light(c, n1, dst);
+        light_pixel(c, n1, daylight, one_minus_day, sleeping, dst);
       } else {
         const std::int32_t key = (c[0] << 16) | (c[1] << 8) | c[2];
         const std::size_t slot = static_cast<std::size_t>((key * 2654435761u) >> 20) & (kLightCache - 1);
         std::uint8_t* cached = &light_cache_value_[slot * 3];
         if (light_cache_key_[slot] != key) {
-          light(c, c, cached);
+          light_pixel(c, c, daylight, one_minus_day, sleeping, cached);
           light_cache_key_[slot] = key;
         }
         dst[0] = cached[0];
@@ -1077,8 +1161,13 @@ void Env::render(std::uint8_t* obs) {
       }
     }
   }
-  // Inventory bar (ItemView) below the local view.
-  const int ih = a_.item_h_;
+}
+
+// Inventory bar (ItemView) below the local view, unlit.
+void Env::draw_item_view(std::uint8_t* obs) {
+  const int sx = a_.config_.size_x, sy = a_.config_.size_y;
+  const int w = a_.local_w_, h = a_.local_h_, ih = a_.item_h_;
+  const int bx = a_.border_x_, by = a_.border_y_;
   std::vector<std::uint8_t>& items = items_;
   items.assign(static_cast<std::size_t>(w) * ih * 3, 0);
   for (int i = 0; i < a_.num_items(); ++i) {

@@ -150,6 +150,24 @@ class Assets {
   int material_id(const std::string& name, bool required) const;
   int item_id(const std::string& name) const;
   int achievement_id(const std::string& name) const;
+  int required_item(const std::string& name) const;         // throws when the rules lack it
+  int required_achievement(const std::string& name) const;  // throws when the rules lack it
+  std::vector<ItemAmount> item_amounts(const RulesSpec::Amounts& in) const;
+  // The constructor's steps, in order.
+  static void check_config(const EnvConfig& config);
+  void load_materials(const RulesSpec& rules);
+  void load_items(const RulesSpec& rules);
+  void load_rules(const RulesSpec& rules, std::vector<std::string>* place_names, std::vector<std::string>* make_names);
+  PlaceRule place_rule(const RulesSpec::Place& p) const;
+  void load_actions(const RulesSpec& rules, const std::vector<std::string>& place_names,
+                    const std::vector<std::string>& make_names);
+  static Action parse_action(const std::string& name, const std::vector<std::string>& place_names,
+                             const std::vector<std::string>& make_names);
+  void build_layout();
+  const CanvasTexture* add_texture(const std::map<std::string, Texture>& textures, const std::string& wanted, int w,
+                                   int h);
+  void build_textures(const std::map<std::string, Texture>& textures);
+  void build_vignette();
 
   EnvConfig config_;
   std::vector<std::string> action_names_;
@@ -317,6 +335,10 @@ class Env {
   void update_time();
   void update_object(std::uint32_t slot);
   void update_player();
+  Assets::Action player_action();
+  void apply_player_action(const Assets::Action& act, int tx, int ty, int material, std::uint32_t target_obj);
+  void update_life_stats();
+  void update_player_health();
   void update_cow(std::uint32_t slot);
   void update_zombie(std::uint32_t slot);
   void update_skeleton(std::uint32_t slot);
@@ -331,6 +353,9 @@ class Env {
                       double spawn_prob, double despawn_prob, double target_min, double target_max);
   const CanvasTexture* object_texture(const Obj& obj) const;
   void render(std::uint8_t* obs);
+  void draw_local_view();                   // materials and objects onto local_
+  void light_local_view(std::uint8_t* obs);  // daylight, night noise and sleep tint into obs
+  void draw_item_view(std::uint8_t* obs);    // the inventory bar into obs
 
   std::shared_ptr<const Assets> assets_;
   const Assets& a_;
