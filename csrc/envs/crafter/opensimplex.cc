@@ -54,14 +54,367 @@ double OpenSimplex3::extrapolate(std::int64_t xsb, std::int64_t ysb, std::int64_
 }
 
 // Adds one lattice point's contribution: attn = 2 - |d|^2; if attn > 0, value += attn^4 * gradient.d
-#define DI_CONTRIB(XSB, YSB, ZSB, DX, DY, DZ)                  \
-  do {                                                         \
-    double attn_ = 2 - (DX) * (DX) - (DY) * (DY) - (DZ) * (DZ); \
-    if (attn_ > 0) {                                           \
-      attn_ *= attn_;                                          \
-      value += attn_ * attn_ * extrapolate(XSB, YSB, ZSB, DX, DY, DZ); \
-    }                                                          \
-  } while (0)
+void OpenSimplex3::contribute(double* value, std::int64_t xsb, std::int64_t ysb, std::int64_t zsb, double dx,
+                              double dy, double dz) const {
+  double attn = 2 - dx * dx - dy * dy - dz * dz;
+  if (attn > 0) {
+    attn *= attn;
+    *value += attn * attn * extrapolate(xsb, ysb, zsb, dx, dy, dz);
+  }
+}
+
+// Inside the tetrahedron at (0,0,0) (in_sum <= 1): its four vertices, and picks the two extra ones.
+void OpenSimplex3::lower_tetrahedron(const Cell& c, Vertex* ext0, Vertex* ext1, double* value_out) const {
+  const std::int64_t xsb = c.xsb, ysb = c.ysb, zsb = c.zsb;
+  double dx0 = c.dx0, dy0 = c.dy0, dz0 = c.dz0;
+  const double xins = c.xins, yins = c.yins, zins = c.zins;
+  std::int64_t &xsv_ext0 = ext0->x, &ysv_ext0 = ext0->y, &zsv_ext0 = ext0->z;
+  std::int64_t &xsv_ext1 = ext1->x, &ysv_ext1 = ext1->y, &zsv_ext1 = ext1->z;
+  double &dx_ext0 = ext0->dx, &dy_ext0 = ext0->dy, &dz_ext0 = ext0->dz;
+  double &dx_ext1 = ext1->dx, &dy_ext1 = ext1->dy, &dz_ext1 = ext1->dz;
+  double& value = *value_out;
+  const double in_sum = c.in_sum;
+  int a_point = 0x01;
+  double a_score = xins;
+  int b_point = 0x02;
+  double b_score = yins;
+  if (a_score >= b_score && zins > b_score) {
+    b_score = zins;
+    b_point = 0x04;
+  } else if (a_score < b_score && zins > a_score) {
+    a_score = zins;
+    a_point = 0x04;
+  }
+  const double wins = 1 - in_sum;
+  if (wins > a_score || wins > b_score) {
+    const int c = (b_score > a_score) ? b_point : a_point;
+    if ((c & 0x01) == 0) {
+      xsv_ext0 = xsb - 1;
+      xsv_ext1 = xsb;
+      dx_ext0 = dx0 + 1;
+      dx_ext1 = dx0;
+    } else {
+      xsv_ext0 = xsv_ext1 = xsb + 1;
+      dx_ext0 = dx_ext1 = dx0 - 1;
+    }
+    if ((c & 0x02) == 0) {
+      ysv_ext0 = ysv_ext1 = ysb;
+      dy_ext0 = dy_ext1 = dy0;
+      if ((c & 0x01) == 0) {
+        ysv_ext1 -= 1;
+        dy_ext1 += 1;
+      } else {
+        ysv_ext0 -= 1;
+        dy_ext0 += 1;
+      }
+    } else {
+      ysv_ext0 = ysv_ext1 = ysb + 1;
+      dy_ext0 = dy_ext1 = dy0 - 1;
+    }
+    if ((c & 0x04) == 0) {
+      zsv_ext0 = zsb;
+      zsv_ext1 = zsb - 1;
+      dz_ext0 = dz0;
+      dz_ext1 = dz0 + 1;
+    } else {
+      zsv_ext0 = zsv_ext1 = zsb + 1;
+      dz_ext0 = dz_ext1 = dz0 - 1;
+    }
+  } else {
+    const int c = a_point | b_point;
+    if ((c & 0x01) == 0) {
+      xsv_ext0 = xsb;
+      xsv_ext1 = xsb - 1;
+      dx_ext0 = dx0 - 2 * kSquish3;
+      dx_ext1 = dx0 + 1 - kSquish3;
+    } else {
+      xsv_ext0 = xsv_ext1 = xsb + 1;
+      dx_ext0 = dx0 - 1 - 2 * kSquish3;
+      dx_ext1 = dx0 - 1 - kSquish3;
+    }
+    if ((c & 0x02) == 0) {
+      ysv_ext0 = ysb;
+      ysv_ext1 = ysb - 1;
+      dy_ext0 = dy0 - 2 * kSquish3;
+      dy_ext1 = dy0 + 1 - kSquish3;
+    } else {
+      ysv_ext0 = ysv_ext1 = ysb + 1;
+      dy_ext0 = dy0 - 1 - 2 * kSquish3;
+      dy_ext1 = dy0 - 1 - kSquish3;
+    }
+    if ((c & 0x04) == 0) {
+      zsv_ext0 = zsb;
+      zsv_ext1 = zsb - 1;
+      dz_ext0 = dz0 - 2 * kSquish3;
+      dz_ext1 = dz0 + 1 - kSquish3;
+    } else {
+      zsv_ext0 = zsv_ext1 = zsb + 1;
+      dz_ext0 = dz0 - 1 - 2 * kSquish3;
+      dz_ext1 = dz0 - 1 - kSquish3;
+    }
+  }
+  contribute(&value, xsb + 0, ysb + 0, zsb + 0, dx0, dy0, dz0);
+  const double dx1 = dx0 - 1 - kSquish3;
+  const double dy1 = dy0 - 0 - kSquish3;
+  const double dz1 = dz0 - 0 - kSquish3;
+  contribute(&value, xsb + 1, ysb + 0, zsb + 0, dx1, dy1, dz1);
+  const double dx2 = dx0 - 0 - kSquish3;
+  const double dy2 = dy0 - 1 - kSquish3;
+  const double dz2 = dz1;
+  contribute(&value, xsb + 0, ysb + 1, zsb + 0, dx2, dy2, dz2);
+  const double dx3 = dx2;
+  const double dy3 = dy1;
+  const double dz3 = dz0 - 1 - kSquish3;
+  contribute(&value, xsb + 0, ysb + 0, zsb + 1, dx3, dy3, dz3);
+}
+
+// Inside the tetrahedron at (1,1,1) (in_sum >= 2): its four vertices, and picks the two extra ones.
+void OpenSimplex3::upper_tetrahedron(const Cell& c, Vertex* ext0, Vertex* ext1, double* value_out) const {
+  const std::int64_t xsb = c.xsb, ysb = c.ysb, zsb = c.zsb;
+  double dx0 = c.dx0, dy0 = c.dy0, dz0 = c.dz0;
+  const double xins = c.xins, yins = c.yins, zins = c.zins;
+  std::int64_t &xsv_ext0 = ext0->x, &ysv_ext0 = ext0->y, &zsv_ext0 = ext0->z;
+  std::int64_t &xsv_ext1 = ext1->x, &ysv_ext1 = ext1->y, &zsv_ext1 = ext1->z;
+  double &dx_ext0 = ext0->dx, &dy_ext0 = ext0->dy, &dz_ext0 = ext0->dz;
+  double &dx_ext1 = ext1->dx, &dy_ext1 = ext1->dy, &dz_ext1 = ext1->dz;
+  double& value = *value_out;
+  const double in_sum = c.in_sum;
+  int a_point = 0x06;
+  double a_score = xins;
+  int b_point = 0x05;
+  double b_score = yins;
+  if (a_score <= b_score && zins < b_score) {
+    b_score = zins;
+    b_point = 0x03;
+  } else if (a_score > b_score && zins < a_score) {
+    a_score = zins;
+    a_point = 0x03;
+  }
+  const double wins = 3 - in_sum;
+  if (wins < a_score || wins < b_score) {
+    const int c = (b_score < a_score) ? b_point : a_point;
+    if ((c & 0x01) != 0) {
+      xsv_ext0 = xsb + 2;
+      xsv_ext1 = xsb + 1;
+      dx_ext0 = dx0 - 2 - 3 * kSquish3;
+      dx_ext1 = dx0 - 1 - 3 * kSquish3;
+    } else {
+      xsv_ext0 = xsv_ext1 = xsb;
+      dx_ext0 = dx_ext1 = dx0 - 3 * kSquish3;
+    }
+    if ((c & 0x02) != 0) {
+      ysv_ext0 = ysv_ext1 = ysb + 1;
+      dy_ext0 = dy_ext1 = dy0 - 1 - 3 * kSquish3;
+      if ((c & 0x01) != 0) {
+        ysv_ext1 += 1;
+        dy_ext1 -= 1;
+      } else {
+        ysv_ext0 += 1;
+        dy_ext0 -= 1;
+      }
+    } else {
+      ysv_ext0 = ysv_ext1 = ysb;
+      dy_ext0 = dy_ext1 = dy0 - 3 * kSquish3;
+    }
+    if ((c & 0x04) != 0) {
+      zsv_ext0 = zsb + 1;
+      zsv_ext1 = zsb + 2;
+      dz_ext0 = dz0 - 1 - 3 * kSquish3;
+      dz_ext1 = dz0 - 2 - 3 * kSquish3;
+    } else {
+      zsv_ext0 = zsv_ext1 = zsb;
+      dz_ext0 = dz_ext1 = dz0 - 3 * kSquish3;
+    }
+  } else {
+    const int c = a_point & b_point;
+    if ((c & 0x01) != 0) {
+      xsv_ext0 = xsb + 1;
+      xsv_ext1 = xsb + 2;
+      dx_ext0 = dx0 - 1 - kSquish3;
+      dx_ext1 = dx0 - 2 - 2 * kSquish3;
+    } else {
+      xsv_ext0 = xsv_ext1 = xsb;
+      dx_ext0 = dx0 - kSquish3;
+      dx_ext1 = dx0 - 2 * kSquish3;
+    }
+    if ((c & 0x02) != 0) {
+      ysv_ext0 = ysb + 1;
+      ysv_ext1 = ysb + 2;
+      dy_ext0 = dy0 - 1 - kSquish3;
+      dy_ext1 = dy0 - 2 - 2 * kSquish3;
+    } else {
+      ysv_ext0 = ysv_ext1 = ysb;
+      dy_ext0 = dy0 - kSquish3;
+      dy_ext1 = dy0 - 2 * kSquish3;
+    }
+    if ((c & 0x04) != 0) {
+      zsv_ext0 = zsb + 1;
+      zsv_ext1 = zsb + 2;
+      dz_ext0 = dz0 - 1 - kSquish3;
+      dz_ext1 = dz0 - 2 - 2 * kSquish3;
+    } else {
+      zsv_ext0 = zsv_ext1 = zsb;
+      dz_ext0 = dz0 - kSquish3;
+      dz_ext1 = dz0 - 2 * kSquish3;
+    }
+  }
+  const double dx3 = dx0 - 1 - 2 * kSquish3;
+  const double dy3 = dy0 - 1 - 2 * kSquish3;
+  const double dz3 = dz0 - 0 - 2 * kSquish3;
+  contribute(&value, xsb + 1, ysb + 1, zsb + 0, dx3, dy3, dz3);
+  const double dx2 = dx3;
+  const double dy2 = dy0 - 0 - 2 * kSquish3;
+  const double dz2 = dz0 - 1 - 2 * kSquish3;
+  contribute(&value, xsb + 1, ysb + 0, zsb + 1, dx2, dy2, dz2);
+  const double dx1 = dx0 - 0 - 2 * kSquish3;
+  const double dy1 = dy3;
+  const double dz1 = dz2;
+  contribute(&value, xsb + 0, ysb + 1, zsb + 1, dx1, dy1, dz1);
+  dx0 = dx0 - 1 - 3 * kSquish3;
+  dy0 = dy0 - 1 - 3 * kSquish3;
+  dz0 = dz0 - 1 - 3 * kSquish3;
+  contribute(&value, xsb + 1, ysb + 1, zsb + 1, dx0, dy0, dz0);
+}
+
+// The lattice point base + (ox, oy, oz) and the input's offset d0 - o - squish from it.
+OpenSimplex3::Vertex OpenSimplex3::vertex_at(const Cell& c, int ox, int oy, int oz, double squish) {
+  Vertex v;
+  v.x = c.xsb + ox;
+  v.y = c.ysb + oy;
+  v.z = c.zsb + oz;
+  v.dx = c.dx0 - ox - squish;
+  v.dy = c.dy0 - oy - squish;
+  v.dz = c.dz0 - oz - squish;
+  return v;
+}
+
+// The octahedron's edge vertex one step back along the first axis missing from `point`.
+OpenSimplex3::Vertex OpenSimplex3::edge_vertex(const Cell& c, int point) {
+  if ((point & 0x01) == 0) return vertex_at(c, -1, 1, 1, kSquish3);
+  if ((point & 0x02) == 0) return vertex_at(c, 1, -1, 1, kSquish3);
+  return vertex_at(c, 1, 1, -1, kSquish3);
+}
+
+// The vertex two steps along the first axis in `point`.
+OpenSimplex3::Vertex OpenSimplex3::far_vertex(const Cell& c, int point) {
+  if ((point & 0x01) != 0) return vertex_at(c, 2, 0, 0, 2 * kSquish3);
+  if ((point & 0x02) != 0) return vertex_at(c, 0, 2, 0, 2 * kSquish3);
+  return vertex_at(c, 0, 0, 2, 2 * kSquish3);
+}
+
+// Inside the octahedron between them (1 < in_sum < 2): its six vertices, and picks the two extra ones.
+void OpenSimplex3::octahedron(const Cell& cell, Vertex* ext0, Vertex* ext1, double* value_out) const {
+  const std::int64_t xsb = cell.xsb, ysb = cell.ysb, zsb = cell.zsb;
+  double dx0 = cell.dx0, dy0 = cell.dy0, dz0 = cell.dz0;
+  const double xins = cell.xins, yins = cell.yins, zins = cell.zins;
+  std::int64_t &xsv_ext1 = ext1->x, &ysv_ext1 = ext1->y, &zsv_ext1 = ext1->z;
+  double &dx_ext1 = ext1->dx, &dy_ext1 = ext1->dy, &dz_ext1 = ext1->dz;
+  double& value = *value_out;
+  double a_score, b_score;
+  int a_point, b_point;
+  bool a_is_further_side, b_is_further_side;
+  const double p1 = xins + yins;
+  if (p1 > 1) {
+    a_score = p1 - 1;
+    a_point = 0x03;
+    a_is_further_side = true;
+  } else {
+    a_score = 1 - p1;
+    a_point = 0x04;
+    a_is_further_side = false;
+  }
+  const double p2 = xins + zins;
+  if (p2 > 1) {
+    b_score = p2 - 1;
+    b_point = 0x05;
+    b_is_further_side = true;
+  } else {
+    b_score = 1 - p2;
+    b_point = 0x02;
+    b_is_further_side = false;
+  }
+  const double p3 = yins + zins;
+  if (p3 > 1) {
+    const double score = p3 - 1;
+    if (a_score <= b_score && a_score < score) {
+      a_point = 0x06;
+      a_is_further_side = true;
+    } else if (a_score > b_score && b_score < score) {
+      b_point = 0x06;
+      b_is_further_side = true;
+    }
+  } else {
+    const double score = 1 - p3;
+    if (a_score <= b_score && a_score < score) {
+      a_point = 0x01;
+      a_is_further_side = false;
+    } else if (a_score > b_score && b_score < score) {
+      b_point = 0x01;
+      b_is_further_side = false;
+    }
+  }
+  if (a_is_further_side == b_is_further_side) {
+    if (a_is_further_side) {
+      *ext0 = vertex_at(cell, 1, 1, 1, 3 * kSquish3);
+      const int c = a_point & b_point;
+      *ext1 = far_vertex(cell, c);
+    } else {
+      *ext0 = vertex_at(cell, 0, 0, 0, 0.0);
+      const int c = a_point | b_point;
+      *ext1 = edge_vertex(cell, c);
+    }
+  } else {
+    int c1, c2;
+    if (a_is_further_side) {
+      c1 = a_point;
+      c2 = b_point;
+    } else {
+      c1 = b_point;
+      c2 = a_point;
+    }
+    *ext0 = edge_vertex(cell, c1);
+    dx_ext1 = dx0 - 2 * kSquish3;
+    dy_ext1 = dy0 - 2 * kSquish3;
+    dz_ext1 = dz0 - 2 * kSquish3;
+    xsv_ext1 = xsb;
+    ysv_ext1 = ysb;
+    zsv_ext1 = zsb;
+    if ((c2 & 0x01) != 0) {
+      dx_ext1 -= 2;
+      xsv_ext1 += 2;
+    } else if ((c2 & 0x02) != 0) {
+      dy_ext1 -= 2;
+      ysv_ext1 += 2;
+    } else {
+      dz_ext1 -= 2;
+      zsv_ext1 += 2;
+    }
+  }
+  const double dx1 = dx0 - 1 - kSquish3;
+  const double dy1 = dy0 - 0 - kSquish3;
+  const double dz1 = dz0 - 0 - kSquish3;
+  contribute(&value, xsb + 1, ysb + 0, zsb + 0, dx1, dy1, dz1);
+  const double dx2 = dx0 - 0 - kSquish3;
+  const double dy2 = dy0 - 1 - kSquish3;
+  const double dz2 = dz1;
+  contribute(&value, xsb + 0, ysb + 1, zsb + 0, dx2, dy2, dz2);
+  const double dx3 = dx2;
+  const double dy3 = dy1;
+  const double dz3 = dz0 - 1 - kSquish3;
+  contribute(&value, xsb + 0, ysb + 0, zsb + 1, dx3, dy3, dz3);
+  const double dx4 = dx0 - 1 - 2 * kSquish3;
+  const double dy4 = dy0 - 1 - 2 * kSquish3;
+  const double dz4 = dz0 - 0 - 2 * kSquish3;
+  contribute(&value, xsb + 1, ysb + 1, zsb + 0, dx4, dy4, dz4);
+  const double dx5 = dx4;
+  const double dy5 = dy0 - 0 - 2 * kSquish3;
+  const double dz5 = dz0 - 1 - 2 * kSquish3;
+  contribute(&value, xsb + 1, ysb + 0, zsb + 1, dx5, dy5, dz5);
+  const double dx6 = dx0 - 0 - 2 * kSquish3;
+  const double dy6 = dy4;
+  const double dz6 = dz5;
+  contribute(&value, xsb + 0, ysb + 1, zsb + 1, dx6, dy6, dz6);
+}
 
 double OpenSimplex3::noise3(double x, double y, double z) const {
   const double stretch_offset = (x + y + z) * kStretch3;
@@ -83,388 +436,20 @@ double OpenSimplex3::noise3(double x, double y, double z) const {
   const double zins = zs - static_cast<double>(zsb);
   const double in_sum = xins + yins + zins;
 
-  double dx0 = x - xb;
-  double dy0 = y - yb;
-  double dz0 = z - zb;
-
+  const Cell c{xsb, ysb, zsb, x - xb, y - yb, z - zb, xins, yins, zins, in_sum};
   double value = 0;
-  std::int64_t xsv_ext0, xsv_ext1, ysv_ext0, ysv_ext1, zsv_ext0, zsv_ext1;
-  double dx_ext0, dx_ext1, dy_ext0, dy_ext1, dz_ext0, dz_ext1;
-
+  Vertex ext0, ext1;  // the two extra lattice points the region picks
   if (in_sum <= 1) {
-    int a_point = 0x01;
-    double a_score = xins;
-    int b_point = 0x02;
-    double b_score = yins;
-    if (a_score >= b_score && zins > b_score) {
-      b_score = zins;
-      b_point = 0x04;
-    } else if (a_score < b_score && zins > a_score) {
-      a_score = zins;
-      a_point = 0x04;
-    }
-    const double wins = 1 - in_sum;
-    if (wins > a_score || wins > b_score) {
-      const int c = (b_score > a_score) ? b_point : a_point;
-      if ((c & 0x01) == 0) {
-        xsv_ext0 = xsb - 1;
-        xsv_ext1 = xsb;
-        dx_ext0 = dx0 + 1;
-        dx_ext1 = dx0;
-      } else {
-        xsv_ext0 = xsv_ext1 = xsb + 1;
-        dx_ext0 = dx_ext1 = dx0 - 1;
-      }
-      if ((c & 0x02) == 0) {
-        ysv_ext0 = ysv_ext1 = ysb;
-        dy_ext0 = dy_ext1 = dy0;
-        if ((c & 0x01) == 0) {
-          ysv_ext1 -= 1;
-          dy_ext1 += 1;
-        } else {
-          ysv_ext0 -= 1;
-          dy_ext0 += 1;
-        }
-      } else {
-        ysv_ext0 = ysv_ext1 = ysb + 1;
-        dy_ext0 = dy_ext1 = dy0 - 1;
-      }
-      if ((c & 0x04) == 0) {
-        zsv_ext0 = zsb;
-        zsv_ext1 = zsb - 1;
-        dz_ext0 = dz0;
-        dz_ext1 = dz0 + 1;
-      } else {
-        zsv_ext0 = zsv_ext1 = zsb + 1;
-        dz_ext0 = dz_ext1 = dz0 - 1;
-      }
-    } else {
-      const int c = a_point | b_point;
-      if ((c & 0x01) == 0) {
-        xsv_ext0 = xsb;
-        xsv_ext1 = xsb - 1;
-        dx_ext0 = dx0 - 2 * kSquish3;
-        dx_ext1 = dx0 + 1 - kSquish3;
-      } else {
-        xsv_ext0 = xsv_ext1 = xsb + 1;
-        dx_ext0 = dx0 - 1 - 2 * kSquish3;
-        dx_ext1 = dx0 - 1 - kSquish3;
-      }
-      if ((c & 0x02) == 0) {
-        ysv_ext0 = ysb;
-        ysv_ext1 = ysb - 1;
-        dy_ext0 = dy0 - 2 * kSquish3;
-        dy_ext1 = dy0 + 1 - kSquish3;
-      } else {
-        ysv_ext0 = ysv_ext1 = ysb + 1;
-        dy_ext0 = dy0 - 1 - 2 * kSquish3;
-        dy_ext1 = dy0 - 1 - kSquish3;
-      }
-      if ((c & 0x04) == 0) {
-        zsv_ext0 = zsb;
-        zsv_ext1 = zsb - 1;
-        dz_ext0 = dz0 - 2 * kSquish3;
-        dz_ext1 = dz0 + 1 - kSquish3;
-      } else {
-        zsv_ext0 = zsv_ext1 = zsb + 1;
-        dz_ext0 = dz0 - 1 - 2 * kSquish3;
-        dz_ext1 = dz0 - 1 - kSquish3;
-      }
-    }
-    DI_CONTRIB(xsb + 0, ysb + 0, zsb + 0, dx0, dy0, dz0);
-    const double dx1 = dx0 - 1 - kSquish3;
-    const double dy1 = dy0 - 0 - kSquish3;
-    const double dz1 = dz0 - 0 - kSquish3;
-    DI_CONTRIB(xsb + 1, ysb + 0, zsb + 0, dx1, dy1, dz1);
-    const double dx2 = dx0 - 0 - kSquish3;
-    const double dy2 = dy0 - 1 - kSquish3;
-    const double dz2 = dz1;
-    DI_CONTRIB(xsb + 0, ysb + 1, zsb + 0, dx2, dy2, dz2);
-    const double dx3 = dx2;
-    const double dy3 = dy1;
-    const double dz3 = dz0 - 1 - kSquish3;
-    DI_CONTRIB(xsb + 0, ysb + 0, zsb + 1, dx3, dy3, dz3);
+    lower_tetrahedron(c, &ext0, &ext1, &value);
   } else if (in_sum >= 2) {
-    int a_point = 0x06;
-    double a_score = xins;
-    int b_point = 0x05;
-    double b_score = yins;
-    if (a_score <= b_score && zins < b_score) {
-      b_score = zins;
-      b_point = 0x03;
-    } else if (a_score > b_score && zins < a_score) {
-      a_score = zins;
-      a_point = 0x03;
-    }
-    const double wins = 3 - in_sum;
-    if (wins < a_score || wins < b_score) {
-      const int c = (b_score < a_score) ? b_point : a_point;
-      if ((c & 0x01) != 0) {
-        xsv_ext0 = xsb + 2;
-        xsv_ext1 = xsb + 1;
-        dx_ext0 = dx0 - 2 - 3 * kSquish3;
-        dx_ext1 = dx0 - 1 - 3 * kSquish3;
-      } else {
-        xsv_ext0 = xsv_ext1 = xsb;
-        dx_ext0 = dx_ext1 = dx0 - 3 * kSquish3;
-      }
-      if ((c & 0x02) != 0) {
-        ysv_ext0 = ysv_ext1 = ysb + 1;
-        dy_ext0 = dy_ext1 = dy0 - 1 - 3 * kSquish3;
-        if ((c & 0x01) != 0) {
-          ysv_ext1 += 1;
-          dy_ext1 -= 1;
-        } else {
-          ysv_ext0 += 1;
-          dy_ext0 -= 1;
-        }
-      } else {
-        ysv_ext0 = ysv_ext1 = ysb;
-        dy_ext0 = dy_ext1 = dy0 - 3 * kSquish3;
-      }
-      if ((c & 0x04) != 0) {
-        zsv_ext0 = zsb + 1;
-        zsv_ext1 = zsb + 2;
-        dz_ext0 = dz0 - 1 - 3 * kSquish3;
-        dz_ext1 = dz0 - 2 - 3 * kSquish3;
-      } else {
-        zsv_ext0 = zsv_ext1 = zsb;
-        dz_ext0 = dz_ext1 = dz0 - 3 * kSquish3;
-      }
-    } else {
-      const int c = a_point & b_point;
-      if ((c & 0x01) != 0) {
-        xsv_ext0 = xsb + 1;
-        xsv_ext1 = xsb + 2;
-        dx_ext0 = dx0 - 1 - kSquish3;
-        dx_ext1 = dx0 - 2 - 2 * kSquish3;
-      } else {
-        xsv_ext0 = xsv_ext1 = xsb;
-        dx_ext0 = dx0 - kSquish3;
-        dx_ext1 = dx0 - 2 * kSquish3;
-      }
-      if ((c & 0x02) != 0) {
-        ysv_ext0 = ysb + 1;
-        ysv_ext1 = ysb + 2;
-        dy_ext0 = dy0 - 1 - kSquish3;
-        dy_ext1 = dy0 - 2 - 2 * kSquish3;
-      } else {
-        ysv_ext0 = ysv_ext1 = ysb;
-        dy_ext0 = dy0 - kSquish3;
-        dy_ext1 = dy0 - 2 * kSquish3;
-      }
-      if ((c & 0x04) != 0) {
-        zsv_ext0 = zsb + 1;
-        zsv_ext1 = zsb + 2;
-        dz_ext0 = dz0 - 1 - kSquish3;
-        dz_ext1 = dz0 - 2 - 2 * kSquish3;
-      } else {
-        zsv_ext0 = zsv_ext1 = zsb;
-        dz_ext0 = dz0 - kSquish3;
-        dz_ext1 = dz0 - 2 * kSquish3;
-      }
-    }
-    const double dx3 = dx0 - 1 - 2 * kSquish3;
-    const double dy3 = dy0 - 1 - 2 * kSquish3;
-    const double dz3 = dz0 - 0 - 2 * kSquish3;
-    DI_CONTRIB(xsb + 1, ysb + 1, zsb + 0, dx3, dy3, dz3);
-    const double dx2 = dx3;
-    const double dy2 = dy0 - 0 - 2 * kSquish3;
-    const double dz2 = dz0 - 1 - 2 * kSquish3;
-    DI_CONTRIB(xsb + 1, ysb + 0, zsb + 1, dx2, dy2, dz2);
-    const double dx1 = dx0 - 0 - 2 * kSquish3;
-    const double dy1 = dy3;
-    const double dz1 = dz2;
-    DI_CONTRIB(xsb + 0, ysb + 1, zsb + 1, dx1, dy1, dz1);
-    dx0 = dx0 - 1 - 3 * kSquish3;
-    dy0 = dy0 - 1 - 3 * kSquish3;
-    dz0 = dz0 - 1 - 3 * kSquish3;
-    DI_CONTRIB(xsb + 1, ysb + 1, zsb + 1, dx0, dy0, dz0);
+    upper_tetrahedron(c, &ext0, &ext1, &value);
   } else {
-    double a_score, b_score;
-    int a_point, b_point;
-    bool a_is_further_side, b_is_further_side;
-    const double p1 = xins + yins;
-    if (p1 > 1) {
-      a_score = p1 - 1;
-      a_point = 0x03;
-      a_is_further_side = true;
-    } else {
-      a_score = 1 - p1;
-      a_point = 0x04;
-      a_is_further_side = false;
-    }
-    const double p2 = xins + zins;
-    if (p2 > 1) {
-      b_score = p2 - 1;
-      b_point = 0x05;
-      b_is_further_side = true;
-    } else {
-      b_score = 1 - p2;
-      b_point = 0x02;
-      b_is_further_side = false;
-    }
-    const double p3 = yins + zins;
-    if (p3 > 1) {
-      const double score = p3 - 1;
-      if (a_score <= b_score && a_score < score) {
-        a_point = 0x06;
-        a_is_further_side = true;
-      } else if (a_score > b_score && b_score < score) {
-        b_point = 0x06;
-        b_is_further_side = true;
-      }
-    } else {
-      const double score = 1 - p3;
-      if (a_score <= b_score && a_score < score) {
-        a_point = 0x01;
-        a_is_further_side = false;
-      } else if (a_score > b_score && b_score < score) {
-        b_point = 0x01;
-        b_is_further_side = false;
-      }
-    }
-    if (a_is_further_side == b_is_further_side) {
-      if (a_is_further_side) {
-        dx_ext0 = dx0 - 1 - 3 * kSquish3;
-        dy_ext0 = dy0 - 1 - 3 * kSquish3;
-        dz_ext0 = dz0 - 1 - 3 * kSquish3;
-        xsv_ext0 = xsb + 1;
-        ysv_ext0 = ysb + 1;
-        zsv_ext0 = zsb + 1;
-        const int c = a_point & b_point;
-        if ((c & 0x01) != 0) {
-          dx_ext1 = dx0 - 2 - 2 * kSquish3;
-          dy_ext1 = dy0 - 2 * kSquish3;
-          dz_ext1 = dz0 - 2 * kSquish3;
-          xsv_ext1 = xsb + 2;
-          ysv_ext1 = ysb;
-          zsv_ext1 = zsb;
-        } else if ((c & 0x02) != 0) {
-          dx_ext1 = dx0 - 2 * kSquish3;
-          dy_ext1 = dy0 - 2 - 2 * kSquish3;
-          dz_ext1 = dz0 - 2 * kSquish3;
-          xsv_ext1 = xsb;
-          ysv_ext1 = ysb + 2;
-          zsv_ext1 = zsb;
-        } else {
-          dx_ext1 = dx0 - 2 * kSquish3;
-          dy_ext1 = dy0 - 2 * kSquish3;
-          dz_ext1 = dz0 - 2 - 2 * kSquish3;
-          xsv_ext1 = xsb;
-          ysv_ext1 = ysb;
-          zsv_ext1 = zsb + 2;
-        }
-      } else {
-        dx_ext0 = dx0;
-        dy_ext0 = dy0;
-        dz_ext0 = dz0;
-        xsv_ext0 = xsb;
-        ysv_ext0 = ysb;
-        zsv_ext0 = zsb;
-        const int c = a_point | b_point;
-        if ((c & 0x01) == 0) {
-          dx_ext1 = dx0 + 1 - kSquish3;
-          dy_ext1 = dy0 - 1 - kSquish3;
-          dz_ext1 = dz0 - 1 - kSquish3;
-          xsv_ext1 = xsb - 1;
-          ysv_ext1 = ysb + 1;
-          zsv_ext1 = zsb + 1;
-        } else if ((c & 0x02) == 0) {
-          dx_ext1 = dx0 - 1 - kSquish3;
-          dy_ext1 = dy0 + 1 - kSquish3;
-          dz_ext1 = dz0 - 1 - kSquish3;
-          xsv_ext1 = xsb + 1;
-          ysv_ext1 = ysb - 1;
-          zsv_ext1 = zsb + 1;
-        } else {
-          dx_ext1 = dx0 - 1 - kSquish3;
-          dy_ext1 = dy0 - 1 - kSquish3;
-          dz_ext1 = dz0 + 1 - kSquish3;
-          xsv_ext1 = xsb + 1;
-          ysv_ext1 = ysb + 1;
-          zsv_ext1 = zsb - 1;
-        }
-      }
-    } else {
-      int c1, c2;
-      if (a_is_further_side) {
-        c1 = a_point;
-        c2 = b_point;
-      } else {
-        c1 = b_point;
-        c2 = a_point;
-      }
-      if ((c1 & 0x01) == 0) {
-        dx_ext0 = dx0 + 1 - kSquish3;
-        dy_ext0 = dy0 - 1 - kSquish3;
-        dz_ext0 = dz0 - 1 - kSquish3;
-        xsv_ext0 = xsb - 1;
-        ysv_ext0 = ysb + 1;
-        zsv_ext0 = zsb + 1;
-      } else if ((c1 & 0x02) == 0) {
-        dx_ext0 = dx0 - 1 - kSquish3;
-        dy_ext0 = dy0 + 1 - kSquish3;
-        dz_ext0 = dz0 - 1 - kSquish3;
-        xsv_ext0 = xsb + 1;
-        ysv_ext0 = ysb - 1;
-        zsv_ext0 = zsb + 1;
-      } else {
-        dx_ext0 = dx0 - 1 - kSquish3;
-        dy_ext0 = dy0 - 1 - kSquish3;
-        dz_ext0 = dz0 + 1 - kSquish3;
-        xsv_ext0 = xsb + 1;
-        ysv_ext0 = ysb + 1;
-        zsv_ext0 = zsb - 1;
-      }
-      dx_ext1 = dx0 - 2 * kSquish3;
-      dy_ext1 = dy0 - 2 * kSquish3;
-      dz_ext1 = dz0 - 2 * kSquish3;
-      xsv_ext1 = xsb;
-      ysv_ext1 = ysb;
-      zsv_ext1 = zsb;
-      if ((c2 & 0x01) != 0) {
-        dx_ext1 -= 2;
-        xsv_ext1 += 2;
-      } else if ((c2 & 0x02) != 0) {
-        dy_ext1 -= 2;
-        ysv_ext1 += 2;
-      } else {
-        dz_ext1 -= 2;
-        zsv_ext1 += 2;
-      }
-    }
-    const double dx1 = dx0 - 1 - kSquish3;
-    const double dy1 = dy0 - 0 - kSquish3;
-    const double dz1 = dz0 - 0 - kSquish3;
-    DI_CONTRIB(xsb + 1, ysb + 0, zsb + 0, dx1, dy1, dz1);
-    const double dx2 = dx0 - 0 - kSquish3;
-    const double dy2 = dy0 - 1 - kSquish3;
-    const double dz2 = dz1;
-    DI_CONTRIB(xsb + 0, ysb + 1, zsb + 0, dx2, dy2, dz2);
-    const double dx3 = dx2;
-    const double dy3 = dy1;
-    const double dz3 = dz0 - 1 - kSquish3;
-    DI_CONTRIB(xsb + 0, ysb + 0, zsb + 1, dx3, dy3, dz3);
-    const double dx4 = dx0 - 1 - 2 * kSquish3;
-    const double dy4 = dy0 - 1 - 2 * kSquish3;
-    const double dz4 = dz0 - 0 - 2 * kSquish3;
-    DI_CONTRIB(xsb + 1, ysb + 1, zsb + 0, dx4, dy4, dz4);
-    const double dx5 = dx4;
-    const double dy5 = dy0 - 0 - 2 * kSquish3;
-    const double dz5 = dz0 - 1 - 2 * kSquish3;
-    DI_CONTRIB(xsb + 1, ysb + 0, zsb + 1, dx5, dy5, dz5);
-    const double dx6 = dx0 - 0 - 2 * kSquish3;
-    const double dy6 = dy4;
-    const double dz6 = dz5;
-    DI_CONTRIB(xsb + 0, ysb + 1, zsb + 1, dx6, dy6, dz6);
+    octahedron(c, &ext0, &ext1, &value);
   }
-  DI_CONTRIB(xsv_ext0, ysv_ext0, zsv_ext0, dx_ext0, dy_ext0, dz_ext0);
-  DI_CONTRIB(xsv_ext1, ysv_ext1, zsv_ext1, dx_ext1, dy_ext1, dz_ext1);
+  contribute(&value, ext0.x, ext0.y, ext0.z, ext0.dx, ext0.dy, ext0.dz);
+  contribute(&value, ext1.x, ext1.y, ext1.z, ext1.dx, ext1.dy, ext1.dz);
   return value / kNorm3;
 }
-
-#undef DI_CONTRIB
 
 }  // namespace crafter
 }  // namespace deltairis
