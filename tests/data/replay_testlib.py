@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from deltairis.data import ReplayStore
 from deltairis.data.replay import _cpp_available
 

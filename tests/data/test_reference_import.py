@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from deltairis.data import ReplayStore, import_reference_dataset
 from replay_testlib import BACKENDS
+
+from deltairis.data import ReplayStore, import_reference_dataset
 
 
 def write_reference_dataset(root: Path, lengths: list[int], seed: int = 0) -> list[dict[str, torch.Tensor]]:

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from replay_testlib import BACKENDS, FIELDS, expected_segments, fill_store, random_steps
+
 from deltairis.data import Batch, Episode, Prefetcher, ReplayStore
 from deltairis.data.replay import _cpp_available
-from replay_testlib import BACKENDS, FIELDS, expected_segments, fill_store, random_steps
 
 BATCH_FIELDS = (*FIELDS, "mask_padding", "episode_id", "start", "stop")
 SMALL = (2, 3, 5)  # an odd frame shape keeps the many-input tests fast

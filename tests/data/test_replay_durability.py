@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from replay_testlib import BACKENDS, FIELDS, fill_store, random_steps
+
 from deltairis.data import ReplayStore, ReplayStoreError
 from deltairis.data.replay import DATA_FILES, INDEX_NAME, _cpp_available
-from replay_testlib import BACKENDS, FIELDS, fill_store, random_steps
 
 # A writer whose episode i is a deterministic function of i: it is added with its first part, and the
 # previous episode gets its second part, then everything is committed and the episode count printed.

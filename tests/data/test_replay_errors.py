@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from replay_testlib import BACKENDS, fill_store, random_steps
+
 from deltairis.data import Prefetcher, ReplayStore
 from deltairis.data.replay import _cpp_available
-from replay_testlib import BACKENDS, fill_store, random_steps
 
 
 def steps(t: int = 4, **changes: Any) -> dict[str, Any]:

@@ -101,9 +101,6 @@ class ReplayStore(EpisodeStore):
         self._sampler.reset()
         super().close()
 
-    def __enter__(self) -> ReplayStore:
-        return self
-
     @property
     def num_threads(self) -> int:
         return self._sampler.num_threads

@@ -31,13 +31,16 @@ import os
 import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from deltairis.data.fields import FIELDS_BY_NAME, STEP_FIELD_NAMES, STEP_FIELDS
 from deltairis.errors import ReplayStoreError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +290,7 @@ class EpisodeStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def __enter__(self) -> EpisodeStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
