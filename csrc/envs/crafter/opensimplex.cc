@@ -64,16 +64,16 @@ void OpenSimplex3::contribute(double* value, std::int64_t xsb, std::int64_t ysb,
 }
 
 // Inside the tetrahedron at (0,0,0) (in_sum <= 1): its four vertices, and picks the two extra ones.
-void OpenSimplex3::lower_tetrahedron(const Cell& c, Vertex* ext0, Vertex* ext1, double* value_out) const {
-  const std::int64_t xsb = c.xsb, ysb = c.ysb, zsb = c.zsb;
-  double dx0 = c.dx0, dy0 = c.dy0, dz0 = c.dz0;
-  const double xins = c.xins, yins = c.yins, zins = c.zins;
+void OpenSimplex3::lower_tetrahedron(const Cell& cell, Vertex* ext0, Vertex* ext1, double* value_out) const {
+  const std::int64_t xsb = cell.xsb, ysb = cell.ysb, zsb = cell.zsb;
+  double dx0 = cell.dx0, dy0 = cell.dy0, dz0 = cell.dz0;
+  const double xins = cell.xins, yins = cell.yins, zins = cell.zins;
   std::int64_t &xsv_ext0 = ext0->x, &ysv_ext0 = ext0->y, &zsv_ext0 = ext0->z;
   std::int64_t &xsv_ext1 = ext1->x, &ysv_ext1 = ext1->y, &zsv_ext1 = ext1->z;
   double &dx_ext0 = ext0->dx, &dy_ext0 = ext0->dy, &dz_ext0 = ext0->dz;
   double &dx_ext1 = ext1->dx, &dy_ext1 = ext1->dy, &dz_ext1 = ext1->dz;
   double& value = *value_out;
-  const double in_sum = c.in_sum;
+  const double in_sum = cell.in_sum;
   int a_point = 0x01;
   double a_score = xins;
   int b_point = 0x02;
@@ -121,37 +121,11 @@ void OpenSimplex3::lower_tetrahedron(const Cell& c, Vertex* ext0, Vertex* ext1, 
       dz_ext0 = dz_ext1 = dz0 - 1;
     }
   } else {
+    // Per axis: in c, both at +1; else one at 0 and one at -1.
     const int c = a_point | b_point;
-    if ((c & 0x01) == 0) {
-      xsv_ext0 = xsb;
-      xsv_ext1 = xsb - 1;
-      dx_ext0 = dx0 - 2 * kSquish3;
-      dx_ext1 = dx0 + 1 - kSquish3;
-    } else {
-      xsv_ext0 = xsv_ext1 = xsb + 1;
-      dx_ext0 = dx0 - 1 - 2 * kSquish3;
-      dx_ext1 = dx0 - 1 - kSquish3;
-    }
-    if ((c & 0x02) == 0) {
-      ysv_ext0 = ysb;
-      ysv_ext1 = ysb - 1;
-      dy_ext0 = dy0 - 2 * kSquish3;
-      dy_ext1 = dy0 + 1 - kSquish3;
-    } else {
-      ysv_ext0 = ysv_ext1 = ysb + 1;
-      dy_ext0 = dy0 - 1 - 2 * kSquish3;
-      dy_ext1 = dy0 - 1 - kSquish3;
-    }
-    if ((c & 0x04) == 0) {
-      zsv_ext0 = zsb;
-      zsv_ext1 = zsb - 1;
-      dz_ext0 = dz0 - 2 * kSquish3;
-      dz_ext1 = dz0 + 1 - kSquish3;
-    } else {
-      zsv_ext0 = zsv_ext1 = zsb + 1;
-      dz_ext0 = dz0 - 1 - 2 * kSquish3;
-      dz_ext1 = dz0 - 1 - kSquish3;
-    }
+    auto o = [c](int axis, int in, int out) { return (c & axis) != 0 ? in : out; };
+    *ext0 = vertex_at(cell, o(0x01, 1, 0), o(0x02, 1, 0), o(0x04, 1, 0), 2 * kSquish3);
+    *ext1 = vertex_at(cell, o(0x01, 1, -1), o(0x02, 1, -1), o(0x04, 1, -1), kSquish3);
   }
   contribute(&value, xsb + 0, ysb + 0, zsb + 0, dx0, dy0, dz0);
   const double dx1 = dx0 - 1 - kSquish3;
@@ -169,16 +143,16 @@ void OpenSimplex3::lower_tetrahedron(const Cell& c, Vertex* ext0, Vertex* ext1, 
 }
 
 // Inside the tetrahedron at (1,1,1) (in_sum >= 2): its four vertices, and picks the two extra ones.
-void OpenSimplex3::upper_tetrahedron(const Cell& c, Vertex* ext0, Vertex* ext1, double* value_out) const {
-  const std::int64_t xsb = c.xsb, ysb = c.ysb, zsb = c.zsb;
-  double dx0 = c.dx0, dy0 = c.dy0, dz0 = c.dz0;
-  const double xins = c.xins, yins = c.yins, zins = c.zins;
+void OpenSimplex3::upper_tetrahedron(const Cell& cell, Vertex* ext0, Vertex* ext1, double* value_out) const {
+  const std::int64_t xsb = cell.xsb, ysb = cell.ysb, zsb = cell.zsb;
+  double dx0 = cell.dx0, dy0 = cell.dy0, dz0 = cell.dz0;
+  const double xins = cell.xins, yins = cell.yins, zins = cell.zins;
   std::int64_t &xsv_ext0 = ext0->x, &ysv_ext0 = ext0->y, &zsv_ext0 = ext0->z;
   std::int64_t &xsv_ext1 = ext1->x, &ysv_ext1 = ext1->y, &zsv_ext1 = ext1->z;
   double &dx_ext0 = ext0->dx, &dy_ext0 = ext0->dy, &dz_ext0 = ext0->dz;
   double &dx_ext1 = ext1->dx, &dy_ext1 = ext1->dy, &dz_ext1 = ext1->dz;
   double& value = *value_out;
-  const double in_sum = c.in_sum;
+  const double in_sum = cell.in_sum;
   int a_point = 0x06;
   double a_score = xins;
   int b_point = 0x05;
@@ -226,37 +200,11 @@ void OpenSimplex3::upper_tetrahedron(const Cell& c, Vertex* ext0, Vertex* ext1, 
       dz_ext0 = dz_ext1 = dz0 - 3 * kSquish3;
     }
   } else {
+    // Per axis: in c, one at +1 and one at +2; else both at 0.
     const int c = a_point & b_point;
-    if ((c & 0x01) != 0) {
-      xsv_ext0 = xsb + 1;
-      xsv_ext1 = xsb + 2;
-      dx_ext0 = dx0 - 1 - kSquish3;
-      dx_ext1 = dx0 - 2 - 2 * kSquish3;
-    } else {
-      xsv_ext0 = xsv_ext1 = xsb;
-      dx_ext0 = dx0 - kSquish3;
-      dx_ext1 = dx0 - 2 * kSquish3;
-    }
-    if ((c & 0x02) != 0) {
-      ysv_ext0 = ysb + 1;
-      ysv_ext1 = ysb + 2;
-      dy_ext0 = dy0 - 1 - kSquish3;
-      dy_ext1 = dy0 - 2 - 2 * kSquish3;
-    } else {
-      ysv_ext0 = ysv_ext1 = ysb;
-      dy_ext0 = dy0 - kSquish3;
-      dy_ext1 = dy0 - 2 * kSquish3;
-    }
-    if ((c & 0x04) != 0) {
-      zsv_ext0 = zsb + 1;
-      zsv_ext1 = zsb + 2;
-      dz_ext0 = dz0 - 1 - kSquish3;
-      dz_ext1 = dz0 - 2 - 2 * kSquish3;
-    } else {
-      zsv_ext0 = zsv_ext1 = zsb;
-      dz_ext0 = dz0 - kSquish3;
-      dz_ext1 = dz0 - 2 * kSquish3;
-    }
+    auto o = [c](int axis, int in) { return (c & axis) != 0 ? in : 0; };
+    *ext0 = vertex_at(cell, o(0x01, 1), o(0x02, 1), o(0x04, 1), kSquish3);
+    *ext1 = vertex_at(cell, o(0x01, 2), o(0x02, 2), o(0x04, 2), 2 * kSquish3);
   }
   const double dx3 = dx0 - 1 - 2 * kSquish3;
   const double dy3 = dy0 - 1 - 2 * kSquish3;
