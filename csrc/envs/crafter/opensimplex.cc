@@ -250,17 +250,15 @@ OpenSimplex3::Vertex OpenSimplex3::far_vertex(const Cell& c, int point) {
   return vertex_at(c, 0, 0, 2, 2 * kSquish3);
 }
 
-// Inside the octahedron between them (1 < in_sum < 2): its six vertices, and picks the two extra ones.
-void OpenSimplex3::octahedron(const Cell& cell, Vertex* ext0, Vertex* ext1, double* value_out) const {
-  const std::int64_t xsb = cell.xsb, ysb = cell.ysb, zsb = cell.zsb;
-  double dx0 = cell.dx0, dy0 = cell.dy0, dz0 = cell.dz0;
-  const double xins = cell.xins, yins = cell.yins, zins = cell.zins;
-  std::int64_t &xsv_ext1 = ext1->x, &ysv_ext1 = ext1->y, &zsv_ext1 = ext1->z;
-  double &dx_ext1 = ext1->dx, &dy_ext1 = ext1->dy, &dz_ext1 = ext1->dz;
-  double& value = *value_out;
+// The two closest vertices of the octahedron's (each of x+y, x+z, y+z against 1): their points and
+// whether each lies on the far side (sum > 1).
+void OpenSimplex3::octahedron_closest(double xins, double yins, double zins, int* a_out, int* b_out, bool* a_further,
+                                      bool* b_further) {
   double a_score, b_score;
-  int a_point, b_point;
-  bool a_is_further_side, b_is_further_side;
+  int& a_point = *a_out;
+  int& b_point = *b_out;
+  bool& a_is_further_side = *a_further;
+  bool& b_is_further_side = *b_further;
   const double p1 = xins + yins;
   if (p1 > 1) {
     a_score = p1 - 1;
@@ -301,6 +299,19 @@ void OpenSimplex3::octahedron(const Cell& cell, Vertex* ext0, Vertex* ext1, doub
       b_is_further_side = false;
     }
   }
+}
+
+// Inside the octahedron between them (1 < in_sum < 2): its six vertices, and picks the two extra ones.
+void OpenSimplex3::octahedron(const Cell& cell, Vertex* ext0, Vertex* ext1, double* value_out) const {
+  const std::int64_t xsb = cell.xsb, ysb = cell.ysb, zsb = cell.zsb;
+  double dx0 = cell.dx0, dy0 = cell.dy0, dz0 = cell.dz0;
+  const double xins = cell.xins, yins = cell.yins, zins = cell.zins;
+  std::int64_t &xsv_ext1 = ext1->x, &ysv_ext1 = ext1->y, &zsv_ext1 = ext1->z;
+  double &dx_ext1 = ext1->dx, &dy_ext1 = ext1->dy, &dz_ext1 = ext1->dz;
+  double& value = *value_out;
+  int a_point, b_point;
+  bool a_is_further_side, b_is_further_side;
+  octahedron_closest(xins, yins, zins, &a_point, &b_point, &a_is_further_side, &b_is_further_side);
   if (a_is_further_side == b_is_further_side) {
     if (a_is_further_side) {
       *ext0 = vertex_at(cell, 1, 1, 1, 3 * kSquish3);

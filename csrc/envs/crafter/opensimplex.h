@@ -33,6 +33,8 @@ class OpenSimplex3 {
   static Vertex far_vertex(const Cell& c, int point);
   void lower_tetrahedron(const Cell& c, Vertex* ext0, Vertex* ext1, double* value_out) const;
   void upper_tetrahedron(const Cell& c, Vertex* ext0, Vertex* ext1, double* value_out) const;
+  static void octahedron_closest(double xins, double yins, double zins, int* a_out, int* b_out, bool* a_further,
+                                 bool* b_further);
   void octahedron(const Cell& c, Vertex* ext0, Vertex* ext1, double* value_out) const;
   void contribute(double* value, std::int64_t xsb, std::int64_t ysb, std::int64_t zsb, double dx, double dy,
                   double dz) const;
