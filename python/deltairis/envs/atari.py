@@ -62,9 +62,9 @@ from deltairis.envs.vector import (
     StepResult,
     SyncVectorEnv,
     VectorEnv,
+    check_positive_int,
     check_seed,
     empty_step_info,
-    validate_actions,
 )
 
 logger = logging.getLogger(__name__)
@@ -266,8 +266,7 @@ class AtariPythonVectorEnv(SyncVectorEnv):
         max_episode_frames: int | None = None,
         override_num_noops: int | None = None,
     ) -> None:
-        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        check_positive_int(num_envs, "num_envs")
         super().__init__(
             [
                 lambda: AtariPreprocessedEnv(
@@ -315,10 +314,8 @@ class AleVectorEnv(VectorEnv):
         from ale_py.env import AtariEnv
         from ale_py.vector_env import AtariVectorEnv
 
-        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
-        if num_threads is not None and (not isinstance(num_threads, (int, np.integer)) or num_threads < 1):
-            raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+        check_positive_int(num_envs, "num_envs")
+        check_positive_int(num_threads, "num_threads", allow_none=True)
         self.rom = atari_rom_name(id)
         self.train = bool(train)
         noop_max = (TRAIN_NOOP_MAX if train else TEST_NOOP_MAX) if noop_max is None else noop_max
@@ -384,11 +381,7 @@ class AleVectorEnv(VectorEnv):
         return self._frames(obs)
 
     def step(self, actions: np.ndarray) -> StepResult:
-        if self._closed:
-            raise RuntimeError("step() called on a closed env")
-        if self._needs_reset:
-            raise RuntimeError("step() called before reset()")
-        acts = validate_actions(actions, self.num_envs, self.num_actions)
+        acts = self._check_step(actions)
         obs, rew, term, trunc, ale_info = self._env.step(acts)
         env_ids = ale_info["env_id"]
         if not np.array_equal(env_ids, np.arange(self.num_envs)):

@@ -32,7 +32,7 @@ import gymnasium
 import numpy as np
 
 from deltairis import _native
-from deltairis.envs.vector import VectorEnv, validate_actions
+from deltairis.envs.vector import VectorEnv, check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -254,14 +254,10 @@ class NativeCrafterVectorEnv(VectorEnv):
         view: Sequence[int] = (9, 9),
         size: Sequence[int] = (64, 64),
     ) -> None:
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        check_positive_int(num_envs, "num_envs")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an int, got {seed!r}")  # noqa: TRY004 (project rule: bad input -> ValueError)
-        if num_threads is not None and (
-            isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1
-        ):
-            raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+        check_positive_int(num_threads, "num_threads", allow_none=True)
         core = _native.require_core()
         self._assets = _assets(
             _pair(area, "area"), _pair(view, "view"), _pair(size, "size"), bool(reward), _check_length(length)
@@ -345,11 +341,7 @@ class NativeCrafterVectorEnv(VectorEnv):
         state; with ``all_infos`` also, in every other row, the running env's state after this step
         (without it those rows of the scratch are stale).
         """
-        if self._closed:
-            raise RuntimeError("step() called on a closed env")
-        if self._needs_reset:
-            raise RuntimeError("step() called before reset()")
-        acts = validate_actions(actions, self.num_envs, self.num_actions)
+        acts = self._check_step(actions)
         b = self._buffers
         # The rows returned to the caller are written into fresh arrays (the engine fills every row), so
         # nothing is copied afterwards; the final_* scratch is read by _row_info.
@@ -519,8 +511,7 @@ class CrafterGymVectorEnv(gymnasium.vector.VectorEnv):
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        check_positive_int(num_envs, "num_envs")
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
                 raise ValueError(f"seed must be an int or None, got {seed!r}")

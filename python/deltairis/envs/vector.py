@@ -82,6 +82,15 @@ class VectorEnv(abc.ABC):
     def close(self) -> None:
         """Release the environments' resources. Safe to call twice."""
 
+    def _check_step(self, actions: Any) -> np.ndarray:
+        """The checks opening ``step()`` of an env that keeps ``_closed`` and ``_needs_reset``: raises
+        RuntimeError after ``close()`` or before the first ``reset()``; returns the validated actions."""
+        if self._closed:  # type: ignore[attr-defined]
+            raise RuntimeError("step() called on a closed env")
+        if self._needs_reset:  # type: ignore[attr-defined]
+            raise RuntimeError("step() called before reset()")
+        return validate_actions(actions, self.num_envs, self.num_actions)
+
     def __enter__(self) -> VectorEnv:
         return self
 
@@ -100,6 +109,18 @@ def check_seed(seed: Any) -> int | None:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
     return int(seed)
+
+
+def check_positive_int(value: Any, name: str, *, allow_none: bool = False) -> None:
+    """Check a count argument (``num_envs``, ``num_threads``, ...).
+
+    Raises:
+        ValueError: when ``value`` is not a positive int (bools refused), or None without ``allow_none``.
+    """
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
 
 
 def validate_actions(actions: Any, num_envs: int, num_actions: int) -> np.ndarray:
@@ -197,11 +218,7 @@ class SyncVectorEnv(VectorEnv):
         return self._obs.copy()
 
     def step(self, actions: np.ndarray) -> StepResult:
-        if self._closed:
-            raise RuntimeError("step() called on a closed env")
-        if self._needs_reset:
-            raise RuntimeError("step() called before reset()")
-        acts = validate_actions(actions, self.num_envs, self.num_actions)
+        acts = self._check_step(actions)
         n = self.num_envs
         rew = np.zeros(n, dtype=np.float32)
         term = np.zeros(n, dtype=bool)
