@@ -63,16 +63,30 @@ void OpenSimplex3::contribute(double* value, std::int64_t xsb, std::int64_t ysb,
   }
 }
 
+// Adds the contribution of lattice point v.
+void OpenSimplex3::contribute_at(double* value, const Vertex& v) const {
+  contribute(value, v.x, v.y, v.z, v.dx, v.dy, v.dz);
+}
+
+// Adds the vertices (1,0,0), (0,1,0), (0,0,1) of the cell, in that order.
+void OpenSimplex3::contribute_unit_vertices(const Cell& c, double* value) const {
+  contribute_at(value, vertex_at(c, 1, 0, 0, kSquish3));
+  contribute_at(value, vertex_at(c, 0, 1, 0, kSquish3));
+  contribute_at(value, vertex_at(c, 0, 0, 1, kSquish3));
+}
+
+// Adds the vertices (1,1,0), (1,0,1), (0,1,1) of the cell, in that order.
+void OpenSimplex3::contribute_pair_vertices(const Cell& c, double* value) const {
+  contribute_at(value, vertex_at(c, 1, 1, 0, 2 * kSquish3));
+  contribute_at(value, vertex_at(c, 1, 0, 1, 2 * kSquish3));
+  contribute_at(value, vertex_at(c, 0, 1, 1, 2 * kSquish3));
+}
+
 // Inside the tetrahedron at (0,0,0) (in_sum <= 1): its four vertices, and picks the two extra ones.
 void OpenSimplex3::lower_tetrahedron(const Cell& cell, Vertex* ext0, Vertex* ext1, double* value_out) const {
   const std::int64_t xsb = cell.xsb, ysb = cell.ysb, zsb = cell.zsb;
   double dx0 = cell.dx0, dy0 = cell.dy0, dz0 = cell.dz0;
   const double xins = cell.xins, yins = cell.yins, zins = cell.zins;
-  std::int64_t &xsv_ext0 = ext0->x, &ysv_ext0 = ext0->y, &zsv_ext0 = ext0->z;
-  std::int64_t &xsv_ext1 = ext1->x, &ysv_ext1 = ext1->y, &zsv_ext1 = ext1->z;
-  double &dx_ext0 = ext0->dx, &dy_ext0 = ext0->dy, &dz_ext0 = ext0->dz;
-  double &dx_ext1 = ext1->dx, &dy_ext1 = ext1->dy, &dz_ext1 = ext1->dz;
-  double& value = *value_out;
   const double in_sum = cell.in_sum;
   int a_point = 0x01;
   double a_score = xins;
@@ -89,36 +103,36 @@ void OpenSimplex3::lower_tetrahedron(const Cell& cell, Vertex* ext0, Vertex* ext
   if (wins > a_score || wins > b_score) {
     const int c = (b_score > a_score) ? b_point : a_point;
     if ((c & 0x01) == 0) {
-      xsv_ext0 = xsb - 1;
-      xsv_ext1 = xsb;
-      dx_ext0 = dx0 + 1;
-      dx_ext1 = dx0;
+      ext0->x = xsb - 1;
+      ext1->x = xsb;
+      ext0->dx = dx0 + 1;
+      ext1->dx = dx0;
     } else {
-      xsv_ext0 = xsv_ext1 = xsb + 1;
-      dx_ext0 = dx_ext1 = dx0 - 1;
+      ext0->x = ext1->x = xsb + 1;
+      ext0->dx = ext1->dx = dx0 - 1;
     }
     if ((c & 0x02) == 0) {
-      ysv_ext0 = ysv_ext1 = ysb;
-      dy_ext0 = dy_ext1 = dy0;
+      ext0->y = ext1->y = ysb;
+      ext0->dy = ext1->dy = dy0;
       if ((c & 0x01) == 0) {
-        ysv_ext1 -= 1;
-        dy_ext1 += 1;
+        ext1->y -= 1;
+        ext1->dy += 1;
       } else {
-        ysv_ext0 -= 1;
-        dy_ext0 += 1;
+        ext0->y -= 1;
+        ext0->dy += 1;
       }
     } else {
-      ysv_ext0 = ysv_ext1 = ysb + 1;
-      dy_ext0 = dy_ext1 = dy0 - 1;
+      ext0->y = ext1->y = ysb + 1;
+      ext0->dy = ext1->dy = dy0 - 1;
     }
     if ((c & 0x04) == 0) {
-      zsv_ext0 = zsb;
-      zsv_ext1 = zsb - 1;
-      dz_ext0 = dz0;
-      dz_ext1 = dz0 + 1;
+      ext0->z = zsb;
+      ext1->z = zsb - 1;
+      ext0->dz = dz0;
+      ext1->dz = dz0 + 1;
     } else {
-      zsv_ext0 = zsv_ext1 = zsb + 1;
-      dz_ext0 = dz_ext1 = dz0 - 1;
+      ext0->z = ext1->z = zsb + 1;
+      ext0->dz = ext1->dz = dz0 - 1;
     }
   } else {
     // Per axis: in c, both at +1; else one at 0 and one at -1.
@@ -127,19 +141,8 @@ void OpenSimplex3::lower_tetrahedron(const Cell& cell, Vertex* ext0, Vertex* ext
     *ext0 = vertex_at(cell, o(0x01, 1, 0), o(0x02, 1, 0), o(0x04, 1, 0), 2 * kSquish3);
     *ext1 = vertex_at(cell, o(0x01, 1, -1), o(0x02, 1, -1), o(0x04, 1, -1), kSquish3);
   }
-  contribute(&value, xsb + 0, ysb + 0, zsb + 0, dx0, dy0, dz0);
-  const double dx1 = dx0 - 1 - kSquish3;
-  const double dy1 = dy0 - 0 - kSquish3;
-  const double dz1 = dz0 - 0 - kSquish3;
-  contribute(&value, xsb + 1, ysb + 0, zsb + 0, dx1, dy1, dz1);
-  const double dx2 = dx0 - 0 - kSquish3;
-  const double dy2 = dy0 - 1 - kSquish3;
-  const double dz2 = dz1;
-  contribute(&value, xsb + 0, ysb + 1, zsb + 0, dx2, dy2, dz2);
-  const double dx3 = dx2;
-  const double dy3 = dy1;
-  const double dz3 = dz0 - 1 - kSquish3;
-  contribute(&value, xsb + 0, ysb + 0, zsb + 1, dx3, dy3, dz3);
+  contribute(value_out, xsb + 0, ysb + 0, zsb + 0, dx0, dy0, dz0);
+  contribute_unit_vertices(cell, value_out);
 }
 
 // Inside the tetrahedron at (1,1,1) (in_sum >= 2): its four vertices, and picks the two extra ones.
@@ -147,11 +150,6 @@ void OpenSimplex3::upper_tetrahedron(const Cell& cell, Vertex* ext0, Vertex* ext
   const std::int64_t xsb = cell.xsb, ysb = cell.ysb, zsb = cell.zsb;
   double dx0 = cell.dx0, dy0 = cell.dy0, dz0 = cell.dz0;
   const double xins = cell.xins, yins = cell.yins, zins = cell.zins;
-  std::int64_t &xsv_ext0 = ext0->x, &ysv_ext0 = ext0->y, &zsv_ext0 = ext0->z;
-  std::int64_t &xsv_ext1 = ext1->x, &ysv_ext1 = ext1->y, &zsv_ext1 = ext1->z;
-  double &dx_ext0 = ext0->dx, &dy_ext0 = ext0->dy, &dz_ext0 = ext0->dz;
-  double &dx_ext1 = ext1->dx, &dy_ext1 = ext1->dy, &dz_ext1 = ext1->dz;
-  double& value = *value_out;
   const double in_sum = cell.in_sum;
   int a_point = 0x06;
   double a_score = xins;
@@ -168,36 +166,36 @@ void OpenSimplex3::upper_tetrahedron(const Cell& cell, Vertex* ext0, Vertex* ext
   if (wins < a_score || wins < b_score) {
     const int c = (b_score < a_score) ? b_point : a_point;
     if ((c & 0x01) != 0) {
-      xsv_ext0 = xsb + 2;
-      xsv_ext1 = xsb + 1;
-      dx_ext0 = dx0 - 2 - 3 * kSquish3;
-      dx_ext1 = dx0 - 1 - 3 * kSquish3;
+      ext0->x = xsb + 2;
+      ext1->x = xsb + 1;
+      ext0->dx = dx0 - 2 - 3 * kSquish3;
+      ext1->dx = dx0 - 1 - 3 * kSquish3;
     } else {
-      xsv_ext0 = xsv_ext1 = xsb;
-      dx_ext0 = dx_ext1 = dx0 - 3 * kSquish3;
+      ext0->x = ext1->x = xsb;
+      ext0->dx = ext1->dx = dx0 - 3 * kSquish3;
     }
     if ((c & 0x02) != 0) {
-      ysv_ext0 = ysv_ext1 = ysb + 1;
-      dy_ext0 = dy_ext1 = dy0 - 1 - 3 * kSquish3;
+      ext0->y = ext1->y = ysb + 1;
+      ext0->dy = ext1->dy = dy0 - 1 - 3 * kSquish3;
       if ((c & 0x01) != 0) {
-        ysv_ext1 += 1;
-        dy_ext1 -= 1;
+        ext1->y += 1;
+        ext1->dy -= 1;
       } else {
-        ysv_ext0 += 1;
-        dy_ext0 -= 1;
+        ext0->y += 1;
+        ext0->dy -= 1;
       }
     } else {
-      ysv_ext0 = ysv_ext1 = ysb;
-      dy_ext0 = dy_ext1 = dy0 - 3 * kSquish3;
+      ext0->y = ext1->y = ysb;
+      ext0->dy = ext1->dy = dy0 - 3 * kSquish3;
     }
     if ((c & 0x04) != 0) {
-      zsv_ext0 = zsb + 1;
-      zsv_ext1 = zsb + 2;
-      dz_ext0 = dz0 - 1 - 3 * kSquish3;
-      dz_ext1 = dz0 - 2 - 3 * kSquish3;
+      ext0->z = zsb + 1;
+      ext1->z = zsb + 2;
+      ext0->dz = dz0 - 1 - 3 * kSquish3;
+      ext1->dz = dz0 - 2 - 3 * kSquish3;
     } else {
-      zsv_ext0 = zsv_ext1 = zsb;
-      dz_ext0 = dz_ext1 = dz0 - 3 * kSquish3;
+      ext0->z = ext1->z = zsb;
+      ext0->dz = ext1->dz = dz0 - 3 * kSquish3;
     }
   } else {
     // Per axis: in c, one at +1 and one at +2; else both at 0.
@@ -206,22 +204,8 @@ void OpenSimplex3::upper_tetrahedron(const Cell& cell, Vertex* ext0, Vertex* ext
     *ext0 = vertex_at(cell, o(0x01, 1), o(0x02, 1), o(0x04, 1), kSquish3);
     *ext1 = vertex_at(cell, o(0x01, 2), o(0x02, 2), o(0x04, 2), 2 * kSquish3);
   }
-  const double dx3 = dx0 - 1 - 2 * kSquish3;
-  const double dy3 = dy0 - 1 - 2 * kSquish3;
-  const double dz3 = dz0 - 0 - 2 * kSquish3;
-  contribute(&value, xsb + 1, ysb + 1, zsb + 0, dx3, dy3, dz3);
-  const double dx2 = dx3;
-  const double dy2 = dy0 - 0 - 2 * kSquish3;
-  const double dz2 = dz0 - 1 - 2 * kSquish3;
-  contribute(&value, xsb + 1, ysb + 0, zsb + 1, dx2, dy2, dz2);
-  const double dx1 = dx0 - 0 - 2 * kSquish3;
-  const double dy1 = dy3;
-  const double dz1 = dz2;
-  contribute(&value, xsb + 0, ysb + 1, zsb + 1, dx1, dy1, dz1);
-  dx0 = dx0 - 1 - 3 * kSquish3;
-  dy0 = dy0 - 1 - 3 * kSquish3;
-  dz0 = dz0 - 1 - 3 * kSquish3;
-  contribute(&value, xsb + 1, ysb + 1, zsb + 1, dx0, dy0, dz0);
+  contribute_pair_vertices(cell, value_out);
+  contribute_at(value_out, vertex_at(cell, 1, 1, 1, 3 * kSquish3));
 }
 
 // The lattice point base + (ox, oy, oz) and the input's offset d0 - o - squish from it.
@@ -306,9 +290,6 @@ void OpenSimplex3::octahedron(const Cell& cell, Vertex* ext0, Vertex* ext1, doub
   const std::int64_t xsb = cell.xsb, ysb = cell.ysb, zsb = cell.zsb;
   double dx0 = cell.dx0, dy0 = cell.dy0, dz0 = cell.dz0;
   const double xins = cell.xins, yins = cell.yins, zins = cell.zins;
-  std::int64_t &xsv_ext1 = ext1->x, &ysv_ext1 = ext1->y, &zsv_ext1 = ext1->z;
-  double &dx_ext1 = ext1->dx, &dy_ext1 = ext1->dy, &dz_ext1 = ext1->dz;
-  double& value = *value_out;
   int a_point, b_point;
   bool a_is_further_side, b_is_further_side;
   octahedron_closest(xins, yins, zins, &a_point, &b_point, &a_is_further_side, &b_is_further_side);
@@ -332,47 +313,25 @@ void OpenSimplex3::octahedron(const Cell& cell, Vertex* ext0, Vertex* ext1, doub
       c2 = a_point;
     }
     *ext0 = edge_vertex(cell, c1);
-    dx_ext1 = dx0 - 2 * kSquish3;
-    dy_ext1 = dy0 - 2 * kSquish3;
-    dz_ext1 = dz0 - 2 * kSquish3;
-    xsv_ext1 = xsb;
-    ysv_ext1 = ysb;
-    zsv_ext1 = zsb;
+    ext1->dx = dx0 - 2 * kSquish3;
+    ext1->dy = dy0 - 2 * kSquish3;
+    ext1->dz = dz0 - 2 * kSquish3;
+    ext1->x = xsb;
+    ext1->y = ysb;
+    ext1->z = zsb;
     if ((c2 & 0x01) != 0) {
-      dx_ext1 -= 2;
-      xsv_ext1 += 2;
+      ext1->dx -= 2;
+      ext1->x += 2;
     } else if ((c2 & 0x02) != 0) {
-      dy_ext1 -= 2;
-      ysv_ext1 += 2;
+      ext1->dy -= 2;
+      ext1->y += 2;
     } else {
-      dz_ext1 -= 2;
-      zsv_ext1 += 2;
+      ext1->dz -= 2;
+      ext1->z += 2;
     }
   }
-  const double dx1 = dx0 - 1 - kSquish3;
-  const double dy1 = dy0 - 0 - kSquish3;
-  const double dz1 = dz0 - 0 - kSquish3;
-  contribute(&value, xsb + 1, ysb + 0, zsb + 0, dx1, dy1, dz1);
-  const double dx2 = dx0 - 0 - kSquish3;
-  const double dy2 = dy0 - 1 - kSquish3;
-  const double dz2 = dz1;
-  contribute(&value, xsb + 0, ysb + 1, zsb + 0, dx2, dy2, dz2);
-  const double dx3 = dx2;
-  const double dy3 = dy1;
-  const double dz3 = dz0 - 1 - kSquish3;
-  contribute(&value, xsb + 0, ysb + 0, zsb + 1, dx3, dy3, dz3);
-  const double dx4 = dx0 - 1 - 2 * kSquish3;
-  const double dy4 = dy0 - 1 - 2 * kSquish3;
-  const double dz4 = dz0 - 0 - 2 * kSquish3;
-  contribute(&value, xsb + 1, ysb + 1, zsb + 0, dx4, dy4, dz4);
-  const double dx5 = dx4;
-  const double dy5 = dy0 - 0 - 2 * kSquish3;
-  const double dz5 = dz0 - 1 - 2 * kSquish3;
-  contribute(&value, xsb + 1, ysb + 0, zsb + 1, dx5, dy5, dz5);
-  const double dx6 = dx0 - 0 - 2 * kSquish3;
-  const double dy6 = dy4;
-  const double dz6 = dz5;
-  contribute(&value, xsb + 0, ysb + 1, zsb + 1, dx6, dy6, dz6);
+  contribute_unit_vertices(cell, value_out);
+  contribute_pair_vertices(cell, value_out);
 }
 
 double OpenSimplex3::noise3(double x, double y, double z) const {
@@ -405,8 +364,8 @@ double OpenSimplex3::noise3(double x, double y, double z) const {
   } else {
     octahedron(c, &ext0, &ext1, &value);
   }
-  contribute(&value, ext0.x, ext0.y, ext0.z, ext0.dx, ext0.dy, ext0.dz);
-  contribute(&value, ext1.x, ext1.y, ext1.z, ext1.dx, ext1.dy, ext1.dz);
+  contribute_at(&value, ext0);
+  contribute_at(&value, ext1);
   return value / kNorm3;
 }
 

@@ -31,6 +31,9 @@ class OpenSimplex3 {
   static Vertex vertex_at(const Cell& c, int ox, int oy, int oz, double squish);
   static Vertex edge_vertex(const Cell& c, int point);
   static Vertex far_vertex(const Cell& c, int point);
+  void contribute_at(double* value, const Vertex& v) const;
+  void contribute_unit_vertices(const Cell& c, double* value) const;
+  void contribute_pair_vertices(const Cell& c, double* value) const;
   void lower_tetrahedron(const Cell& c, Vertex* ext0, Vertex* ext1, double* value_out) const;
   void upper_tetrahedron(const Cell& c, Vertex* ext0, Vertex* ext1, double* value_out) const;
   static void octahedron_closest(double xins, double yins, double zins, int* a_out, int* b_out, bool* a_further,
