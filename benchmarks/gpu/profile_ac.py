@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_models import FULL, _batch  # noqa: E402
+from bench_models import FULL, _batch
 
-from deltairis.agent import Agent  # noqa: E402
-from deltairis.config import make_agent_config  # noqa: E402
-from deltairis.models import configure_optimizer  # noqa: E402
+from deltairis.agent import Agent
+from deltairis.config import make_agent_config
+from deltairis.models import configure_optimizer
+from deltairis.rl import ActorCriticLoss
 
 
 def run(preset: str, backend: str, graphs: bool, lines: list[str], steps: int) -> None:
@@ -35,10 +36,11 @@ def run(preset: str, backend: str, graphs: bool, lines: list[str], steps: int) -
     ac = agent.actor_critic
     opt = configure_optimizer(ac.model, 1e-4, kind="adam")
     seed = iter(range(10**6))
+    loss_fn = ActorCriticLoss(ac, agent.tokenizer, agent.world_model, cuda_graphs=graphs)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss = ac.compute_loss(batch, agent.tokenizer, agent.world_model, seed=next(seed), cuda_graphs=graphs).loss
+        loss = loss_fn(batch, next(seed)).loss
         loss.backward()
         opt.step()
         ac.update_target()

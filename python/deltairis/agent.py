@@ -111,7 +111,7 @@ def agent_checkpoint(agent: Agent) -> dict[str, Any]:
 
 def save_agent(agent: Agent, path: str | os.PathLike[str]) -> None:
     """Write :func:`agent_checkpoint` atomically (temporary file, fsync, rename, directory fsync)."""
-    from deltairis.train.checkpoint import atomic_torch_save
+    from deltairis.checkpoint import atomic_torch_save
 
     atomic_torch_save(agent_checkpoint(agent), Path(path))
 

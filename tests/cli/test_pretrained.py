@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -200,7 +199,7 @@ def test_resume_script_works_without_an_activated_environment(run: Path, tmp_pat
 
 def test_scripts_quote_an_awkward_interpreter_path(run: Path, tmp_path: Path, monkeypatch) -> None:
     """play.sh without an activated environment, from an interpreter path with a space, quote, $ and backquote."""
-    from deltairis.train.trainer import Trainer
+    from deltairis.train.run_folder import make_layout
 
     odd = tmp_path / "my env's $HOME `x`" / "bin"
     odd.mkdir(parents=True)
@@ -210,7 +209,7 @@ def test_scripts_quote_an_awkward_interpreter_path(run: Path, tmp_path: Path, mo
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     monkeypatch.setattr(sys, "executable", str(wrapper))
-    Trainer._make_layout(SimpleNamespace(run_dir=copy))  # rewrites scripts/ (the code a new run uses)
+    make_layout(copy)  # rewrites scripts/ (the code a new run uses)
     assert str(wrapper) not in (run / "scripts" / "play.sh").read_text()
     r = _bash(copy / "scripts" / "play.sh", "-h", "--steps", "2", "--output", str(tmp_path / "q.gif"))
     assert r.returncode == 0, r.stderr[-2000:]

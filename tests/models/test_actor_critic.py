@@ -5,10 +5,13 @@ import dataclasses
 import pytest
 import torch
 
+import deltairis.rl.losses as acl
 from deltairis.agent import Agent
 from deltairis.config import make_agent_config
 from deltairis.models.actor_critic import ActorCritic
-from deltairis.rl.imagination import world_model_burn_in, world_model_step
+from deltairis.rl.losses import actor_critic_loss
+from deltairis.rl.imagination import imagine, world_model_burn_in, world_model_step
+from deltairis.rl.policy import policy_step
 
 from .helpers import make_batch
 
@@ -54,18 +57,18 @@ def test_act_is_deterministic_per_stream_and_epsilon() -> None:
     ac = ActorCritic(make_agent_config("tiny").actor_critic)
     obs = torch.rand(64, 3, 64, 64)
     s = ac.initial_state(64, "cpu")
-    a1, _ = ac.act(obs, s, seed=1, offset=0)
-    a2, _ = ac.act(obs, s, seed=1, offset=0)
-    a3, _ = ac.act(obs, s, seed=2, offset=0)
+    a1, _ = policy_step(ac, obs, s, seed=1, step=0)
+    a2, _ = policy_step(ac, obs, s, seed=1, step=0)
+    a3, _ = policy_step(ac, obs, s, seed=2, step=0)
     assert torch.equal(a1, a2) and not torch.equal(a1, a3)
     assert a1.dtype == torch.int64 and a1.min() >= 0 and a1.max() < 5
-    ae, _ = ac.act(obs, s, epsilon=1.0, seed=1, offset=0)
+    ae, _ = policy_step(ac, obs, s, epsilon=1.0, seed=1, step=0)
     assert not torch.equal(ae, a1)
 
 
 def test_imagination_shapes_masks_and_no_nan(agent: Agent) -> None:
     batch = make_batch(3, 6, 5, pad_left=3)
-    out = agent.actor_critic.imagine(batch, agent.tokenizer, agent.world_model, seed=0, horizon=7)
+    out = imagine(batch, agent.tokenizer, agent.world_model, agent.actor_critic, seed=0, horizon=7)
     assert out.obs.shape == (3, 8, 3, 64, 64)
     assert out.act.shape == (3, 7) and out.logits.shape == (3, 7, 5)
     assert out.target_values.shape == (3, 8) and out.rew.shape == (3, 7) and out.end.shape == (3, 7)
@@ -76,33 +79,37 @@ def test_imagination_shapes_masks_and_no_nan(agent: Agent) -> None:
     torch.testing.assert_close(out.obs[:, 1:] * 255, (out.obs[:, 1:] * 255).round())
     torch.testing.assert_close(out.obs[:, 0], batch.obs[:, -1])
     # same seed -> same rollout
-    again = agent.actor_critic.imagine(batch, agent.tokenizer, agent.world_model, seed=0, horizon=7)
+    again = imagine(batch, agent.tokenizer, agent.world_model, agent.actor_critic, seed=0, horizon=7)
     assert torch.equal(again.act, out.act) and torch.equal(again.obs, out.obs)
 
 
 def test_loss_is_masked_after_first_end(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
     ac = agent.actor_critic
     batch = make_batch(2, 6, 5)
-    real = ac.imagine(batch, agent.tokenizer, agent.world_model, seed=0)
+    real = imagine(batch, agent.tokenizer, agent.world_model, ac, seed=0)
     end = torch.zeros_like(real.end)
     end[0, 2] = 1
     fake = real._replace(end=end)
-    monkeypatch.setattr(type(ac), "imagine", lambda self, *a, **k: fake)
-    base = ac.compute_loss(batch, agent.tokenizer, agent.world_model, seed=0).loss
+    monkeypatch.setattr(acl, "imagine", lambda *a, **k: fake)
+    base = actor_critic_loss(ac, batch, agent.tokenizer, agent.world_model, seed=0).loss
     # changing rewards after the end of row 0 (steps > 2 are masked and cut from the returns) changes nothing
     rew = fake.rew.clone()
     rew[0, 3:] += 50.0
-    monkeypatch.setattr(type(ac), "imagine", lambda self, *a, **k: fake._replace(rew=rew))
-    torch.testing.assert_close(ac.compute_loss(batch, agent.tokenizer, agent.world_model, seed=0).loss, base)
+    monkeypatch.setattr(acl, "imagine", lambda *a, **k: fake._replace(rew=rew))
+    torch.testing.assert_close(
+        actor_critic_loss(ac, batch, agent.tokenizer, agent.world_model, seed=0).loss, base
+    )
     rew[0, 1] += 50.0
-    monkeypatch.setattr(type(ac), "imagine", lambda self, *a, **k: fake._replace(rew=rew))
-    assert not torch.isclose(ac.compute_loss(batch, agent.tokenizer, agent.world_model, seed=0).loss, base)
+    monkeypatch.setattr(acl, "imagine", lambda *a, **k: fake._replace(rew=rew))
+    assert not torch.isclose(
+        actor_critic_loss(ac, batch, agent.tokenizer, agent.world_model, seed=0).loss, base
+    )
 
 
 def test_loss_gradients_reach_only_the_online_model(agent: Agent) -> None:
     agent.zero_grad(set_to_none=True)
     batch = make_batch(2, 6, 5)
-    out = agent.actor_critic.compute_loss(batch, agent.tokenizer, agent.world_model, seed=3)
+    out = actor_critic_loss(agent.actor_critic, batch, agent.tokenizer, agent.world_model, seed=3)
     out.loss.backward()
     assert all(p.grad is None for p in agent.tokenizer.parameters())
     assert all(p.grad is None for p in agent.world_model.parameters())
@@ -171,7 +178,7 @@ def test_imagination_never_syncs_with_the_host(agent: Agent, monkeypatch: pytest
 
     for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "nonzero"):
         monkeypatch.setattr(torch.Tensor, name, guard(name))
-    out = agent.actor_critic.compute_loss(batch, agent.tokenizer, agent.world_model, seed=0)
+    out = actor_critic_loss(agent.actor_critic, batch, agent.tokenizer, agent.world_model, seed=0)
     monkeypatch.undo()
     assert torch.isfinite(out.loss)
 
@@ -188,7 +195,7 @@ def test_both_value_heads_train(two_hot_values: bool) -> None:
     out_dim = ac_cfg.num_value_buckets if two_hot_values else 1
     assert model.critic_linear.out_features == out_dim
     batch = make_batch(3, ac_cfg.burn_in + 1, 5)
-    loss = agent.actor_critic.compute_loss(batch, agent.tokenizer, agent.world_model, seed=0).loss
+    loss = actor_critic_loss(agent.actor_critic, batch, agent.tokenizer, agent.world_model, seed=0).loss
     assert torch.isfinite(loss)
     loss.backward()
     assert model.critic_linear.weight.grad.abs().sum() > 0 and model.actor_linear.weight.grad.abs().sum() > 0
@@ -198,9 +205,11 @@ def test_both_value_heads_train(two_hot_values: bool) -> None:
     for _ in range(100):
         vl = model(obs, model.initial_state(4, "cpu")).value_logits
         if two_hot_values:
-            from deltairis.rl.twohot import symlog, two_hot
+            from deltairis.ops.twohot import symlog, two_hot
 
-            target = two_hot(symlog(torch.full((4,), 2.0)), ac_cfg.num_value_buckets, ac_cfg.bucket_low, ac_cfg.bucket_high)
+            target = two_hot(
+                symlog(torch.full((4,), 2.0)), ac_cfg.num_value_buckets, ac_cfg.bucket_low, ac_cfg.bucket_high
+            )
             value_loss = -(target * torch.log_softmax(vl, -1)).sum(-1).mean()
         else:
             value_loss = (vl.squeeze(-1) - 2.0).pow(2).mean()

@@ -18,7 +18,7 @@ from deltairis.agent import Agent
 from deltairis.config import make_agent_config
 from deltairis.data.batch import Batch
 from deltairis.models.quantizer import Quantizer
-from deltairis.rl.twohot import symlog, two_hot
+from deltairis.ops.twohot import symlog, two_hot
 
 PADDINGS = {"none": (0, 0), "left": (3, 0), "right": (0, 2), "both": (2, 2)}
 # Every padding case on the tiny preset; one batch with left and right padding on the full presets

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deltairis import ops
-from deltairis.rl.twohot import symlog
+from deltairis.ops.twohot import symlog
 
 
 def loop_expectation(logits: torch.Tensor, low: float, high: float) -> torch.Tensor:

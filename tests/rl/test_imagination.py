@@ -6,7 +6,9 @@ from models.helpers import make_batch
 
 from deltairis.agent import Agent
 from deltairis.config import make_agent_config
-from deltairis.rl.imagination import imagine, stream_base, world_model_burn_in, world_model_step
+from deltairis.rl.graphs import GraphRunners
+from deltairis.rl.imagination import imagine, world_model_burn_in, world_model_step
+from deltairis.seeding import stream_base
 
 
 def _rollout(agent: Agent, batch, tensor_offset: bool, steps: int = 4):
@@ -53,8 +55,8 @@ def test_streams_of_different_seeds_differ() -> None:
         stream_base(-1)
     agent = Agent(make_agent_config("tiny")).eval()
     batch = make_batch(4, 6, 5)
-    a = agent.actor_critic.imagine(batch, agent.tokenizer, agent.world_model, seed=1, horizon=3)
-    b = agent.actor_critic.imagine(batch, agent.tokenizer, agent.world_model, seed=2, horizon=3)
+    a = imagine(batch, agent.tokenizer, agent.world_model, agent.actor_critic, seed=1, horizon=3)
+    b = imagine(batch, agent.tokenizer, agent.world_model, agent.actor_critic, seed=2, horizon=3)
     assert not torch.equal(a.obs, b.obs)
 
 
@@ -66,13 +68,18 @@ def test_cuda_graph_imagination_equals_eager(preset: str) -> None:
     batch = make_batch(8, 6, agent.config.num_actions).to("cuda")
     ac = agent.actor_critic
     opt = torch.optim.Adam(agent.world_model.parameters(), lr=1e-3)
+    runners = GraphRunners(agent.tokenizer, agent.world_model)  # owned by the caller
     for it in range(2):  # second round: after an in-place optimizer update, the graphs see new weights
         graphed = imagine(
-            batch, agent.tokenizer, agent.world_model, ac, ac.config.horizon, seed=it, cuda_graphs=True
+            batch,
+            agent.tokenizer,
+            agent.world_model,
+            ac,
+            ac.config.horizon,
+            seed=it,
+            runner=runners.get(batch.obs.size(0), batch.obs.device),
         )
-        eager = imagine(
-            batch, agent.tokenizer, agent.world_model, ac, ac.config.horizon, seed=it, cuda_graphs=False
-        )
+        eager = imagine(batch, agent.tokenizer, agent.world_model, ac, ac.config.horizon, seed=it)
         assert torch.equal(graphed.act, eager.act)
         torch.testing.assert_close(graphed.obs, eager.obs, rtol=0, atol=1.5 / 255)
         torch.testing.assert_close(graphed.rew, eager.rew, rtol=1e-4, atol=1e-4)

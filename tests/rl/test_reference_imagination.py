@@ -11,6 +11,8 @@ from models.helpers import make_batch
 
 from deltairis.agent import Agent
 from deltairis.config import make_agent_config
+from deltairis.rl.imagination import imagine
+from deltairis.rl.policy import policy_step
 
 
 def _agent(exclude_padding: bool = False) -> Agent:
@@ -44,7 +46,7 @@ def test_burn_in_feeds_every_frame_to_both_lstms(pad_left: int, pad_right: int) 
     ac = agent.actor_critic
     batch = make_batch(2, 6, 5, pad_left=pad_left, seed=3)  # burn_in 5 + 1; sample 0 left padded
     with torch.no_grad():
-        out = ac.imagine(batch, agent.tokenizer, agent.world_model, seed=1, cuda_graphs=False)
+        out = imagine(batch, agent.tokenizer, agent.world_model, ac, seed=1)
         # the first imagined step acts on the last real frame after the 5 burn-in frames, zeros included
         h = _reference_lstm(ac.model, batch.obs)
         ht = _reference_lstm(ac.target_model, batch.obs)
@@ -62,10 +64,8 @@ def test_exclude_padding_switch_skips_padding_frames_in_the_burn_in() -> None:
     ref, strict = _agent(), _agent(exclude_padding=True)
     batch = make_batch(2, 6, 5, pad_left=3, seed=3)
     with torch.no_grad():
-        a = ref.actor_critic.imagine(batch, ref.tokenizer, ref.world_model, seed=1, cuda_graphs=False)
-        b = strict.actor_critic.imagine(
-            batch, strict.tokenizer, strict.world_model, seed=1, cuda_graphs=False
-        )
+        a = imagine(batch, ref.tokenizer, ref.world_model, ref.actor_critic, seed=1)
+        b = imagine(batch, strict.tokenizer, strict.world_model, strict.actor_critic, seed=1)
         h = _reference_lstm(strict.actor_critic.model, batch.obs[:, 3:])  # real frames only
     assert not torch.allclose(a.logits[0, 0], b.logits[0, 0])
     torch.testing.assert_close(
@@ -84,7 +84,7 @@ def test_one_epsilon_coin_per_step_for_all_envs() -> None:
     state = ac.initial_state(n, "cpu")
     random_calls = 0
     for k in range(calls):
-        act, _ = ac.act(obs, state, epsilon=0.3, temperature=1.0, seed=5, offset=3 * k)
+        act, _ = policy_step(ac, obs, state, epsilon=0.3, temperature=1.0, seed=5, step=k)
         policy_rows = int((act == 0).sum())
         # either every env follows the policy, or every env plays uniformly (12+ zeros by chance: < 1e-3)
         assert policy_rows == n or policy_rows < n // 2

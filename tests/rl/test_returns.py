@@ -3,9 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deltairis.ops.twohot import twohot_expectation_ref
+from deltairis.ops.twohot import symexp, symlog, two_hot, twohot_expectation_ref
 from deltairis.rl.returns import lambda_returns
-from deltairis.rl.twohot import symexp, symlog, two_hot
 
 
 def _loop(rew, values, end, gamma, lam):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from deltairis.train import checkpoint as ck
+from deltairis import checkpoint as ck
 
 
 def _members(epoch: int) -> dict[str, dict]:

@@ -9,7 +9,8 @@ import torch
 from deltairis.config import make_agent_config
 from deltairis.data import ReplayStore
 from deltairis.envs.toy import AGENT_COLOUR, CELL, GOAL_COLOUR, GRID
-from deltairis.train.collector import Collector, derive_seed, run_test_episodes
+from deltairis.seeding import derive_seed
+from deltairis.train.collector import Collector, run_test_episodes
 from deltairis.train.configuration import compose_config
 from deltairis.train.envs import make_env
 

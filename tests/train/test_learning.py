@@ -77,7 +77,7 @@ def test_tiny_preset_learns_the_toy_env(tmp_path, monkeypatch) -> None:
 
     # Control: retrain the actor-critic from its initial weights, for the same number of steps, on the
     # trained tokenizer / world model, with noise in place of the λ-returns: no skill may appear.
-    import deltairis.models.actor_critic as ac_module
+    import deltairis.rl.losses as ac_module
 
     monkeypatch.setattr(ac_module, "lambda_returns", _noise_returns)
     # trainer.run() closed the run's replay stores; reopen the finished run (resume) for the control.
@@ -85,7 +85,7 @@ def test_tiny_preset_learns_the_toy_env(tmp_path, monkeypatch) -> None:
     try:
         assert control.epoch == int(cfg.common.epochs)
         control.agent.actor_critic.load_state_dict(untrained.actor_critic.state_dict())
-        control.optimizers["actor_critic"] = torch.optim.Adam(
+        control.components["actor_critic"].optimizer = torch.optim.Adam(
             control.agent.actor_critic.model.parameters(), lr=cfg.training.actor_critic.learning_rate
         )
         for epoch in range(2, int(cfg.common.epochs) + 1):

@@ -102,7 +102,7 @@ def test_counts_from_epoch_two_and_test_store_emptied_per_evaluation(trainer: Tr
 def _reference_eval_loss(trainer: Trainer, name: str, key: str) -> float:
     """Mean over batches of the loss, batches of consecutive chunks of every test episode in order."""
     store = trainer.stores["test"]
-    seq = trainer._seq_len(name)
+    seq = trainer.components[name].seq_len
     bs = int(trainer.cfg.training[name].batch_size)
     chunks = _reference_chunks(store.lengths.tolist(), seq)
     values = []
@@ -135,7 +135,7 @@ def _reference_eval_loss(trainer: Trainer, name: str, key: str) -> float:
             stop=torch.zeros(len(part), dtype=torch.long),
         )
         with torch.no_grad():
-            values.append(float(trainer._loss(name, batch, 0).metrics[key]))
+            values.append(float(trainer.components[name].loss(batch, 0).metrics[key]))
     return float(np.mean(values))
 
 

@@ -13,11 +13,10 @@ import torch
 from omegaconf import OmegaConf
 
 from deltairis.agent import load_agent
+from deltairis.checkpoint import CorruptCheckpointError
 from deltairis.data import ReplayStore
-from deltairis.train.checkpoint import CorruptCheckpointError
 from deltairis.train.configuration import apply_overrides, load_run_config
 from deltairis.train.trainer import ResumeError, Trainer, new_run_dir, train
-
 
 
 def _resume(run: Path, *overrides: str) -> Trainer:

@@ -30,7 +30,9 @@ def default_config(preset: str, env_id: str | None = None) -> DictConfig:
     overrides = [f"env={env}", f"params={params}"]
     if env == "atari":
         if not env_id:
-            raise ConfigError("an Atari checkpoint needs the game: pass --env-id, e.g. --env-id BreakoutNoFrameskip-v4")
+            raise ConfigError(
+                "an Atari checkpoint needs the game: pass --env-id, e.g. --env-id BreakoutNoFrameskip-v4"
+            )
         overrides.append(f"env.train.id={env_id}")
     return compose_config(overrides)
 
@@ -67,7 +69,9 @@ def load_run(
     if config_path is not None and config_path.is_file():
         cfg = load_run_config(config_path)
         if preset is not None and preset != cfg.agent.preset:
-            logger.warning("ignoring --preset %s: the run %s has the %s preset", preset, run_dir, cfg.agent.preset)
+            logger.warning(
+                "ignoring --preset %s: the run %s has the %s preset", preset, run_dir, cfg.agent.preset
+            )
         return cfg, load_agent(checkpoint, preset=cfg.agent.preset, device=device)
     if not checkpoint.is_file():
         where = f"no saved configuration at {config_path} and " if config_path is not None else ""
@@ -87,20 +91,31 @@ def load_run(
                     agent = load_agent(checkpoint, preset=other, device=device)
                 except CheckpointError:
                     continue
-                logger.warning("checkpoint %s does not fit the crafter preset but fits the %s preset", checkpoint, other)
+                logger.warning(
+                    "checkpoint %s does not fit the crafter preset but fits the %s preset", checkpoint, other
+                )
                 break
             else:
-                raise CheckpointError(f"no preset fits this checkpoint; is it a delta-iris agent? {first}") from first
+                raise CheckpointError(
+                    f"no preset fits this checkpoint; is it a delta-iris agent? {first}"
+                ) from first
     used = agent.config.preset  # our format saves its preset; for a reference layout this is `preset`
     if preset is not None and preset != used:
-        logger.warning("ignoring --preset %s: checkpoint %s was saved with the %s preset", preset, checkpoint, used)
+        logger.warning(
+            "ignoring --preset %s: checkpoint %s was saved with the %s preset", preset, checkpoint, used
+        )
     cfg = default_config(used, env_id)
     env, params = PRESET_GROUPS[used]
     game = f" env.train.id={cfg.env.train.id}" if env == "atari" else ""
     logger.warning(
         "no run configuration%s: using the default configuration of the %s preset (env=%s params=%s%s) "
         "for checkpoint %s",
-        f" in {run_dir}" if run_dir is not None else "", used, env, params, game, checkpoint,
+        f" in {run_dir}" if run_dir is not None else "",
+        used,
+        env,
+        params,
+        game,
+        checkpoint,
     )
     return cfg, agent
 
@@ -113,11 +128,3 @@ def env_config(name: str, env_id: str | None) -> DictConfig:
     if env_id:
         overrides.append(f"env.train.id={env_id}")
     return compose_config(overrides).env
-
-
-def resolve_device(spec: str) -> str:
-    import torch
-
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return spec

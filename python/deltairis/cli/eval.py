@@ -31,39 +31,71 @@ from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deltairis-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", nargs="?", type=Path, metavar="RUN",
-                   help="run folder, same as --run-dir (default: the current folder if it holds a run or checkpoints/last.pt)")
-    p.add_argument("--run-dir", type=Path, help="run folder (config/trainer.yaml + checkpoints/last.pt, or only the latter)")
+    p = argparse.ArgumentParser(
+        prog="deltairis-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "run",
+        nargs="?",
+        type=Path,
+        metavar="RUN",
+        help="run folder, same as --run-dir (default: the current folder if it holds a run or checkpoints/last.pt)",
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        help="run folder (config/trainer.yaml + checkpoints/last.pt, or only the latter)",
+    )
     p.add_argument("--checkpoint", type=Path, help="agent checkpoint (default: RUN/checkpoints/last.pt)")
-    p.add_argument("--env", choices=["crafter", "atari", "toy"], help="environment (default: the run's / the preset's)")
+    p.add_argument(
+        "--env", choices=["crafter", "atari", "toy"], help="environment (default: the run's / the preset's)"
+    )
     p.add_argument("--env-id", help="Atari game id, e.g. BreakoutNoFrameskip-v4")
-    p.add_argument("--preset", choices=["crafter", "atari", "tiny"], default=None,
-                   help="model preset of a reference-layout checkpoint outside a run folder (default: the env's, or crafter)")
+    p.add_argument(
+        "--preset",
+        choices=["crafter", "atari", "tiny"],
+        default=None,
+        help="model preset of a reference-layout checkpoint outside a run folder (default: the env's, or crafter)",
+    )
     p.add_argument("--random", action="store_true", help="uniformly random actions instead of an agent")
-    p.add_argument("--episodes", type=int, default=None,
-                   help="number of episodes (default: the run's test setting or 16; 0: none, with --curves)")
+    p.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="number of episodes (default: the run's test setting or 16; 0: none, with --curves)",
+    )
     p.add_argument("--num-envs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epsilon", type=float, default=0.0)
-    p.add_argument("--temperature", type=float, default=None, help="default: the run's test temperature, else 1.0 (the reference's test policy)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="default: the run's test temperature, else 1.0 (the reference's test policy)",
+    )
     p.add_argument("--device", default="auto")
-    p.add_argument("--output", type=Path, help="report folder (default: RUN/eval, or ./eval-report without a run)")
-    p.add_argument("--curves", action="store_true", help="add the training curves of RUN/metrics.jsonl to the report")
+    p.add_argument(
+        "--output", type=Path, help="report folder (default: RUN/eval, or ./eval-report without a run)"
+    )
+    p.add_argument(
+        "--curves", action="store_true", help="add the training curves of RUN/metrics.jsonl to the report"
+    )
     p.add_argument("--no-report", action="store_true", help="only print the JSON metrics, write no report")
     return p
 
 
 def _run_dir(args: argparse.Namespace) -> Path | None:
-    from deltairis.train.configuration import ConfigError
+    from deltairis.errors import ConfigError
 
     if args.run is not None and args.run_dir is not None and args.run.resolve() != args.run_dir.resolve():
         raise ConfigError(f"two run folders given: {args.run} and --run-dir {args.run_dir}")
     if args.run is not None or args.run_dir is not None:
         return args.run if args.run is not None else args.run_dir
     here = Path(".")
-    if args.checkpoint is None and args.env is None and (
-        (here / "config" / "trainer.yaml").is_file() or (here / "checkpoints" / "last.pt").is_file()
+    if (
+        args.checkpoint is None
+        and args.env is None
+        and ((here / "config" / "trainer.yaml").is_file() or (here / "checkpoints" / "last.pt").is_file())
     ):
         return here  # like deltairis-play: the current folder when it is a run folder
     return None
@@ -72,7 +104,8 @@ def _run_dir(args: argparse.Namespace) -> Path | None:
 def _resolve(args: argparse.Namespace, run_dir: Path | None, device: str) -> tuple[Any, Any, Any, str]:
     """(run or default config or None, env config, agent or None, description of the policy)."""
     from deltairis.cli.common import ENV_PRESET, default_config, env_config, load_run
-    from deltairis.train.configuration import ConfigError, load_run_config
+    from deltairis.errors import ConfigError
+    from deltairis.train.configuration import load_run_config
 
     preset = args.preset or (ENV_PRESET[args.env] if args.env else None)
     cfg = agent = None
@@ -80,11 +113,15 @@ def _resolve(args: argparse.Namespace, run_dir: Path | None, device: str) -> tup
         if args.random:
             assert run_dir is not None
             path = run_dir / "config" / "trainer.yaml"
-            cfg = load_run_config(path) if path.is_file() else default_config(preset or "crafter", args.env_id)
+            cfg = (
+                load_run_config(path) if path.is_file() else default_config(preset or "crafter", args.env_id)
+            )
         else:
             cfg, agent = load_run(run_dir, args.checkpoint, device, preset=preset, env_id=args.env_id)
     elif args.env is None:
-        raise ConfigError("give a run folder (RUN or --run-dir), --checkpoint PATH, or --env NAME with --random")
+        raise ConfigError(
+            "give a run folder (RUN or --run-dir), --checkpoint PATH, or --env NAME with --random"
+        )
     elif not args.random:
         raise ConfigError("give --checkpoint (or --random) when no run folder (RUN or --run-dir) is given")
     env_cfg = env_config(args.env, args.env_id) if args.env is not None else cfg.env
@@ -96,18 +133,32 @@ def _resolve(args: argparse.Namespace, run_dir: Path | None, device: str) -> tup
     return cfg, env_cfg, agent, desc
 
 
-def _play(agent: Any, env_cfg: Any, *, episodes: int, num_envs: int, seed: int, epsilon: float, temperature: float,
-          device: str) -> tuple[Any, dict[str, float]]:
+def _play(
+    agent: Any,
+    env_cfg: Any,
+    *,
+    episodes: int,
+    num_envs: int,
+    seed: int,
+    epsilon: float,
+    temperature: float,
+    device: str,
+) -> tuple[Any, dict[str, float]]:
     """deltairis.train.evaluate.play_test_episodes, with a configuration error for a mismatched agent."""
-    from deltairis.train.configuration import ConfigError
     from deltairis.train.evaluate import play_test_episodes
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1 to play, got {episodes}")
     try:
         return play_test_episodes(
-            agent, env_cfg, num_episodes=episodes, num_envs=num_envs, seed=seed, epsilon=epsilon,
-            temperature=temperature, device=device,
+            agent,
+            env_cfg,
+            num_episodes=episodes,
+            num_envs=num_envs,
+            seed=seed,
+            epsilon=epsilon,
+            temperature=temperature,
+            device=device,
         )
     except ValueError as exc:
         if "actions but the" in str(exc):
@@ -118,12 +169,15 @@ def _play(agent: Any, env_cfg: Any, *, episodes: int, num_envs: int, seed: int, 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(levelname)s %(name)s] %(message)s")
-    from deltairis.agent import CheckpointError
-    from deltairis.cli.common import resolve_device
     from deltairis.cli.report import ReportError, atari_game, build_report, load_metrics, write_report
-    from deltairis.train.configuration import ConfigError
+    from deltairis.errors import CheckpointError, ConfigError
+    from deltairis.runtime import resolve_device
 
-    device = resolve_device(args.device)
+    try:
+        device = str(resolve_device(args.device, "--device"))
+    except ConfigError as exc:
+        print(f"deltairis-eval: error: {exc}", file=sys.stderr)
+        return 2
     try:
         run_dir = _run_dir(args)
         if args.episodes is not None and args.episodes < 0:
@@ -137,7 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError("--curves needs a run folder (RUN or --run-dir) with a metrics.jsonl")
             records = load_metrics(run_dir / "metrics.jsonl")
         metrics: dict[str, Any] = {}
-        report_args: dict[str, Any] = {"returns": None, "lengths": None, "env": "", "agent": "none (curves only)"}
+        report_args: dict[str, Any] = {
+            "returns": None,
+            "lengths": None,
+            "env": "",
+            "agent": "none (curves only)",
+        }
         if play:
             cfg, env_cfg, agent, desc = _resolve(args, run_dir, device)
             env_id = str(env_cfg.test.id) if env_cfg.name == "atari" else None
@@ -147,13 +206,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             temperature = args.temperature
             if temperature is None:
                 temperature = float(cfg.collection.test.temperature) if cfg is not None else 1.0
-            stats, metrics = _play(agent, env_cfg, episodes=episodes, num_envs=args.num_envs, seed=args.seed,
-                                   epsilon=args.epsilon, temperature=temperature, device=device)
-            settings = {"episodes": episodes, "num_envs": min(args.num_envs, episodes), "seed": args.seed,
-                        "temperature": temperature, "epsilon": args.epsilon}
-            report_args = {"returns": stats.episode_returns, "lengths": stats.episode_lengths, "env": str(env_cfg.name),
-                           "env_id": env_id, "agent": desc, "achievements": stats.achievements or None,
-                           "settings": settings}
+            stats, metrics = _play(
+                agent,
+                env_cfg,
+                episodes=episodes,
+                num_envs=args.num_envs,
+                seed=args.seed,
+                epsilon=args.epsilon,
+                temperature=temperature,
+                device=device,
+            )
+            settings = {
+                "episodes": episodes,
+                "num_envs": min(args.num_envs, episodes),
+                "seed": args.seed,
+                "temperature": temperature,
+                "epsilon": args.epsilon,
+            }
+            report_args = {
+                "returns": stats.episode_returns,
+                "lengths": stats.episode_lengths,
+                "env": str(env_cfg.name),
+                "env_id": env_id,
+                "agent": desc,
+                "achievements": stats.achievements or None,
+                "settings": settings,
+            }
         elif run_dir is not None and (run_dir / "config" / "trainer.yaml").is_file():
             from deltairis.train.configuration import load_run_config
 
@@ -170,8 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(json.dumps(metrics if play else report["curves"], indent=2, sort_keys=True))
     if written:
-        print(f"deltairis-eval: report written to {written[0].parent} ({', '.join(p.name for p in written)})",
-              file=sys.stderr)
+        print(
+            f"deltairis-eval: report written to {written[0].parent} ({', '.join(p.name for p in written)})",
+            file=sys.stderr,
+        )
     return 0
 
 

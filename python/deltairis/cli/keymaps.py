@@ -46,18 +46,26 @@ CRAFTER_KEYS: dict[int, str] = {
 }
 
 TOY_KEYS: dict[int, str] = {
-    pygame.K_UP: "up", pygame.K_w: "up",
-    pygame.K_DOWN: "down", pygame.K_s: "down",
-    pygame.K_LEFT: "left", pygame.K_a: "left",
-    pygame.K_RIGHT: "right", pygame.K_d: "right",
+    pygame.K_UP: "up",
+    pygame.K_w: "up",
+    pygame.K_DOWN: "down",
+    pygame.K_s: "down",
+    pygame.K_LEFT: "left",
+    pygame.K_a: "left",
+    pygame.K_RIGHT: "right",
+    pygame.K_d: "right",
 }
 
 # Atari: each key contributes one part of an ALE action name.
 ATARI_PARTS: dict[int, str] = {
-    pygame.K_UP: "up", pygame.K_w: "up",
-    pygame.K_DOWN: "down", pygame.K_s: "down",
-    pygame.K_LEFT: "left", pygame.K_a: "left",
-    pygame.K_RIGHT: "right", pygame.K_d: "right",
+    pygame.K_UP: "up",
+    pygame.K_w: "up",
+    pygame.K_DOWN: "down",
+    pygame.K_s: "down",
+    pygame.K_LEFT: "left",
+    pygame.K_a: "left",
+    pygame.K_RIGHT: "right",
+    pygame.K_d: "right",
     pygame.K_SPACE: "fire",
 }
 
@@ -69,8 +77,16 @@ SWITCH_KEY = pygame.K_m
 CONTROL_KEYS = frozenset((*QUIT_KEYS, *RESET_KEYS, PAUSE_KEY, RECORD_KEY, SWITCH_KEY))
 
 # -e: commands of the episode replay (index = command).
-EPISODE_COMMANDS = ["stay", "previous_frame", "next_frame", "back_10", "forward_10", "first_frame",
-                    "previous_episode", "next_episode"]
+EPISODE_COMMANDS = [
+    "stay",
+    "previous_frame",
+    "next_frame",
+    "back_10",
+    "forward_10",
+    "first_frame",
+    "previous_episode",
+    "next_episode",
+]
 EPISODE_KEYS: dict[int, str] = {
     pygame.K_LEFT: "previous_frame",
     pygame.K_RIGHT: "next_frame",
@@ -106,8 +122,20 @@ class Keymap:
     def _compose(self, parts: set[str]) -> int | None:
         if not parts:
             return None
-        v = "up" if "up" in parts and "down" not in parts else "down" if "down" in parts and "up" not in parts else ""
-        h = "right" if "right" in parts and "left" not in parts else "left" if "left" in parts and "right" not in parts else ""
+        v = (
+            "up"
+            if "up" in parts and "down" not in parts
+            else "down"
+            if "down" in parts and "up" not in parts
+            else ""
+        )
+        h = (
+            "right"
+            if "right" in parts and "left" not in parts
+            else "left"
+            if "left" in parts and "right" not in parts
+            else ""
+        )
         f = "fire" if "fire" in parts else ""
         # The full combination first, then with parts the game lacks dropped.
         for name in (v + h + f, h + f, v + f, v + h, h, v, f):
@@ -143,8 +171,17 @@ def keymap_for(env_name: str | None, action_names: Sequence[str]) -> Keymap:
         return Keymap(names, parts=dict(ATARI_PARTS))
     if env_name == "toy":
         return Keymap(names, _by_name(names, TOY_KEYS))
-    digits = [pygame.K_1, pygame.K_2, pygame.K_3, pygame.K_4, pygame.K_5, pygame.K_6, pygame.K_7, pygame.K_8,
-              pygame.K_9]
+    digits = [
+        pygame.K_1,
+        pygame.K_2,
+        pygame.K_3,
+        pygame.K_4,
+        pygame.K_5,
+        pygame.K_6,
+        pygame.K_7,
+        pygame.K_8,
+        pygame.K_9,
+    ]
     return Keymap(names, {k: i + 1 for i, k in enumerate(digits) if i + 1 < len(names)})
 
 

@@ -46,33 +46,65 @@ logger = logging.getLogger("deltairis.play")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="deltairis-play", description=__doc__, add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="deltairis-play",
+        description=__doc__,
+        add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("-w", dest="mode", action="store_const", const="world_model", help="play in the world model")
-    mode.add_argument("-a", dest="mode", action="store_const", const="agent_world_model",
-                      help="watch the agent play in the world model")
+    mode.add_argument(
+        "-w", dest="mode", action="store_const", const="world_model", help="play in the world model"
+    )
+    mode.add_argument(
+        "-a",
+        dest="mode",
+        action="store_const",
+        const="agent_world_model",
+        help="watch the agent play in the world model",
+    )
     mode.add_argument("-e", dest="mode", action="store_const", const="episodes", help="render saved episodes")
-    p.add_argument("-h", "--header", action="store_true", help="draw a header with step, action, reward, return")
+    p.add_argument(
+        "-h", "--header", action="store_true", help="draw a header with step, action, reward, return"
+    )
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--run-dir", type=Path, default=Path("."), help="run folder (default: current directory)")
     p.add_argument("--checkpoint", type=Path, help="agent checkpoint (default: RUN/checkpoints/last.pt)")
-    p.add_argument("--preset", choices=["crafter", "atari", "tiny"], default=None,
-                   help="outside a run folder: model preset of a reference-layout checkpoint (default: crafter)")
-    p.add_argument("--env-id", help="outside a run folder, with --preset atari: the game, e.g. BreakoutNoFrameskip-v4")
-    p.add_argument("--steps", type=int, default=200,
-                   help="maximum steps per rollout (GIF/MP4 export; the window runs until you quit)")
+    p.add_argument(
+        "--preset",
+        choices=["crafter", "atari", "tiny"],
+        default=None,
+        help="outside a run folder: model preset of a reference-layout checkpoint (default: crafter)",
+    )
+    p.add_argument(
+        "--env-id", help="outside a run folder, with --preset atari: the game, e.g. BreakoutNoFrameskip-v4"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=200,
+        help="maximum steps per rollout (GIF/MP4 export; the window runs until you quit)",
+    )
     p.add_argument("--actions", help="comma-separated actions (indices or names) for -w without a terminal")
     p.add_argument("--episodes", type=int, default=4, help="number of saved episodes to render with -e")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=None, help="policy temperature (default: the run's test one)")
+    p.add_argument(
+        "--temperature", type=float, default=None, help="policy temperature (default: the run's test one)"
+    )
     p.add_argument("--fps", type=int, default=5, help="frames per second (window and videos; default 5)")
-    p.add_argument("--scale", type=int, default=None,
-                   help="pixel upscaling of the 64x64 frames (default: 8 in the window, 4 in GIFs and MP4s)")
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        help="pixel upscaling of the 64x64 frames (default: 8 in the window, 4 in GIFs and MP4s)",
+    )
     p.add_argument("--headless", action="store_true", help="write GIFs and MP4s instead of opening a window")
     p.add_argument("--record-dir", type=Path, help="window recordings (default: RUN/media/recordings)")
-    p.add_argument("--flush-steps", type=int, default=None,
-                   help="window: world-model steps between memory flushes (default: max_blocks - 1)")
+    p.add_argument(
+        "--flush-steps",
+        type=int,
+        default=None,
+        help="window: world-model steps between memory flushes (default: max_blocks - 1)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--output", type=Path, help="GIF path (or folder with -e); the MP4 is written next to it")
     p.set_defaults(mode="env")
@@ -89,7 +121,9 @@ def _header(frame: np.ndarray, text: str, scale: int) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def _frames_to_gif(frames: list[np.ndarray], texts: list[str] | None, path: Path, fps: int, scale: int) -> Path:
+def _frames_to_gif(
+    frames: list[np.ndarray], texts: list[str] | None, path: Path, fps: int, scale: int
+) -> Path:
     """The GIF at ``path`` and the same frames as an MP4 next to it (``path`` with ``.mp4``); returns the GIF."""
     from deltairis.cli.video import save_mp4
     from deltairis.train.logging_utils import save_gif
@@ -120,7 +154,10 @@ def _parse_action(token: str, names: list[str], num_actions: int) -> int:
     raise ValueError(f"unknown action {token!r}; use 0..{num_actions - 1} or one of {names}")
 
 
-def play_env(agent: Any, cfg: Any, args: argparse.Namespace, device: str) -> tuple[list[np.ndarray], list[str]]:
+def play_env(
+    agent: Any, cfg: Any, args: argparse.Namespace, device: str
+) -> tuple[list[np.ndarray], list[str]]:
+    from deltairis.rl.policy import Policy
     from deltairis.train.envs import make_env
 
     env = make_env(cfg.env, "test", 1, seed=args.seed)
@@ -129,14 +166,13 @@ def play_env(agent: Any, cfg: Any, args: argparse.Namespace, device: str) -> tup
     frames, texts = [], []
     try:
         obs = env.reset(args.seed)
-        state = agent.actor_critic.initial_state(1, device)
+        policy = Policy(agent.actor_critic, len(names), device, temperature=temperature, seed=args.seed)
         ret = 0.0
         frames.append(obs[0])
         texts.append("step 0")
         for t in range(args.steps):
             x = torch.from_numpy(obs).to(device).permute(0, 3, 1, 2).float().div_(255.0)  # (1, 3, H, W)
-            act, state = agent.actor_critic.act(x, state, temperature=temperature, seed=args.seed, offset=3 * t)
-            a = int(act[0])
+            a = int(policy.act(x)[0])
             obs, rew, term, trunc, info = env.step(np.array([a]))
             ret += float(rew[0])
             done = bool(term[0] or trunc[0])
@@ -154,6 +190,7 @@ def play_world_model(
     agent: Any, cfg: Any, args: argparse.Namespace, device: str, with_agent: bool
 ) -> tuple[list[np.ndarray], list[str]]:
     from deltairis.rl.imagination import world_model_burn_in, world_model_step
+    from deltairis.rl.policy import Policy
     from deltairis.train.envs import make_env
 
     env = make_env(cfg.env, "test", 1, seed=args.seed)
@@ -164,20 +201,27 @@ def play_world_model(
         env.close()
     num_actions = agent.config.num_actions
     interactive = not with_agent and sys.stdin.isatty() and args.actions is None
-    scripted = [] if args.actions is None else [_parse_action(a, names, num_actions) for a in args.actions.split(",")]
+    scripted = (
+        []
+        if args.actions is None
+        else [_parse_action(a, names, num_actions) for a in args.actions.split(",")]
+    )
     rng = np.random.default_rng(args.seed)
     temperature = args.temperature if args.temperature is not None else float(cfg.collection.test.temperature)
     x = torch.from_numpy(obs0).to(device).permute(0, 3, 1, 2).float().div_(255.0)  # (1, 3, H, W)
     wstate = world_model_burn_in(
-        agent.tokenizer, agent.world_model, x.unsqueeze(1), torch.zeros(1, 1, dtype=torch.long, device=device), args.seed
+        agent.tokenizer,
+        agent.world_model,
+        x.unsqueeze(1),
+        torch.zeros(1, 1, dtype=torch.long, device=device),
+        args.seed,
     )
-    ac_state = agent.actor_critic.initial_state(1, device)
+    policy = Policy(agent.actor_critic, num_actions, device, temperature=temperature, seed=args.seed)
     frames, texts = [obs0[0]], ["step 0 (real frame)"]
     ret = 0.0
     for t in range(args.steps):
         if with_agent:
-            act, ac_state = agent.actor_critic.act(wstate.obs, ac_state, temperature=temperature, seed=args.seed, offset=3 * t)
-            a = int(act[0])
+            a = int(policy.act(wstate.obs)[0])
         elif interactive:
             line = input(f"action ({', '.join(f'{i}:{n}' for i, n in enumerate(names))}; q quits)> ")
             if line.strip().lower() in ("q", "quit"):
@@ -215,8 +259,14 @@ def play_episodes(run_dir: Path, args: argparse.Namespace) -> list[Path]:
         with np.load(f) as ep:
             obs = np.moveaxis(ep["obs"], 1, -1)  # (T, H, W, 3)
             rew = ep["rew"]
-        texts = [f"{f.stem} step {t} R={float(rew[:t].sum()):.2f}" for t in range(obs.shape[0])] if args.header else None
-        written.append(_frames_to_gif(list(obs), texts, out_dir / f"{f.parent.name}_{f.stem}.gif", args.fps, args.scale))
+        texts = (
+            [f"{f.stem} step {t} R={float(rew[:t].sum()):.2f}" for t in range(obs.shape[0])]
+            if args.header
+            else None
+        )
+        written.append(
+            _frames_to_gif(list(obs), texts, out_dir / f"{f.parent.name}_{f.stem}.gif", args.fps, args.scale)
+        )
     return written
 
 
@@ -257,16 +307,27 @@ def _play_window(run_dir: Path, args: argparse.Namespace, device: str) -> int:
         # The same loading options as the GIF export (--preset / --env-id outside a run folder).
         options = {k: getattr(args, k) for k in ("preset", "env_id") if hasattr(args, k)}
         cfg, agent = load_run(run_dir, args.checkpoint, device, **options)
-        temperature = args.temperature if args.temperature is not None else float(cfg.collection.test.temperature)
+        temperature = (
+            args.temperature if args.temperature is not None else float(cfg.collection.test.temperature)
+        )
         env = make_env(cfg.env, "test", 1, seed=args.seed)
         keymap = keymaps.keymap_for(str(cfg.env.name), list(env.action_names))
         if args.mode == "env":
             source = pw.EnvSource(env, agent, device=device, temperature=temperature, seed=args.seed)
         else:
-            source = pw.WorldModelSource(env, agent, device=device, temperature=temperature, seed=args.seed,
-                                         human=args.mode == "world_model", flush_steps=args.flush_steps)
+            source = pw.WorldModelSource(
+                env,
+                agent,
+                device=device,
+                temperature=temperature,
+                seed=args.seed,
+                human=args.mode == "world_model",
+                flush_steps=args.flush_steps,
+            )
     try:
-        window = pw.PlayWindow(source, keymap, fps=args.fps, scale=scale, header=args.header, record_dir=record_dir)
+        window = pw.PlayWindow(
+            source, keymap, fps=args.fps, scale=scale, header=args.header, record_dir=record_dir
+        )
         window.run()
     finally:
         source.close()
@@ -292,12 +353,16 @@ def _saved_action_names(run_dir: Path) -> list[str] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    from deltairis.agent import CheckpointError
-    from deltairis.cli.common import load_run, resolve_device
-    from deltairis.train.configuration import ConfigError
+    from deltairis.cli.common import load_run
+    from deltairis.errors import CheckpointError, ConfigError
+    from deltairis.runtime import resolve_device
 
     run_dir = args.run_dir.resolve()
-    device = resolve_device(args.device)
+    try:
+        device = str(resolve_device(args.device, "--device"))
+    except ConfigError as exc:
+        print(f"deltairis-play: error: {exc}", file=sys.stderr)
+        return 2
     if not args.headless and _window_possible():
         try:
             return _play_window(run_dir, args, device)
@@ -314,7 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.mode == "env":
                 frames, texts = play_env(agent, cfg, args, device)
             else:
-                frames, texts = play_world_model(agent, cfg, args, device, with_agent=args.mode == "agent_world_model")
+                frames, texts = play_world_model(
+                    agent, cfg, args, device, with_agent=args.mode == "agent_world_model"
+                )
             path = args.output or run_dir / "media" / "play" / f"{args.mode}.gif"
             paths = [_frames_to_gif(frames, texts if args.header else None, path, args.fps, args.scale)]
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:

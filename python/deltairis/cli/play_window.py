@@ -31,6 +31,7 @@ import torch
 
 from deltairis.cli import keymaps
 from deltairis.cli.keymaps import Keymap
+from deltairis.rl.policy import Policy
 
 pygame = keymaps.pygame
 logger = logging.getLogger("deltairis.play")
@@ -54,40 +55,10 @@ def _to_float(obs: np.ndarray, device: str | torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(obs)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-class _Policy:
-    """The agent's actor-critic on one stream of frames: keeps its LSTM state and the output of the last frame.
-
-    ``observe(x)`` runs the policy on the newest frame (so the value estimate is that of the frame on
-    screen, and the state stays current while you play); ``sample()`` draws the agent's action from it
-    with the counter stream ``3 * t`` as ``ActorCritic.act`` does.
-    """
-
-    def __init__(self, agent: Any, device: str | torch.device, temperature: float, seed: int) -> None:
-        self.ac = agent.actor_critic
-        self.device = device
-        self.temperature = float(temperature)
-        self.seed = int(seed)
-        self.t = 0
-        self.reset()
-
-    def reset(self) -> None:
-        self.state = self.ac.initial_state(1, self.device)
-        self.logits: torch.Tensor | None = None
-        self.value: float | None = None
-
-    @torch.no_grad()
-    def observe(self, x: torch.Tensor) -> None:
-        self.logits, value, self.state = self.ac.step(x, self.state)
-        self.value = float(value[0])
-
-    @torch.no_grad()
-    def sample(self) -> int:
-        from deltairis import ops
-
-        assert self.logits is not None, "observe() a frame first"
-        a = ops.sample_categorical(self.logits, temperature=self.temperature, seed=self.seed, offset=3 * self.t)
-        self.t += 1
-        return int(a[0])
+def _agent_policy(agent: Any, device: str | torch.device, temperature: float, seed: int) -> Policy:
+    """The agent's policy on one stream of frames. The window observes every new frame (so the value on
+    screen is that of the frame shown) and samples only when the agent is in control."""
+    return Policy(agent.actor_critic, agent.config.num_actions, device, temperature=temperature, seed=seed)
 
 
 class _Source:
@@ -104,8 +75,10 @@ class _Source:
         self.ret = 0.0
         self.last_action: int | None = None
         self.last_reward = 0.0
-        self.policy: _Policy | None = None
-        self.actions_taken: list[int] = []  # every action passed to the env / world model (for tests and logs)
+        self.policy: Policy | None = None
+        self.actions_taken: list[
+            int
+        ] = []  # every action passed to the env / world model (for tests and logs)
 
     def toggle_control(self) -> bool:
         if self.can_switch:
@@ -119,7 +92,7 @@ class _Source:
         """Your action (noop when none) or the agent's."""
         if self.human or self.policy is None:
             return 0 if action is None else int(action)
-        return self.policy.sample()
+        return int(self.policy.sample()[0])
 
     def _record(self, a: int, r: float) -> None:
         self.actions_taken.append(a)
@@ -132,7 +105,11 @@ class _Source:
 
     def header_lines(self) -> list[str]:
         act = "-" if self.last_action is None else self.action_names[self.last_action]
-        value = "" if self.policy is None or self.policy.value is None else f"  V {self.policy.value:+.2f}"
+        value = (
+            ""
+            if self.policy is None or self.policy.value is None
+            else f"  V {float(self.policy.value[0]):+.2f}"
+        )
         return [
             f"{self.mode}  ep {self.episode}  [{self.controller()}]",
             f"step {self.t}  {act}",
@@ -145,14 +122,22 @@ class EnvSource(_Source):
 
     mode = "env"
 
-    def __init__(self, env: Any, agent: Any | None = None, *, device: str | torch.device = "cpu",
-                 temperature: float = 1.0, seed: int = 0, human: bool = False) -> None:
+    def __init__(
+        self,
+        env: Any,
+        agent: Any | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        temperature: float = 1.0,
+        seed: int = 0,
+        human: bool = False,
+    ) -> None:
         super().__init__(list(env.action_names), human or agent is None)
         self.env = env
         self.device = device
         self.seed = int(seed)
         self.can_switch = agent is not None
-        self.policy = None if agent is None else _Policy(agent, device, temperature, seed)
+        self.policy = None if agent is None else _agent_policy(agent, device, temperature, seed)
         self.obs: np.ndarray | None = None
         self.reset()
 
@@ -196,14 +181,23 @@ class WorldModelSource(_Source):
     mode = "world model"
     can_switch = True
 
-    def __init__(self, env: Any, agent: Any, *, device: str | torch.device = "cpu", temperature: float = 1.0,
-                 seed: int = 0, human: bool = True, flush_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        env: Any,
+        agent: Any,
+        *,
+        device: str | torch.device = "cpu",
+        temperature: float = 1.0,
+        seed: int = 0,
+        human: bool = True,
+        flush_steps: int | None = None,
+    ) -> None:
         super().__init__(list(env.action_names), human)
         self.env = env
         self.agent = agent
         self.device = device
         self.seed = int(seed)
-        self.policy = _Policy(agent, device, temperature, seed)
+        self.policy = _agent_policy(agent, device, temperature, seed)
         max_blocks = int(agent.world_model.config.transformer.max_blocks)
         self.flush_steps = max(1, max_blocks - 1) if flush_steps is None else int(flush_steps)
         self.flushes = 0
@@ -217,8 +211,11 @@ class WorldModelSource(_Source):
 
         old = self.state
         state = world_model_burn_in(
-            self.agent.tokenizer, self.agent.world_model, x.unsqueeze(1),
-            torch.zeros(1, 1, dtype=torch.long, device=self.device), self.seed,
+            self.agent.tokenizer,
+            self.agent.world_model,
+            x.unsqueeze(1),
+            torch.zeros(1, 1, dtype=torch.long, device=self.device),
+            self.seed,
             cache=None if old is None else old.cache,
         )
         if old is not None:  # keep the sampler's counter running: no stream is drawn twice
@@ -337,8 +334,17 @@ class EpisodeSource(_Source):
 class PlayWindow:
     """A pygame window over a source. ``tick()`` runs one frame; ``run()`` loops at ``fps`` until quit."""
 
-    def __init__(self, source: Any, keymap: Keymap, *, fps: int = 5, scale: int = 8, header: bool = True,
-                 record_dir: Path = Path("media/recordings"), caption: str = "deltairis-play") -> None:
+    def __init__(
+        self,
+        source: Any,
+        keymap: Keymap,
+        *,
+        fps: int = 5,
+        scale: int = 8,
+        header: bool = True,
+        record_dir: Path = Path("media/recordings"),
+        caption: str = "deltairis-play",
+    ) -> None:
         self.source = source
         self.keymap = keymap
         self.fps = int(fps)
@@ -439,13 +445,19 @@ class PlayWindow:
         self.recording = False
         stem = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         k = 0
-        while (self.record_dir / f"{stem}_{k:02d}.mp4").exists() or (self.record_dir / f"{stem}_{k:02d}.npz").exists():
+        while (self.record_dir / f"{stem}_{k:02d}.mp4").exists() or (
+            self.record_dir / f"{stem}_{k:02d}.npz"
+        ).exists():
             k += 1
         base = self.record_dir / f"{stem}_{k:02d}"
         self.record_dir.mkdir(parents=True, exist_ok=True)
         npz = base.with_suffix(".npz")
-        np.savez_compressed(npz, frames=np.stack(self._rec_frames), actions=np.array(self._rec_actions, np.int64),
-                            rewards=np.array(self._rec_rewards, np.float32))
+        np.savez_compressed(
+            npz,
+            frames=np.stack(self._rec_frames),
+            actions=np.array(self._rec_actions, np.int64),
+            rewards=np.array(self._rec_rewards, np.float32),
+        )
         mp4 = save_mp4(self._rec_screens, base.with_suffix(".mp4"), fps=self.fps)
         self._rec_frames, self._rec_screens = [], []
         self.saved += [mp4, npz]
@@ -515,4 +527,11 @@ class PlayWindow:
         return n
 
 
-__all__ = ["EnvSource", "EpisodeSource", "PlayWindow", "WorldModelSource", "display_available", "header_height"]
+__all__ = [
+    "EnvSource",
+    "EpisodeSource",
+    "PlayWindow",
+    "WorldModelSource",
+    "display_available",
+    "header_height",
+]

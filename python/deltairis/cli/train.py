@@ -240,7 +240,7 @@ def _train_in(cfg: Any, run_dir: Path) -> None:
 def _report(exc: BaseException) -> int:
     """Print a known error the way the CLI always has; returns the exit code (0: not a known error)."""
     from deltairis.agent import CheckpointError
-    from deltairis.train.checkpoint import CorruptCheckpointError
+    from deltairis.checkpoint import CorruptCheckpointError
     from deltairis.train.configuration import ConfigError
     from deltairis.train.trainer import ResumeError
 

@@ -21,8 +21,15 @@ def save_mp4(frames: Iterable[np.ndarray] | np.ndarray, path: Path, fps: int = 5
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.mp4")
     writer = imageio_ffmpeg.write_frames(
-        str(tmp), (pw, ph), fps=max(1, int(fps)), codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-        macro_block_size=1, quality=8, ffmpeg_log_level="error",
+        str(tmp),
+        (pw, ph),
+        fps=max(1, int(fps)),
+        codec="libx264",
+        pix_fmt_in="rgb24",
+        pix_fmt_out="yuv420p",
+        macro_block_size=1,
+        quality=8,
+        ffmpeg_log_level="error",
     )
     writer.send(None)  # start the ffmpeg process
     try:

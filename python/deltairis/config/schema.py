@@ -98,6 +98,10 @@ class CollectionConfig:
     path_to_static_dataset: str | None = None
 
 
+#: Optimizer kinds of ``training.<component>.optimizer`` (see deltairis.models.configure_optimizer).
+OPTIMIZERS = ("adamw", "adam")
+
+
 @dataclass
 class ComponentTrainingConfig:
     start_after_epochs: int = 0  # trains at epoch e (1-based) when e > start_after_epochs
@@ -106,7 +110,8 @@ class ComponentTrainingConfig:
     batch_size: int = MISSING
     seq_len: int | None = None  # None for the actor-critic: burn_in + 1 of the agent config
     learning_rate: float = 1e-4
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # on Linear/Conv1d weights only (deltairis.models.configure_optimizer)
+    optimizer: str = "adamw"  # "adamw" (tokenizer, world model) or "adam" (the reference's actor-critic)
     max_grad_norm: float = 10.0
     sampling_alpha: float = 0.0  # episode priority (1 / (1 + visits)) ** alpha
     mixed_precision: bool = False  # bf16 autocast, only on CUDA
@@ -120,7 +125,9 @@ class TrainingConfig:
     exclude_padding: bool = False
     tokenizer: ComponentTrainingConfig = field(default_factory=ComponentTrainingConfig)
     world_model: ComponentTrainingConfig = field(default_factory=ComponentTrainingConfig)
-    actor_critic: ComponentTrainingConfig = field(default_factory=ComponentTrainingConfig)
+    actor_critic: ComponentTrainingConfig = field(
+        default_factory=lambda: ComponentTrainingConfig(optimizer="adam")
+    )
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The Δ-IRIS models: frame CNNs, delta tokenizer, world model, actor-critic."""
 
-from deltairis.models.actor_critic import ActorCritic, ActorCriticModel, ImaginationOutput
+from deltairis.models.actor_critic import ActorCritic, ActorCriticModel
 from deltairis.models.common import LossOutput, masked_mean
 from deltairis.models.convnet import FrameDecoder, FrameEncoder
 from deltairis.models.kv_cache import KVCache
@@ -15,7 +15,6 @@ __all__ = [
     "ActorCriticModel",
     "FrameDecoder",
     "FrameEncoder",
-    "ImaginationOutput",
     "KVCache",
     "LossOutput",
     "Quantizer",

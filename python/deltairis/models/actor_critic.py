@@ -1,6 +1,7 @@
 """CNN-LSTM actor-critic with an EMA target network, trained in imagination (SPEC section 5).
 
-Recurrent state ``(h, c)`` is always passed in and returned, never stored on the module.
+Recurrent state ``(h, c)`` is always passed in and returned, never stored on the module. The
+imagination rollout and the loss that trains this network live in :mod:`deltairis.rl`.
 """
 
 from __future__ import annotations
@@ -9,15 +10,11 @@ import copy
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deltairis import ops
 from deltairis.config.models import ActorCriticConfig
-from deltairis.models.common import LossOutput, masked_mean
 from deltairis.models.convnet import FlattenHWC, FrameEncoder
-from deltairis.rl.returns import lambda_returns
-from deltairis.rl.twohot import symlog, two_hot
 
 State = tuple[torch.Tensor, torch.Tensor]
 
@@ -81,16 +78,6 @@ class ActorCriticModel(nn.Module):
         return value_logits.squeeze(-1).float()
 
 
-class ImaginationOutput(NamedTuple):
-    obs: torch.Tensor  # (B, H+1, 3, 64, 64) imagined frames (the first is the last real frame)
-    act: torch.Tensor  # (B, H)
-    logits: torch.Tensor  # (B, H, A) online policy logits (with grad)
-    value_logits: torch.Tensor  # (B, H, K or 1) online critic (with grad)
-    target_values: torch.Tensor  # (B, H+1) target critic values (no grad)
-    rew: torch.Tensor  # (B, H)
-    end: torch.Tensor  # (B, H) {0, 1}
-
-
 class ActorCritic(nn.Module):
     def __init__(self, config: ActorCriticConfig) -> None:
         super().__init__()
@@ -115,36 +102,11 @@ class ActorCritic(nn.Module):
         return self.model.burn_in(obs, mask, state)
 
     def step(self, obs: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor, State]:
-        """Online policy on one frame per row: (logits (N, A), value (N,), state)."""
+        """Online policy on one frame per row: (logits (N, A), value (N,), state).
+
+        Sampling actions from it is :mod:`deltairis.rl.policy`'s job."""
         out = self.model(obs, state)
         return out.logits, self.model.value(out.value_logits), out.state
-
-    @torch.no_grad()
-    def act(
-        self,
-        obs: torch.Tensor,
-        state: State,
-        *,
-        epsilon: float = 0.0,
-        temperature: float = 1.0,
-        seed: int,
-        offset: int,
-    ) -> tuple[torch.Tensor, State]:
-        """ε-greedy sampling at ``temperature``; uses counter streams ``offset .. offset+2``.
-
-        As in the reference collector, one ε coin per call decides for every row at once whether the
-        actions are uniformly random.
-        """
-        out = self.model(obs, state)
-        n, a = out.logits.shape
-        actions = ops.sample_categorical(out.logits, temperature=temperature, seed=seed, offset=offset)
-        if epsilon > 0:
-            coin = ops.counter_uniform(1, seed, offset + 1, obs.device)  # (1,): one coin for all envs
-            uniform = ops.sample_categorical(
-                torch.zeros(n, a, device=obs.device), seed=seed, offset=offset + 2
-            )
-            actions = torch.where(coin < epsilon, uniform, actions)
-        return actions, out.state
 
     # -- training -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -159,55 +121,3 @@ class ActorCritic(nn.Module):
         online = torch._foreach_mul([p.detach() for p in self.model.parameters()], 1.0 - tau)
         torch._foreach_mul_(target, tau)
         torch._foreach_add_(target, online)
-
-    def imagine(
-        self,
-        batch,
-        tokenizer,
-        world_model,
-        seed: int,
-        horizon: int | None = None,
-        cuda_graphs: bool | None = None,
-    ) -> ImaginationOutput:
-        from deltairis.rl.imagination import imagine
-
-        return imagine(batch, tokenizer, world_model, self, horizon or self.config.horizon, seed, cuda_graphs)
-
-    def compute_loss(
-        self, batch, tokenizer, world_model, seed: int, cuda_graphs: bool | None = None
-    ) -> LossOutput:
-        """Imagine from ``batch`` (burn_in + 1 real frames) and return the actor-critic loss.
-
-        ``cuda_graphs`` overrides the config's choice of replaying the imagined step from CUDA graphs.
-        """
-        cfg = self.config
-        out = self.imagine(batch, tokenizer, world_model, seed, cuda_graphs=cuda_graphs)
-        end = out.end.float()
-        # step i counts while no imagined end happened before it
-        alive = torch.cat((torch.ones_like(end[:, :1]), torch.cumprod(1.0 - end, dim=1)[:, :-1]), dim=1) > 0
-        with torch.no_grad():
-            returns = lambda_returns(out.rew, out.target_values, out.end, cfg.gamma, cfg.lambda_)  # (B, H)
-            advantage = returns - out.target_values[:, :-1]
-        logp_all = F.log_softmax(out.logits.float(), dim=-1)
-        logp = logp_all.gather(-1, out.act.unsqueeze(-1)).squeeze(-1)
-        loss_actions = -masked_mean(logp * advantage, alive)
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-        loss_entropy = -cfg.entropy_weight * masked_mean(entropy, alive)
-        if cfg.two_hot_values:
-            target = two_hot(symlog(returns), cfg.num_value_buckets, cfg.bucket_low, cfg.bucket_high)
-            ce = -(target * F.log_softmax(out.value_logits.float(), dim=-1)).sum(-1)
-            loss_values = masked_mean(ce, alive)
-        else:
-            loss_values = masked_mean((out.value_logits.squeeze(-1).float() - returns).pow(2), alive)
-        loss = loss_actions + loss_entropy + loss_values
-        metrics = {
-            "actor_critic/loss": loss.detach(),
-            "actor_critic/loss_actions": loss_actions.detach(),
-            "actor_critic/loss_values": loss_values.detach(),
-            "actor_critic/loss_entropy": loss_entropy.detach(),
-            "actor_critic/policy_entropy": masked_mean(entropy.detach(), alive),
-            "actor_critic/imagined_return": masked_mean(out.rew, alive) * out.rew.size(1),
-            "actor_critic/imagined_ends": out.end.float().mean(),
-            "actor_critic/lambda_return": masked_mean(returns, alive),
-        }
-        return LossOutput(loss, metrics)

@@ -13,7 +13,7 @@ from deltairis.models.common import LossOutput, masked_mean
 from deltairis.models.convnet import FlattenHWC, FrameEncoder
 from deltairis.models.kv_cache import KVCache
 from deltairis.models.transformer import Transformer
-from deltairis.rl.twohot import symlog, two_hot
+from deltairis.ops.twohot import symlog, two_hot
 
 
 class WorldModelLogits(NamedTuple):

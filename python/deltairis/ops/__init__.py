@@ -6,7 +6,7 @@ See :mod:`deltairis.ops._dispatch` for how the backend is chosen.
 from deltairis.ops._dispatch import BACKENDS, interpreter_enabled, requested_backend, triton_available
 from deltairis.ops.attention import attention, attention_kvcache, attention_kvcache_ref, attention_ref
 from deltairis.ops.sampling import counter_uniform, sample_categorical, sample_categorical_ref
-from deltairis.ops.twohot import symexp, symlog, twohot_expectation, twohot_expectation_ref
+from deltairis.ops.twohot import symexp, symlog, two_hot, twohot_expectation, twohot_expectation_ref
 
 __all__ = [
     "BACKENDS",
@@ -22,6 +22,7 @@ __all__ = [
     "symexp",
     "symlog",
     "triton_available",
+    "two_hot",
     "twohot_expectation",
     "twohot_expectation_ref",
 ]

@@ -6,13 +6,13 @@ cache position and replays it, which removes the launch overhead while computing
 eager step computes (the sampler offset is a device tensor, so replays draw fresh samples).
 
 The captured graphs read the model's parameters in place: optimizer steps (in-place updates) are
-seen by later replays. Runners are cached per (tokenizer, world model, batch size, device) and
-rebuilt when a parameter's storage changes (e.g. after ``.to(device)``).
+seen by later replays. A :class:`GraphRunners` owned by the caller (the actor-critic loss) keeps one
+runner per (batch size, device) and rebuilds it when a parameter's storage changes (e.g. after
+``.to(device)``); nothing is cached at module level.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -92,16 +92,23 @@ def parameter_fingerprint(*modules: torch.nn.Module) -> tuple[int, ...]:
     return tuple(t.data_ptr() for m in modules for t in list(m.parameters()) + list(m.buffers()))
 
 
-_RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+class GraphRunners:
+    """The CUDA-graph runners of one (tokenizer, world model) pair, one per batch size and device."""
 
+    def __init__(self, tokenizer, world_model) -> None:
+        self.tokenizer = tokenizer
+        self.world_model = world_model
+        self._runners: dict[tuple[int, str], GraphedWorldModelStep] = {}
 
-def graphed_world_model_step(
-    tokenizer, world_model, batch_size: int, device: torch.device
-) -> GraphedWorldModelStep:
-    """The cached runner for these models and batch size (rebuilt if parameters moved)."""
-    per_model = _RUNNERS.setdefault(world_model, {})
-    key = (id(tokenizer), batch_size, str(device))
-    runner = per_model.get(key)
-    if runner is None or runner.fingerprint != parameter_fingerprint(tokenizer, world_model):
-        runner = per_model[key] = GraphedWorldModelStep(tokenizer, world_model, batch_size, device)
-    return runner
+    def get(self, batch_size: int, device: torch.device) -> GraphedWorldModelStep:
+        """The runner for this batch size and device (rebuilt if the parameters moved)."""
+        key = (batch_size, str(device))
+        runner = self._runners.get(key)
+        if runner is None or runner.fingerprint != parameter_fingerprint(self.tokenizer, self.world_model):
+            runner = self._runners[key] = GraphedWorldModelStep(
+                self.tokenizer, self.world_model, batch_size, device
+            )
+        return runner
+
+    def clear(self) -> None:
+        self._runners.clear()

@@ -5,30 +5,32 @@ Everything stays on the device: token sampling uses counter-based random streams
 
 Random streams: an imagination call with seed ``s`` draws world-model samples from offsets
 ``stream_base(s) + k`` and policy samples from ``stream_base(s) + POLICY_STREAM + i`` of the fixed
-sampler seed :data:`SAMPLER_SEED`. Keeping the sampler seed fixed and varying only offsets lets a
-captured CUDA graph (:mod:`deltairis.rl.graphs`) read the offset from a device tensor and reproduce
-the eager path's samples exactly.
+sampler seed :data:`~deltairis.seeding.SAMPLER_SEED` (the layout is declared in
+:mod:`deltairis.seeding`). Keeping the sampler seed fixed and varying only offsets lets a captured CUDA
+graph (:mod:`deltairis.rl.graphs`) read the offset from a device tensor and reproduce the eager path's
+samples exactly. The caller owns such a graph runner and passes it in (``runner=``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 
 from deltairis import ops
 from deltairis.models.kv_cache import KVCache
-
-SAMPLER_SEED = 0x5EED1D15
-STREAM_BITS = 24  # offsets available to one imagination call
-POLICY_STREAM = 1 << (STREAM_BITS - 1)  # policy samples live in the upper half of a call's offsets
+from deltairis.seeding import POLICY_STREAM, SAMPLER_SEED, stream_base
 
 
-def stream_base(seed: int) -> int:
-    """First offset of the streams of the imagination call identified by ``seed``."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"imagination seed must be a non-negative Python int, got {seed!r}")
-    return (seed % (1 << 39)) << STREAM_BITS
+class ImaginationOutput(NamedTuple):
+    obs: torch.Tensor  # (B, H+1, 3, 64, 64) imagined frames (the first is the last real frame)
+    act: torch.Tensor  # (B, H)
+    logits: torch.Tensor  # (B, H, A) online policy logits (with grad)
+    value_logits: torch.Tensor  # (B, H, K or 1) online critic (with grad)
+    target_values: torch.Tensor  # (B, H+1) target critic values (no grad)
+    rew: torch.Tensor  # (B, H)
+    end: torch.Tensor  # (B, H) {0, 1}
 
 
 @dataclass
@@ -72,7 +74,9 @@ def world_model_step(
     cfg = wm.config
     block = cfg.transformer.tokens_per_block
     cache, pending, offset = state.cache, state.pending, state.offset
-    if cache.remaining <= block:  # at most one block left (the reference's rule): restart from the current frame
+    if (
+        cache.remaining <= block
+    ):  # at most one block left (the reference's rule): restart from the current frame
         cache.reset()
         pending = None
     frame = wm.embed_frames(state.obs.unsqueeze(1))  # (B, 1, E)
@@ -106,27 +110,30 @@ def world_model_step(
 
 
 def imagine(
-    batch, tokenizer, world_model, actor_critic, horizon: int, seed: int, cuda_graphs: bool | None = None
-):
-    """Burn in on the real segment, then imagine ``horizon`` steps with the online policy.
+    batch,
+    tokenizer,
+    world_model,
+    actor_critic,
+    horizon: int | None = None,
+    seed: int = 0,
+    runner: Any | None = None,
+) -> ImaginationOutput:
+    """Burn in on the real segment, then imagine ``horizon`` steps (default: the config's) with the
+    online policy.
 
-    On CUDA the world-model step is replayed from captured CUDA graphs unless ``cuda_graphs`` is False
-    (default: the actor-critic config's ``cuda_graphs``); both paths draw the same samples.
+    ``runner``: a :class:`deltairis.rl.graphs.GraphedWorldModelStep` for this batch size and device
+    (the caller owns it, e.g. through :class:`deltairis.rl.graphs.GraphRunners`); the world-model step
+    is then replayed from its CUDA graphs, drawing the same samples as the eager step.
     """
-    from deltairis.models.actor_critic import ImaginationOutput
-
     obs, act, mask = batch.obs, batch.act, batch.mask_padding
     ac = actor_critic
     cfg = ac.config
+    horizon = cfg.horizon if horizon is None else horizon
     if obs.size(1) < 1:
         raise ValueError("imagination needs at least one real frame")
-    use_graphs = cfg.cuda_graphs if cuda_graphs is None else cuda_graphs
     step_fn = world_model_step
     cache = None
-    if use_graphs and obs.is_cuda:
-        from deltairis.rl.graphs import graphed_world_model_step
-
-        runner = graphed_world_model_step(tokenizer, world_model, obs.size(0), obs.device)
+    if runner is not None:
         step_fn, cache = runner.step, runner.cache
     wstate = world_model_burn_in(tokenizer, world_model, obs, act, seed, cache)
     # The reference feeds every burn-in frame to both LSTMs, zero padding frames included.

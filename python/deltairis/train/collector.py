@@ -9,7 +9,6 @@ themselves when they can be pickled) is saved with every checkpoint so a resumed
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import pickle
@@ -21,29 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from deltairis.rl.policy import Policy
+
 logger = logging.getLogger(__name__)
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed determined by ``parts`` (stable across runs, processes and platforms)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def derive_env_seed(*parts: int | str) -> int:
-    """Like :func:`derive_seed`, but small enough for env backends that take 32-bit seeds (seed + i)."""
-    return derive_seed(*parts) % (2**31 - 2**16)
 
 
 def to_chw(obs: np.ndarray) -> np.ndarray:
     """(N, H, W, C) uint8 frames -> (N, C, H, W)."""
     return np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
-
-
-def obs_to_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(N, H, W, C) uint8 -> float (N, C, H, W) in [0, 1] on ``device``."""
-    t = torch.from_numpy(np.ascontiguousarray(obs)).to(device)
-    return t.permute(0, 3, 1, 2).float().div_(255.0)  # (N, C, H, W)
 
 
 def burn_in_state(actor_critic: Any, frames: np.ndarray, real: np.ndarray, device: torch.device) -> Any:
@@ -210,21 +194,20 @@ class Collector:
         rounds = math.ceil(num_steps / n)
         stats = CollectStats()
         pending = [_Pending() for _ in range(n)]
-        rng = np.random.default_rng(seed)
         state = None if actor_critic is None else self._burn_in_state(actor_critic, device)
-        offset = 0
+        policy = Policy(
+            actor_critic,
+            num_actions,
+            device,
+            epsilon=epsilon,
+            temperature=temperature,
+            seed=seed,
+            state=state,
+        )
         t0 = time.perf_counter()
         for _ in range(rounds):
             obs_chw = to_chw(self.obs)  # (N, 3, H, W)
-            if actor_critic is None:
-                act = rng.integers(num_actions, size=n, dtype=np.int64)
-            else:
-                obs_t = torch.from_numpy(obs_chw).to(device).float().div_(255.0)
-                act_t, state = actor_critic.act(
-                    obs_t, state, epsilon=epsilon, temperature=temperature, seed=seed, offset=offset
-                )
-                offset += 3
-                act = act_t.cpu().numpy().astype(np.int64)
+            act = policy.act_frames(obs_chw)
             next_obs, rew, term, trunc, info = self.env.step(act)
             done = np.logical_or(term, trunc)
             for i in range(n):
@@ -250,8 +233,7 @@ class Collector:
                 self.recent[:, -1] = obs_chw
                 self.recent_len = np.minimum(self.recent_len + 1, self.burn_in)
                 self.recent_len[done] = 0
-            if state is not None and done.any():
-                state = actor_critic.reset_state_rows(state, torch.from_numpy(done).to(device))
+            policy.reset_rows(done)
             self.obs = next_obs
             stats.num_steps += n
             if progress is not None:
@@ -288,26 +270,25 @@ def run_test_episodes(
     quota = np.array([num_episodes // n + (1 if i < num_episodes % n else 0) for i in range(n)])
     played = np.zeros(n, dtype=np.int64)
     stats = CollectStats()
-    rng = np.random.default_rng(seed)
     obs = env.reset(seed)
     state = None
     if actor_critic is not None:
         zeros = np.zeros((n, burn_in, obs.shape[3], obs.shape[1], obs.shape[2]), dtype=np.uint8)
         state = burn_in_state(actor_critic, zeros, np.zeros((n, burn_in), dtype=bool), device)
+    policy = Policy(
+        actor_critic,
+        env.num_actions,
+        device,
+        epsilon=epsilon,
+        temperature=temperature,
+        seed=seed,
+        state=state,
+    )
     pending = [_Pending() for _ in range(n)]
-    offset = 0
     t0 = time.perf_counter()
     while (played < quota).any():
         obs_chw = to_chw(obs)
-        if actor_critic is None:
-            act = rng.integers(env.num_actions, size=n, dtype=np.int64)
-        else:
-            obs_t = torch.from_numpy(obs_chw).to(device).float().div_(255.0)
-            act_t, state = actor_critic.act(
-                obs_t, state, epsilon=epsilon, temperature=temperature, seed=seed, offset=offset
-            )
-            offset += 3
-            act = act_t.cpu().numpy().astype(np.int64)
+        act = policy.act_frames(obs_chw)
         obs, rew, term, trunc, info = env.step(act)
         done = np.logical_or(term, trunc)
         finished_now = 0
@@ -333,12 +314,11 @@ def run_test_episodes(
                 if store is not None:
                     stats.finished_episode_ids.append(int(store.add_episode(*p.arrays())))
                 pending[i] = _Pending()
-        if state is not None and done.any():
-            state = actor_critic.reset_state_rows(state, torch.from_numpy(done).to(device))
+        policy.reset_rows(done)
         if progress is not None:
             progress(finished_now)
     stats.seconds = time.perf_counter() - t0
     return stats
 
 
-__all__ = ["CollectStats", "Collector", "burn_in_state", "derive_env_seed", "derive_seed", "obs_to_tensor", "run_test_episodes", "to_chw"]
+__all__ = ["CollectStats", "Collector", "burn_in_state", "run_test_episodes", "to_chw"]

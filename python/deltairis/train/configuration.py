@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from deltairis.config.models import AgentConfig, make_agent_config
-from deltairis.config.schema import TrainerConfig
+from deltairis.config.schema import OPTIMIZERS, TrainerConfig
 from deltairis.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,9 @@ def _check_values(cfg: DictConfig) -> None:
     if cfg.env.name not in ("crafter", "atari", "toy"):
         raise ConfigError(f"env.name must be crafter, atari or toy, got {cfg.env.name!r}")
     if cfg.env.name == "atari" and not cfg.env.train.id:
-        raise ConfigError("env.train.id is required with env=atari (e.g. env.train.id=BreakoutNoFrameskip-v4)")
+        raise ConfigError(
+            "env.train.id is required with env=atari (e.g. env.train.id=BreakoutNoFrameskip-v4)"
+        )
     if cfg.agent.preset not in ("crafter", "atari", "tiny"):
         raise ConfigError(f"agent.preset must be crafter, atari or tiny, got {cfg.agent.preset!r}")
     tc = cfg.collection.train
@@ -120,6 +122,10 @@ def _check_values(cfg: DictConfig) -> None:
             positive(f"training.{name}.seq_len", c.seq_len)
         positive(f"training.{name}.learning_rate", c.learning_rate)
         positive(f"training.{name}.weight_decay", c.weight_decay, allow_zero=True)
+        if c.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"training.{name}.optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}"
+            )
         positive(f"training.{name}.max_grad_norm", c.max_grad_norm)
         positive(f"training.{name}.sampling_alpha", c.sampling_alpha, allow_zero=True)
     positive("evaluation.every", cfg.evaluation.every)
@@ -163,7 +169,7 @@ def load_run_config(path: Path) -> DictConfig:
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:
-    from deltairis.train.checkpoint import atomic_write_bytes
+    from deltairis.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, OmegaConf.to_yaml(cfg, resolve=True).encode())
 

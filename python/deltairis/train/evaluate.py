@@ -63,7 +63,14 @@ def play_test_episodes(
             ac = agent.actor_critic
         burn_in = 0 if agent is None else int(agent.config.actor_critic.burn_in)
         stats = run_test_episodes(
-            env, num_episodes, ac, device, epsilon=epsilon, temperature=temperature, seed=seed, burn_in=burn_in
+            env,
+            num_episodes,
+            ac,
+            device,
+            epsilon=epsilon,
+            temperature=temperature,
+            seed=seed,
+            burn_in=burn_in,
         )
     finally:
         env.close()

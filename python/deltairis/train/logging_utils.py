@@ -16,6 +16,29 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+class Progress:
+    """A tqdm bar (rates and ETA) or nothing (``enabled=False``)."""
+
+    def __init__(self, enabled: bool, total: int, desc: str, unit: str) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, smoothing=0.1)
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def set_postfix(self, **kw: Any) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(**kw, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class MetricsLogger:
     """Writes one record per epoch to ``metrics.jsonl`` and TensorBoard, and to W&B when enabled.
 
@@ -63,7 +86,7 @@ class MetricsLogger:
                     keep.append(line)
             except (ValueError, KeyError):
                 continue
-        from deltairis.train.checkpoint import atomic_write_bytes
+        from deltairis.checkpoint import atomic_write_bytes
 
         atomic_write_bytes(self.jsonl_path, ("\n".join(keep) + ("\n" if keep else "")).encode())
 
@@ -92,7 +115,9 @@ def _init_wandb(run_dir: Path, wandb_cfg: Any, config: dict[str, Any], resume: b
         return None
     mode = wandb_cfg.mode
     if mode == "online" and not _wandb_credentials_present():
-        logger.warning("no W&B credentials found: logging to W&B in offline mode (sync later with `wandb sync`)")
+        logger.warning(
+            "no W&B credentials found: logging to W&B in offline mode (sync later with `wandb sync`)"
+        )
         mode = "offline"
     run_id_file = run_dir / "wandb_run_id.txt"
     run_id = run_id_file.read_text().strip() if resume and run_id_file.exists() else None
@@ -151,7 +176,9 @@ def save_gif(frames: np.ndarray, path: Path, fps: int = 15, scale: int = 4) -> N
     images[0].save(path, save_all=True, append_images=images[1:], duration=max(1, 1000 // fps), loop=0)
 
 
-def save_episode(path: Path, obs: np.ndarray, act: np.ndarray, rew: np.ndarray, end: np.ndarray, trunc: np.ndarray) -> None:
+def save_episode(
+    path: Path, obs: np.ndarray, act: np.ndarray, rew: np.ndarray, end: np.ndarray, trunc: np.ndarray
+) -> None:
     """An episode for ``deltairis-play -e``: compressed NPZ with obs (T, 3, H, W) uint8 and the step arrays."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")

@@ -1,0 +1,93 @@
+"""The actor-critic's loss (SPEC section 5): imagine from real segments, λ-returns, REINFORCE with a
+baseline, entropy bonus and a two-hot (or scalar) value regression.
+
+:func:`actor_critic_loss` is the computation; :class:`ActorCriticLoss` binds it to one agent's three
+networks and owns the CUDA-graph runners of the imagined world-model step, so that the trainer calls
+every component the same way: ``loss, metrics = component_loss(batch, seed)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from deltairis.models.common import LossOutput, masked_mean
+from deltairis.ops.twohot import symlog, two_hot
+from deltairis.rl.graphs import GraphedWorldModelStep, GraphRunners
+from deltairis.rl.imagination import imagine
+from deltairis.rl.returns import lambda_returns
+
+
+def actor_critic_loss(
+    actor_critic,
+    batch,
+    tokenizer,
+    world_model,
+    seed: int,
+    runner: GraphedWorldModelStep | None = None,
+) -> LossOutput:
+    """Imagine from ``batch`` (burn_in + 1 real frames) and return the actor-critic loss and metrics.
+
+    ``runner``: replay the imagined world-model step from CUDA graphs (see :func:`imagine`).
+    """
+    cfg = actor_critic.config
+    out = imagine(batch, tokenizer, world_model, actor_critic, cfg.horizon, seed, runner)
+    end = out.end.float()
+    # step i counts while no imagined end happened before it
+    alive = torch.cat((torch.ones_like(end[:, :1]), torch.cumprod(1.0 - end, dim=1)[:, :-1]), dim=1) > 0
+    with torch.no_grad():
+        returns = lambda_returns(out.rew, out.target_values, out.end, cfg.gamma, cfg.lambda_)  # (B, H)
+        advantage = returns - out.target_values[:, :-1]
+    logp_all = F.log_softmax(out.logits.float(), dim=-1)
+    logp = logp_all.gather(-1, out.act.unsqueeze(-1)).squeeze(-1)
+    loss_actions = -masked_mean(logp * advantage, alive)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    loss_entropy = -cfg.entropy_weight * masked_mean(entropy, alive)
+    if cfg.two_hot_values:
+        target = two_hot(symlog(returns), cfg.num_value_buckets, cfg.bucket_low, cfg.bucket_high)
+        ce = -(target * F.log_softmax(out.value_logits.float(), dim=-1)).sum(-1)
+        loss_values = masked_mean(ce, alive)
+    else:
+        loss_values = masked_mean((out.value_logits.squeeze(-1).float() - returns).pow(2), alive)
+    loss = loss_actions + loss_entropy + loss_values
+    metrics = {
+        "actor_critic/loss": loss.detach(),
+        "actor_critic/loss_actions": loss_actions.detach(),
+        "actor_critic/loss_values": loss_values.detach(),
+        "actor_critic/loss_entropy": loss_entropy.detach(),
+        "actor_critic/policy_entropy": masked_mean(entropy.detach(), alive),
+        "actor_critic/imagined_return": masked_mean(out.rew, alive) * out.rew.size(1),
+        "actor_critic/imagined_ends": out.end.float().mean(),
+        "actor_critic/lambda_return": masked_mean(returns, alive),
+    }
+    return LossOutput(loss, metrics)
+
+
+class ActorCriticLoss:
+    """``loss_fn(batch, seed) -> LossOutput`` for one agent's actor-critic.
+
+    On CUDA, with ``cuda_graphs`` (default: the actor-critic config's), the imagined world-model step is
+    replayed from CUDA graphs whose runners this object owns (one per batch size); both paths draw the
+    same samples.
+    """
+
+    def __init__(self, actor_critic, tokenizer, world_model, cuda_graphs: bool | None = None) -> None:
+        self.actor_critic = actor_critic
+        self.tokenizer = tokenizer
+        self.world_model = world_model
+        self.cuda_graphs = actor_critic.config.cuda_graphs if cuda_graphs is None else bool(cuda_graphs)
+        self.runners = GraphRunners(tokenizer, world_model)
+
+    def runner_for(self, batch) -> GraphedWorldModelStep | None:
+        obs = batch.obs
+        if not (self.cuda_graphs and obs.is_cuda):
+            return None
+        return self.runners.get(obs.size(0), obs.device)
+
+    def __call__(self, batch, seed: int) -> LossOutput:
+        return actor_critic_loss(
+            self.actor_critic, batch, self.tokenizer, self.world_model, seed, self.runner_for(batch)
+        )
+
+
+__all__ = ["ActorCriticLoss", "actor_critic_loss"]
