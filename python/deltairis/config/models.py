@@ -259,14 +259,3 @@ def make_agent_config(preset: str = "crafter", num_actions: int | None = None) -
         ),
     )
 
-
-__all__ = [
-    "PRESETS",
-    "ActorCriticConfig",
-    "AgentConfig",
-    "FrameCnnConfig",
-    "TokenizerConfig",
-    "TransformerConfig",
-    "WorldModelConfig",
-    "make_agent_config",
-]

@@ -59,6 +59,14 @@ class CollectStats:
     achievements: list[dict[str, int]] = field(default_factory=list)
     finished_episode_ids: list[int] = field(default_factory=list)
 
+    def add_finished(self, info: dict[str, Any], i: int) -> None:
+        """Record the episode env ``i`` just finished (return, length, Crafter achievements)."""
+        self.episode_returns.append(float(info["episode_return"][i]))
+        self.episode_lengths.append(int(info["episode_length"][i]))
+        final = info["final_info"][i] if "final_info" in info else None
+        if isinstance(final, dict) and "achievements" in final:
+            self.achievements.append(dict(final["achievements"]))
+
     @property
     def steps_per_second(self) -> float:
         return self.num_steps / self.seconds if self.seconds > 0 else 0.0
@@ -76,6 +84,13 @@ class _Pending:
 
     def __len__(self) -> int:
         return len(self.act)
+
+    def append(self, obs: np.ndarray, act: Any, rew: Any, end: Any, trunc: Any) -> None:
+        self.obs.append(obs)
+        self.act.append(int(act))
+        self.rew.append(float(rew))
+        self.end.append(int(end))
+        self.trunc.append(int(trunc))
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         return (
@@ -212,19 +227,11 @@ class Collector:
             done = np.logical_or(term, trunc)
             for i in range(n):
                 p = pending[i]
-                p.obs.append(obs_chw[i])
-                p.act.append(int(act[i]))
-                p.rew.append(float(rew[i]))
-                p.end.append(int(term[i]))
-                p.trunc.append(int(trunc[i]))
+                p.append(obs_chw[i], act[i], rew[i], term[i], trunc[i])
                 if done[i]:
                     self._flush(i, p)
                     stats.finished_episode_ids.append(int(self.episode_ids[i]))
-                    stats.episode_returns.append(float(info["episode_return"][i]))
-                    stats.episode_lengths.append(int(info["episode_length"][i]))
-                    final = info["final_info"][i] if "final_info" in info else None
-                    if isinstance(final, dict) and "achievements" in final:
-                        stats.achievements.append(dict(final["achievements"]))
+                    stats.add_finished(info, i)
                     self.episode_ids[i] = -1
                     pending[i] = _Pending()
             # keep the last burn_in frames of every running episode (right aligned)
@@ -298,19 +305,11 @@ def run_test_episodes(
             p = pending[i]
             stats.num_steps += 1
             if store is not None:
-                p.obs.append(obs_chw[i])
-                p.act.append(int(act[i]))
-                p.rew.append(float(rew[i]))
-                p.end.append(int(term[i]))
-                p.trunc.append(int(trunc[i]))
+                p.append(obs_chw[i], act[i], rew[i], term[i], trunc[i])
             if done[i]:
                 played[i] += 1
                 finished_now += 1
-                stats.episode_returns.append(float(info["episode_return"][i]))
-                stats.episode_lengths.append(int(info["episode_length"][i]))
-                final = info["final_info"][i] if "final_info" in info else None
-                if isinstance(final, dict) and "achievements" in final:
-                    stats.achievements.append(dict(final["achievements"]))
+                stats.add_finished(info, i)
                 if store is not None:
                     stats.finished_episode_ids.append(int(store.add_episode(*p.arrays())))
                 pending[i] = _Pending()

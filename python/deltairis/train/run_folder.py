@@ -36,36 +36,43 @@ from deltairis.train.configuration import diff_dicts
 
 logger = logging.getLogger(__name__)
 
-RESUME_SH = """#!/usr/bin/env bash
-# Resume this run from its last complete epoch. Extra key=value overrides are passed on
-# (e.g. common.epochs=2000 to train longer); a change of the model is refused.
-# Same as `deltairis-train hydra.run.dir=RUN common.resume=true`, but with the Python that created the
-# run, so no activated environment is needed; edit PYTHON if that environment moved.
-set -euo pipefail
-PYTHON={python}
+_SCRIPT_BODY = """set -euo pipefail
+PYTHON={{python}}
 if [ ! -x "$PYTHON" ]; then
-  echo "resume.sh: $PYTHON (the Python that created this run) is missing; trying python3 from PATH" >&2
+  echo "{name}: $PYTHON (the Python that created this run) is missing; trying python3 from PATH" >&2
   PYTHON=python3
 fi
 cd "$(dirname "$0")/.."
-exec "$PYTHON" -m deltairis.cli.train hydra.run.dir="$PWD" common.resume=true "$@"
+exec "$PYTHON" -m {command} "$@"
 """
 
-PLAY_SH = """#!/usr/bin/env bash
-# Watch the agent of this run (see `deltairis-play --help`):
+
+def _script(name: str, comment: str, command: str) -> str:
+    """A run-folder script (format it with ``python=``): header comment, then run ``command`` with the
+    interpreter that created the run."""
+    return "#!/usr/bin/env bash\n" + comment + _SCRIPT_BODY.format(name=name, command=command)
+
+
+RESUME_SH = _script(
+    "resume.sh",
+    """# Resume this run from its last complete epoch. Extra key=value overrides are passed on
+# (e.g. common.epochs=2000 to train longer); a change of the model is refused.
+# Same as `deltairis-train hydra.run.dir=RUN common.resume=true`, but with the Python that created the
+# run, so no activated environment is needed; edit PYTHON if that environment moved.
+""",
+    'deltairis.cli.train hydra.run.dir="$PWD" common.resume=true',
+)
+
+PLAY_SH = _script(
+    "play.sh",
+    """# Watch the agent of this run (see `deltairis-play --help`):
 #   ./scripts/play.sh       agent in the real environment      ./scripts/play.sh -w   you/random in the world model
 #   ./scripts/play.sh -a    agent in the world model           ./scripts/play.sh -e   episodes of media/episodes
 #   add -h for a header with step, reward and return. Frames are written as GIFs to media/play/.
 # It runs the Python that created the run, so no activated environment is needed; edit PYTHON if it moved.
-set -euo pipefail
-PYTHON={python}
-if [ ! -x "$PYTHON" ]; then
-  echo "play.sh: $PYTHON (the Python that created this run) is missing; trying python3 from PATH" >&2
-  PYTHON=python3
-fi
-cd "$(dirname "$0")/.."
-exec "$PYTHON" -m deltairis.cli.play --run-dir "$PWD" "$@"
-"""
+""",
+    'deltairis.cli.play --run-dir "$PWD"',
+)
 
 
 def make_layout(run_dir: Path) -> None:
