@@ -16,13 +16,10 @@ writes zeros (``mask_padding`` False) otherwise.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
 from deltairis.data.fields import STEP_FIELD_NAMES
 
-PadMode = Literal["both", "left"]
 PAD_MODES: dict[str, int] = {"both": 0, "left": 1}
 
 

@@ -38,8 +38,6 @@ logger = logging.getLogger(__name__)
 
 GYM_ID = "deltairis/Crafter-v1"
 RENDER_FPS = 5  # crafter's own viewer (crafter/run_gui.py --fps) default
-# Python crafter's SemanticView ids: materials first, then these classes in this order.
-SEMANTIC_OBJECTS = ("Player", "Cow", "Zombie", "Skeleton", "Arrow", "Plant")
 
 
 def native_available() -> bool:
