@@ -29,6 +29,14 @@ class ResumeError(DeltaIrisError, RuntimeError):
     """A run cannot be resumed (missing files, or a config that changes the model)."""
 
 
+class NonFiniteError(DeltaIrisError, RuntimeError):
+    """Training produced non-finite losses, gradients or weights too often to go on."""
+
+
+class RunFolderBusyError(DeltaIrisError, RuntimeError):
+    """Another process is already training in this run folder."""
+
+
 class ReplayStoreError(DeltaIrisError, OSError):
     """A replay store could not be written or read (full disk, read-only directory, corrupt index...)."""
 
@@ -42,7 +50,9 @@ __all__ = [
     "ConfigError",
     "CorruptCheckpointError",
     "DeltaIrisError",
+    "NonFiniteError",
     "ReplayStoreError",
     "ReportError",
     "ResumeError",
+    "RunFolderBusyError",
 ]

@@ -239,15 +239,13 @@ def _train_in(cfg: Any, run_dir: Path) -> None:
 
 def _report(exc: BaseException) -> int:
     """Print a known error the way the CLI always has; returns the exit code (0: not a known error)."""
-    from deltairis.agent import CheckpointError
-    from deltairis.checkpoint import CorruptCheckpointError
-    from deltairis.train.configuration import ConfigError
-    from deltairis.train.trainer import ResumeError
+    from deltairis.errors import ConfigError, DeltaIrisError
 
     if isinstance(exc, ConfigError):
         print(f"deltairis-train: configuration error: {exc}", file=sys.stderr)
         return 2
-    if isinstance(exc, (ResumeError, CorruptCheckpointError, CheckpointError, FileNotFoundError)):
+    # resume refused, corrupt checkpoint, run folder in use, non-finite training, store I/O ...
+    if isinstance(exc, (DeltaIrisError, FileNotFoundError)):
         print(f"deltairis-train: error: {exc}", file=sys.stderr)
         return 1
     if isinstance(exc, KeyboardInterrupt):

@@ -123,6 +123,9 @@ class TrainingConfig:
     # Opt-in variant (not the reference): padding transitions are left out of the tokenizer's commitment
     # loss and codebook statistics, of the world model's Δ-token targets, and of the LSTM burn-ins.
     exclude_padding: bool = False
+    # A step whose loss or gradient norm is not finite is skipped (counted in <name>/skipped_steps);
+    # this many consecutive skips of one component stop the run with an error (0: never stop).
+    max_consecutive_skips: int = 10
     tokenizer: ComponentTrainingConfig = field(default_factory=ComponentTrainingConfig)
     world_model: ComponentTrainingConfig = field(default_factory=ComponentTrainingConfig)
     actor_critic: ComponentTrainingConfig = field(

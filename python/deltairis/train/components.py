@@ -7,6 +7,8 @@ loops over the records and treats them all alike (DIAMOND's ``loss, metrics = co
 - ``loss(batch, seed) -> LossOutput`` (the seed feeds the actor-critic's imagination; the others ignore it);
 - ``after_loss()``, when set, runs after the loss and before the optimizer step (the actor-critic's
   target EMA, where the reference does it);
+- ``loss_buffers`` are the buffers the loss call updates (the tokenizer's codebook EMA); a step the
+  non-finite guard skips puts them back as they were;
 - ``optimizer`` comes from :func:`deltairis.models.configure_optimizer` with the component's
   ``training.<name>`` settings (``learning_rate``, ``weight_decay``, ``optimizer``).
 """
@@ -41,6 +43,8 @@ class ComponentSpec:
     evaluated: bool
     #: the hook after the loss, before the optimizer step (or None)
     make_after_loss: Callable[[Any], Callable[[], None]] | None = None
+    #: buffers the loss call itself updates (the codebook EMA): restored when a step is skipped
+    loss_buffers: Callable[[Any], list[torch.Tensor]] = lambda agent: []
 
 
 COMPONENTS: tuple[ComponentSpec, ...] = (
@@ -51,6 +55,7 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
         make_loss=lambda agent: lambda batch, seed: agent.tokenizer.compute_loss(batch),
         pad_mode="both",
         evaluated=True,
+        loss_buffers=lambda agent: list(agent.tokenizer.quantizer.buffers()),
     ),
     ComponentSpec(
         name="world_model",
@@ -86,6 +91,7 @@ class Component:
     loss: Callable[[Any, int], LossOutput]
     seq_len: int
     after_loss: Callable[[], None] | None
+    loss_buffers: list[torch.Tensor]
 
     @property
     def name(self) -> str:
@@ -114,6 +120,7 @@ def build_components(agent: Any, training_cfg: Any) -> dict[str, Component]:
             loss=spec.make_loss(agent),
             seq_len=seq_len,
             after_loss=None if spec.make_after_loss is None else spec.make_after_loss(agent),
+            loss_buffers=spec.loss_buffers(agent),
         )
     return out
 

@@ -128,6 +128,7 @@ def _check_values(cfg: DictConfig) -> None:
             )
         positive(f"training.{name}.max_grad_norm", c.max_grad_norm)
         positive(f"training.{name}.sampling_alpha", c.sampling_alpha, allow_zero=True)
+    positive("training.max_consecutive_skips", cfg.training.max_consecutive_skips, allow_zero=True)
     positive("evaluation.every", cfg.evaluation.every)
     if cfg.evaluation.num_batches is not None:
         positive("evaluation.num_batches", cfg.evaluation.num_batches, allow_zero=True)

@@ -21,7 +21,10 @@ which rolls the store (episodes, steps and visit counts) back to the checkpointe
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
+import os
 import shlex
 import sys
 import time
@@ -31,7 +34,7 @@ from typing import Any
 from deltairis.agent import Agent
 from deltairis.checkpoint import atomic_write_bytes, load_torch_file, recover_checkpoint_set
 from deltairis.data.replay import INDEX_NAME
-from deltairis.errors import CorruptCheckpointError, ResumeError
+from deltairis.errors import CorruptCheckpointError, ResumeError, RunFolderBusyError
 from deltairis.train.configuration import diff_dicts
 
 logger = logging.getLogger(__name__)
@@ -73,6 +76,49 @@ PLAY_SH = _script(
 """,
     'deltairis.cli.play --run-dir "$PWD"',
 )
+
+
+LOCK_NAME = ".lock"
+
+
+class RunFolderLock:
+    """One writer per run folder: an exclusive ``flock`` on ``RUN/.lock`` held while a trainer runs.
+
+    The lock file holds the pid of its holder (for the error message); the kernel drops the lock when
+    the process ends, however it ends, so a crashed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunFolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunFolderBusyError(
+                f"{self.path.parent} is in use by another training process (pid {holder}); "
+                "wait for it to finish, stop it, or choose another run folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
 
 def make_layout(run_dir: Path) -> None:
@@ -163,8 +209,10 @@ def restore_store_index(directory: Path, payload: bytes | None) -> None:
 
 
 __all__ = [
+    "LOCK_NAME",
     "PLAY_SH",
     "RESUME_SH",
+    "RunFolderLock",
     "check_same_model",
     "make_layout",
     "new_run_dir",

@@ -22,7 +22,7 @@ from deltairis.agent import Agent, agent_checkpoint, load_agent
 from deltairis.checkpoint import write_checkpoint_set
 from deltairis.data import ReplayStore, import_reference_dataset
 from deltairis.data.replay import INDEX_NAME
-from deltairis.errors import ResumeError
+from deltairis.errors import NonFiniteError, ResumeError
 from deltairis.runtime import resolve_device
 from deltairis.seeding import derive_env_seed, derive_seed, global_rng_state, set_global_rng_state
 from deltairis.train.collector import Collector, CollectStats, run_test_episodes
@@ -32,6 +32,7 @@ from deltairis.train.envs import make_env
 from deltairis.train.evaluate import episode_metrics
 from deltairis.train.logging_utils import MetricsLogger, Progress, save_episode, save_image_grid, to_uint8_hwc
 from deltairis.train.run_folder import (
+    RunFolderLock,
     check_same_model,
     make_layout,
     new_run_dir,
@@ -58,6 +59,14 @@ class Trainer:
         self.media_dir = self.run_dir / "media"
         resume = bool(cfg.common.resume)
         self.device = resolve_device(cfg.common.device)
+        self._lock = RunFolderLock(self.run_dir).acquire()  # one writer per run folder
+        try:
+            self._setup(cfg, resume)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _setup(self, cfg: DictConfig, resume: bool) -> None:
         self._configure_torch(cfg)
         saved = read_checkpoint(self.run_dir) if resume else None
         self.cfg = cfg = self._settle_seed(cfg, saved)
@@ -87,6 +96,8 @@ class Trainer:
         )
         self.epoch = 0
         self.num_updates = {name: 0 for name in COMPONENT_NAMES}
+        self.skipped_steps = {name: 0 for name in COMPONENT_NAMES}
+        self.consecutive_skips = {name: 0 for name in COMPONENT_NAMES}  # across epochs
         if saved is not None:
             self._restore_progress(saved[0])
         elif cfg.collection.path_to_static_dataset:
@@ -178,7 +189,17 @@ class Trainer:
 
     # -- checkpoint ------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        """Commit the stores, then write the checkpoint set atomically (never with non-finite weights)."""
         t0 = time.perf_counter()
+        floats = {n: t for n, t in self.agent.state_dict().items() if t.is_floating_point()}
+        finite = torch.stack([torch.isfinite(t).all() for t in floats.values()]).cpu()  # one host sync
+        bad = [n for n, ok in zip(floats, finite.tolist()) if not ok]
+        if bad:
+            raise NonFiniteError(
+                f"refusing to checkpoint epoch {self.epoch}: non-finite values in {', '.join(bad[:5])}"
+                + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                + f"; the previous checkpoint in {self.ckpt_dir} is left as it was"
+            )
         for store in self.stores.values():
             store.commit()
         path = self.stores["train"].directory / INDEX_NAME
@@ -214,6 +235,13 @@ class Trainer:
             self.close()
 
     def close(self) -> None:
+        """Close the metrics, the env and the stores, then let go of the run folder."""
+        try:
+            self._close_resources()
+        finally:
+            self._lock.release()
+
+    def _close_resources(self) -> None:
         self.metrics.close()
         with contextlib.suppress(Exception):
             self.collector.env.close()
@@ -329,6 +357,7 @@ class Trainer:
         self._set_modes(component)
         sums: dict[str, torch.Tensor] = {}
         grad_norm_sum = torch.zeros((), device=self.device)
+        skipped = 0
         bar = Progress(self.cfg.common.progress_bar, steps, f"epoch {epoch} {name}", "it")
         t0 = time.perf_counter()
         try:
@@ -342,16 +371,30 @@ class Trainer:
                     seed=derive_seed(self.seed, name, epoch, step),
                     update_counts=update_counts,
                 ).to(self.device, non_blocking=True)
+                saved = [b.clone() for b in component.loss_buffers]  # the guard restores them on a skip
                 with self._autocast(bool(c.mixed_precision)):
                     out = component.loss(batch, derive_seed(self.seed, name, "imagine", epoch, step))
                 if component.after_loss is not None:
                     component.after_loss()
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
-                grad_norm_sum += torch.nn.utils.clip_grad_norm_(
+                grad_norm = torch.nn.utils.clip_grad_norm_(
                     component.parameters, float(c.max_grad_norm)
                 ).detach()
+                # The non-finite guard: one host sync per step (a skipped step changes no weight).
+                if not bool(torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)):
+                    optimizer.zero_grad(set_to_none=True)
+                    with torch.no_grad():
+                        for buf, value in zip(component.loss_buffers, saved):
+                            buf.copy_(value)
+                    skipped += 1
+                    self.consecutive_skips[name] += 1
+                    self._check_skips(name, epoch, step)
+                    bar.update(1)
+                    continue
+                self.consecutive_skips[name] = 0
                 optimizer.step()
+                grad_norm_sum += grad_norm
                 for k, v in out.metrics.items():
                     v = v.detach().float()
                     sums[k] = sums[k] + v if k in sums else v
@@ -359,13 +402,37 @@ class Trainer:
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
-        self.num_updates[name] += steps
+        applied = steps - skipped
+        self.num_updates[name] += applied
+        self.skipped_steps[name] += skipped
         self._set_modes(None)
-        result = {k: float(v) / steps for k, v in sums.items()}  # one host sync per phase
-        result[f"{name}/grad_norm"] = float(grad_norm_sum) / steps
+        result = (
+            {k: float(v) / applied for k, v in sums.items()} if applied else {}
+        )  # one host sync per phase
+        if applied:
+            result[f"{name}/grad_norm"] = float(grad_norm_sum) / applied
         result[f"{name}/steps_per_s"] = steps / seconds if seconds > 0 else 0.0
         result[f"{name}/num_updates"] = float(self.num_updates[name])
+        result[f"{name}/skipped_steps"] = float(skipped)
         return result
+
+    def _check_skips(self, name: str, epoch: int, step: int) -> None:
+        consecutive = self.consecutive_skips[name]
+        limit = int(self.cfg.training.max_consecutive_skips)
+        logger.warning(
+            "%s: non-finite loss or gradient norm at epoch %d step %d: step skipped", name, epoch, step
+        )
+        if limit and consecutive >= limit:
+            last = (
+                f"{self.ckpt_dir} (end of epoch {self.epoch})"
+                if (self.ckpt_dir / "last.pt").exists()
+                else "none yet (no epoch finished)"
+            )
+            raise NonFiniteError(
+                f"{name}: {consecutive} consecutive steps with a non-finite loss or gradient norm, the last at "
+                f"epoch {epoch} step {step} (training.max_consecutive_skips={limit}); the last good "
+                f"checkpoint is {last}"
+            )
 
     # -- evaluation ------------------------------------------------------------------------------------
     @torch.no_grad()
