@@ -15,6 +15,7 @@
 #include "bindings/buffers.h"
 #include "core/info.h"
 #include "envs/crafter/engine.h"
+#include "envs/crafter/state_edit.h"
 #include "vecenv/crafter_vector.h"
 
 namespace deltairis {
@@ -125,12 +126,7 @@ cr::ImportedState imported_state_of(const py::dict& d) {
   s.mt_pos = py::cast<int>(d["mt_pos"]);
   s.materials = py::cast<std::vector<std::uint8_t>>(d["materials"]);
   s.num_slots = py::cast<std::uint32_t>(d["num_slots"]);
-  for (auto item : py::reinterpret_borrow<py::list>(d["objects"])) {
-    auto t = py::cast<py::sequence>(item);
-    s.objects.push_back({py::cast<std::uint32_t>(t[0]), cr::object_kind_from_name(py::cast<std::string>(t[1])),
-                         py::cast<int>(t[2]), py::cast<int>(t[3]), py::cast<int>(t[4]), py::cast<int>(t[5]),
-                         py::cast<int>(t[6]), py::cast<int>(t[7]), py::cast<int>(t[8])});
-  }
+  s.objects = cr::imported_objects(py::cast<std::vector<cr::ObjectRow>>(d["objects"]));
   s.chunk_order = py::cast<std::vector<int>>(d["chunk_order"]);
   s.sleeping = py::cast<bool>(d["sleeping"]);
   s.player_last_health = py::cast<int>(d["player_last_health"]);
@@ -209,20 +205,6 @@ py::list env_objects(const cr::Env& env) {
     out.append(d);
   }
   return out;
-}
-
-void env_poke(cr::Env& e, const std::string& what, const py::tuple& args) {
-  auto arg = [&](int i) { return py::cast<int>(args[i]); };
-  if (what == "inventory") {
-    e.poke_inventory(arg(0), arg(1));
-  } else if (what == "material") {
-    e.poke_material(arg(0), arg(1), arg(2));
-  } else if (what == "object") {
-    e.poke_object(cr::object_kind_from_name(py::cast<std::string>(args[0])), arg(1), arg(2), arg(3), arg(4), arg(5),
-                  arg(6));
-  } else {
-    throw py::value_error("unknown poke " + what);
-  }
 }
 
 // ---- CrafterVectorEnv ---------------------------------------------------------------------------
@@ -319,7 +301,8 @@ void register_env(py::module_& m) {
       .def("_set_despawn_choices", &cr::Env::set_despawn_choices, py::arg("slots"),
            "Test hook: slots the next despawns remove (replay of CPython's set order).")
       .def_property_readonly("_despawn_choices_left", &cr::Env::despawn_choices_left)
-      .def("_poke", &env_poke, py::arg("what"), py::arg("args"), "Test hook: edit the state (inventory, material, object).")
+      .def("_poke", &cr::apply_poke, py::arg("what"), py::arg("args"),
+           "Test hook: edit the state (inventory, material, object).")
       .def(
           "_import_state", [](cr::Env& e, const py::dict& d) { e.import_state(imported_state_of(d)); },
           py::arg("state"), "Test hook: load a Python crafter.Env state exported between two steps.");

@@ -291,11 +291,12 @@ class Env {
     forced_next_ = 0;
   }
   std::size_t despawn_choices_left() const { return forced_despawns_.size() - forced_next_; }
-  // Test hooks (scenario tests apply the same edits to the Python reference): set an inventory count
-  // or a material, or add an object (throws std::invalid_argument on a bad position or kind).
   // Test hook: replaces the whole state (throws std::invalid_argument on an inconsistent state, after
-  // which the env must be reset or re-imported before use).
+  // which the env must be reset or re-imported before use). state_edit.h builds its objects from rows.
   void import_state(const ImportedState& state);
+  // Test hooks (scenario tests apply the same edits to the Python reference; state_edit.h's apply_poke
+  // dispatches to them): set an inventory count or a material, or add an object (throws
+  // std::invalid_argument on a bad item, material, position or kind).
   void poke_inventory(int item, int value);
   void poke_material(int x, int y, int material);
   std::uint32_t poke_object(ObjKind kind, int x, int y, int health, int fx, int fy, int grown);

@@ -1,8 +1,9 @@
 // Unit tests of the native Crafter engine's building blocks: numpy's legacy generator, the episode seed
 // (CPython's tuple hash), OpenSimplex noise, Pillow's nearest indices, the object-kind names, the asset
-// tables, world generation, rendering of a known state and the player update. Reference values were
-// computed with numpy 1.x RandomState, CPython 3.11 hash() and opensimplex 0.4.5; the Python tests
-// (tests/envs/test_crafter_native*.py) compare far more of them through crafter_probe.
+// tables, world generation, rendering of a known state, the player update and the test hooks' edits
+// (state_edit.h, Env::import_state). Reference values were computed with numpy 1.x RandomState, CPython
+// 3.11 hash() and opensimplex 0.4.5; the Python tests (tests/envs/test_crafter_native*.py) compare far
+// more of them through crafter_probe.
 #include "envs/crafter/engine.h"
 
 #include <cmath>
@@ -15,6 +16,7 @@
 
 #include "envs/crafter/opensimplex.h"
 #include "envs/crafter/random.h"
+#include "envs/crafter/state_edit.h"
 #include "testing/check.h"
 
 namespace deltairis {
@@ -344,6 +346,145 @@ TEST(Player, MovesCollectsAndGetsHungry) {
   env.step(noop, obs.data());
   CHECK_EQ(env.inventory()[food], 8);
   CHECK_EQ(env.step_count(), 26);
+}
+
+// ---- the test hooks' edits (state_edit.h): scenario pokes and exported object rows ---------------
+
+const ObjectState* object_at(const std::vector<ObjectState>& objects, int x, int y) {
+  for (const auto& o : objects)
+    if (o.x == x && o.y == y) return &o;
+  return nullptr;
+}
+
+TEST(StateEdit, PokesSetInventoryMaterialAndAddObjects) {
+  const auto a = make_assets();
+  Env env(a, 11);
+  auto obs = obs_buffer(*a);
+  env.reset(obs.data());
+  build_garden(env, *a);
+  REQUIRE(no_objects_near(env, 32, 32, 3));
+  const int wood = index_of(a->item_names(), "wood"), table = index_of(a->material_names(), "table");
+  apply_poke(env, "inventory", {wood, 7});
+  CHECK_EQ(env.inventory()[wood], 7);
+  apply_poke(env, "material", {34, 33, table});
+  CHECK_EQ(static_cast<int>(env.material_map()[static_cast<std::size_t>(34) * 64 + 33]), table);
+  const std::size_t before = env.objects().size();
+  apply_poke(env, "object", {std::string("Cow"), 30, 32, 2, 0, 0, 0});
+  apply_poke(env, "object", {std::string("Plant"), 32, 34, 1, 0, 0, 5});
+  apply_poke(env, "object", {std::string("Arrow"), 33, 30, 0, 1, 0, 0});
+  const auto objects = env.objects();
+  REQUIRE_EQ(objects.size(), before + 3);
+  CHECK(objects[before].kind == ObjKind::kCow);  // appended in creation order
+  const ObjectState* cow = object_at(objects, 30, 32);
+  const ObjectState* plant = object_at(objects, 32, 34);
+  const ObjectState* arrow = object_at(objects, 33, 30);
+  REQUIRE(cow && plant && arrow);
+  CHECK(cow->kind == ObjKind::kCow);
+  CHECK_EQ(cow->health, 2);
+  CHECK(plant->kind == ObjKind::kPlant);
+  CHECK_EQ(plant->grown, 5);
+  CHECK(arrow->kind == ObjKind::kArrow);
+  CHECK_EQ(arrow->facing_x, 1);
+  CHECK_EQ(arrow->facing_y, 0);
+}
+
+TEST(StateEdit, PokesRejectBadInput) {
+  const auto a = make_assets();
+  Env env(a, 11);
+  auto obs = obs_buffer(*a);
+  env.reset(obs.data());
+  build_garden(env, *a);
+  CHECK_THROWS(apply_poke(env, "weather", {1}), std::invalid_argument, "unknown poke weather");
+  CHECK_THROWS(apply_poke(env, "inventory", {1}), std::invalid_argument, "expected 2 arguments (item, value), got 1");
+  CHECK_THROWS(apply_poke(env, "material", {1, 2, 3, 4}), std::invalid_argument, "expected 3 arguments");
+  CHECK_THROWS(apply_poke(env, "inventory", {1, std::string("9")}), std::invalid_argument,
+               "argument 1 must be an integer");
+  CHECK_THROWS(apply_poke(env, "object", {1, 30, 32, 2, 0, 0, 0}), std::invalid_argument,
+               "argument 0 must be a class name");
+  CHECK_THROWS(apply_poke(env, "object", {std::string("Dragon"), 30, 32, 2, 0, 0, 0}), std::invalid_argument,
+               "unknown object kind Dragon");
+  CHECK_THROWS(apply_poke(env, "inventory", {16, 1}), std::invalid_argument, "poke_inventory: bad item");
+  CHECK_THROWS(apply_poke(env, "material", {64, 0, 2}), std::invalid_argument, "outside the world");
+  CHECK_THROWS(apply_poke(env, "material", {0, 0, 13}), std::invalid_argument, "bad material");
+  CHECK_THROWS(apply_poke(env, "object", {std::string("Cow"), 32, 32, 3, 0, 0, 0}), std::invalid_argument,
+               "cell not free");  // the player stands there
+  CHECK_THROWS(apply_poke(env, "object", {std::string("Player"), 30, 30, 9, 0, 1, 0}), std::invalid_argument,
+               "second player");
+}
+
+TEST(StateEdit, ObjectRowsBecomeImportedObjects) {
+  const auto obj = imported_object(ObjectRow{4, "Zombie", 10, 11, 5, -1, 0, 3, 0});
+  CHECK_EQ(obj.slot, 4u);
+  CHECK(obj.kind == ObjKind::kZombie);
+  CHECK_EQ(obj.x, 10);
+  CHECK_EQ(obj.y, 11);
+  CHECK_EQ(obj.health, 5);
+  CHECK_EQ(obj.facing_x, -1);
+  CHECK_EQ(obj.facing_y, 0);
+  CHECK_EQ(obj.cooldown, 3);
+  CHECK_EQ(obj.grown, 0);
+  const auto objs = imported_objects({{1, "Player", 32, 32, 9, 0, 1, 0, 0}, {2, "Plant", 30, 30, 1, 0, 0, 0, 7}});
+  REQUIRE_EQ(objs.size(), std::size_t{2});
+  CHECK(objs[0].kind == ObjKind::kPlayer);
+  CHECK(objs[1].kind == ObjKind::kPlant);
+  CHECK_EQ(objs[1].grown, 7);
+  CHECK(imported_objects({}).empty());
+  CHECK_THROWS(imported_objects({{1, "Dragon", 0, 0, 0, 0, 0, 0, 0}}), std::invalid_argument,
+               "unknown object kind Dragon");
+}
+
+ImportedState small_state(const Assets& a) {
+  ImportedState s;
+  s.step = 3;
+  s.episode = 1;
+  s.mt_key.assign(624, 0);
+  s.mt_pos = 624;
+  s.materials.assign(static_cast<std::size_t>(64) * 64, static_cast<std::uint8_t>(index_of(a.material_names(), "grass")));
+  s.num_slots = 3;
+  s.objects = imported_objects({{1, "Player", 32, 32, 9, 0, 1, 0, 0}, {2, "Cow", 30, 30, 3, 0, 0, 0, 0}});
+  s.chunk_order = {2 * 6 + 2};  // chunk (24..35, 24..35) of a 64 x 64 area
+  s.player_last_health = 9;
+  s.inventory.assign(a.num_items(), 0);
+  s.achievements.assign(a.num_achievements(), 0);
+  s.env_last_health = 9;
+  s.unlocked.assign(a.num_achievements(), false);
+  return s;
+}
+
+TEST(StateEdit, ImportedRowsLoadAndBadStatesAreRejected) {
+  const auto a = make_assets();
+  Env env(a, 0);
+  auto obs = obs_buffer(*a);
+  env.reset(obs.data());
+  env.set_despawn_choices({5, 6});
+  CHECK_EQ(env.despawn_choices_left(), std::size_t{2});
+  env.import_state(small_state(*a));
+  CHECK_EQ(env.despawn_choices_left(), std::size_t{0});  // an import drops the forced despawns
+  CHECK_EQ(env.step_count(), 3);
+  CHECK_EQ(env.player_x(), 32);
+  CHECK_EQ(env.player_y(), 32);
+  const auto objects = env.objects();
+  REQUIRE_EQ(objects.size(), std::size_t{2});
+  CHECK(objects[1].kind == ObjKind::kCow);
+  CHECK_EQ(objects[1].health, 3);
+  ImportedState bad = small_state(*a);
+  bad.mt_key.resize(10);
+  CHECK_THROWS(env.import_state(bad), std::invalid_argument, "MT19937");
+  bad = small_state(*a);
+  bad.materials.resize(100);
+  CHECK_THROWS(env.import_state(bad), std::invalid_argument, "materials");
+  bad = small_state(*a);
+  bad.objects = imported_objects({{2, "Cow", 30, 30, 3, 0, 0, 0, 0}});
+  CHECK_THROWS(env.import_state(bad), std::invalid_argument, "no player");
+  bad = small_state(*a);
+  bad.objects = imported_objects({{1, "Player", 32, 32, 9, 0, 1, 0, 0}, {1, "Cow", 30, 30, 3, 0, 0, 0, 0}});
+  CHECK_THROWS(env.import_state(bad), std::invalid_argument, "slot or position");
+  bad = small_state(*a);
+  bad.chunk_order.clear();
+  CHECK_THROWS(env.import_state(bad), std::invalid_argument, "untouched chunk");
+  bad = small_state(*a);
+  bad.chunk_order = {99};
+  CHECK_THROWS(env.import_state(bad), std::invalid_argument, "chunk order");
 }
 
 }  // namespace
