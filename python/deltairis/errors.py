@@ -29,6 +29,11 @@ class ResumeError(DeltaIrisError, RuntimeError):
     """A run cannot be resumed (missing files, or a config that changes the model)."""
 
 
+class Preempted(DeltaIrisError):
+    """The run stopped on SIGTERM/SIGINT after writing a mid-epoch checkpoint; ``scripts/resume.sh`` goes
+    on from there. ``deltairis-train`` exits with :data:`deltairis.train.preemption.PREEMPTED_EXIT_CODE`."""
+
+
 class NonFiniteError(DeltaIrisError, RuntimeError):
     """Training produced non-finite losses, gradients or weights too often to go on."""
 
@@ -51,6 +56,7 @@ __all__ = [
     "CorruptCheckpointError",
     "DeltaIrisError",
     "NonFiniteError",
+    "Preempted",
     "ReplayStoreError",
     "ReportError",
     "ResumeError",

@@ -53,6 +53,12 @@ def tiny_config():
     return _tiny_config
 
 
+@pytest.fixture(scope="session")
+def tiny_overrides() -> list[str]:
+    """The tiny run's overrides (for tests that start deltairis-train in a subprocess)."""
+    return list(TINY)
+
+
 @pytest.fixture()
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"

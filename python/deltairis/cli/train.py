@@ -239,8 +239,12 @@ def _train_in(cfg: Any, run_dir: Path) -> None:
 
 def _report(exc: BaseException) -> int:
     """Print a known error the way the CLI always has; returns the exit code (0: not a known error)."""
-    from deltairis.errors import ConfigError, DeltaIrisError
+    from deltairis.errors import ConfigError, DeltaIrisError, Preempted
+    from deltairis.train.preemption import PREEMPTED_EXIT_CODE
 
+    if isinstance(exc, Preempted):
+        print(f"deltairis-train: {exc}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     if isinstance(exc, ConfigError):
         print(f"deltairis-train: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -35,6 +35,9 @@ class CommonConfig:
     seed: int | None = None  # None: drawn once at the start of a run and saved in the run folder
     resume: bool = False  # continue the run in the current / given run folder (scripts/resume.sh)
     do_checkpoint: bool = True
+    # Also write a mid-epoch checkpoint every this many steps (gradient or collection steps); None: only
+    # at the end of every epoch and when SIGTERM/SIGINT stops the run.
+    checkpoint_every_steps: int | None = None
     num_threads: int | None = None  # torch intra-op threads; None leaves torch's default
     progress_bar: bool = True
     tf32: bool = True  # TF32 matmuls on CUDA, as the reference enables them

@@ -51,7 +51,9 @@ def policy_step(
 ) -> tuple[torch.Tensor, State]:
     """Online policy on frames (N, 3, H, W) in [0, 1]: (actions (N,), new LSTM state)."""
     out = actor_critic.model(obs, state)
-    return sample_actions(out.logits, epsilon=epsilon, temperature=temperature, seed=seed, step=step), out.state
+    return sample_actions(
+        out.logits, epsilon=epsilon, temperature=temperature, seed=seed, step=step
+    ), out.state
 
 
 class Policy:
@@ -119,7 +121,24 @@ class Policy:
     def reset_rows(self, done: np.ndarray) -> None:
         """Zero the LSTM state of the envs whose episode just ended (``done`` bool (N,))."""
         if self.state is not None and done.any():
-            self.state = self.actor_critic.reset_state_rows(self.state, torch.from_numpy(done).to(self.device))
+            self.state = self.actor_critic.reset_state_rows(
+                self.state, torch.from_numpy(done).to(self.device)
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        """What continues this policy exactly: the LSTM state (on the CPU), step counter, NumPy generator."""
+        return {
+            "state": None if self.state is None else tuple(t.detach().cpu() for t in self.state),
+            "t": self.t,
+            "rng": None if self._rng is None else self._rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = None if state["state"] is None else tuple(t.to(self.device) for t in state["state"])
+        self.t = int(state["t"])
+        if self._rng is not None and state["rng"] is not None:
+            self._rng.bit_generator.state = state["rng"]
+        self.logits = self.value = None
 
     def reset(self) -> None:
         """Forget the LSTM state and the last frame (the step counter keeps counting)."""

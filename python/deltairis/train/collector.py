@@ -58,6 +58,7 @@ class CollectStats:
     episode_lengths: list[int] = field(default_factory=list)
     achievements: list[dict[str, int]] = field(default_factory=list)
     finished_episode_ids: list[int] = field(default_factory=list)
+    interrupted: bool = False  # a paused collection (see Collector.collect's should_stop)
 
     def add_finished(self, info: dict[str, Any], i: int) -> None:
         """Record the episode env ``i`` just finished (return, length, Crafter achievements)."""
@@ -122,6 +123,9 @@ class Collector:
         self.recent = np.zeros((n, self.burn_in, 3, *self.obs.shape[1:3]), dtype=np.uint8)  # last frames
         self.recent_len = np.zeros(n, dtype=np.int64)
         self.total_steps = 0
+        self.paused: dict[str, Any] | None = (
+            None  # an interrupted collection, continued by the next collect()
+        )
 
     @property
     def num_envs(self) -> int:
@@ -141,11 +145,13 @@ class Collector:
             "recent_len": self.recent_len.copy(),
             "total_steps": self.total_steps,
             "env": env_bytes,
+            "paused": self.paused,
         }
 
     def load_state_dict(self, state: dict[str, Any], reset_seed: int) -> None:
         """Restore a saved state; when the env itself was not saved, restart every episode."""
         self.total_steps = int(state["total_steps"])
+        self.paused = state.get("paused")
         if state.get("env") is not None:
             self.env.close()
             self.env = pickle.loads(state["env"])
@@ -160,6 +166,9 @@ class Collector:
             self.num_envs,
             reset_seed,
         )
+        if self.paused is not None:
+            logger.warning("the paused collection cannot go on without the env state: it starts over")
+            self.paused = None
         self.obs = self.env.reset(reset_seed)
         self.episode_ids[:] = -1
         self.recent_len[:] = 0
@@ -197,30 +206,34 @@ class Collector:
         temperature: float,
         seed: int,
         progress: Callable[[int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> CollectStats:
         """Collect at least ``num_steps`` env steps (rounded up to a multiple of ``num_envs``).
 
         ``actor_critic=None`` draws uniformly random actions. Otherwise the policy acts ε-greedily at
         ``temperature``, its LSTM first burned in on the last frames of every running episode, then
         carried across steps and reset for envs that start a new episode.
+
+        ``should_stop`` is asked after every env step: when it says yes before the last one, the
+        collection pauses (``stats.interrupted``) and its state (pending steps, policy, statistics so far)
+        stays in :attr:`paused`, part of :meth:`state_dict`; the next call with the same arguments goes on
+        from there, so a paused and resumed collection stores exactly what an uninterrupted one stores.
         """
         n = self.num_envs
         num_actions = int(self.env.num_actions)
         rounds = math.ceil(num_steps / n)
-        stats = CollectStats()
-        pending = [_Pending() for _ in range(n)]
-        state = None if actor_critic is None else self._burn_in_state(actor_critic, device)
         policy = Policy(
-            actor_critic,
-            num_actions,
-            device,
-            epsilon=epsilon,
-            temperature=temperature,
-            seed=seed,
-            state=state,
+            actor_critic, num_actions, device, epsilon=epsilon, temperature=temperature, seed=seed
         )
-        t0 = time.perf_counter()
-        for _ in range(rounds):
+        if self.paused is not None:
+            paused, self.paused = self.paused, None
+            start, stats, pending = int(paused["round"]), paused["stats"], paused["pending"]
+            policy.load_state_dict(paused["policy"])
+        else:
+            start, stats, pending = 0, CollectStats(), [_Pending() for _ in range(n)]
+            policy.state = None if actor_critic is None else self._burn_in_state(actor_critic, device)
+        t0 = time.perf_counter() - stats.seconds
+        for r in range(start, rounds):
             obs_chw = to_chw(self.obs)  # (N, 3, H, W)
             act = policy.act_frames(obs_chw)
             next_obs, rew, term, trunc, info = self.env.step(act)
@@ -245,10 +258,21 @@ class Collector:
             stats.num_steps += n
             if progress is not None:
                 progress(n)
+            if should_stop is not None and r + 1 < rounds and should_stop():
+                stats.seconds = time.perf_counter() - t0
+                self.paused = {
+                    "round": r + 1,
+                    "stats": stats,
+                    "pending": pending,
+                    "policy": policy.state_dict(),
+                }
+                stats.interrupted = True
+                return stats
         for i in range(n):
             self._flush(i, pending[i])
         self.total_steps += stats.num_steps
         stats.seconds = time.perf_counter() - t0
+        stats.interrupted = False
         return stats
 
 
@@ -265,6 +289,7 @@ def run_test_episodes(
     store: Any | None = None,
     progress: Callable[[int], None] | None = None,
     burn_in: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> CollectStats:
     """Play exactly ``num_episodes`` episodes from a fresh ``reset(seed)`` and return their statistics.
 
@@ -272,6 +297,7 @@ def run_test_episodes(
     once an env has played its share its further steps are ignored. Finished episodes are added to
     ``store`` when given. ``actor_critic=None`` plays uniformly random actions. As in the reference's
     test collector, the policy's LSTM first consumes ``burn_in`` zero frames (no episode is running).
+    When ``should_stop`` says yes after a step, the episodes are abandoned (``stats.interrupted``).
     """
     n = env.num_envs
     quota = np.array([num_episodes // n + (1 if i < num_episodes % n else 0) for i in range(n)])
@@ -316,6 +342,9 @@ def run_test_episodes(
         policy.reset_rows(done)
         if progress is not None:
             progress(finished_now)
+        if should_stop is not None and should_stop():
+            stats.interrupted = True
+            break
     stats.seconds = time.perf_counter() - t0
     return stats
 

@@ -92,6 +92,8 @@ def _check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
     positive("common.epochs", cfg.common.epochs)
+    if cfg.common.checkpoint_every_steps is not None:
+        positive("common.checkpoint_every_steps", cfg.common.checkpoint_every_steps)
     if cfg.wandb.mode not in ("online", "offline", "disabled"):
         raise ConfigError(f"wandb.mode must be online, offline or disabled, got {cfg.wandb.mode!r}")
     if cfg.env.name not in ("crafter", "atari", "toy"):

@@ -22,7 +22,7 @@ from deltairis.agent import Agent, agent_checkpoint, load_agent
 from deltairis.checkpoint import write_checkpoint_set
 from deltairis.data import ReplayStore, import_reference_dataset
 from deltairis.data.replay import INDEX_NAME
-from deltairis.errors import NonFiniteError, ResumeError
+from deltairis.errors import NonFiniteError, Preempted, ResumeError
 from deltairis.runtime import resolve_device
 from deltairis.seeding import derive_env_seed, derive_seed, global_rng_state, set_global_rng_state
 from deltairis.train.collector import Collector, CollectStats, run_test_episodes
@@ -31,6 +31,7 @@ from deltairis.train.configuration import agent_config_from, save_config
 from deltairis.train.envs import make_env
 from deltairis.train.evaluate import episode_metrics
 from deltairis.train.logging_utils import MetricsLogger, Progress, save_episode, save_image_grid, to_uint8_hwc
+from deltairis.train.preemption import StopSignals
 from deltairis.train.run_folder import (
     RunFolderLock,
     check_same_model,
@@ -43,6 +44,8 @@ from deltairis.train.run_folder import (
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+#: The phases of an epoch, in order; a mid-epoch checkpoint names one and the step to go on from.
+PHASES = ("collect", *COMPONENT_NAMES, "evaluate")
 
 
 class Trainer:
@@ -98,6 +101,11 @@ class Trainer:
         self.num_updates = {name: 0 for name in COMPONENT_NAMES}
         self.skipped_steps = {name: 0 for name in COMPONENT_NAMES}
         self.consecutive_skips = {name: 0 for name in COMPONENT_NAMES}  # across epochs
+        self.position: dict[str, Any] | None = None  # where a mid-epoch checkpoint stopped
+        self._stop_requested: Any = lambda: False  # a StopSignals while run() runs
+        self._steps_since_checkpoint = 0
+        self._epoch_metrics: dict[str, float] = {}
+        self._epoch_t0 = 0.0
         if saved is not None:
             self._restore_progress(saved[0])
         elif cfg.collection.path_to_static_dataset:
@@ -176,6 +184,9 @@ class Trainer:
     def _restore_progress(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])
         self.num_updates = dict(state["num_updates"])
+        self.position = state.get("position")
+        self.skipped_steps.update(state.get("skipped_steps", {}))
+        self.consecutive_skips.update(state.get("consecutive_skips", {}))
         self.collector.load_state_dict(
             state["collector"], reset_seed=derive_env_seed(self.seed, "reset", self.epoch)
         )
@@ -188,8 +199,11 @@ class Trainer:
         return {name: c.optimizer for name, c in self.components.items()}
 
     # -- checkpoint ------------------------------------------------------------------------------------
-    def save_checkpoint(self) -> None:
-        """Commit the stores, then write the checkpoint set atomically (never with non-finite weights)."""
+    def save_checkpoint(self, position: dict[str, Any] | None = None) -> None:
+        """Commit the stores, then write the checkpoint set atomically (never with non-finite weights).
+
+        ``position``: for a mid-epoch checkpoint, where the epoch in progress stopped (see :meth:`_pause`).
+        """
         t0 = time.perf_counter()
         floats = {n: t for n, t in self.agent.state_dict().items() if t.is_floating_point()}
         finite = torch.stack([torch.isfinite(t).all() for t in floats.values()]).cpu()  # one host sync
@@ -214,13 +228,47 @@ class Trainer:
                 "epoch": self.epoch,
                 "seed": self.seed,
                 "num_updates": dict(self.num_updates),
+                "skipped_steps": dict(self.skipped_steps),
+                "consecutive_skips": dict(self.consecutive_skips),
                 "rng": global_rng_state(),
                 "collector": self.collector.state_dict(),
                 "dataset_index": index,
+                "position": position,
             },
         }
         write_checkpoint_set(self.ckpt_dir, members, self.epoch)
         logger.debug("checkpoint of epoch %d written in %.2fs", self.epoch, time.perf_counter() - t0)
+        self._steps_since_checkpoint = 0
+
+    # -- mid-epoch checkpoints -------------------------------------------------------------------------
+    def _pause_wanted(self) -> bool:
+        """Asked after every unit step: stop now (a signal) or write a periodic mid-epoch checkpoint?"""
+        self._steps_since_checkpoint += 1
+        every = self.cfg.common.checkpoint_every_steps
+        periodic = (
+            bool(every) and self.cfg.common.do_checkpoint and self._steps_since_checkpoint >= int(every)
+        )
+        return self._stop_requested() or periodic
+
+    def _pause(self, epoch: int, phase: str, step: int, partial: dict[str, Any] | None) -> None:
+        """Write a mid-epoch checkpoint at (epoch, phase, step); then exit the run when a signal asked."""
+        position = {
+            "epoch": epoch,
+            "phase": phase,
+            "step": step,
+            "partial": partial,
+            "metrics": dict(self._epoch_metrics),
+            "seconds": time.perf_counter() - self._epoch_t0,
+        }
+        self.save_checkpoint(position)
+        where = f"epoch {epoch}, {phase} step {step}"
+        if self._stop_requested():
+            logger.warning("checkpoint written at %s; resume with scripts/resume.sh", where)
+            raise Preempted(
+                f"stopped by {getattr(self._stop_requested, 'received', 'a signal')} at {where}; the checkpoint "
+                f"in {self.ckpt_dir} goes on from there (scripts/resume.sh)"
+            )
+        logger.info("mid-epoch checkpoint at %s", where)
 
     # -- main loop -------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -229,9 +277,14 @@ class Trainer:
         if self.epoch >= epochs:
             logger.info("run already at epoch %d of %d: nothing to do", self.epoch, epochs)
         try:
-            for epoch in range(self.epoch + 1, epochs + 1):
-                self.run_epoch(epoch)
+            with StopSignals() as stop:
+                self._stop_requested = stop
+                for epoch in range(self.epoch + 1, epochs + 1):
+                    position = self.position if self.position and self.position["epoch"] == epoch else None
+                    self.position = None
+                    self.run_epoch(epoch, position)
         finally:
+            self._stop_requested = lambda: False
             self.close()
 
     def close(self) -> None:
@@ -249,21 +302,34 @@ class Trainer:
             with contextlib.suppress(Exception):
                 store.close()
 
-    def run_epoch(self, epoch: int) -> dict[str, float]:
+    def run_epoch(self, epoch: int, position: dict[str, Any] | None = None) -> dict[str, float]:
+        """One epoch: collect, train each component, evaluate, log, checkpoint.
+
+        ``position`` (from a mid-epoch checkpoint) starts the epoch at that phase and step, with the
+        metrics of the phases already done.
+        """
         cfg = self.cfg
-        t_epoch = time.perf_counter()
-        logger.info("epoch %d / %d", epoch, cfg.common.epochs)
-        metrics: dict[str, float] = {}
-        ctrain = cfg.collection.train
-        if epoch <= ctrain.stop_after_epochs and not cfg.collection.path_to_static_dataset:
-            metrics.update(self.collect(epoch))
-        if cfg.training.should:
-            for name in COMPONENT_NAMES:
-                metrics.update(self.train_component(name, epoch))
-        if cfg.evaluation.should and epoch % cfg.evaluation.every == 0:
-            metrics.update(self.evaluate(epoch))
+        self._epoch_t0 = time.perf_counter() - (float(position["seconds"]) if position else 0.0)
+        if position:
+            logger.info(
+                "epoch %d / %d, from %s step %d",
+                epoch,
+                cfg.common.epochs,
+                position["phase"],
+                position["step"],
+            )
+        else:
+            logger.info("epoch %d / %d", epoch, cfg.common.epochs)
+        self._epoch_metrics = metrics = dict(position["metrics"]) if position else {}
+        first = PHASES.index(position["phase"]) if position else 0
+        for phase in PHASES[first:]:
+            here = position if position is not None and phase == position["phase"] else None
+            step, partial = (int(here["step"]), here["partial"]) if here else (0, None)
+            if here is None and self._stop_requested():  # between two phases
+                self._pause(epoch, phase, 0, None)
+            metrics.update(self._run_phase(phase, epoch, step, partial))
         self.epoch = epoch
-        metrics["epoch_seconds"] = time.perf_counter() - t_epoch
+        metrics["epoch_seconds"] = time.perf_counter() - self._epoch_t0
         metrics["dataset/train_steps"] = float(self.stores["train"].num_steps)
         metrics["dataset/train_episodes"] = float(self.stores["train"].num_episodes)
         metrics["dataset/test_episodes"] = float(self.stores["test"].num_episodes)
@@ -284,6 +350,20 @@ class Trainer:
         logger.info("epoch %d done in %.1fs: %s", epoch, metrics["epoch_seconds"], summary)
         return metrics
 
+    def _run_phase(
+        self, phase: str, epoch: int, step: int, partial: dict[str, Any] | None
+    ) -> dict[str, float]:
+        cfg = self.cfg
+        if phase == "collect":
+            if epoch <= cfg.collection.train.stop_after_epochs and not cfg.collection.path_to_static_dataset:
+                return self.collect(epoch)
+            return {}
+        if phase == "evaluate":
+            if cfg.evaluation.should and epoch % cfg.evaluation.every == 0:
+                return self.evaluate(epoch)
+            return {}
+        return self.train_component(phase, epoch, step, partial) if cfg.training.should else {}
+
     # -- collection ------------------------------------------------------------------------------------
     def collect(self, epoch: int) -> dict[str, float]:
         c = self.cfg.collection.train
@@ -293,17 +373,25 @@ class Trainer:
             return {}
         total = math.ceil(num_steps / self.collector.num_envs) * self.collector.num_envs
         bar = Progress(self.cfg.common.progress_bar, total, f"epoch {epoch} collect", "step")
+        if self.collector.paused is not None:
+            bar.update(int(self.collector.paused["stats"].num_steps))
         self.agent.eval()
         try:
-            stats = self.collector.collect(
-                num_steps,
-                None if first else self.agent.actor_critic,
-                self.device,
-                epsilon=c.epsilon,
-                temperature=c.temperature,
-                seed=derive_seed(self.seed, "collect", epoch),
-                progress=bar.update,
-            )
+            while True:
+                stats = self.collector.collect(
+                    num_steps,
+                    None if first else self.agent.actor_critic,
+                    self.device,
+                    epsilon=c.epsilon,
+                    temperature=c.temperature,
+                    seed=derive_seed(self.seed, "collect", epoch),
+                    progress=bar.update,
+                    should_stop=self._pause_wanted,
+                )
+                if not stats.interrupted:
+                    break
+                # paused after an env step: checkpoint there (exits on a signal), then go on
+                self._pause(epoch, "collect", int(self.collector.paused["round"]), None)
         finally:
             bar.close()
         self._save_episodes(stats, self.stores["train"], "train", epoch, c.num_episodes_to_save)
@@ -343,8 +431,13 @@ class Trainer:
         if training is not None:
             training.train_module.train()
 
-    def train_component(self, name: str, epoch: int) -> dict[str, float]:
-        """One epoch of gradient steps of the component ``name`` (SPEC section 6 schedule)."""
+    def train_component(
+        self, name: str, epoch: int, start_step: int = 0, partial: dict[str, Any] | None = None
+    ) -> dict[str, float]:
+        """One epoch of gradient steps of the component ``name`` (SPEC section 6 schedule).
+
+        ``start_step``/``partial`` continue a phase that a mid-epoch checkpoint interrupted.
+        """
         component = self.components[name]
         c = component.config
         steps = epoch_steps(c, epoch)
@@ -358,10 +451,16 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         grad_norm_sum = torch.zeros((), device=self.device)
         skipped = 0
-        bar = Progress(self.cfg.common.progress_bar, steps, f"epoch {epoch} {name}", "it")
         t0 = time.perf_counter()
+        if partial is not None:
+            sums = {k: v.to(self.device) for k, v in partial["sums"].items()}
+            grad_norm_sum = partial["grad_norm_sum"].to(self.device)
+            skipped = int(partial["skipped"])
+            t0 -= float(partial["seconds"])
+        bar = Progress(self.cfg.common.progress_bar, steps, f"epoch {epoch} {name}", "it")
+        bar.update(start_step)
         try:
-            for step in range(steps):
+            for step in range(start_step, steps):
                 batch = store.sample(
                     name,
                     int(c.batch_size),
@@ -399,6 +498,14 @@ class Trainer:
                     v = v.detach().float()
                     sums[k] = sums[k] + v if k in sums else v
                 bar.update(1)
+                if step + 1 < steps and self._pause_wanted():
+                    partial = {
+                        "sums": {k: v.cpu() for k, v in sums.items()},
+                        "grad_norm_sum": grad_norm_sum.cpu(),
+                        "skipped": skipped,
+                        "seconds": time.perf_counter() - t0,
+                    }
+                    self._pause(epoch, name, step + 1, partial)
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
@@ -462,10 +569,13 @@ class Trainer:
                     store=test_store,
                     progress=bar.update,
                     burn_in=int(self.agent.config.actor_critic.burn_in),
+                    should_stop=self._stop_requested,
                 )
             finally:
                 bar.close()
                 env.close()
+            if stats.interrupted:  # a signal: the evaluation is replayed from its start after resuming
+                self._pause(epoch, "evaluate", 0, None)
             out.update(self._episode_metrics("test", stats))
             out["test/steps_per_s"] = stats.steps_per_second
             self._save_episodes(stats, test_store, "test", epoch, ctest.num_episodes_to_save)
