@@ -305,7 +305,13 @@ void register_env(py::module_& m) {
            "Test hook: edit the state (inventory, material, object).")
       .def(
           "_import_state", [](cr::Env& e, const py::dict& d) { e.import_state(imported_state_of(d)); },
-          py::arg("state"), "Test hook: load a Python crafter.Env state exported between two steps.");
+          py::arg("state"), "Test hook: load a Python crafter.Env state exported between two steps.")
+      .def(
+          "save_state", [](const cr::Env& e) { return py::bytes(e.save_state()); },
+          "The exact state as bytes (versioned; see Env::save_state).")
+      .def(
+          "load_state", [](cr::Env& e, const py::bytes& blob) { e.load_state(std::string(blob)); }, py::arg("blob"),
+          "Restores a save_state() blob of the same configuration (ValueError naming the problem otherwise).");
 }
 
 void register_vector_env(py::module_& m) {
@@ -322,6 +328,12 @@ void register_vector_env(py::module_& m) {
                              "Episode starts after an auto-reset or reset(None): taken from a ready spare, waited "
                              "for a spare being built, or built inline.")
       .def("reset", &vec_reset, py::arg("seeds"), py::arg("obs"))
+      .def(
+          "save_state", [](const VectorEnv& v) { return py::bytes(v.save_state()); },
+          "Every env's exact state and episode statistics as bytes (versioned; the spares are rebuilt on load).")
+      .def(
+          "load_state", [](VectorEnv& v, const py::bytes& blob) { v.load_state(std::string(blob)); },
+          py::arg("blob"), "Restores a save_state() blob (same num_envs and configuration; ValueError otherwise).")
       .def("step", &vec_step, py::arg("actions"), py::arg("obs"), py::arg("reward"), py::arg("terminated"),
            py::arg("truncated"), py::arg("final_obs"), py::arg("episode_return"), py::arg("episode_length"),
            py::arg("final_inventory"), py::arg("final_achievements"), py::arg("final_semantic"),

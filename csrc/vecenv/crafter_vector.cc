@@ -6,6 +6,8 @@
 #include <string>
 #include <thread>
 
+#include "envs/crafter/state_codec.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -205,6 +207,77 @@ void CrafterVectorEnv::step(const std::int64_t* actions, const CrafterStepBuffer
     throw;
   }
   submit_consumed();  // after the barrier: the workers build the next spares while the caller is away
+}
+
+namespace {
+constexpr char kVectorMagic[] = "DICRAFTV";  // 8 characters, the terminator is not written
+}  // namespace
+
+// Payload of version 1: config fingerprint (bytes) | num_envs (u32) | per env: episode return (f64),
+// episode length (i64), reset statistics ready, waited, inline (i64), Env::save_state blob (bytes).
+std::string CrafterVectorEnv::save_state() const {
+  crafter::ByteWriter w;
+  w.bytes(crafter::config_fingerprint(*assets_));
+  w.u32(static_cast<std::uint32_t>(envs_.size()));
+  for (std::size_t i = 0; i < envs_.size(); ++i) {
+    const Spare& s = *spares_[i];
+    w.f64(returns_[i]);
+    w.i64(lengths_[i]);
+    w.i64(s.ready);
+    w.i64(s.waited);
+    w.i64(s.inline_built);
+    w.bytes(envs_[i]->save_state());
+  }
+  return crafter::frame_state(kVectorMagic, kStateVersion, w.str());
+}
+
+void CrafterVectorEnv::load_state(const std::string& blob) {
+  crafter::ByteReader r = crafter::unframe_state(blob, kVectorMagic, kStateVersion, "Crafter vector env state");
+  const std::string fingerprint = r.bytes("config fingerprint");
+  if (fingerprint != crafter::config_fingerprint(*assets_)) {
+    r.fail("configuration mismatch (saved with " + fingerprint + "; this env has " +
+           crafter::config_fingerprint(*assets_) + ")");
+  }
+  const std::uint32_t n = r.u32("num_envs");
+  if (n != envs_.size()) {
+    r.fail("num_envs mismatch (saved with " + std::to_string(n) + " envs, this one has " +
+           std::to_string(envs_.size()) + ")");
+  }
+  std::vector<std::unique_ptr<crafter::Env>> envs;
+  std::vector<double> returns(n);
+  std::vector<std::int64_t> lengths(n), ready(n), waited(n), inline_built(n);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    returns[i] = r.f64("episode return");
+    lengths[i] = r.i64("episode length");
+    ready[i] = r.i64("reset statistics");
+    waited[i] = r.i64("reset statistics");
+    inline_built[i] = r.i64("reset statistics");
+    envs.push_back(std::make_unique<crafter::Env>(assets_, 0));
+    try {
+      envs.back()->load_state(r.bytes("env state"));
+    } catch (const std::invalid_argument& e) {
+      r.fail("env " + std::to_string(i) + ": " + e.what());
+    }
+  }
+  r.expect_end();
+  // Commit: no build may run while the envs and spares change hands.
+  drop_spares();
+  for (std::size_t i = 0; i < envs_.size(); ++i) {
+    envs_[i] = std::move(envs[i]);
+    returns_[i] = returns[i];
+    lengths_[i] = lengths[i];
+    Spare& s = *spares_[i];
+    s.ready = ready[i];
+    s.waited = waited[i];
+    s.inline_built = inline_built[i];
+    needs_submit_[i] = 0;
+    if (use_spares_ && envs_[i]->episode() > 0) {  // the spare the saved vector env had queued or built
+      s.seed = envs_[i]->seed();
+      s.episode = envs_[i]->episode() + 1;
+      s.state.store(kPending, std::memory_order_release);
+      submit_spare(i);
+    }
+  }
 }
 
 CrafterVectorEnv::ResetCounts CrafterVectorEnv::reset_counts() const {

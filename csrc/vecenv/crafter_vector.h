@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -72,6 +73,17 @@ class CrafterVectorEnv {
     std::int64_t inline_built = 0;
   };
   ResetCounts reset_counts() const;
+
+  // Exact save and restore (checkpoints), independent of the thread count. The state holds every env's
+  // Env::save_state blob, its running episode return and length and the reset statistics (magic
+  // "DICRAFTV", version kStateVersion, checksum; state_codec.h). The spares are not saved: a slot's spare
+  // is always its env's next episode (seed, episode + 1), a function of the saved state, so load_state
+  // queues them again and they are rebuilt exactly (Env::reset_at). load_state requires the same number
+  // of envs and configuration and throws std::invalid_argument naming the problem, leaving this vector
+  // env as it was. Must not run concurrently with step() or reset().
+  static constexpr std::uint32_t kStateVersion = 1;
+  std::string save_state() const;
+  void load_state(const std::string& blob);
 
   const crafter::Env& env(int i) const { return *envs_[static_cast<std::size_t>(i)]; }
 

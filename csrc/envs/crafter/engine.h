@@ -208,6 +208,9 @@ class Assets {
   int semantic_base_ = 0;         // semantic id of the Player class
 };
 
+// The configuration a saved state belongs to, in words ("area 64x64, view 9x9, ..., 17 actions, ...").
+std::string config_fingerprint(const Assets& assets);
+
 struct StepResult {
   double reward = 0.0;       // returned reward (0 when config.reward is false)
   double info_reward = 0.0;  // info["reward"]
@@ -294,6 +297,19 @@ class Env {
   // Test hook: replaces the whole state (throws std::invalid_argument on an inconsistent state, after
   // which the env must be reset or re-imported before use). state_edit.h builds its objects from rows.
   void import_state(const ImportedState& state);
+  // Exact save and restore (checkpoints): every field a step, a reset or a render reads — the world
+  // (materials, objects with all their fields, removed ones included, chunk first-touch order), the
+  // generator's full MT19937 state, seed, episode and step counters, daylight, the player's stats,
+  // inventory, achievements and unlocks, the forced despawns — framed by state_codec.h (magic
+  // "DICRAFTE", version kStateVersion, checksum). Derived tables (object map, live list, chunk members)
+  // are rebuilt on load; render scratch and the daylight colour memo hold no state. load_state accepts
+  // only a state saved with the same configuration (config_fingerprint) and throws
+  // std::invalid_argument naming the problem (kind, version, truncation, checksum, configuration or an
+  // inconsistent field), leaving the env as it was.
+  static constexpr std::uint32_t kStateVersion = 1;
+  std::string save_state() const;
+  void load_state(const std::string& blob);
+
   // Test hooks (scenario tests apply the same edits to the Python reference; state_edit.h's apply_poke
   // dispatches to them): set an inventory count or a material, or add an object (throws
   // std::invalid_argument on a bad item, material, position or kind).

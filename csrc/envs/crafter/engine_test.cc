@@ -16,6 +16,7 @@
 
 #include "envs/crafter/opensimplex.h"
 #include "envs/crafter/random.h"
+#include "envs/crafter/state_codec.h"
 #include "envs/crafter/state_edit.h"
 #include "testing/check.h"
 
@@ -485,6 +486,125 @@ TEST(StateEdit, ImportedRowsLoadAndBadStatesAreRejected) {
   bad = small_state(*a);
   bad.chunk_order = {99};
   CHECK_THROWS(env.import_state(bad), std::invalid_argument, "chunk order");
+}
+
+
+// ---- exact save / restore (Env::save_state, Env::load_state) -----------------------------------
+
+// One step of a recorded trajectory: the observation and every StepResult field.
+struct Frame {
+  std::vector<std::uint8_t> obs;
+  double reward, info_reward;
+  bool done, dead, over;
+};
+
+// `steps` steps of random actions from `actions`, resetting after each episode end.
+std::vector<Frame> run(Env& env, LegacyRandom& actions, int steps) {
+  std::vector<Frame> out;
+  auto obs = obs_buffer(env.assets());
+  for (int t = 0; t < steps; ++t) {
+    const StepResult r = env.step(static_cast<int>(actions.randint(env.assets().num_actions())), obs.data());
+    out.push_back({obs, r.reward, r.info_reward, r.done, r.dead, r.over});
+    if (r.done) {
+      env.reset(obs.data());
+      out.push_back({obs, 0, 0, false, false, false});
+    }
+  }
+  return out;
+}
+
+void check_same(const std::vector<Frame>& a, const std::vector<Frame>& b) {
+  REQUIRE_EQ(a.size(), b.size());
+  for (std::size_t t = 0; t < a.size(); ++t) {
+    CHECK(a[t].obs == b[t].obs);
+    CHECK(same_bits(a[t].reward, b[t].reward));
+    CHECK(same_bits(a[t].info_reward, b[t].info_reward));
+    CHECK_EQ(a[t].done, b[t].done);
+    CHECK_EQ(a[t].dead, b[t].dead);
+    CHECK_EQ(a[t].over, b[t].over);
+  }
+}
+
+TEST(SaveState, RestoredEnvContinuesByteForByte) {
+  EnvConfig config;
+  config.length = 120;  // several episode ends (time limit and deaths), nights need 180+ steps
+  const auto a = make_assets(config);
+  EnvConfig night;      // long episodes: the save lands at night (the render draws from the generator)
+  const auto an = make_assets(night);
+  for (const auto& assets : {a, an}) {
+    for (int save_at : {0, 1, 37, 230}) {
+      Env env(assets, 7);
+      auto obs = obs_buffer(*assets);
+      env.reset(obs.data());
+      LegacyRandom actions(save_at + 1);
+      run(env, actions, save_at);
+      const std::string blob = env.save_state();
+      LegacyRandom actions_copy = actions;
+      const auto expected = run(env, actions, 260);
+      Env restored(assets, 12345);  // another seed: load_state replaces it
+      restored.load_state(blob);
+      CHECK(restored.save_state() == blob);
+      CHECK_EQ(restored.seed(), 7);
+      check_same(run(restored, actions_copy, 260), expected);
+      CHECK(restored.save_state() == env.save_state());
+      CHECK(restored.objects().size() == env.objects().size());
+    }
+  }
+}
+
+TEST(SaveState, KeepsForcedDespawnsAndUnstartedEnvs) {
+  const auto a = make_assets();
+  Env fresh(a, 5);
+  const std::string unstarted = fresh.save_state();
+  Env env(a, 9);
+  auto obs = obs_buffer(*a);
+  env.reset(obs.data());
+  env.set_despawn_choices({4, 8, 15});
+  Env copy(a, 0);
+  copy.load_state(env.save_state());
+  CHECK_EQ(copy.despawn_choices_left(), std::size_t{3});
+  copy.load_state(unstarted);  // back to a never-reset env with seed 5
+  CHECK_EQ(copy.episode(), 0);
+  CHECK_EQ(copy.seed(), 5);
+  CHECK(copy.save_state() == unstarted);
+  auto o1 = obs_buffer(*a), o2 = obs_buffer(*a);
+  copy.reset(o1.data());
+  fresh.reset(o2.data());
+  CHECK(o1 == o2);
+}
+
+TEST(SaveState, BadBlobsAreRejectedAndLeaveTheEnvAsItWas) {
+  const auto a = make_assets();
+  Env env(a, 3);
+  auto obs = obs_buffer(*a);
+  env.reset(obs.data());
+  LegacyRandom actions(1);
+  run(env, actions, 20);
+  const std::string blob = env.save_state();
+  CHECK_EQ(blob.substr(0, 8), std::string("DICRAFTE"));
+  Env target(a, 1);
+  target.reset(obs.data());
+  const std::string before = target.save_state();
+
+  CHECK_THROWS(target.load_state(""), std::invalid_argument, "bad magic");
+  CHECK_THROWS(target.load_state("not a crafter state at all"), std::invalid_argument, "bad magic");
+  std::string other_version = blob;
+  other_version[8] = 2;
+  CHECK_THROWS(target.load_state(other_version), std::invalid_argument, "version mismatch (the blob has format version 2");
+  CHECK_THROWS(target.load_state(blob.substr(0, blob.size() - 9)), std::invalid_argument, "truncated");
+  CHECK_THROWS(target.load_state(blob.substr(0, 12)), std::invalid_argument, "truncated");
+  CHECK_THROWS(target.load_state(blob + "x"), std::invalid_argument, "bytes after the end");
+  std::string flipped = blob;
+  flipped[blob.size() / 2] ^= 0x40;
+  CHECK_THROWS(target.load_state(flipped), std::invalid_argument, "checksum mismatch");
+  CHECK_THROWS(target.load_state(frame_state("DICRAFTE", Env::kStateVersion, "xyz")), std::invalid_argument,
+               "corrupt payload");
+  EnvConfig other;
+  other.length = 50;
+  Env other_env(make_assets(other), 3);
+  other_env.reset(obs.data());
+  CHECK_THROWS(target.load_state(other_env.save_state()), std::invalid_argument, "configuration mismatch");
+  CHECK(target.save_state() == before);
 }
 
 }  // namespace

@@ -31,6 +31,16 @@ class LegacyRandom {
     if (ss.fail()) throw std::invalid_argument("MT19937 state: rejected");
   }
 
+  // The generator's complete state in the same form (624 key words and the next index), for exact saves.
+  void get_state(std::vector<std::uint32_t>* key, int* pos) const {
+    std::stringstream ss;
+    ss << mt_;
+    key->assign(624, 0);
+    for (std::uint32_t& word : *key) ss >> word;
+    ss >> *pos;
+    if (ss.fail()) throw std::logic_error("MT19937 state: unexpected text form");
+  }
+
   // RandomState.uniform(): a 53-bit double from two 32-bit words.
   double uniform() {
     const std::int32_t a = static_cast<std::int32_t>(next_u32() >> 5);

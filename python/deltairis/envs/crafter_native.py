@@ -220,6 +220,21 @@ class CrafterNative:
     def close(self) -> None:
         pass
 
+    # Pickling (checkpoints): the engine's exact state (Env::save_state, versioned bytes) with the
+    # wrapper's fields; a restored env continues byte for byte as this one would.
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_assets", "_env")}
+        state["_engine_state"] = self._env.save_state()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        blob = state.pop("_engine_state")
+        self.__dict__.update(state)
+        self._assets = _assets(self._area, self._view, self._size, self._reward, self._length)
+        self._env = _native.require_core().CrafterEnv(self._assets, self._seed)
+        self._env.load_state(blob)
+
 
 class NativeCrafterVectorEnv(VectorEnv):
     """N native Crafter envs stepped by C++ threads (the GIL released), with auto-reset.
@@ -231,6 +246,12 @@ class NativeCrafterVectorEnv(VectorEnv):
     workers (world generation costs as much as ~70 steps), so an auto-reset inside :meth:`step` is
     usually a swap and a copy instead of a stall of the whole batch; ``reset_counts`` tells how the
     episode starts were served. With one thread resets run inline.
+
+    Picklable (checkpoints): the pickle holds every engine's exact state, the running episode returns
+    and lengths and the wrapper's fields; the restored env (same ``num_threads`` argument, any thread
+    count gives the same results) continues byte for byte, infos, auto-resets and final observations
+    included. The next episodes built ahead are not pickled: they are a function of the saved state and
+    are rebuilt after loading.
 
     Args:
         num_envs: number of envs.
@@ -257,9 +278,15 @@ class NativeCrafterVectorEnv(VectorEnv):
             raise ValueError(f"seed must be an int, got {seed!r}")  # noqa: TRY004 (project rule: bad input -> ValueError)
         check_positive_int(num_threads, "num_threads", allow_none=True)
         core = _native.require_core()
-        self._assets = _assets(
-            _pair(area, "area"), _pair(view, "view"), _pair(size, "size"), bool(reward), _check_length(length)
+        self._config = (
+            _pair(area, "area"),
+            _pair(view, "view"),
+            _pair(size, "size"),
+            bool(reward),
+            _check_length(length),
         )
+        self._num_threads_arg = num_threads
+        self._assets = _assets(*self._config)
         self.num_envs = int(num_envs)
         self.action_names = list(self._assets.action_names)
         self.num_actions = len(self.action_names)
@@ -394,6 +421,24 @@ class NativeCrafterVectorEnv(VectorEnv):
 
     def close(self) -> None:
         self._closed = True
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_assets", "_vec")}
+        state["_engine_state"] = self._vec.save_state()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        blob = state.pop("_engine_state")
+        self.__dict__.update(state)
+        self._assets = _assets(*self._config)
+        threads = self._num_threads_arg
+        self._vec = _native.require_core().CrafterVectorEnv(
+            self._assets, self.num_envs, 0 if threads is None else threads
+        )
+        self._vec.load_state(blob)
+        self.num_threads = int(self._vec.num_threads)
+        self.background_resets = bool(self._vec.background_resets)
 
 
 class CrafterGymEnv(gymnasium.Env):
@@ -531,7 +576,9 @@ class CrafterGymVectorEnv(gymnasium.vector.VectorEnv):
         w, h = _pair(size, "size")
         self.single_observation_space = gymnasium.spaces.Box(0, 255, (h, w, 3), np.uint8)
         self.single_action_space = gymnasium.spaces.Discrete(self._native.num_actions)
-        self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+        self.observation_space = gymnasium.vector.utils.batch_space(
+            self.single_observation_space, self.num_envs
+        )
         self.action_space = gymnasium.vector.utils.batch_space(self.single_action_space, self.num_envs)
         # What N single envs draw one after the other at construction (CrafterNative(seed=None)).
         if seed is None:
@@ -566,7 +613,11 @@ class CrafterGymVectorEnv(gymnasium.vector.VectorEnv):
                         "seeds mixing None and ints are not supported: the native stepper resets every env "
                         "with a seed or every env without one"
                     )
-                if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2**63:
+                if (
+                    isinstance(s, (bool, np.bool_))
+                    or not isinstance(s, (int, np.integer))
+                    or not 0 <= s < 2**63
+                ):
                     raise ValueError(f"every seed must be a non-negative int (int64), got {s!r}")
             return np.array([int(s) for s in seeds], dtype=np.int64)
         raise ValueError(f"seed must be None, an int or a list of {self.num_envs} ints, got {seed!r}")
@@ -595,9 +646,7 @@ class CrafterGymVectorEnv(gymnasium.vector.VectorEnv):
         self._frames = obs
         return obs.copy(), {}
 
-    def step(
-        self, actions: Any
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every env (actions: integers (N,) in ``[0, 17)``); SAME_STEP auto-reset.
 
         Raises:
