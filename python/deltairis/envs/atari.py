@@ -122,6 +122,16 @@ def _check_settings(noop_max: int, max_episode_frames: int) -> None:
         raise ValueError(f"max_episode_frames must be an int >= {FRAME_SKIP}, got {max_episode_frames!r}")
 
 
+def _raw_env(rom: str) -> Any:
+    """ale-py's gymnasium ``AtariEnv`` with the NoFrameskip-v4 settings: one raw frame per step, no
+    sticky actions, minimal action set."""
+    from ale_py.env import AtariEnv
+
+    return AtariEnv(
+        game=rom, obs_type="rgb", frameskip=1, repeat_action_probability=0.0, full_action_space=False
+    )
+
+
 class AtariPreprocessedEnv:
     """One Atari game with the reference preprocessing, crafter-style ``step`` → ``(obs, reward, done, info)``.
 
@@ -136,6 +146,11 @@ class AtariPreprocessedEnv:
 
     ``info`` holds ``lives``, ``episode_frame_number`` (raw frames since the last emulator reset),
     ``life_loss``, ``game_over`` and ``truncated``.
+
+    Picklable (checkpoints): the pickle holds the emulator's state with its random generator
+    (``cloneState(include_rng=True)``), the ``AtariEnv``'s numpy generator, this wrapper's no-op generator,
+    two-frame buffer, lives, frame counter, pending seed and life-loss flag; the restored env continues
+    byte for byte.
     """
 
     def __init__(
@@ -147,8 +162,6 @@ class AtariPreprocessedEnv:
         override_num_noops: int | None = None,
         seed: int | None = None,
     ) -> None:
-        from ale_py.env import AtariEnv
-
         self.rom = atari_rom_name(env_id)
         self.train = bool(train)
         self.noop_max = (TRAIN_NOOP_MAX if train else TEST_NOOP_MAX) if noop_max is None else noop_max
@@ -159,14 +172,7 @@ class AtariPreprocessedEnv:
         )
         _check_settings(self.noop_max, self.max_episode_frames)
         self.override_num_noops = override_num_noops
-        # The NoFrameskip-v4 settings: one raw frame per step, no sticky actions, minimal action set.
-        self.env = AtariEnv(
-            game=self.rom,
-            obs_type="rgb",
-            frameskip=1,
-            repeat_action_probability=0.0,
-            full_action_space=False,
-        )
+        self.env = _raw_env(self.rom)
         meanings = self.env.get_action_meanings()
         if meanings[0] != "NOOP":
             raise ValueError(f"game {self.rom!r}: action 0 is {meanings[0]}, the no-op resets need NOOP")
@@ -252,15 +258,39 @@ class AtariPreprocessedEnv:
     def close(self) -> None:
         self.env.close()
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k != "env"}
+        state["_ale_state"] = self.env.clone_state(include_rng=True)  # an ALEState, picklable
+        state["_ale_np_random"] = self.env._np_random
+        state["_ale_np_random_seed"] = getattr(self.env, "_np_random_seed", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        ale_state = state.pop("_ale_state")
+        np_random = state.pop("_ale_np_random")
+        np_random_seed = state.pop("_ale_np_random_seed")
+        self.__dict__.update(state)
+        self.env = _raw_env(self.rom)
+        self.env.restore_state(ale_state)
+        self.env._np_random = np_random
+        if np_random_seed is not None:
+            self.env._np_random_seed = np_random_seed
+
 
 class AtariPythonVectorEnv(SyncVectorEnv):
-    """``num_envs`` :class:`AtariPreprocessedEnv` stepped in the calling thread (the reference path)."""
+    """``num_envs`` :class:`AtariPreprocessedEnv` stepped in the calling thread (the reference path).
+
+    Picklable (checkpoints): every env pickles its exact emulator and wrapper state (see
+    :class:`AtariPreprocessedEnv`), with the vector env's episode returns, lengths and last
+    observations, so the restored env continues byte for byte.
+    """
 
     def __init__(
         self,
         num_envs: int,
         seed: int = 0,
-        id: str = "BreakoutNoFrameskip-v4",  # noqa: A002 - the reference's config key
+        id: str = "BreakoutNoFrameskip-v4",  # shadows the builtin: the reference's config key
         train: bool = True,
         noop_max: int | None = None,
         max_episode_frames: int | None = None,
@@ -299,13 +329,18 @@ class AleVectorEnv(VectorEnv):
     Same arguments as :class:`AtariPythonVectorEnv`, plus ``num_threads`` (``None``: one per env, capped
     by ale-py). ``final_info[i]`` holds ALE's per-env step info of the finishing step (``lives``,
     ``frame_number``, ``episode_frame_number``), reported after ALE's own reset of that env.
+
+    Not picklable: ale-py's C++ vector env gives no access to its emulators' states (nor to its no-op
+    generators, its frame stacks or the threads' pending work), so it cannot be checkpointed exactly;
+    ``pickle.dumps`` raises ``TypeError`` saying so, and a resumed training run restarts its episodes
+    (the collector warns). Use ``backend="python"`` (:class:`AtariPythonVectorEnv`) for exact resumes.
     """
 
     def __init__(
         self,
         num_envs: int,
         seed: int = 0,
-        id: str = "BreakoutNoFrameskip-v4",  # noqa: A002 - the reference's config key
+        id: str = "BreakoutNoFrameskip-v4",  # shadows the builtin: the reference's config key
         train: bool = True,
         noop_max: int | None = None,
         max_episode_frames: int | None = None,
@@ -410,3 +445,10 @@ class AleVectorEnv(VectorEnv):
         if not self._closed:
             self._closed = True
             self._env.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError(
+            "AleVectorEnv (ale-py's C++ AtariVectorEnv) cannot be pickled: its emulator states are not "
+            "accessible, so this backend cannot be checkpointed exactly; use backend='python' "
+            "(AtariPythonVectorEnv) for exact resumes"
+        )
