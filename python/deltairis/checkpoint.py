@@ -18,22 +18,50 @@ read is reported with :class:`CorruptCheckpointError` and is never overwritten b
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from deltairis.errors import CorruptCheckpointError
+from deltairis.errors import CheckpointWriteError, CorruptCheckpointError
 
 logger = logging.getLogger(__name__)
 
 JOURNAL_NAME = ".journal.json"
 NEXT_SUFFIX = ".next"
+
+
+def free_space(path: Path) -> str:
+    """Free space on the filesystem holding ``path`` (or its nearest existing parent), for messages."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 2**20:.1f} MiB free"
+
+
+def describe_write_error(path: Path, exc: OSError) -> str:
+    """``cannot write PATH: the disk is full ([Errno 28] ...); 0.0 MiB free on that filesystem``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "the disk is full"
+    elif exc.errno == errno.EFBIG:
+        what = "the file size limit was reached"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        what = "the folder is not writable"
+    else:
+        what = "write failed"
+    return f"cannot write {path}: {what} ([Errno {exc.errno}] {exc.strerror}); {free_space(path)} on that filesystem"
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -96,16 +124,39 @@ def load_torch_file(path: Path, what: str) -> Any:
 
 
 def write_checkpoint_set(directory: Path, members: Mapping[str, Any], epoch: int) -> None:
-    """Write several torch files as one atomic set (see the module docstring)."""
+    """Write several torch files as one atomic set (see the module docstring).
+
+    A failed write (full disk, I/O error, read-only folder) raises :class:`CheckpointWriteError` naming
+    the file and the free space. Before the journal is committed the new files are removed and the
+    previous set is the checkpoint; after it, :func:`recover_checkpoint_set` (run on resume) completes
+    the new set.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     recover_checkpoint_set(directory)  # never start a new set on top of an unfinished one
     names = sorted(members)
-    for name in names:
-        _write_synced(directory / f"{name}{NEXT_SUFFIX}", torch_bytes(members[name]))
-    _fsync_dir(directory)
-    atomic_write_bytes(directory / JOURNAL_NAME, json.dumps({"epoch": epoch, "members": names}).encode())
-    _finish(directory, names)
+    target = directory / JOURNAL_NAME
+    try:
+        for name in names:
+            target = directory / f"{name}{NEXT_SUFFIX}"
+            _write_synced(target, torch_bytes(members[name]))
+        _fsync_dir(directory)
+        target = directory / JOURNAL_NAME
+        atomic_write_bytes(target, json.dumps({"epoch": epoch, "members": names}).encode())
+    except OSError as exc:
+        for name in names:
+            with contextlib.suppress(OSError):
+                (directory / f"{name}{NEXT_SUFFIX}").unlink(missing_ok=True)
+        raise CheckpointWriteError(
+            describe_write_error(target, exc) + "; the previous checkpoint set is intact"
+        ) from exc
+    try:
+        _finish(directory, names)
+    except OSError as exc:
+        raise CheckpointWriteError(
+            describe_write_error(directory, exc)
+            + "; the new checkpoint set is committed and resuming completes it"
+        ) from exc
 
 
 def _finish(directory: Path, names: list[str]) -> None:
@@ -140,9 +191,12 @@ def recover_checkpoint_set(directory: Path) -> None:
 
 
 __all__ = [
+    "CheckpointWriteError",
     "CorruptCheckpointError",
     "atomic_torch_save",
     "atomic_write_bytes",
+    "describe_write_error",
+    "free_space",
     "load_torch_file",
     "recover_checkpoint_set",
     "write_checkpoint_set",

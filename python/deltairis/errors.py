@@ -25,6 +25,11 @@ class CorruptCheckpointError(CheckpointError, RuntimeError):
     """A checkpoint file exists but cannot be read, or the files of a checkpoint set disagree."""
 
 
+class CheckpointWriteError(DeltaIrisError, OSError):
+    """A checkpoint could not be written (full disk, I/O error, read-only folder); the previous checkpoint
+    set is intact."""
+
+
 class ResumeError(DeltaIrisError, RuntimeError):
     """A run cannot be resumed (missing files, or a config that changes the model)."""
 
@@ -52,6 +57,7 @@ class ReportError(DeltaIrisError, ValueError):
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWriteError",
     "ConfigError",
     "CorruptCheckpointError",
     "DeltaIrisError",

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from deltairis.checkpoint import free_space
 from deltairis.data.fields import FIELDS_BY_NAME, STEP_FIELD_NAMES, STEP_FIELDS
 from deltairis.errors import ReplayStoreError
 
@@ -386,7 +387,8 @@ class EpisodeStore:
                 what = "write failed"
             raise ReplayStoreError(
                 f"cannot append {t} steps to replay store {self.directory}: {what} "
-                f"([Errno {exc.errno}] {exc.strerror}); nothing was appended and the committed state is intact"
+                f"([Errno {exc.errno}] {exc.strerror}; {free_space(self.directory)}); nothing was appended and "
+                "the committed state is intact"
             ) from exc
         self._n_rows += t
         return row
@@ -445,8 +447,9 @@ class EpisodeStore:
                 except OSError:
                     pass
                 raise ReplayStoreError(
-                    f"cannot commit replay store {self.directory}: [Errno {exc.errno}] {exc.strerror}; "
-                    "the previous committed state is intact and the appended data is still pending"
+                    f"cannot commit replay store {self.directory}: [Errno {exc.errno}] {exc.strerror} "
+                    f"({free_space(self.directory)}); the previous committed state is intact and the appended "
+                    "data is still pending"
                 ) from exc
             self._committed_rows = self._n_rows
 
