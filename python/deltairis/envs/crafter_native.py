@@ -526,6 +526,9 @@ class CrafterGymVectorEnv(gymnasium.vector.VectorEnv):
     Difference from the SyncVectorEnv: ``reset(options={"reset_mask": ...})`` (partial resets) is not
     supported.
 
+    Picklable: the pickle holds the native stepper's exact state (see :class:`NativeCrafterVectorEnv`)
+    and the gymnasium fields, so a restored env continues byte for byte, infos included.
+
     Args:
         num_envs: number of envs.
         render_mode: ``None`` or ``"rgb_array"``; ``render()`` returns each env's current frame either way
