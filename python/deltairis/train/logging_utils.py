@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from deltairis.errors import ResumeError
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,6 +39,27 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def read_metrics_records(path: Path) -> list[tuple[int, str]]:
+    """``(epoch, line)`` of every record of a ``metrics.jsonl``. A damaged line raises ResumeError naming
+    the file and the line, except a torn last line (a crash mid-write), which is dropped."""
+    if not path.exists():
+        return []
+    out = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        try:
+            out.append((int(json.loads(line)["epoch"]), line))
+        except (ValueError, KeyError, TypeError) as exc:
+            if i == len(lines) - 1:
+                logger.warning("dropping the damaged last line of %s", path)
+                continue
+            raise ResumeError(
+                f"{path} line {i + 1} is damaged ({type(exc).__name__}: {exc}); it was left untouched: repair "
+                "or remove that line, then resume"
+            ) from exc
+    return out
 
 
 class MetricsLogger:
@@ -79,13 +102,7 @@ class MetricsLogger:
         """Drop JSON records of epochs > ``epoch`` (a resumed run redoes them)."""
         if not self.jsonl_path.exists():
             return
-        keep = []
-        for line in self.jsonl_path.read_text().splitlines():
-            try:
-                if json.loads(line)["epoch"] <= epoch:
-                    keep.append(line)
-            except (ValueError, KeyError):
-                continue
+        keep = [line for record_epoch, line in read_metrics_records(self.jsonl_path) if record_epoch <= epoch]
         from deltairis.checkpoint import atomic_write_bytes
 
         atomic_write_bytes(self.jsonl_path, ("\n".join(keep) + ("\n" if keep else "")).encode())

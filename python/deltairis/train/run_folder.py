@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deltairis.agent import Agent
+from deltairis.agent import CHECKPOINT_VERSION, Agent
 from deltairis.checkpoint import atomic_write_bytes, load_torch_file, recover_checkpoint_set
 from deltairis.data.replay import INDEX_NAME
 from deltairis.errors import CorruptCheckpointError, ResumeError, RunFolderBusyError
@@ -79,6 +79,8 @@ PLAY_SH = _script(
 
 
 LOCK_NAME = ".lock"
+#: Format version of checkpoints/trainer_state.pt and optimizer.pt.
+STATE_VERSION = 1
 
 
 class RunFolderLock:
@@ -152,13 +154,21 @@ def read_checkpoint(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict
     state = load_torch_file(ckpt_dir / "trainer_state.pt", "trainer state")
     agent = load_torch_file(ckpt_dir / "last.pt", "agent checkpoint")
     optim = load_torch_file(ckpt_dir / "optimizer.pt", "optimizer checkpoint")
-    for what, payload in (
-        ("trainer state", state),
-        ("agent checkpoint", agent),
-        ("optimizer checkpoint", optim),
+    for name, payload, version in (
+        ("trainer_state.pt", state, STATE_VERSION),
+        ("last.pt", agent, CHECKPOINT_VERSION),
+        ("optimizer.pt", optim, STATE_VERSION),
     ):
         if not isinstance(payload, dict):
-            raise CorruptCheckpointError(f"{what} in {ckpt_dir} holds a {type(payload).__name__}")
+            raise CorruptCheckpointError(
+                f"{ckpt_dir / name} holds a {type(payload).__name__}, not a checkpoint"
+            )
+        found = payload.get("version", version)  # optimizer files of older runs carry none
+        if not isinstance(found, int) or found > version:
+            raise CorruptCheckpointError(
+                f"{ckpt_dir / name} has format version {found!r}, newer than this delta-iris reads ({version}); "
+                "upgrade delta-iris to resume this run (the file was left untouched)"
+            )
     epochs = {
         int(state.get("epoch", -1)),
         int(agent.get("epoch", state.get("epoch", -1))),
@@ -212,6 +222,7 @@ __all__ = [
     "LOCK_NAME",
     "PLAY_SH",
     "RESUME_SH",
+    "STATE_VERSION",
     "RunFolderLock",
     "check_same_model",
     "make_layout",

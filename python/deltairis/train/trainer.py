@@ -22,7 +22,7 @@ from deltairis.agent import Agent, agent_checkpoint, load_agent
 from deltairis.checkpoint import write_checkpoint_set
 from deltairis.data import ReplayStore, import_reference_dataset
 from deltairis.data.replay import INDEX_NAME
-from deltairis.errors import NonFiniteError, Preempted, ResumeError
+from deltairis.errors import CorruptCheckpointError, NonFiniteError, Preempted, ResumeError
 from deltairis.runtime import resolve_device
 from deltairis.seeding import derive_env_seed, derive_seed, global_rng_state, set_global_rng_state
 from deltairis.train.collector import Collector, CollectStats, run_test_episodes
@@ -30,9 +30,17 @@ from deltairis.train.components import COMPONENT_NAMES, Component, build_compone
 from deltairis.train.configuration import agent_config_from, save_config
 from deltairis.train.envs import make_env
 from deltairis.train.evaluate import episode_metrics
-from deltairis.train.logging_utils import MetricsLogger, Progress, save_episode, save_image_grid, to_uint8_hwc
+from deltairis.train.logging_utils import (
+    MetricsLogger,
+    Progress,
+    read_metrics_records,
+    save_episode,
+    save_image_grid,
+    to_uint8_hwc,
+)
 from deltairis.train.preemption import StopSignals
 from deltairis.train.run_folder import (
+    STATE_VERSION,
     RunFolderLock,
     check_same_model,
     make_layout,
@@ -43,7 +51,6 @@ from deltairis.train.run_folder import (
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
 #: The phases of an epoch, in order; a mid-epoch checkpoint names one and the step to go on from.
 PHASES = ("collect", *COMPONENT_NAMES, "evaluate")
 
@@ -72,6 +79,8 @@ class Trainer:
     def _setup(self, cfg: DictConfig, resume: bool) -> None:
         self._configure_torch(cfg)
         saved = read_checkpoint(self.run_dir) if resume else None
+        if resume:
+            read_metrics_records(self.run_dir / "metrics.jsonl")  # damaged: refuse before changing anything
         self.cfg = cfg = self._settle_seed(cfg, saved)
         self.seed = int(cfg.common.seed)
         make_layout(self.run_dir)
@@ -89,7 +98,12 @@ class Trainer:
         self.components: dict[str, Component] = build_components(self.agent, cfg.training)
         if saved is not None:
             for name, component in self.components.items():
-                component.optimizer.load_state_dict(saved[2][name])
+                try:
+                    component.optimizer.load_state_dict(saved[2][name])
+                except (KeyError, ValueError) as exc:
+                    raise CorruptCheckpointError(
+                        f"{self.ckpt_dir / 'optimizer.pt'} does not hold the {name} optimizer of this model ({exc})"
+                    ) from exc
         self.stores = self._open_stores(saved)
         self.collector = Collector(
             env,
@@ -222,7 +236,11 @@ class Trainer:
         agent_payload["epoch"] = self.epoch
         members = {
             "last.pt": agent_payload,
-            "optimizer.pt": {"epoch": self.epoch, **{k: o.state_dict() for k, o in self.optimizers.items()}},
+            "optimizer.pt": {
+                "version": STATE_VERSION,
+                "epoch": self.epoch,
+                **{k: o.state_dict() for k, o in self.optimizers.items()},
+            },
             "trainer_state.pt": {
                 "version": STATE_VERSION,
                 "epoch": self.epoch,
