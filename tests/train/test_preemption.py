@@ -57,18 +57,39 @@ def _store_contents(trainer: Trainer) -> tuple:
     return [(e.obs, e.act, e.rew, e.end, e.trunc) for e in eps], counts
 
 
-def _run(tiny_config, run_dir, *extra, resume: bool = False) -> Trainer:
-    cfg = tiny_config(*RUN, *extra, *(["common.resume=true"] if resume else []))
-    t = Trainer(cfg, run_dir)
+#: per env: overrides. Crafter runs on the native engine (its state is pickled byte for byte), with short
+#: episodes so that the collection crosses resets.
+ENVS = {
+    "toy": (),
+    "crafter": ("env.train.max_episode_steps=40", "env.test.max_episode_steps=25", "env.num_threads=2"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(ENVS))
+def env_name(request) -> str:
+    return request.param
+
+
+def _config(overrides: list[str], env: str, *extra: str):
+    from deltairis.train.configuration import compose_config
+
+    base = [f"env={env}" if o == "env=toy" else o for o in overrides]
+    return compose_config([*base, *ENVS[env], *RUN, *extra])
+
+
+def _run(overrides, env: str, run_dir, *extra, resume: bool = False) -> Trainer:
+    t = Trainer(_config(overrides, env, *extra, *(["common.resume=true"] if resume else [])), run_dir)
+    if env == "crafter":
+        assert type(t.collector.env).__name__ == "NativeCrafterVectorEnv"
     return t
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_config):
-    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    t = _run(tiny_config, run_dir)
+def reference(tmp_path_factory, tiny_overrides, env_name):
+    run_dir = tmp_path_factory.mktemp(f"uninterrupted-{env_name}") / "run"
+    t = _run(tiny_overrides, env_name, run_dir)
     t.run()
-    t = _run(tiny_config, run_dir, resume=True)  # reopen to read the store
+    t = _run(tiny_overrides, env_name, run_dir, resume=True)  # reopen to read the store
     try:
         return _final_state(run_dir), _store_contents(t)
     finally:
@@ -115,18 +136,18 @@ def _sigterm_at(monkeypatch, trainer: Trainer, phase: str, call: int) -> None:
     ],
 )
 def test_sigterm_mid_phase_then_resume_is_bit_identical(
-    tiny_config, run_dir, reference, monkeypatch, phase: str, call: int
+    tiny_overrides, env_name, run_dir, reference, monkeypatch, phase: str, call: int
 ) -> None:
-    t = _run(tiny_config, run_dir)
+    t = _run(tiny_overrides, env_name, run_dir)
     _sigterm_at(monkeypatch, t, phase, call)
     with pytest.raises(Preempted, match=rf"stopped by SIGTERM at epoch \d, {phase} step \d+"):
         t.run()
     monkeypatch.undo()
     position = load_torch_file(run_dir / "checkpoints" / "trainer_state.pt", "state")["position"]
     assert position["phase"] == phase and position["step"] > 0  # stopped mid-phase, not at a boundary
-    t = _run(tiny_config, run_dir, resume=True)
+    t = _run(tiny_overrides, env_name, run_dir, resume=True)
     t.run()
-    t = _run(tiny_config, run_dir, resume=True)
+    t = _run(tiny_overrides, env_name, run_dir, resume=True)
     try:
         got_store = _store_contents(t)
     finally:
@@ -140,8 +161,8 @@ def test_sigterm_mid_phase_then_resume_is_bit_identical(
     _assert_same_tree(got_store, ref_store, "store")
 
 
-def test_periodic_mid_epoch_checkpoints_change_nothing(tiny_config, run_dir, reference) -> None:
-    t = _run(tiny_config, run_dir, "common.checkpoint_every_steps=5")
+def test_periodic_mid_epoch_checkpoints_change_nothing(tiny_overrides, env_name, run_dir, reference) -> None:
+    t = _run(tiny_overrides, env_name, run_dir, "common.checkpoint_every_steps=5")
     t.run()
     ref_state, _ = reference
     got = _final_state(run_dir)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deltairis.errors import CorruptCheckpointError
 from deltairis.rl.policy import Policy
 
 logger = logging.getLogger(__name__)
@@ -153,8 +154,14 @@ class Collector:
         self.total_steps = int(state["total_steps"])
         self.paused = state.get("paused")
         if state.get("env") is not None:
+            try:
+                env = pickle.loads(state["env"])
+            except Exception as exc:  # a damaged or foreign env state: refuse rather than guess
+                raise CorruptCheckpointError(
+                    f"the collector's env state in the checkpoint cannot be restored ({type(exc).__name__}: {exc})"
+                ) from exc
             self.env.close()
-            self.env = pickle.loads(state["env"])
+            self.env = env
             self.obs = state["obs"].copy()
             self.episode_ids = state["episode_ids"].copy()
             self.recent = state["recent"].copy()
