@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
 
 from deltairis.data.fields import BATCH_FIELD_NAMES, FIELDS_BY_NAME
-
-if TYPE_CHECKING:
-    from deltairis.data.buffers import BatchBuffers
 
 
 @dataclass
@@ -35,7 +32,7 @@ class Batch:
 
     def __post_init__(self) -> None:
         # NumPy views of the tensors once a replay store checked them as ``out`` (not a dataclass field).
-        self.host_buffers: BatchBuffers | None = None
+        self.host_buffers: Any = None  # a deltairis.data.buffers.BatchBuffers, or None
 
     @property
     def batch_size(self) -> int:

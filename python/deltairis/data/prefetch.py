@@ -5,14 +5,17 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from deltairis.data.batch import Batch
 
-if TYPE_CHECKING:
-    from deltairis.data.replay import ReplayStore
+
+class SamplingStore(Protocol):
+    """What the prefetcher needs of a store (a :class:`deltairis.data.replay.ReplayStore`)."""
+
+    def sample(self, *args: Any, **kwargs: Any) -> Batch: ...
 
 
 class BackgroundWorker:
@@ -48,7 +51,7 @@ class Prefetcher:
 
     def __init__(
         self,
-        store: ReplayStore,
+        store: SamplingStore,
         consumer: str,
         batch_size: int,
         seq_len: int,
