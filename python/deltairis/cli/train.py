@@ -20,7 +20,9 @@ directory) from its own ``config/trainer.yaml``; further ``key=value`` overrides
 does not go through Hydra's composition: the run folder's saved config is the source of truth).
 
 Exit codes: 0 done, 2 bad arguments or configuration (the message names the key), 1 a run that cannot
-start or resume (corrupt checkpoint, ...), 130 interrupted.
+start, resume or go on (corrupt checkpoint, run folder in use, full disk, non-finite training, ...),
+75 stopped by SIGTERM/SIGINT after writing a mid-epoch checkpoint (resume with scripts/resume.sh),
+130 interrupted outside training.
 """
 
 from __future__ import annotations
