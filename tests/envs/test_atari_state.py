@@ -4,35 +4,15 @@ byte for byte; ale-py's C++ vector env refuses pickling with a clear TypeError."
 from __future__ import annotations
 
 import pickle
-import struct
 from typing import Any
 
 import numpy as np
 import pytest
+from identical import assert_identical
 
 from deltairis.envs.atari import AleVectorEnv, AtariPythonVectorEnv, ale_vector_available
 
 pytest.importorskip("ale_py")
-
-
-def assert_identical(a: Any, b: Any, path: str = "result") -> None:
-    """Same types, same dict key order, same array dtype/shape/bytes, same float bits."""
-    assert type(a) is type(b), f"{path}: {type(a).__name__} vs {type(b).__name__}"
-    if isinstance(a, np.ndarray):
-        assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
-        assert a.tobytes() == b.tobytes(), f"{path}: arrays differ"
-    elif isinstance(a, dict):
-        assert list(a) == list(b), f"{path}: keys {list(a)} vs {list(b)}"
-        for k in a:
-            assert_identical(a[k], b[k], f"{path}[{k!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), f"{path}: length {len(a)} vs {len(b)}"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{path}[{i}]")
-    elif isinstance(a, (float, np.floating)):
-        assert struct.pack("<d", float(a)) == struct.pack("<d", float(b)), f"{path}: {a!r} vs {b!r}"
-    else:
-        assert a == b, f"{path}: {a!r} vs {b!r}"
 
 
 def _steps(env: AtariPythonVectorEnv, actions: np.ndarray) -> list[Any]:
