@@ -5,7 +5,7 @@ dependency); only imports under ``if TYPE_CHECKING:`` are left out, since they n
 
 Layers, lowest first (a module may import its own layer and the layers below it)::
 
-    foundation   errors, seeding, runtime, checkpoint, _native (+ the compiled _core), config
+    foundation   errors, seeding, runtime, distributed, checkpoint, _native (+ the compiled _core), config
     ops          ops (fused ops + references), data (replay store), envs (vector envs)
     models       models
     rl           rl, agent
@@ -25,7 +25,7 @@ import deltairis
 
 PACKAGE_DIR = Path(deltairis.__file__).resolve().parent
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("errors", "seeding", "runtime", "checkpoint", "_native", "_core", "config")),
+    ("foundation", ("errors", "seeding", "runtime", "distributed", "checkpoint", "_native", "_core", "config")),
     ("ops", ("ops", "data", "envs")),
     ("models", ("models",)),
     ("rl", ("rl", "agent")),

@@ -47,6 +47,11 @@ class RunFolderBusyError(DeltaIrisError, RuntimeError):
     """Another process is already training in this run folder."""
 
 
+class DistributedError(DeltaIrisError, RuntimeError):
+    """A collective of a multi-process run failed or timed out; the message names this rank (and the
+    missing ones when known)."""
+
+
 class ReplayStoreError(DeltaIrisError, OSError):
     """A replay store could not be written or read (full disk, read-only directory, corrupt index...)."""
 
@@ -61,6 +66,7 @@ __all__ = [
     "ConfigError",
     "CorruptCheckpointError",
     "DeltaIrisError",
+    "DistributedError",
     "NonFiniteError",
     "Preempted",
     "ReplayStoreError",
