@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltairis.ops.sampling import GOLDEN, MUL1, MUL2, seed_key, stream_keys
+from deltairis.ops.sampling import GOLDEN, MUL1, MUL2, check_row_offset, seed_key, stream_keys
 
 # The mode (compiled or interpreted) these kernels were decorated in; the dispatcher reloads the
 # module when TRITON_INTERPRET changes afterwards.
@@ -50,6 +50,7 @@ def _sample_kernel(
     stride_row,
     stride_col,
     n_cols,
+    first_row,
     k0,
     k1,
     offset_ptr,
@@ -76,8 +77,9 @@ def _sample_kernel(
         c = start + cols
         valid = row_ok[:, None] & (c < n_cols)[None, :]  # (BLOCK_R, BLOCK_V)
         logit = tl.load(row_ptr + c[None, :] * stride_col, mask=valid, other=0.0).to(tl.float32)
-        # Flat element index of the C-ordered logits (< 2^31, checked by the launcher).
-        flat = (rows[:, None] * n_cols + c[None, :]).to(tl.uint32)
+        # Flat element index of the C-ordered logits, shifted by the row offset (< 2^31, checked by the
+        # launcher).
+        flat = ((rows[:, None] + first_row) * n_cols + c[None, :]).to(tl.uint32)
         x = (flat * _GOLDEN) ^ key0
         x = _lowbias32(x)
         x = _lowbias32(x ^ key1)
@@ -94,16 +96,24 @@ def _sample_kernel(
 
 
 def sample_categorical_triton(
-    logits: torch.Tensor, *, temperature: float = 1.0, seed: int, offset: int | torch.Tensor
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    seed: int,
+    offset: int | torch.Tensor,
+    row_offset: int = 0,
 ) -> torch.Tensor:
     """Gumbel-max sample over the last dim of ``logits`` (..., V) -> int64 (...).
 
     ``offset`` may be a one-element integer tensor on the logits' device: it is then read by the
-    kernel, so a captured CUDA graph samples from the offset current at replay time.
+    kernel, so a captured CUDA graph samples from the offset current at replay time. ``row_offset``:
+    the global index of the first row (a slice of a larger batch draws that batch's words).
     """
-    if logits.numel() >= 2**31:
+    row_offset = check_row_offset(row_offset)
+    if logits.numel() + row_offset * logits.size(-1) >= 2**31:
         raise ValueError(
-            f"sample_categorical_triton: logits have {logits.numel()} elements, limit is 2^31 - 1"
+            f"sample_categorical_triton: logits have {logits.numel()} elements after a row offset of "
+            f"{row_offset} rows, limit is 2^31 - 1"
         )
     on_device = isinstance(offset, torch.Tensor)
     if on_device:
@@ -131,6 +141,7 @@ def sample_categorical_triton(
         rows.stride(0),
         rows.stride(1),
         n_cols,
+        row_offset,
         k0 | (1 << 32),
         k1 | (1 << 32),
         offset_arg,

@@ -155,6 +155,68 @@ def test_triton_is_distributed_like_softmax_interpreter() -> None:
     assert chi2_statistic(samples, torch.softmax(logits / temperature, dim=-1)) < chi2_critical(5)
 
 
+# A slice of rows [a, b) sampled with row_offset=a draws what rows [a, b) of the full call draw (the
+# distributed actor-critic: each rank imagines from its slice of starts). Odd sizes, several shapes.
+ROW_SLICES = [((5, 37), 2, 5), ((86, 3), 43, 86), ((86, 3), 0, 43), ((7, 1500), 3, 4), ((9, 1), 1, 8)]
+
+
+def _row_slice_cases(shape: tuple, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = torch.randn(*shape) * 2
+    return logits, logits[a:b]
+
+
+@pytest.mark.parametrize(("shape", "a", "b"), ROW_SLICES)
+def test_row_offset_slice_equals_rows_of_full_call_reference(shape: tuple, a: int, b: int) -> None:
+    logits, part = _row_slice_cases(shape, a, b)
+    for offset in (7, torch.tensor([2**32 + 5])):
+        full = sample_categorical_ref(logits, temperature=0.9, seed=13, offset=offset)
+        got = sample_categorical_ref(part, temperature=0.9, seed=13, offset=offset, row_offset=a)
+        assert torch.equal(got, full[a:b])
+    # the words themselves: rows [a, b) of the stream
+    v = shape[-1]
+    words = counter_uint32(part.numel(), 13, 7, "cpu", first=a * v)
+    assert torch.equal(words, counter_uint32(logits.numel(), 13, 7, "cpu")[a * v : b * v])
+
+
+def test_row_offset_of_a_3d_batch_counts_flattened_rows() -> None:
+    logits = torch.randn(6, 5, 11)
+    full = sample_categorical_ref(logits, seed=2, offset=3)
+    got = sample_categorical_ref(logits[2:5], seed=2, offset=3, row_offset=2 * 5)
+    assert torch.equal(got, full[2:5])
+
+
+def test_bad_row_offset_is_rejected() -> None:
+    logits = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="row_offset must be >= 0"):
+        ops.sample_categorical(logits, seed=0, offset=0, row_offset=-1)
+    with pytest.raises(TypeError, match="row_offset must be a Python int"):
+        ops.sample_categorical(logits, seed=0, offset=0, row_offset=torch.tensor(1))  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("interpret")
+@pytest.mark.parametrize(("shape", "a", "b"), ROW_SLICES)
+def test_row_offset_slice_equals_rows_of_full_call_interpreter(shape: tuple, a: int, b: int) -> None:
+    logits, part = _row_slice_cases(shape, a, b)
+    for offset in (7, torch.tensor([2**32 + 5])):
+        full = ops.sample_categorical(logits, temperature=0.9, seed=13, offset=offset, backend="triton")
+        got = ops.sample_categorical(
+            part, temperature=0.9, seed=13, offset=offset, row_offset=a, backend="triton"
+        )
+        assert torch.equal(got, full[a:b])
+        ref = sample_categorical_ref(part, temperature=0.9, seed=13, offset=offset, row_offset=a)
+        assert torch.equal(got, ref)
+
+
+@pytest.mark.usefixtures("interpret")
+def test_row_offset_limit_interpreter() -> None:
+    with pytest.raises(RuntimeError, match="with the row offset"):
+        ops.sample_categorical(torch.randn(2, 4), seed=0, offset=0, row_offset=2**29, backend="triton")
+    from deltairis.kernels.sampling import sample_categorical_triton
+
+    with pytest.raises(ValueError, match="row offset"):
+        sample_categorical_triton(torch.randn(2, 4), seed=0, offset=0, row_offset=2**29)
+
+
 # ----------------------------------------------------------------------------------------------- GPU
 
 
@@ -202,6 +264,24 @@ def test_triton_offset_tensor_in_cuda_graph_gpu() -> None:
         want = sample_categorical_ref(logits, seed=3, offset=i)
         assert (d == want).float().mean().item() >= 0.999
     assert not torch.equal(draws[0], draws[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("compiled")
+def test_row_offset_slice_in_cuda_graph_gpu() -> None:
+    """Under a captured graph with a tensor offset, rows [a, b) with row_offset=a equal the full call's."""
+    logits = torch.randn(86, 1024, device="cuda")
+    part = logits[43:].clone()
+    offset = torch.zeros((), dtype=torch.int64, device="cuda")
+    ops.sample_categorical(part, seed=3, offset=offset, row_offset=43, backend="triton")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ops.sample_categorical(part, seed=3, offset=offset, row_offset=43, backend="triton")
+        offset += 1
+    for i in range(2):
+        graph.replay()
+        full = ops.sample_categorical(logits, seed=3, offset=i, backend="triton")
+        assert torch.equal(out, full[43:])
 
 
 @pytest.mark.gpu

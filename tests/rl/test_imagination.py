@@ -60,6 +60,53 @@ def test_streams_of_different_seeds_differ() -> None:
     assert not torch.equal(a.obs, b.obs)
 
 
+def _assert_rows_equal(part, full, rows: slice) -> None:
+    assert torch.equal(part.act, full.act[rows])
+    assert torch.equal(part.end, full.end[rows])
+    torch.testing.assert_close(part.obs, full.obs[rows], rtol=0, atol=1.5 / 255)
+    torch.testing.assert_close(part.rew, full.rew[rows], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(part.logits, full.logits[rows], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("b", "rows"), [(5, slice(2, 5)), (5, slice(0, 2)), (7, slice(3, 4))])
+def test_slice_with_row_offset_imagines_the_rows_of_the_full_batch(b: int, rows: slice) -> None:
+    """A rank imagining from rows [a, b) with row_offset=a draws what the whole batch draws there."""
+    torch.manual_seed(0)
+    agent = Agent(make_agent_config("tiny")).eval()
+    batch = make_batch(b, 4, agent.config.num_actions, pad_left=2, seed=3)
+    ac = agent.actor_critic
+    full = imagine(batch, agent.tokenizer, agent.world_model, ac, horizon=4, seed=5)
+    part = imagine(
+        batch.rows(rows), agent.tokenizer, agent.world_model, ac, horizon=4, seed=5, row_offset=rows.start
+    )
+    _assert_rows_equal(part, full, rows)
+    if rows.start:  # without the offset the slice draws other words
+        plain = imagine(batch.rows(rows), agent.tokenizer, agent.world_model, ac, horizon=4, seed=5)
+        assert not torch.equal(plain.act, full.act[rows])
+
+
+@pytest.mark.gpu
+def test_cuda_graph_slice_with_row_offset_equals_full_eager() -> None:
+    torch.manual_seed(0)
+    agent = Agent(make_agent_config("tiny")).cuda()
+    batch = make_batch(9, 6, agent.config.num_actions).to("cuda")
+    rows = slice(4, 9)
+    ac = agent.actor_critic
+    runners = GraphRunners(agent.tokenizer, agent.world_model)
+    full = imagine(batch, agent.tokenizer, agent.world_model, ac, ac.config.horizon, seed=1)
+    part = imagine(
+        batch.rows(rows),
+        agent.tokenizer,
+        agent.world_model,
+        ac,
+        ac.config.horizon,
+        seed=1,
+        runner=runners.get(5, batch.obs.device),
+        row_offset=4,
+    )
+    _assert_rows_equal(part, full, rows)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("preset", ["tiny", "crafter"])
 def test_cuda_graph_imagination_equals_eager(preset: str) -> None:

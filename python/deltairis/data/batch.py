@@ -42,6 +42,10 @@ class Batch:
     def seq_len(self) -> int:
         return int(self.act.size(1))
 
+    def rows(self, rows: slice) -> Batch:
+        """The segments ``rows`` of this batch (views of its tensors)."""
+        return Batch(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move to ``device``; uint8 frames become float32 in [0, 1]."""
         values = {}

@@ -9,6 +9,11 @@ on the logits' device (the keys are derived on the device from its value at run 
 form needs no host synchronisation and keeps a captured CUDA graph correct: the graph reads the
 offset tensor when it replays, so the caller advances it in place (``offset_t += 1``) between
 replays or inside the captured step.
+
+``row_offset`` (a Python int >= 0, default 0) shifts the element index by ``row_offset * V`` (``V`` the
+last dim): a call on rows ``[a, b)`` of the flattened ``(N, V)`` logits with ``row_offset=a`` draws the same
+words, hence the same samples, as rows ``[a, b)`` of the call on all ``N`` rows. A rank that holds a
+slice of a distributed batch samples exactly what the single process samples for those rows.
 """
 
 from __future__ import annotations
@@ -91,15 +96,28 @@ def _lowbias32_tensor(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def check_row_offset(row_offset: int) -> int:
+    """``row_offset`` must be a Python int >= 0."""
+    if not isinstance(row_offset, int) or isinstance(row_offset, bool):
+        raise TypeError(f"row_offset must be a Python int, got {type(row_offset).__name__}")
+    if row_offset < 0:
+        raise ValueError(f"row_offset must be >= 0, got {row_offset}")
+    return row_offset
+
+
 def counter_uint32(
-    numel: int, seed: int, offset: int | torch.Tensor, device: torch.device | str
+    numel: int,
+    seed: int,
+    offset: int | torch.Tensor,
+    device: torch.device | str,
+    first: int = 0,
 ) -> torch.Tensor:
-    """The random 32-bit words (as int64) for elements 0..numel-1 of the stream (seed, offset)."""
+    """The random 32-bit words (as int64) for elements first..first+numel-1 of the stream (seed, offset)."""
     if isinstance(offset, torch.Tensor):
         k0, k1 = stream_keys_tensor(seed, offset.to(device))
     else:
         k0, k1 = stream_keys(seed, offset)
-    i = torch.arange(numel, device=device, dtype=torch.int64)
+    i = torch.arange(first, first + numel, device=device, dtype=torch.int64)
     x = ((i * GOLDEN) & _M32) ^ k0
     x = _lowbias32_tensor(x)
     x = _lowbias32_tensor(x ^ k1)
@@ -107,10 +125,14 @@ def counter_uint32(
 
 
 def counter_uniform(
-    numel: int, seed: int, offset: int | torch.Tensor, device: torch.device | str
+    numel: int,
+    seed: int,
+    offset: int | torch.Tensor,
+    device: torch.device | str,
+    first: int = 0,
 ) -> torch.Tensor:
-    """Uniform float32 numbers in the open interval (0, 1) with 24 random bits each."""
-    x = counter_uint32(numel, seed, offset, device)
+    """Uniform float32 numbers in the open interval (0, 1) with 24 random bits each (elements from ``first``)."""
+    x = counter_uint32(numel, seed, offset, device, first)
     return ((x >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
 
 
@@ -124,12 +146,18 @@ def _check(logits: torch.Tensor, temperature: float) -> None:
 
 
 def sample_categorical_ref(
-    logits: torch.Tensor, *, temperature: float = 1.0, seed: int, offset: int | torch.Tensor
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    seed: int,
+    offset: int | torch.Tensor,
+    row_offset: int = 0,
 ) -> torch.Tensor:
     """Reference: argmax(logits / temperature + Gumbel noise) over the last dim -> int64 indices."""
     _check(logits, temperature)
     check_offset(offset, logits.device)
-    u = counter_uniform(logits.numel(), seed, offset, logits.device).view(logits.shape)
+    first = check_row_offset(row_offset) * logits.size(-1)
+    u = counter_uniform(logits.numel(), seed, offset, logits.device, first).view(logits.shape)
     gumbel = -torch.log(-torch.log(u))
     scores = logits.float() / temperature + gumbel
     return scores.argmax(dim=-1)
@@ -141,26 +169,31 @@ def sample_categorical(
     temperature: float = 1.0,
     seed: int,
     offset: int | torch.Tensor,
+    row_offset: int = 0,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Sample one index per row of ``logits`` (..., V) from softmax(logits / temperature).
 
     ``offset``: a Python int, or a one-element integer tensor on the logits' device (read on the
-    device; use it when the call is captured in a CUDA graph).
+    device; use it when the call is captured in a CUDA graph). ``row_offset``: the global index of the
+    first row (of the flattened ``(N, V)`` view) when ``logits`` are a slice of a larger batch.
     """
     _check(logits, temperature)
     check_offset(offset, logits.device)
+    check_row_offset(row_offset)
 
     def supported() -> str | None:
         if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return f"dtype {logits.dtype}"
-        if logits.numel() >= 2**31:
-            return "more than 2^31 elements"
+        if logits.numel() + row_offset * logits.size(-1) >= 2**31:
+            return "more than 2^31 elements (with the row offset)"
         return None
 
     fn = choose(
         "sample_categorical", (logits,), backend, supported, ("sampling", "sample_categorical_triton")
     )
     if fn is None:
-        return sample_categorical_ref(logits, temperature=temperature, seed=seed, offset=offset)
-    return fn(logits, temperature=temperature, seed=seed, offset=offset)
+        return sample_categorical_ref(
+            logits, temperature=temperature, seed=seed, offset=offset, row_offset=row_offset
+        )
+    return fn(logits, temperature=temperature, seed=seed, offset=offset, row_offset=row_offset)

@@ -41,13 +41,13 @@ class GraphedWorldModelStep:
         self.cache: KVCache = world_model.transformer.empty_cache(batch_size, device)
         e = world_model.config.transformer.embed_dim
         self._dummy_pending = torch.zeros(batch_size, 1, e, device=device)
-        self._graphs: dict[tuple[int, bool], _Captured] = {}
+        self._graphs: dict[tuple[int, bool, int], _Captured] = {}  # (cache size, pending, row offset)
         self.fingerprint = parameter_fingerprint(tokenizer, world_model)
 
     def _capture(
-        self, key: tuple[int, bool], state: WorldModelState, act: torch.Tensor, offset: torch.Tensor
+        self, key: tuple[int, bool, int], state: WorldModelState, act: torch.Tensor, offset: torch.Tensor
     ) -> _Captured:
-        size0, has_pending = key
+        size0, has_pending, row_offset = key
         cache = self.cache
         lens0 = cache.lens.clone()
         seed = state.seed
@@ -55,7 +55,7 @@ class GraphedWorldModelStep:
 
         def fn(obs: torch.Tensor, a: torch.Tensor, pending: torch.Tensor, off: torch.Tensor):
             cache.size = size0  # every (warm-up or captured) run starts from the same position
-            st = WorldModelState(cache, obs, pending if has_pending else None, seed, off)
+            st = WorldModelState(cache, obs, pending if has_pending else None, seed, off, row_offset)
             new, rew, end = world_model_step(self.tokenizer, self.world_model, st, a)
             result["size_after"] = cache.size
             return new.obs, new.pending, rew, end, new.offset
@@ -75,7 +75,7 @@ class GraphedWorldModelStep:
         offset = state.offset
         if not isinstance(offset, torch.Tensor):
             offset = torch.tensor([offset], dtype=torch.int64, device=self.device)
-        key = (self.cache.size, state.pending is not None)
+        key = (self.cache.size, state.pending is not None, state.row_offset)
         captured = self._graphs.get(key)
         if captured is None:
             captured = self._graphs[key] = self._capture(key, state, act, offset)
@@ -83,7 +83,7 @@ class GraphedWorldModelStep:
         obs, new_pending, rew, end, new_offset = captured.step(state.obs, act, pending, offset)
         self.cache.size = captured.size_after
         new_state = WorldModelState(
-            self.cache, obs.clone(), new_pending.clone(), state.seed, new_offset.clone()
+            self.cache, obs.clone(), new_pending.clone(), state.seed, new_offset.clone(), state.row_offset
         )
         return new_state, rew.clone(), end.clone()
 

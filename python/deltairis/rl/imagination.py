@@ -9,6 +9,11 @@ sampler seed :data:`~deltairis.seeding.SAMPLER_SEED` (the layout is declared in
 :mod:`deltairis.seeding`). Keeping the sampler seed fixed and varying only offsets lets a captured CUDA
 graph (:mod:`deltairis.rl.graphs`) read the offset from a device tensor and reproduce the eager path's
 samples exactly. The caller owns such a graph runner and passes it in (``runner=``).
+
+Slices of a batch (distributed training): ``row_offset`` is the global index of the slice's first row.
+Every sampler call passes it on (:func:`deltairis.ops.sample_categorical`), so a rank imagining from
+rows ``[a, b)`` of the global batch draws the same random words, hence the same tokens, rewards, ends and
+actions, as rows ``[a, b)`` of the single-process imagination.
 """
 
 from __future__ import annotations
@@ -42,11 +47,18 @@ class WorldModelState:
     pending: torch.Tensor | None  # (B, 1, E) embedding of the last Δ-token, not yet fed
     seed: int
     offset: int | torch.Tensor  # next counter stream of the sampler (a device tensor under CUDA graphs)
+    row_offset: int = 0  # global index of the first row (a slice of a larger batch)
 
 
 @torch.no_grad()
 def world_model_burn_in(
-    tokenizer, world_model, obs: torch.Tensor, act: torch.Tensor, seed: int, cache: KVCache | None = None
+    tokenizer,
+    world_model,
+    obs: torch.Tensor,
+    act: torch.Tensor,
+    seed: int,
+    cache: KVCache | None = None,
+    row_offset: int = 0,
 ) -> WorldModelState:
     """Warm the cache on the T-1 real transitions of ``obs`` (B, T, ...); the last frame becomes current."""
     b = obs.size(0)
@@ -62,7 +74,7 @@ def world_model_burn_in(
             raise ValueError(f"burn-in of {seq.size(1)} tokens exceeds the cache ({cache.max_tokens})")
         world_model.transformer(seq[:, :-1], cache)
         pending = seq[:, -1:]
-    return WorldModelState(cache, obs[:, -1], pending, SAMPLER_SEED, stream_base(seed))
+    return WorldModelState(cache, obs[:, -1], pending, SAMPLER_SEED, stream_base(seed), row_offset)
 
 
 @torch.no_grad()
@@ -89,7 +101,7 @@ def world_model_step(
     k = cfg.tokens_per_frame
     for j in range(k):
         logits = wm.head_latents(h)[:, 0]  # (B, V)
-        tok = ops.sample_categorical(logits, seed=state.seed, offset=offset)
+        tok = ops.sample_categorical(logits, seed=state.seed, offset=offset, row_offset=state.row_offset)
         offset += 1
         tokens.append(tok)
         emb = wm.latents_emb(tok).unsqueeze(1)  # (B, 1, E)
@@ -102,11 +114,17 @@ def world_model_step(
     if cfg.two_hot_rewards:
         rew = ops.twohot_expectation(rew_logits, low=cfg.bucket_low, high=cfg.bucket_high)
     else:
-        rew = ops.sample_categorical(rew_logits, seed=state.seed, offset=offset).float() - 1.0
+        rew = (
+            ops.sample_categorical(
+                rew_logits, seed=state.seed, offset=offset, row_offset=state.row_offset
+            ).float()
+            - 1.0
+        )
         offset += 1
-    end = ops.sample_categorical(end_logits, seed=state.seed, offset=offset)
+    end = ops.sample_categorical(end_logits, seed=state.seed, offset=offset, row_offset=state.row_offset)
     offset += 1
-    return WorldModelState(cache, next_obs.float(), pending, state.seed, offset), rew.float(), end
+    new = WorldModelState(cache, next_obs.float(), pending, state.seed, offset, state.row_offset)
+    return new, rew.float(), end
 
 
 def imagine(
@@ -117,6 +135,7 @@ def imagine(
     horizon: int | None = None,
     seed: int = 0,
     runner: Any | None = None,
+    row_offset: int = 0,
 ) -> ImaginationOutput:
     """Burn in on the real segment, then imagine ``horizon`` steps (default: the config's) with the
     online policy.
@@ -124,6 +143,9 @@ def imagine(
     ``runner``: a :class:`deltairis.rl.graphs.GraphedWorldModelStep` for this batch size and device
     (the caller owns it, e.g. through :class:`deltairis.rl.graphs.GraphRunners`); the world-model step
     is then replayed from its CUDA graphs, drawing the same samples as the eager step.
+
+    ``row_offset``: the global index of ``batch``'s first row when it is a slice of a larger batch (each
+    rank of a distributed run imagines from its slice and samples what the whole batch samples there).
     """
     obs, act, mask = batch.obs, batch.act, batch.mask_padding
     ac = actor_critic
@@ -135,7 +157,7 @@ def imagine(
     cache = None
     if runner is not None:
         step_fn, cache = runner.step, runner.cache
-    wstate = world_model_burn_in(tokenizer, world_model, obs, act, seed, cache)
+    wstate = world_model_burn_in(tokenizer, world_model, obs, act, seed, cache, row_offset)
     # The reference feeds every burn-in frame to both LSTMs, zero padding frames included.
     burn_mask = mask[:, :-1] if cfg.exclude_padding else None
     with torch.no_grad():
@@ -151,7 +173,11 @@ def imagine(
             tstate = tout.state
             tvalues.append(ac.target_model.value(tout.value_logits))
             a = ops.sample_categorical(
-                out.logits.detach(), temperature=cfg.temperature, seed=SAMPLER_SEED, offset=policy_offset
+                out.logits.detach(),
+                temperature=cfg.temperature,
+                seed=SAMPLER_SEED,
+                offset=policy_offset,
+                row_offset=row_offset,
             )
             policy_offset += 1
         wstate, r, e = step_fn(tokenizer, world_model, wstate, a)

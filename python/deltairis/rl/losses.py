@@ -25,13 +25,15 @@ def actor_critic_loss(
     world_model,
     seed: int,
     runner: GraphedWorldModelStep | None = None,
+    row_offset: int = 0,
 ) -> LossOutput:
     """Imagine from ``batch`` (burn_in + 1 real frames) and return the actor-critic loss and metrics.
 
     ``runner``: replay the imagined world-model step from CUDA graphs (see :func:`imagine`).
+    ``row_offset``: the global index of the batch's first row when it is a rank's slice (see :func:`imagine`).
     """
     cfg = actor_critic.config
-    out = imagine(batch, tokenizer, world_model, actor_critic, cfg.horizon, seed, runner)
+    out = imagine(batch, tokenizer, world_model, actor_critic, cfg.horizon, seed, runner, row_offset)
     end = out.end.float()
     # step i counts while no imagined end happened before it
     alive = torch.cat((torch.ones_like(end[:, :1]), torch.cumprod(1.0 - end, dim=1)[:, :-1]), dim=1) > 0
@@ -84,9 +86,15 @@ class ActorCriticLoss:
             return None
         return self.runners.get(obs.size(0), obs.device)
 
-    def __call__(self, batch, seed: int) -> LossOutput:
+    def __call__(self, batch, seed: int, row_offset: int = 0) -> LossOutput:
         return actor_critic_loss(
-            self.actor_critic, batch, self.tokenizer, self.world_model, seed, self.runner_for(batch)
+            self.actor_critic,
+            batch,
+            self.tokenizer,
+            self.world_model,
+            seed,
+            self.runner_for(batch),
+            row_offset,
         )
 
 
