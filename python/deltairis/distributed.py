@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import os
+import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,12 +119,25 @@ def init(device_type: str = "cpu", timeout_s: float = DEFAULT_TIMEOUT_S) -> Dist
                 f"rank {rank} of {size}: could not join the process group ({exc})"
             ) from exc
     _current = DistContext(rank, size, local, backend, float(timeout_s))
+    _start_heartbeat(_current)
+    return _current
+
+
+def set_timeout(timeout_s: float) -> DistContext:
+    """Use ``timeout_s`` from now on for barriers and the waits of :func:`from_main` (e.g. the value of
+    rank 0's config, which ranks > 0 learn only after joining)."""
+    global _current
+    _current = DistContext(
+        _current.rank, _current.world_size, _current.local_rank, _current.backend, float(timeout_s)
+    )
     return _current
 
 
 def shutdown() -> None:
     """Leave the process group (if any) and go back to the single-process context."""
-    global _current
+    global _current, _sequence
+    _stop_heartbeat()
+    _sequence = 0
     if tdist.is_available() and tdist.is_initialized():
         with contextlib.suppress(Exception):
             tdist.destroy_process_group()
@@ -163,22 +179,211 @@ def _failed(what: str, exc: BaseException) -> DistributedError:
     ctx = current()
     return DistributedError(
         f"rank {ctx.rank} of {ctx.world_size}: {what} failed or timed out after {ctx.timeout_s:.0f}s "
-        f"(another rank died or hangs?): {exc}"
+        f"({_whose_fault()}): {exc}"
     )
 
 
-def global_count(count: torch.Tensor) -> torch.Tensor:
-    """Inside :func:`sharded_losses`: the count summed over ranks, divided by the world size (so that a
-    rank's ``sum / global_count`` averaged over ranks is the global mean); otherwise ``count``."""
-    if not _sharded:
-        return count
+# -- liveness: a heartbeat per rank in the group's store ---------------------------------------------
+#
+# Every rank's background thread adds 1 to ``deltairis/heartbeat/<rank>`` in the process group's key-value
+# store a few times per timeout. A rank that waits for rank 0 (while rank 0 alone collects, evaluates or
+# writes a checkpoint, which may take longer than the timeout) waits on the store (:func:`from_main`)
+# and gives up only when rank 0's counter stops moving for ``timeout_s`` (rank 0 hung) or the store
+# cannot be reached (rank 0, which hosts it outside torchrun, died). A failed collective names the ranks
+# whose counters stand still.
+
+_store_lock = threading.Lock()
+_heartbeat: tuple[threading.Thread, threading.Event] | None = None
+_sequence = 0  # the number of from_main calls so far (equal on every rank)
+
+
+def heartbeat_interval(timeout_s: float) -> float:
+    """Seconds between two heartbeats of a rank: a twentieth of the timeout, within [0.05, 1]."""
+    return max(0.05, min(1.0, float(timeout_s) / 20.0))
+
+
+def _store() -> Any:
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d._get_default_store()
+
+
+def _store_op(fn: Any) -> Any:
+    with _store_lock:
+        return fn(_store())
+
+
+def _heartbeat_key(rank: int) -> str:
+    return f"deltairis/heartbeat/{rank}"
+
+
+def _start_heartbeat(ctx: DistContext) -> None:
+    global _heartbeat
+    _stop_heartbeat()
+    stop = threading.Event()
+    key = _heartbeat_key(ctx.rank)
+
+    def beat() -> None:
+        while not stop.is_set():
+            try:
+                _store_op(lambda s: s.add(key, 1))
+            except Exception:  # noqa: BLE001 - the store is gone: the collectives will say so
+                return
+            stop.wait(heartbeat_interval(current().timeout_s))
+
+    thread = threading.Thread(target=beat, name=f"deltairis-heartbeat-{ctx.rank}", daemon=True)
+    thread.start()
+    _heartbeat = (thread, stop)
+
+
+def _stop_heartbeat() -> None:
+    global _heartbeat
+    if _heartbeat is not None:
+        thread, stop = _heartbeat
+        stop.set()
+        thread.join(timeout=5.0)
+        _heartbeat = None
+
+
+def _heartbeats(ranks: Iterable[int]) -> dict[int, int]:
+    return {r: int(_store_op(lambda s, r=r: s.add(_heartbeat_key(r), 0))) for r in ranks}
+
+
+def silent_ranks(wait_s: float | None = None) -> list[int] | None:
+    """The other ranks whose heartbeat did not move within ``wait_s`` (default: three intervals);
+    None when the store cannot be reached."""
     ctx = current()
-    total = count.detach().clone()
+    if not ctx.is_distributed:
+        return []
+    others = [r for r in range(ctx.world_size) if r != ctx.rank]
+    wait = 3 * heartbeat_interval(ctx.timeout_s) if wait_s is None else float(wait_s)
+    try:
+        before = _heartbeats(others)
+        time.sleep(wait)
+        after = _heartbeats(others)
+    except Exception:  # noqa: BLE001 - any store failure means: unreachable
+        return None
+    return [r for r in others if after[r] == before[r]]
+
+
+def _whose_fault() -> str:
+    try:
+        silent = silent_ranks()
+    except Exception:  # noqa: BLE001 - only for the message
+        silent = None
+    if silent is None:
+        return "the group's store is unreachable: rank 0, which hosts it, died or the network failed"
+    if silent:
+        return f"no heartbeat from rank {', '.join(map(str, silent))}: died or hung"
+    return "every other rank still sends heartbeats: one of them is stuck or left this collective"
+
+
+def from_main(what: str, payload: Any = None) -> Any:
+    """Rank 0's ``payload`` on every rank, after rank 0 alone did something that may take long.
+
+    Ranks > 0 wait on the store, not in a collective: they wait as long as rank 0's heartbeat moves and
+    raise :class:`DistributedError` naming rank 0 when it stands still for ``timeout_s`` or the store is
+    gone. Every rank must call this the same number of times, in the same order.
+    """
+    global _sequence
+    ctx = current()
+    if not ctx.is_distributed:
+        return payload
+    _sequence += 1
+    key = f"deltairis/ready/{_sequence}"
+    if ctx.is_main:
+        try:
+            _store_op(lambda s: s.set(key, what))
+        except Exception as exc:
+            raise _failed(f"announcing '{what}'", exc) from exc
+    else:
+        _wait_for_main(what, key, ctx)
+    return broadcast_object(payload if ctx.is_main else None)
+
+
+def _wait_for_main(what: str, key: str, ctx: DistContext) -> None:
+    last, changed = None, time.monotonic()
+    poll = min(0.2, heartbeat_interval(ctx.timeout_s))
+    while True:
+        try:
+            if _store_op(lambda s: s.check([key])):
+                return
+            beat = _heartbeats([0])[0]
+        except Exception as exc:
+            raise DistributedError(
+                f"rank {ctx.rank} of {ctx.world_size}: lost rank 0 while waiting for {what}: the group's "
+                f"store is unreachable (rank 0 died or the network failed): {exc}"
+            ) from exc
+        now = time.monotonic()
+        if beat != last:
+            last, changed = beat, now
+        elif now - changed > ctx.timeout_s:
+            raise DistributedError(
+                f"rank {ctx.rank} of {ctx.world_size}: no heartbeat from rank 0 for {ctx.timeout_s:.0f}s "
+                f"(distributed.timeout_s) while waiting for {what}: rank 0 hung or died"
+            )
+        time.sleep(poll)
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (pickled), in rank order, on every rank."""
+    ctx = current()
+    if not ctx.is_distributed:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    try:
+        tdist.all_gather_object(out, obj)
+    except Exception as exc:
+        raise _failed("all_gather of objects", exc) from exc
+    return out
+
+
+def state_digest(named: Iterable[tuple[str, Any]]) -> str:
+    """A SHA-256 over names and the bytes of tensors / arrays (another object: its ``repr``)."""
+    h = hashlib.sha256()
+    for name, value in named:
+        h.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif hasattr(value, "tobytes") and hasattr(value, "dtype"):
+            h.update(str((value.dtype, value.shape)).encode())
+            h.update(value.tobytes())
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()
+
+
+def check_in_sync(what: str, digest: str) -> None:
+    """Raise :class:`DistributedError` naming the ranks whose ``digest`` differs from rank 0's."""
+    ctx = current()
+    if not ctx.is_distributed:
+        return
+    digests = gather_objects(digest)
+    off = [r for r, d in enumerate(digests) if d != digests[0]]
+    if off:
+        raise DistributedError(
+            f"rank {ctx.rank} of {ctx.world_size}: {what} of rank {', '.join(map(str, off))} differ from "
+            "rank 0's (the ranks no longer train the same model; this is a bug, please report it)"
+        )
+
+
+def global_count(count: torch.Tensor, minimum: float | None = None) -> torch.Tensor:
+    """Inside :func:`sharded_losses`: the count summed over ranks (at least ``minimum``), divided by the
+    world size (so that a rank's ``sum / global_count`` averaged over ranks is the global mean); otherwise
+    ``count`` (at least ``minimum``)."""
+    if not _sharded:
+        return count if minimum is None else count.clamp(min=minimum)
+    ctx = current()
+    total = count.detach().to(torch.float32).clone()  # float32: gloo has no bfloat16 sums
     try:
         tdist.all_reduce(total)
     except Exception as exc:
         raise _failed("all_reduce of a loss denominator", exc) from exc
-    return total / ctx.world_size
+    if minimum is not None:
+        total = total.clamp(min=minimum)
+    return (total / ctx.world_size).to(count.dtype)
 
 
 def all_reduce_mean_(tensors: Sequence[torch.Tensor]) -> None:
@@ -272,12 +477,19 @@ __all__ = [
     "average_gradients",
     "barrier",
     "broadcast_object",
+    "check_in_sync",
     "current",
     "env_world",
+    "from_main",
+    "gather_objects",
     "global_count",
+    "heartbeat_interval",
     "init",
     "losses_are_sharded",
+    "set_timeout",
     "sharded_losses",
     "shutdown",
+    "silent_ranks",
+    "state_digest",
     "use",
 ]
