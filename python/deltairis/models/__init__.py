@@ -2,7 +2,7 @@
 
 from deltairis.models.actor_critic import ActorCritic, ActorCriticModel
 from deltairis.models.common import LossOutput, masked_mean
-from deltairis.models.convnet import FrameDecoder, FrameEncoder
+from deltairis.models.convnet import FrameDecoder, FrameEncoder, set_frame_cnn_options
 from deltairis.models.kv_cache import KVCache
 from deltairis.models.optim import configure_optimizer
 from deltairis.models.quantizer import Quantizer
@@ -25,4 +25,5 @@ __all__ = [
     "configure_optimizer",
     "masked_mean",
     "quantize_frame_values",
+    "set_frame_cnn_options",
 ]

@@ -2,6 +2,17 @@
 
 The layer order inside each ``nn.Sequential`` is part of the checkpoint layout: the reference's keys
 are ``encoder.N.*`` / ``decoder.N.*`` with N counting the layers below.
+
+Two fast paths, both on by default and both used only for CUDA inputs (CPU results are those of the
+plain layers), each switchable per module tree with :func:`set_frame_cnn_options`:
+
+* ``fused_norm``: every ``GroupNorm`` followed by ``SiLU`` runs as one :func:`deltairis.ops.group_norm_silu`
+  (a Triton kernel on CUDA, ``F.silu(F.group_norm(...))`` otherwise); the modules stay ``nn.GroupNorm``
+  and ``nn.SiLU`` (same checkpoint keys);
+* ``channels_last``: a CNN converts its input once to channels_last (NHWC) and keeps its convolution
+  weights in that layout (converted in place at the first CUDA forward, and back if the module later
+  runs on CPU), so cuDNN, the fused norm, the upsampling and the residual additions all run NHWC with no
+  layout conversion in between, and :class:`FlattenHWC` of the output is a free view.
 """
 
 from __future__ import annotations
@@ -11,7 +22,54 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from deltairis import ops
 from deltairis.config.models import FrameCnnConfig
+
+
+class FrameLayers(nn.Sequential):
+    """``nn.Sequential`` that runs each GroupNorm -> SiLU pair as one fused op when ``fused_norm``."""
+
+    fused_norm: bool = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mods = list(self._modules.values())
+        i, n = 0, len(mods)
+        while i < n:
+            m = mods[i]
+            if (
+                self.fused_norm
+                and type(m) is nn.GroupNorm
+                and i + 1 < n
+                and type(mods[i + 1]) is nn.SiLU
+                and m.affine
+            ):
+                x = ops.group_norm_silu(x, m.num_groups, m.weight, m.bias, m.eps)
+                i += 2
+            else:
+                x = m(x)
+                i += 1
+        return x
+
+
+def _conv_weights(module: nn.Module) -> list[nn.Parameter]:
+    return [p for m in module.modules() if isinstance(m, nn.Conv2d) for p in (m.weight,)]
+
+
+class _LayoutMixin:
+    """Input and weight layout of a frame CNN (see the module docstring)."""
+
+    channels_last: bool = True
+    _weights_nhwc: bool = False
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        want = self.channels_last and x.is_cuda
+        if want != self._weights_nhwc:
+            fmt = torch.channels_last if want else torch.contiguous_format
+            with torch.no_grad():
+                for w in _conv_weights(self):  # type: ignore[arg-type]
+                    w.data = w.data.contiguous(memory_format=fmt)
+            self._weights_nhwc = want
+        return x.contiguous(memory_format=torch.channels_last) if want else x
 
 
 class ResidualBlock(nn.Module):
@@ -19,7 +77,7 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, num_groups: int = 32) -> None:
         super().__init__()
-        self.f = nn.Sequential(
+        self.f = FrameLayers(
             nn.GroupNorm(num_groups, in_channels),
             nn.SiLU(),
             nn.Conv2d(in_channels, out_channels, 3, padding=1),
@@ -70,7 +128,7 @@ def _unfold(x: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
     return x.view(*lead, *x.shape[1:]) if lead else x
 
 
-class FrameEncoder(nn.Module):
+class FrameEncoder(_LayoutMixin, nn.Module):
     """conv3x3 -> [ResidualBlock (+ Downsample)]* -> GroupNorm -> SiLU -> conv3x3 to latent_dim."""
 
     def __init__(self, config: FrameCnnConfig) -> None:
@@ -85,14 +143,15 @@ class FrameEncoder(nn.Module):
             if d:
                 layers.append(Downsample(ch))
         layers += [nn.GroupNorm(g, ch), nn.SiLU(), nn.Conv2d(ch, config.latent_dim, 3, padding=1)]
-        self.encoder = nn.Sequential(*layers)
+        self.encoder = FrameLayers(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, lead = _fold(x)  # (B*T, C, H, W)
+        x = self._prepare(x)
         return _unfold(self.encoder(x), lead)  # (B, T, latent, H/8, W/8)
 
 
-class FrameDecoder(nn.Module):
+class FrameDecoder(_LayoutMixin, nn.Module):
     """Mirror of :class:`FrameEncoder`: conv3x3 -> [ResidualBlock (+ Upsample)]* -> GroupNorm -> SiLU -> conv3x3."""
 
     def __init__(self, config: FrameCnnConfig) -> None:
@@ -113,10 +172,11 @@ class FrameDecoder(nn.Module):
             if j > 0 and down[j - 1]:
                 layers.append(Upsample(ch))
         layers += [nn.GroupNorm(g, ch), nn.SiLU(), nn.Conv2d(ch, config.image_channels, 3, padding=1)]
-        self.decoder = nn.Sequential(*layers)
+        self.decoder = FrameLayers(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, lead = _fold(x)  # (B*T, latent, h, w)
+        x = self._prepare(x)
         return _unfold(self.decoder(x), lead)  # (B, T, C, H, W)
 
 
@@ -125,3 +185,19 @@ class FlattenHWC(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(x, "... c h w -> ... (h w c)")
+
+
+def set_frame_cnn_options(
+    module: nn.Module, *, channels_last: bool | None = None, fused_norm: bool | None = None
+) -> nn.Module:
+    """Switch the fast paths of every frame CNN inside ``module`` (None leaves a switch as it is).
+
+    ``channels_last=False, fused_norm=False`` gives the plain layers (the path before these fast paths);
+    both only ever change CUDA runs. Returns ``module``.
+    """
+    for m in module.modules():
+        if channels_last is not None and isinstance(m, _LayoutMixin):
+            m.channels_last = bool(channels_last)
+        if fused_norm is not None and isinstance(m, FrameLayers):
+            m.fused_norm = bool(fused_norm)
+    return module

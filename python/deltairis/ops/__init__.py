@@ -5,6 +5,7 @@ See :mod:`deltairis.ops._dispatch` for how the backend is chosen.
 
 from deltairis.ops._dispatch import BACKENDS, interpreter_enabled, requested_backend, triton_available
 from deltairis.ops.attention import attention, attention_kvcache, attention_kvcache_ref, attention_ref
+from deltairis.ops.groupnorm import group_norm_silu, group_norm_silu_ref
 from deltairis.ops.sampling import counter_uniform, sample_categorical, sample_categorical_ref
 from deltairis.ops.twohot import symexp, symlog, two_hot, twohot_expectation, twohot_expectation_ref
 
@@ -15,6 +16,8 @@ __all__ = [
     "attention_kvcache_ref",
     "attention_ref",
     "counter_uniform",
+    "group_norm_silu",
+    "group_norm_silu_ref",
     "interpreter_enabled",
     "requested_backend",
     "sample_categorical",
