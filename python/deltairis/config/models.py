@@ -140,6 +140,9 @@ class ActorCriticConfig:
     # in imagination and in the collector. The reference feeds every burn-in frame, zero padding included.
     exclude_padding: bool = False
     cuda_graphs: bool = True  # replay the imagined world-model step from CUDA graphs (CUDA only)
+    # Opt-in: the whole no-grad rollout as one CUDA graph, then the policy's forward with grad (rl/rollout.py);
+    # same values as the eager imagination. On CPU the same rollout body runs eagerly.
+    cuda_graph_rollout: bool = False
 
 
 @dataclass(frozen=True)
