@@ -328,3 +328,66 @@ def test_empty_store_probabilities(tmp_path: Path) -> None:
             assert store.sampling_probabilities("wm", 1.0).shape == (0,)
             assert store.visit_counts("wm").shape == (0,)
             assert store.num_steps == 0 and store.lengths.shape == (0,)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("batch_size", "world_size"), [(7, 2), (5, 2), (86, 3), (6, 6)])
+def test_rank_slices_concatenate_to_the_full_batch(
+    backend: str, batch_size: int, world_size: int, tmp_path: Path
+) -> None:
+    """#13: every rank draws the global batch's segments and gathers its rows; the slices of all ranks
+    concatenated are the full batch bit for bit, and every rank's counts equal the full call's."""
+    rng = np.random.default_rng(12)
+    with ReplayStore(tmp_path, backend=backend, obs_shape=SMALL) as w:
+        fill_store(w, rng, num_episodes=9, max_len=15)
+        w.commit()
+    full_store = ReplayStore(tmp_path, backend=backend, read_only=True)
+    ranks = [ReplayStore(tmp_path, backend=backend, read_only=True) for _ in range(world_size)]
+    for call in range(3):  # counts of one call change the next call's priorities (alpha > 0)
+        kw = {"pad_mode": ("both", "left")[call % 2], "alpha": 1.0, "seed": 100 + call}
+        full = full_store.sample("wm", batch_size, 4, **kw)
+        parts = []
+        for r, store in enumerate(ranks):
+            rows = slice(r * batch_size // world_size, (r + 1) * batch_size // world_size)
+            ids = np.zeros(batch_size, dtype=np.int64)
+            parts.append(store.sample("wm", batch_size, 4, rows=rows, episode_ids_out=ids, **kw))
+            np.testing.assert_array_equal(ids, full.episode_id.numpy())
+        for f in BATCH_FIELDS:
+            assert torch.equal(torch.cat([getattr(p, f) for p in parts]), getattr(full, f)), f
+        for store in ranks:
+            np.testing.assert_array_equal(store.visit_counts("wm"), full_store.visit_counts("wm"))
+    assert full_store.visit_counts("wm").sum() == 3 * batch_size
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uncounted_draw_then_add_visits_equals_a_counted_draw(backend: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(13)
+    with ReplayStore(tmp_path, backend=backend, obs_shape=SMALL) as w:
+        fill_store(w, rng, num_episodes=6, max_len=12)
+        w.commit()
+    counted = ReplayStore(tmp_path, backend=backend, read_only=True)
+    deferred = ReplayStore(tmp_path, backend=backend, read_only=True)
+    for seed in range(4):
+        want = counted.sample("ac", 5, 3, alpha=2.0, seed=seed)
+        ids = np.zeros(5, dtype=np.int64)
+        got = deferred.sample("ac", 5, 3, alpha=2.0, seed=seed, update_counts=False, episode_ids_out=ids)
+        assert_batches_equal(got, want)
+        assert deferred.visit_counts("ac").sum() == 5 * seed  # not counted yet
+        deferred.add_visits("ac", ids)
+        np.testing.assert_array_equal(deferred.visit_counts("ac"), counted.visit_counts("ac"))
+
+
+def test_bad_rows_and_episode_ids_out_are_rejected(tmp_path: Path) -> None:
+    rng = np.random.default_rng(14)
+    store = ReplayStore(tmp_path, obs_shape=SMALL)
+    fill_store(store, rng, num_episodes=3)
+    for rows in (slice(2, 2), slice(0, 5), slice(-1, 3), slice(0, 3, 2), slice(None, 2)):
+        with pytest.raises(ValueError, match="rows must be a non-empty slice"):
+            store.sample("wm", 4, 3, rows=rows)
+    with pytest.raises(TypeError, match="rows must be a slice"):
+        store.sample("wm", 4, 3, rows=[0, 1])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="episode_ids_out"):
+        store.sample("wm", 4, 3, episode_ids_out=np.zeros(3, dtype=np.int64))
+    with pytest.raises(KeyError, match="outside"):
+        store.add_visits("wm", np.array([0, 3]))
+    assert store.visit_counts("wm").sum() == 0  # nothing was counted by the refused calls

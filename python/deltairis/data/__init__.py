@@ -16,9 +16,17 @@ pinned buffers: ``store.allocate_batch(B, L, pin_memory=True)`` passed as ``out=
 """
 
 from deltairis.data.batch import Batch
-from deltairis.data.prefetch import Prefetcher
+from deltairis.data.prefetch import Prefetcher, StepPrefetcher
 from deltairis.data.reference_import import import_reference_dataset
 from deltairis.data.replay import ReplayStore, ReplayStoreError
 from deltairis.data.store import Episode
 
-__all__ = ["Batch", "Episode", "Prefetcher", "ReplayStore", "ReplayStoreError", "import_reference_dataset"]
+__all__ = [
+    "Batch",
+    "Episode",
+    "Prefetcher",
+    "ReplayStore",
+    "ReplayStoreError",
+    "StepPrefetcher",
+    "import_reference_dataset",
+]

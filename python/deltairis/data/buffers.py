@@ -24,6 +24,20 @@ def check_positive(name: str, value: object) -> int:
     return int(value)
 
 
+def check_rows(rows: slice | None, batch_size: int) -> tuple[int, int]:
+    """``rows`` (a slice of ``range(batch_size)`` with step 1, or None for all) as (start, stop), 1 row at least."""
+    if rows is None:
+        return 0, batch_size
+    if not isinstance(rows, slice):
+        raise TypeError(f"rows must be a slice, got {type(rows).__name__}")
+    lo, hi, step = rows.indices(batch_size)
+    if step != 1 or rows.start is None or rows.stop is None or not 0 <= rows.start < rows.stop <= batch_size:
+        raise ValueError(
+            f"rows must be a non-empty slice [a:b] of range({batch_size}) with step 1, got {rows}"
+        )
+    return lo, hi
+
+
 def allocate_batch(
     batch_size: int, seq_len: int, obs_shape: tuple[int, ...], pin_memory: bool = False
 ) -> Batch:

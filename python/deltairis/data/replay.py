@@ -19,7 +19,7 @@ import torch
 
 from deltairis.data import sampling
 from deltairis.data.batch import Batch
-from deltairis.data.buffers import BatchBuffers, allocate_batch, check_positive
+from deltairis.data.buffers import BatchBuffers, allocate_batch, check_positive, check_rows
 from deltairis.data.prefetch import BackgroundWorker, Prefetcher
 from deltairis.data.sampler import Backend, Sampler, cpp_available, sampler_class
 from deltairis.data.store import (
@@ -194,6 +194,8 @@ class ReplayStore(EpisodeStore):
         seed: int | np.random.Generator | None = None,
         update_counts: bool = True,
         out: Batch | None = None,
+        rows: slice | None = None,
+        episode_ids_out: np.ndarray | None = None,
     ) -> Batch:
         """Draw ``batch_size`` segments of ``seq_len`` steps (SPEC section 6) for ``consumer``.
 
@@ -201,11 +203,26 @@ class ReplayStore(EpisodeStore):
         ``consumer`` already drew from episode i (incremented here when ``update_counts``). ``seed`` is an
         int (``np.random.default_rng(seed)``) or a Generator that is advanced. ``out`` receives the batch
         (see :meth:`allocate_batch`); it is returned.
+
+        ``rows`` (a slice of ``range(batch_size)``, default all): the same ``batch_size`` segments are
+        drawn and counted, but only these rows are gathered (one rank's slice of a distributed batch: the
+        slices of all ranks together are the whole batch, and the counts stay equal on every rank).
+        ``episode_ids_out`` (int64, ``(batch_size,)``) receives the episode ids of all drawn segments:
+        with ``update_counts=False``, :meth:`add_visits` of them before the next draw of ``consumer``
+        counts exactly what ``update_counts`` would (the prefetching trainer counts a batch when it takes
+        it, so a batch drawn ahead and never used leaves the counts as they were).
         """
         b = check_positive("batch_size", batch_size)
         t = check_positive("seq_len", seq_len)
         sampling.check_pad_mode(pad_mode)
         alpha = self._check_alpha(alpha)
+        lo, hi = check_rows(rows, b)
+        if episode_ids_out is not None and (
+            not isinstance(episode_ids_out, np.ndarray)
+            or episode_ids_out.shape != (b,)
+            or episode_ids_out.dtype != np.int64
+        ):
+            raise ValueError(f"episode_ids_out must be an int64 NumPy array of shape ({b},)")
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         with self.lock:
             self._check_open()
@@ -213,12 +230,28 @@ class ReplayStore(EpisodeStore):
             if self.num_episodes == 0:
                 raise ValueError(f"cannot sample from an empty replay store ({self.directory})")
             view = self.view()
-            batch, arrays = self._buffers(out, b, t)  # checked before anything is drawn or counted
+            batch, arrays = self._buffers(out, hi - lo, t)  # checked before anything is drawn or counted
             uniforms = sampling.draw_uniforms(rng, b)  # (3, B)
             ep, start, _ = self._sampler.draw_segments(counts, view.lengths, alpha, uniforms, t, pad_mode)
             if update_counts:
                 self._sampler.add_counts(counts, ep)
+            if episode_ids_out is not None:
+                episode_ids_out[...] = ep
+            if (lo, hi) != (0, b):
+                ep, start = np.ascontiguousarray(ep[lo:hi]), np.ascontiguousarray(start[lo:hi])
             return self._gather_into(view, ep, start, t, batch, arrays)
+
+    def add_visits(self, consumer: str, episode_id: np.ndarray) -> None:
+        """Count one visit of ``consumer`` per entry of ``episode_id`` (int64, ids of stored episodes)."""
+        ep = np.ascontiguousarray(episode_id, dtype=np.int64)
+        if ep.ndim != 1:
+            raise ValueError(f"episode_id must be 1-d, got shape {ep.shape}")
+        with self.lock:
+            self._check_open()
+            counts = self.counts_for(consumer)
+            if ep.size and (ep.min() < 0 or ep.max() >= counts.shape[0]):
+                raise KeyError(f"episode ids outside the {counts.shape[0]} stored episodes")
+            self._sampler.add_counts(counts, ep)
 
     def sample_async(self, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Batch]:
         """:meth:`sample` on a background thread (the gather releases the GIL); returns a Future.
