@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deltairis import distributed
 from deltairis.config.models import TokenizerConfig
 
 
@@ -74,13 +75,20 @@ class Quantizer(nn.Module):
         ``log2(C) - margin`` (and revival is allowed), a uniformly random subset of the dead codes
         (frequency < factor / C), of at most as many codes as there are usable vectors, is replaced by
         distinct, uniformly drawn vectors of the batch. Decided and drawn on the device.
+
+        Inside :func:`deltairis.distributed.sharded_losses` the vectors, tokens and weights of every rank
+        are gathered first (in rank order, which is the global batch's order), so every rank applies the
+        update of the whole batch; its random draws then need the same torch RNG state on every rank
+        (the trainer broadcasts rank 0's at the start of each training phase).
         """
         cfg = self.config
         c = cfg.codebook_size
         z = z.detach().float().reshape(-1, z.size(-1))
         tokens = tokens.reshape(-1)
+        w = torch.ones(z.size(0), device=z.device) if weights is None else weights.reshape(-1).float()
+        if distributed.losses_are_sharded():
+            z, tokens, w = (distributed.all_gather_rows(t) for t in (z, tokens, w))
         n = z.size(0)
-        w = torch.ones(n, device=z.device) if weights is None else weights.reshape(-1).float()
         counts = torch.zeros(c, device=z.device).index_add_(0, tokens, w)
         sums = torch.zeros(c, z.size(1), device=z.device).index_add_(0, tokens, z * w[:, None])
         means = F.normalize(sums / counts.clamp(min=1.0)[:, None], dim=-1)  # unassigned codes -> zero vector

@@ -7,7 +7,7 @@ from einops import rearrange
 from torch import nn
 
 from deltairis.config.models import TokenizerConfig
-from deltairis.models.common import LossOutput, masked_mean
+from deltairis.models.common import LossOutput, masked_mean, mean
 from deltairis.models.convnet import FrameDecoder, FrameEncoder
 from deltairis.models.quantizer import Quantizer
 
@@ -105,7 +105,7 @@ class Tokenizer(nn.Module):
         if cfg.exclude_padding:
             commitment = masked_mean(qo.commitment.float(), valid[..., None].expand_as(qo.commitment))
         else:
-            commitment = qo.commitment.float().mean()
+            commitment = mean(qo.commitment.float())
         l1 = masked_mean(err.abs(), valid)
         l2 = masked_mean(err.pow(2), valid)
         worst = masked_mean(err.pow(2).flatten(2).amax(dim=-1), valid)
