@@ -14,6 +14,11 @@ set is written in two phases with a journal:
 :func:`recover_checkpoint_set` (called before reading a run) completes phase 2 when a journal exists,
 so a crash at any point leaves either the old set or the new one, never a mix. A file that cannot be
 read is reported with :class:`CorruptCheckpointError` and is never overwritten by the trainer.
+
+:class:`BackgroundWriter` runs such writes on a thread, one at a time, so that training goes on while
+the files are written and synced; the caller serializes the members first (:func:`serialize_members`),
+so nothing it changes afterwards reaches the files, and a failed write is raised by the next
+:meth:`BackgroundWriter.wait`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +130,16 @@ def load_torch_file(path: Path, what: str) -> Any:
         ) from exc
 
 
+def serialize_members(members: Mapping[str, Any]) -> dict[str, bytes]:
+    """The ``torch.save`` bytes of every member (tensors on any device are saved as host copies)."""
+    return {name: torch_bytes(obj) for name, obj in members.items()}
+
+
 def write_checkpoint_set(directory: Path, members: Mapping[str, Any], epoch: int) -> None:
     """Write several torch files as one atomic set (see the module docstring).
+
+    A member is any object ``torch.save`` accepts, or the ``bytes`` :func:`serialize_members` made of it
+    (written as they are).
 
     A failed write (full disk, I/O error, read-only folder) raises :class:`CheckpointWriteError` naming
     the file and the free space. Before the journal is committed the new files are removed and the
@@ -139,7 +154,8 @@ def write_checkpoint_set(directory: Path, members: Mapping[str, Any], epoch: int
     try:
         for name in names:
             target = directory / f"{name}{NEXT_SUFFIX}"
-            _write_synced(target, torch_bytes(members[name]))
+            member = members[name]
+            _write_synced(target, member if isinstance(member, bytes) else torch_bytes(member))
         _fsync_dir(directory)
         target = directory / JOURNAL_NAME
         atomic_write_bytes(target, json.dumps({"epoch": epoch, "members": names}).encode())
@@ -169,6 +185,52 @@ def _finish(directory: Path, names: list[str]) -> None:
     _fsync_dir(directory)
 
 
+class BackgroundWriter:
+    """Runs checkpoint writes on a background thread, at most one at a time.
+
+    :meth:`submit` first waits for the write in flight; :meth:`wait` joins it and raises the exception it
+    failed with (a :class:`CheckpointWriteError` for a full disk), so an error is never lost: it comes
+    out of the next ``submit`` or ``wait``. The thread is not a daemon: an interpreter that exits waits
+    for the write to finish.
+    """
+
+    def __init__(self, name: str = "deltairis-checkpoint") -> None:
+        self.name = name
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.last_write_seconds = 0.0  # wall time of the last finished write, on its thread
+
+    @property
+    def busy(self) -> bool:
+        """True while a write is in flight."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, write: Callable[[], None]) -> None:
+        """Wait for the write in flight (raising its error), then start ``write()`` on a new thread."""
+        self.wait()
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                write()
+            except BaseException as exc:  # noqa: BLE001 - kept and raised by the caller's next wait()
+                self._error = exc
+            finally:
+                self.last_write_seconds = time.perf_counter() - t0
+
+        self._thread = threading.Thread(target=run, name=self.name, daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until no write is in flight; raise the error of a write that failed."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
 def recover_checkpoint_set(directory: Path) -> None:
     """Finish a set whose journal was committed, or discard the files of an uncommitted one."""
     directory = Path(directory)
@@ -191,6 +253,7 @@ def recover_checkpoint_set(directory: Path) -> None:
 
 
 __all__ = [
+    "BackgroundWriter",
     "CheckpointWriteError",
     "CorruptCheckpointError",
     "atomic_torch_save",
@@ -199,5 +262,6 @@ __all__ = [
     "free_space",
     "load_torch_file",
     "recover_checkpoint_set",
+    "serialize_members",
     "write_checkpoint_set",
 ]

@@ -93,6 +93,7 @@ def test_consecutive_non_finite_steps_stop_the_run_naming_component_step_and_che
 def test_no_checkpoint_with_non_finite_weights(trainer: Trainer) -> None:
     trainer.epoch = 1
     trainer.save_checkpoint()
+    trainer.wait_for_checkpoint()
     good = (trainer.ckpt_dir / "last.pt").read_bytes()
     with torch.no_grad():
         trainer.agent.actor_critic.model.actor_linear.bias[0] = float("inf")

@@ -21,6 +21,7 @@ def trained(tiny_config, run_dir):
     """A run folder with the checkpoint of epoch 1 and a trainer that is about to checkpoint epoch 2."""
     t = Trainer(tiny_config("common.epochs=2"), run_dir)
     t.run_epoch(1)
+    t.wait_for_checkpoint()  # epoch 1's set is on disk
     t.epoch = 2
     yield t
     t.close()
@@ -40,13 +41,18 @@ def _fail_at(monkeypatch, k: int, err: int = errno.ENOSPC) -> list[int]:
     return calls
 
 
+@pytest.mark.parametrize("background", [True, False])  # the error comes out of the next wait, or at once
 @pytest.mark.parametrize("k", [1, 2, 3, 4])  # last.pt, optimizer.pt, trainer_state.pt, then the journal
-def test_a_failed_write_of_the_checkpoint_set_keeps_the_previous_set(trained, monkeypatch, k: int) -> None:
+def test_a_failed_write_of_the_checkpoint_set_keeps_the_previous_set(
+    trained, monkeypatch, k: int, background: bool
+) -> None:
+    trained.cfg.common.checkpoint_in_background = background
     d = trained.ckpt_dir
     before = {n: (d / n).read_bytes() for n in ("last.pt", "optimizer.pt", "trainer_state.pt")}
     _fail_at(monkeypatch, k)
     with pytest.raises(CheckpointWriteError) as info:
         trained.save_checkpoint()
+        trained.wait_for_checkpoint()
     msg = str(info.value)
     assert "the disk is full" in msg and "MiB free" in msg and "previous checkpoint set is intact" in msg
     assert str(d) in msg
@@ -71,6 +77,7 @@ def test_a_failure_after_the_commit_is_completed_on_resume(
     monkeypatch.setattr(ck.os, "replace", replace)
     with pytest.raises(CheckpointWriteError, match="committed and resuming completes it"):
         trained.save_checkpoint()
+        trained.wait_for_checkpoint()
     monkeypatch.undo()
     trained.close()
     resumed = Trainer(tiny_config("common.epochs=2", "common.resume=true"), run_dir)

@@ -38,6 +38,9 @@ class CommonConfig:
     # Also write a mid-epoch checkpoint every this many steps (gradient or collection steps); None: only
     # at the end of every epoch and when SIGTERM/SIGINT stops the run.
     checkpoint_every_steps: int | None = None
+    # Write the checkpoint files on a background thread (the loop only waits for the host copies and the
+    # store commits); false: write them on the training thread, as before. The same bytes either way.
+    checkpoint_in_background: bool = True
     num_threads: int | None = None  # torch intra-op threads; None leaves torch's default
     progress_bar: bool = True
     tf32: bool = True  # TF32 matmuls on CUDA, as the reference enables them

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from deltairis.agent import Agent, agent_checkpoint, load_agent
-from deltairis.checkpoint import write_checkpoint_set
+from deltairis.checkpoint import BackgroundWriter, serialize_members, write_checkpoint_set
 from deltairis.data import ReplayStore, import_reference_dataset
 from deltairis.data.replay import INDEX_NAME
 from deltairis.errors import CorruptCheckpointError, NonFiniteError, Preempted, ResumeError
@@ -70,6 +70,7 @@ class Trainer:
         resume = bool(cfg.common.resume)
         self.device = resolve_device(cfg.common.device)
         self._lock = RunFolderLock(self.run_dir).acquire()  # one writer per run folder
+        self._checkpoint_writer = BackgroundWriter()
         try:
             self._setup(cfg, resume)
         except BaseException:
@@ -217,8 +218,15 @@ class Trainer:
         """Commit the stores, then write the checkpoint set atomically (never with non-finite weights).
 
         ``position``: for a mid-epoch checkpoint, where the epoch in progress stopped (see :meth:`_pause`).
+
+        The set is serialized here (tensors copied to the host), so what is written is the state at this
+        call. With ``common.checkpoint_in_background`` (default) the files are then written and synced on
+        a background thread while training goes on; the next save, :meth:`close` and
+        :meth:`wait_for_checkpoint` wait for that write and raise its error (CheckpointWriteError).
+        Otherwise they are written before this returns. The bytes are the same either way.
         """
         t0 = time.perf_counter()
+        self.wait_for_checkpoint()  # one write in flight at most; a failed one is raised here
         floats = {n: t for n, t in self.agent.state_dict().items() if t.is_floating_point()}
         finite = torch.stack([torch.isfinite(t).all() for t in floats.values()]).cpu()  # one host sync
         bad = [n for n, ok in zip(floats, finite.tolist()) if not ok]
@@ -254,9 +262,21 @@ class Trainer:
                 "position": position,
             },
         }
-        write_checkpoint_set(self.ckpt_dir, members, self.epoch)
-        logger.debug("checkpoint of epoch %d written in %.2fs", self.epoch, time.perf_counter() - t0)
+        blobs = serialize_members(members)  # host bytes: later training cannot change what is written
+        epoch = self.epoch
+        if self.cfg.common.checkpoint_in_background:
+            self._checkpoint_writer.submit(lambda: write_checkpoint_set(self.ckpt_dir, blobs, epoch))
+            logger.debug(
+                "checkpoint of epoch %d handed to the writer in %.2fs", epoch, time.perf_counter() - t0
+            )
+        else:
+            write_checkpoint_set(self.ckpt_dir, blobs, epoch)
+            logger.debug("checkpoint of epoch %d written in %.2fs", epoch, time.perf_counter() - t0)
         self._steps_since_checkpoint = 0
+
+    def wait_for_checkpoint(self) -> None:
+        """Block until the checkpoint write in flight (if any) is on disk; raise its error if it failed."""
+        self._checkpoint_writer.wait()
 
     # -- mid-epoch checkpoints -------------------------------------------------------------------------
     def _pause_wanted(self) -> bool:
@@ -297,20 +317,29 @@ class Trainer:
         try:
             with StopSignals() as stop:
                 self._stop_requested = stop
-                for epoch in range(self.epoch + 1, epochs + 1):
-                    position = self.position if self.position and self.position["epoch"] == epoch else None
-                    self.position = None
-                    self.run_epoch(epoch, position)
+                try:
+                    for epoch in range(self.epoch + 1, epochs + 1):
+                        position = self.position
+                        position = position if position and position["epoch"] == epoch else None
+                        self.position = None
+                        self.run_epoch(epoch, position)
+                finally:
+                    # the last checkpoint write (a preemption's too) ends while signals are still caught
+                    self.wait_for_checkpoint()
         finally:
             self._stop_requested = lambda: False
             self.close()
 
     def close(self) -> None:
-        """Close the metrics, the env and the stores, then let go of the run folder."""
+        """Wait for the checkpoint write in flight, close the metrics, the env and the stores, then let go
+        of the run folder; a failed checkpoint write is raised after that (CheckpointWriteError)."""
         try:
-            self._close_resources()
+            self.wait_for_checkpoint()
         finally:
-            self._lock.release()
+            try:
+                self._close_resources()
+            finally:
+                self._lock.release()
 
     def _close_resources(self) -> None:
         self.metrics.close()
