@@ -78,3 +78,33 @@ def test_random_policy_draws_from_numpy_seeded_by_seed() -> None:
 def test_sample_before_observe_is_an_error(agent: Agent) -> None:
     with pytest.raises(ValueError, match="observe"):
         Policy(agent.actor_critic, 5, "cpu", seed=0).sample()
+
+
+@pytest.mark.gpu
+def test_policy_on_cuda_acts_like_policy_step_without_host_syncs_but_the_action_copy() -> None:
+    """The pinned, non-blocking frame and done copies give the actions and states of plain copies, and
+    the step's observe, sample and row resets run under torch's sync debug mode "error"."""
+    torch.manual_seed(0)
+    ac = Agent(make_agent_config("tiny", num_actions=5)).to("cuda").actor_critic
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(6, 16, 3, 64, 64), dtype=np.uint8)  # 6 steps of 16 envs
+    dones = rng.random((6, 16)) < 0.3
+    policy = Policy(ac, 5, "cuda", epsilon=0.3, temperature=0.8, seed=5)
+    state = ac.initial_state(16, "cuda")
+    for t in range(6):
+        got = policy.act_frames(frames[t])
+        x = torch.from_numpy(frames[t]).cuda().float().div(255.0)
+        want, state = policy_step(ac, x, state, epsilon=0.3, temperature=0.8, seed=5, step=t)
+        assert np.array_equal(got, want.cpu().numpy())
+        policy.reset_rows(dones[t])
+        state = ac.reset_state_rows(state, torch.from_numpy(dones[t]).cuda())
+        assert torch.equal(policy.state[0], state[0]) and torch.equal(policy.state[1], state[1])
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        x = policy._to_device(frames[0], "obs").float().div_(255.0)
+        policy.observe(x)
+        actions = policy.sample()
+        policy.reset_rows(dones[0])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert actions.shape == (16,) and actions.device.type == "cuda"

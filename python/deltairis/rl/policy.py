@@ -86,6 +86,26 @@ class Policy:
         self.logits: torch.Tensor | None = None
         self.value: torch.Tensor | None = None
         self._rng = np.random.default_rng(seed) if actor_critic is None else None
+        # CUDA: pinned staging buffers for the per-step host-to-device copies (frames, done flags), so
+        # they are asynchronous; the only per-step host synchronisation is the copy of the actions back.
+        self._staging: dict[str, tuple[torch.Tensor, torch.cuda.Event]] = {}
+
+    def _to_device(self, array: np.ndarray, name: str) -> torch.Tensor:
+        """``array`` on the device. On CUDA through a pinned buffer with a non-blocking copy: no host
+        synchronisation (a plain copy from pageable memory waits for the stream)."""
+        host = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return host.to(self.device)
+        staged = self._staging.get(name)
+        if staged is None or staged[0].shape != host.shape or staged[0].dtype != host.dtype:
+            staged = (torch.empty(host.shape, dtype=host.dtype, pin_memory=True), torch.cuda.Event())
+            self._staging[name] = staged
+        buf, copied = staged
+        copied.synchronize()  # the previous copy out of this buffer is done (it is, after an action copy)
+        buf.copy_(host)
+        out = buf.to(self.device, non_blocking=True)
+        copied.record()
+        return out
 
     @torch.no_grad()
     def observe(self, obs: torch.Tensor) -> None:
@@ -115,15 +135,13 @@ class Policy:
         """Actions int64 (N,) for uint8 frames (N, 3, H, W) from an env."""
         if self.actor_critic is None:
             return self._rng.integers(self.num_actions, size=obs_chw.shape[0], dtype=np.int64)
-        x = torch.from_numpy(obs_chw).to(self.device).float().div_(255.0)
-        return self.act(x).cpu().numpy().astype(np.int64)
+        x = self._to_device(obs_chw, "obs").float().div_(255.0)
+        return self.act(x).cpu().numpy().astype(np.int64)  # the step's one host synchronisation
 
     def reset_rows(self, done: np.ndarray) -> None:
         """Zero the LSTM state of the envs whose episode just ended (``done`` bool (N,))."""
         if self.state is not None and done.any():
-            self.state = self.actor_critic.reset_state_rows(
-                self.state, torch.from_numpy(done).to(self.device)
-            )
+            self.state = self.actor_critic.reset_state_rows(self.state, self._to_device(done, "done"))
 
     def state_dict(self) -> dict[str, Any]:
         """What continues this policy exactly: the LSTM state (on the CPU), step counter, NumPy generator."""
