@@ -15,7 +15,8 @@ import torch
 from deltairis.agent import Agent
 from deltairis.config import make_agent_config
 from deltairis.data import Batch
-from deltairis.models import configure_optimizer
+from deltairis.models import configure_optimizer, set_frame_cnn_options
+from deltairis.rl import ActorCriticLoss
 
 # (tokenizer B, T), (world model B, T), actor-critic B  -- full preset shapes from SPEC section 6
 FULL = {
@@ -104,7 +105,10 @@ def test_world_model_step(benchmark, bench_device: torch.device, preset: str) ->
     benchmark.pedantic(step, rounds=3, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("mode", ["pytorch", "triton", "triton-graphs"])
+AC_MODES = ["pytorch", "pytorch-rollout-body", "triton", "triton-graphs", "triton-rollout-graph"]
+
+
+@pytest.mark.parametrize("mode", AC_MODES)
 @pytest.mark.parametrize("preset", ["tiny", "crafter", "atari"])
 def test_actor_critic_step(
     benchmark, bench_device: torch.device, preset: str, mode: str, monkeypatch: pytest.MonkeyPatch
@@ -112,12 +116,16 @@ def test_actor_critic_step(
     """One actor-critic update including burn-in and the whole imagination (horizon from the preset).
 
     ``pytorch`` is the pure-PyTorch baseline (``DELTAIRIS_BACKEND=torch``, eager); ``triton`` uses the
-    kernels eagerly; ``triton-graphs`` also replays the imagined world-model step from CUDA graphs.
+    kernels eagerly; ``triton-graphs`` also replays the imagined world-model step from CUDA graphs;
+    ``triton-rollout-graph`` replays the whole no-grad rollout as one CUDA graph and then runs the
+    policy's forward with grad over the imagined frames (``rl/rollout.py``). ``pytorch-rollout-body``
+    (CPU only) runs that rollout body eagerly, to show what the split itself costs next to ``pytorch``.
     """
-    if mode != "pytorch" and bench_device.type != "cuda":
+    if mode == "pytorch-rollout-body" and bench_device.type == "cuda":
+        pytest.skip("on CUDA the rollout body is measured captured (triton-rollout-graph)")
+    if mode.startswith("triton") and bench_device.type != "cuda":
         pytest.skip("the Triton paths need a CUDA device")
-    monkeypatch.setenv("DELTAIRIS_BACKEND", "torch" if mode == "pytorch" else "auto")
-    cuda_graphs = mode == "triton-graphs"
+    monkeypatch.setenv("DELTAIRIS_BACKEND", "torch" if mode.startswith("pytorch") else "auto")
     cfg = make_agent_config(preset)
     agent = Agent(cfg).to(bench_device).train()
     _, _, b = _scale(bench_device)[preset]
@@ -127,11 +135,40 @@ def test_actor_critic_step(
     benchmark.group = f"actor-critic-step-{preset}"
     benchmark.extra_info["shape"] = f"B={b} burn-in={cfg.actor_critic.burn_in} H={cfg.actor_critic.horizon}"
     seed = iter(range(10**6))
+    loss_fn = ActorCriticLoss(
+        ac,
+        agent.tokenizer,
+        agent.world_model,
+        cuda_graphs=mode == "triton-graphs",
+        graph_rollout=mode in ("triton-rollout-graph", "pytorch-rollout-body"),
+    )
 
     def loss() -> torch.Tensor:
-        return ac.compute_loss(
-            batch, agent.tokenizer, agent.world_model, seed=next(seed), cuda_graphs=cuda_graphs
-        ).loss
+        return loss_fn(batch, next(seed)).loss
 
     step = _train_step(loss, ac.model.parameters(), opt, bench_device, autocast=False, after=ac.update_target)
     benchmark.pedantic(step, rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("variant", ["plain", "channels_last", "fused_norm", "channels_last+fused_norm"])
+def test_tokenizer_frame_cnn_fast_paths(benchmark, bench_device: torch.device, variant: str) -> None:
+    """Tokenizer train step (crafter shapes, bf16 autocast as the trainer runs it) with the frame CNNs'
+    fast paths off and on (CUDA only: on CPU both switches leave the plain layers); ``plain`` is the
+    baseline."""
+    autocast = True
+    if bench_device.type != "cuda":
+        pytest.skip("channels_last and the fused GroupNorm+SiLU only change CUDA runs")
+    cfg = make_agent_config("crafter")
+    agent = Agent(cfg).to(bench_device).train()
+    (b, t), _, _ = _scale(bench_device)["crafter"]
+    batch = _batch(b, t, cfg.num_actions, bench_device)
+    tok = agent.tokenizer
+    set_frame_cnn_options(tok, channels_last="channels_last" in variant, fused_norm="fused_norm" in variant)
+    opt = configure_optimizer(tok, 1e-4, 0.01)
+    benchmark.group = "tokenizer-frame-cnn-crafter-bf16"
+    benchmark.extra_info["shape"] = f"B={b} T={t}"
+    benchmark.extra_info["variant"] = variant
+    step = _train_step(
+        lambda: tok.compute_loss(batch).loss, tok.parameters(), opt, bench_device, autocast=autocast
+    )
+    benchmark.pedantic(step, rounds=5, warmup_rounds=2)

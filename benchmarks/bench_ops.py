@@ -10,7 +10,10 @@ Two ways to run it (both need CUDA; without it every case is skipped):
 
 Shapes are the imagination shapes of the issue: KV-cache attention at B = 86, H = 8, D = 64, cache
 126, 1 and 3 new tokens; attention forward+backward at (32, 8, 126, 64) bf16; categorical sampling
-of (86 * 4, 1024) logits; two-hot expectations of (86, 255) and (86 * 15, 255) logits.
+of (86 * 4, 1024) logits; two-hot expectations of (86, 255) and (86 * 15, 255) logits; GroupNorm+SiLU
+forward+backward at two frame-CNN shapes of the Crafter tokenizer (B*T = 32*20 frames, 32 groups), fused
+Triton against ``F.group_norm`` + ``F.silu`` in both memory formats (PyTorch's CUDA GroupNorm makes
+channels_last inputs contiguous first).
 """
 
 from __future__ import annotations
@@ -87,6 +90,24 @@ def _twohot(rows: int, variant: str) -> Callable[[], object]:
     return lambda: ops.twohot_expectation(logits, backend=backend)
 
 
+def _group_norm_silu(
+    shape: tuple[int, int, int, int], dtype: torch.dtype, variant: str
+) -> Callable[[], object]:
+    n, c, h, w = shape
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    fmt = torch.channels_last if variant.endswith("nhwc") else torch.contiguous_format
+    x = torch.randn(n, c, h, w, device="cuda", generator=gen).to(dtype).contiguous(memory_format=fmt)
+    x.requires_grad_()
+    weight = torch.randn(c, device="cuda", generator=gen).requires_grad_()
+    bias = torch.randn(c, device="cuda", generator=gen).requires_grad_()
+    grad = torch.randn_like(x)
+    if variant.startswith("triton"):
+        fwd = lambda: ops.group_norm_silu(x, 32, weight, bias, backend="triton")
+    else:
+        fwd = lambda: F.silu(F.group_norm(x, 32, weight, bias))
+    return lambda: torch.autograd.grad(fwd(), (x, weight, bias), grad)
+
+
 def _cases() -> list[Case]:
     cases: list[Case] = []
     for dtype, dname in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
@@ -112,6 +133,12 @@ def _cases() -> list[Case]:
         for variant in ("reference", "triton"):
             cases.append(Case(f"twohot_expectation ({rows}, 255) fp32", variant, "reference",
                               lambda r=rows, v=variant: _twohot(r, v)))  # fmt: skip
+    for shape in ((640, 64, 64, 64), (640, 256, 8, 8)):
+        for dtype, dname in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+            group = f"group_norm_silu fwd+bwd {shape} G32 {dname}"
+            for variant in ("reference", "reference_nhwc", "triton", "triton_nhwc"):
+                cases.append(Case(group, variant, "reference",
+                                  lambda sh=shape, dt=dtype, v=variant: _group_norm_silu(sh, dt, v)))  # fmt: skip
     return cases
 
 

@@ -143,6 +143,10 @@ class ActorCriticConfig:
     # Opt-in: the whole no-grad rollout as one CUDA graph, then the policy's forward with grad (rl/rollout.py);
     # same values as the eager imagination. On CPU the same rollout body runs eagerly.
     cuda_graph_rollout: bool = False
+    # Opt-in numerics change (needs cuda_graph_rollout): the imagined world-model steps run under bf16
+    # autocast (policy and critics stay fp32); benchmarks/bf16_imagination.py measures how often Δ-tokens
+    # and actions then differ from fp32 ones.
+    imagination_bf16: bool = False
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,12 @@ class GraphedWorldModelStep:
         step = CapturedStep(fn, state.obs, act, pending, offset, warmup=1)
         cache.lens.copy_(lens0)  # undo the warm-up run's advance (its KV writes are rewritten on replay)
         cache.size = size0
+        # A first CUDA forward (the warm-up) may have moved conv weights to channels_last: this graph reads
+        # the new storages, graphs captured before it would read freed ones.
+        fingerprint = parameter_fingerprint(self.tokenizer, self.world_model)
+        if fingerprint != self.fingerprint:
+            self._graphs.clear()
+            self.fingerprint = fingerprint
         return _Captured(step, result["size_after"])
 
     def step(self, tokenizer, world_model, state: WorldModelState, act: torch.Tensor):

@@ -102,6 +102,8 @@ class ActorCriticLoss:
         cfg = actor_critic.config
         self.cuda_graphs = cfg.cuda_graphs if cuda_graphs is None else bool(cuda_graphs)
         self.graph_rollout = cfg.cuda_graph_rollout if graph_rollout is None else bool(graph_rollout)
+        if cfg.imagination_bf16 and not self.graph_rollout:
+            raise ValueError("actor_critic.imagination_bf16 needs actor_critic.cuda_graph_rollout=true")
         self.runners = GraphRunners(tokenizer, world_model)
         self.rollout_runners = RolloutRunners(tokenizer, world_model, actor_critic)
 

@@ -20,6 +20,7 @@ and gradients to tolerance. Under autocast the eager path is used (the graph is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import NamedTuple
 
@@ -39,6 +40,11 @@ from deltairis.rl.imagination import (
 from deltairis.seeding import POLICY_STREAM, SAMPLER_SEED, stream_base
 
 logger = logging.getLogger(__name__)
+
+
+def _bf16(device_type: str) -> torch.autocast:
+    # no weight-cast cache: a captured graph must re-read the (in-place updated) float32 weights
+    return torch.autocast(device_type, torch.bfloat16, cache_enabled=False)
 
 
 class RolloutOutput(NamedTuple):
@@ -62,10 +68,13 @@ def rollout_body(
     offsets: torch.Tensor,
     horizon: int,
     row_offset: int = 0,
+    bf16_world_model: bool = False,
 ) -> RolloutOutput:
     """H imagined steps without grad from the burnt-in ``cache`` and frame ``obs`` (B, 3, H, W).
 
     ``offsets`` int64 (2,): the world model's next sampler stream and the policy's, advanced in place.
+    ``bf16_world_model`` (opt-in, changes numerics): the world-model steps (transformer, heads, decoder) run
+    under bf16 autocast; the policy and the critics stay float32.
     """
     ac = actor_critic
     temperature = ac.config.temperature
@@ -86,7 +95,8 @@ def rollout_body(
             row_offset=row_offset,
         )
         policy_offset += 1
-        wstate, r, e = world_model_step(tokenizer, world_model, wstate, a)
+        with _bf16(obs.device.type) if bf16_world_model else contextlib.nullcontext():
+            wstate, r, e = world_model_step(tokenizer, world_model, wstate, a)
         frames.append(wstate.obs)
         actions.append(a)
         rews.append(r)
@@ -131,14 +141,16 @@ class GraphedRollout:
         e = world_model.config.transformer.embed_dim
         self._dummy_pending = torch.zeros(batch_size, 1, e, device=device)
         self._offsets = torch.zeros(2, dtype=torch.int64, device=device)
-        self._graphs: dict[tuple[int, bool, int, int], CapturedStep] = {}
+        self._graphs: dict[tuple[int, bool, int, int, bool], CapturedStep] = {}
         self.fingerprint = self._fingerprint()
 
     def _fingerprint(self) -> tuple[int, ...]:
         return parameter_fingerprint(self.tokenizer, self.world_model, self.actor_critic)
 
-    def _capture(self, key: tuple[int, bool, int, int], inputs: tuple[torch.Tensor, ...]) -> CapturedStep:
-        size0, has_pending, horizon, row_offset = key
+    def _capture(
+        self, key: tuple[int, bool, int, int, bool], inputs: tuple[torch.Tensor, ...]
+    ) -> CapturedStep:
+        size0, has_pending, horizon, row_offset, bf16 = key
         cache = self.cache
         lens0 = cache.lens.clone()
 
@@ -157,12 +169,17 @@ class GraphedRollout:
                 offsets,
                 horizon,
                 row_offset,
+                bf16,
             )
 
         step = CapturedStep(fn, *inputs, warmup=1)
         cache.size = size0
-        # the first warm-up may have moved weights (channels_last): the graph reads the current ones
-        self.fingerprint = self._fingerprint()
+        # A first CUDA forward (the warm-up) may have moved conv weights to channels_last: this graph reads
+        # the new storages, graphs captured before it would read freed ones.
+        fingerprint = self._fingerprint()
+        if fingerprint != self.fingerprint:
+            self._graphs.clear()
+            self.fingerprint = fingerprint
         logger.debug("captured the imagination rollout for %s", key)
         return step
 
@@ -173,6 +190,7 @@ class GraphedRollout:
         tstate: tuple[torch.Tensor, torch.Tensor],
         policy_offset: int,
         horizon: int,
+        bf16_world_model: bool = False,
     ) -> RolloutOutput:
         """Replay the rollout from a burn-in into ``self.cache``; returns fresh tensors (clones)."""
         if wstate.cache is not self.cache:
@@ -180,7 +198,13 @@ class GraphedRollout:
         offsets = self._offsets  # filled on the device: no host-to-device copy, no synchronisation
         offsets[0:1].fill_(int(wstate.offset))
         offsets[1:2].fill_(int(policy_offset))
-        key = (self.cache.size, wstate.pending is not None, horizon, wstate.row_offset)
+        key = (
+            self.cache.size,
+            wstate.pending is not None,
+            horizon,
+            wstate.row_offset,
+            bool(bf16_world_model),
+        )
         pending = wstate.pending if wstate.pending is not None else self._dummy_pending
         inputs = (wstate.obs, pending, *state, *tstate, offsets)
         step = self._graphs.get(key)
@@ -218,11 +242,15 @@ def imagine_rollout(
     seed: int = 0,
     runner: GraphedRollout | None = None,
     row_offset: int = 0,
+    bf16_world_model: bool | None = None,
 ) -> ImaginationOutput:
     """:func:`deltairis.rl.imagination.imagine` computed as rollout body + batched policy forward.
 
     ``runner``: replay the body from CUDA graphs; None runs the same body eagerly (any device).
+    ``bf16_world_model`` (default: the config's ``imagination_bf16``, off): see :func:`rollout_body`.
     """
+    if bf16_world_model is None:
+        bf16_world_model = actor_critic.config.imagination_bf16
     if runner is not None and torch.is_autocast_enabled(batch.obs.device.type):
         return imagine(batch, tokenizer, world_model, actor_critic, horizon, seed, None, row_offset)
     obs, act, mask = batch.obs, batch.act, batch.mask_padding
@@ -239,7 +267,7 @@ def imagine_rollout(
         tstate = ac.target_model.burn_in(obs[:, :-1], burn_mask)
     policy_offset = stream_base(seed) + POLICY_STREAM
     if runner is not None:
-        roll = runner.run(wstate, state, tstate, policy_offset, horizon)
+        roll = runner.run(wstate, state, tstate, policy_offset, horizon, bf16_world_model)
     else:
         offsets = torch.tensor([int(wstate.offset), policy_offset], dtype=torch.int64, device=obs.device)
         roll = rollout_body(
@@ -254,6 +282,7 @@ def imagine_rollout(
             offsets,
             horizon,
             row_offset,
+            bf16_world_model,
         )
     logits, value_logits = policy_forward(ac.model, roll.obs[:, :horizon], state)
     return ImaginationOutput(
