@@ -4,7 +4,9 @@ Each of the tokenizer, the world model and the actor-critic is one :class:`Compo
 the static :data:`COMPONENTS` table (:class:`ComponentSpec`) for a given agent and config. The trainer
 loops over the records and treats them all alike (DIAMOND's ``loss, metrics = component(batch)``):
 
-- ``loss(batch, seed) -> LossOutput`` (the seed feeds the actor-critic's imagination; the others ignore it);
+- ``loss(batch, seed, row_offset=0) -> LossOutput`` (the seed feeds the actor-critic's imagination, and
+  ``row_offset``, the global index of the batch's first row when it is one rank's slice, keeps its
+  samples those of the whole batch; the others ignore both);
 - ``after_loss()``, when set, runs after the loss and before the optimizer step (the actor-critic's
   target EMA, where the reference does it);
 - ``loss_buffers`` are the buffers the loss call updates (the tokenizer's codebook EMA); a step the
@@ -35,8 +37,8 @@ class ComponentSpec:
     train_module: Callable[[Any], nn.Module]
     #: the sub-module whose trainable parameters the optimizer updates and the gradient clip sees
     optim_module: Callable[[Any], nn.Module]
-    #: ``loss(batch, seed)`` bound to an agent
-    make_loss: Callable[[Any], Callable[[Any, int], LossOutput]]
+    #: ``loss(batch, seed, row_offset=0)`` bound to an agent
+    make_loss: Callable[[Any], Callable[..., LossOutput]]
     #: "both": segments padded on both sides, "left": only before the episode start
     pad_mode: str
     #: whether its losses are also computed on the test episodes at evaluation
@@ -52,7 +54,7 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
         name="tokenizer",
         train_module=lambda agent: agent.tokenizer,
         optim_module=lambda agent: agent.tokenizer,
-        make_loss=lambda agent: lambda batch, seed: agent.tokenizer.compute_loss(batch),
+        make_loss=lambda agent: lambda batch, seed, row_offset=0: agent.tokenizer.compute_loss(batch),
         pad_mode="both",
         evaluated=True,
         loss_buffers=lambda agent: list(agent.tokenizer.quantizer.buffers()),
@@ -61,7 +63,9 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
         name="world_model",
         train_module=lambda agent: agent.world_model,
         optim_module=lambda agent: agent.world_model,
-        make_loss=lambda agent: lambda batch, seed: agent.world_model.compute_loss(batch, agent.tokenizer),
+        make_loss=lambda agent: (
+            lambda batch, seed, row_offset=0: agent.world_model.compute_loss(batch, agent.tokenizer)
+        ),
         pad_mode="both",
         evaluated=True,
     ),
@@ -88,7 +92,7 @@ class Component:
     train_module: nn.Module
     parameters: list[nn.Parameter]
     optimizer: torch.optim.Optimizer
-    loss: Callable[[Any, int], LossOutput]
+    loss: Callable[..., LossOutput]
     seq_len: int
     after_loss: Callable[[], None] | None
     loss_buffers: list[torch.Tensor]

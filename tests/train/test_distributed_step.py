@@ -1,0 +1,157 @@
+"""#13: one optimizer step of every component at world size 2 (two gloo processes on this machine, each
+on its slice of the batch) equals the single-process step on the whole batch, to 1e-5 relative on every
+parameter, buffer (codebook EMA, target critic) and gradient; also for an odd split (5 rows over 2 ranks).
+
+The relative error of a tensor is ``max|a - b| / max|b|`` (the maximum norm); the measured maxima are
+printed (``pytest -s``) for the issue's closing note.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from dist_step_lib import initial_agent, one_step_each
+
+from deltairis import distributed
+
+LIB = Path(__file__).with_name("dist_step_lib.py")
+TOLERANCE = 1e-5
+
+
+SIZES = (4, 5)  # 2 + 2 rows and the odd split 2 + 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_ranks(tmp_path: Path, sizes: tuple[int, ...], world_size: int = 2) -> tuple[list[dict], dict]:
+    """The results of ``world_size`` gloo ranks, and of this process (world size 1) computed meanwhile."""
+    port = _free_port()
+    procs, outs = [], []
+    for rank in range(world_size):
+        out = tmp_path / f"rank{rank}.pt"
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(LIB), str(out), ",".join(map(str, sizes))],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+        outs.append(out)
+    logs = []
+    try:
+        single = {b: one_step_each(b) for b in sizes}  # world size 1, the whole batch
+        for p in procs:
+            logs.append(p.communicate(timeout=240)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for rank, p in enumerate(procs):
+        assert p.returncode == 0, f"rank {rank} failed:\n{logs[rank]}"
+    return [torch.load(o, weights_only=False) for o in outs], single
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor, floor: float = 0.0) -> float:
+    """max|a - b| / max(max|b|, floor)."""
+    if not a.is_floating_point():
+        return 0.0 if torch.equal(a, b) else float("inf")
+    if b.numel() == 0:
+        return 0.0
+    scale = max(b.abs().max().item(), floor)
+    diff = (a - b).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def _max_errors(got: dict, want: dict) -> dict[str, tuple[float, str]]:
+    """Per component and kind (state / grads / metrics): the largest relative error and where.
+
+    Gradients are measured against the component's largest gradient: some are zero in exact arithmetic
+    (an attention key bias, as softmax ignores a shift of all scores; a conv bias right before a
+    per-channel norm) and hold only rounding noise, which has no size of its own to compare with.
+    """
+    out = {}
+    for name in ("tokenizer", "world_model", "actor_critic"):
+        for kind in ("state", "grads", "metrics"):
+            g, w = got[name][kind], want[name][kind]
+            assert set(g) == set(w), (name, kind)
+            floor = 0.0
+            if kind == "grads":
+                floor = max(v.abs().max().item() for v in w.values() if v.numel())
+            errs = {k: _rel(g[k].float(), w[k].float(), floor) for k in w}
+            worst = max(errs, key=errs.get)
+            out[f"{name}/{kind}"] = (errs[worst], worst)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], dict]:
+    """Both batch sizes, stepped by two gloo ranks (one launch of two processes) and by this process."""
+    return _run_ranks(tmp_path_factory.mktemp("dist_step"), SIZES)
+
+
+@pytest.mark.parametrize("batch_size", SIZES, ids=["even-2+2", "odd-2+3"])
+def test_two_ranks_one_step_each_equals_single_process(results: tuple, batch_size: int) -> None:
+    ranks, single = results
+    want = single[batch_size]
+    got = [r[batch_size] for r in ranks]
+    assert [r["rows"] for r in got] == [(0, batch_size // 2), (batch_size // 2, batch_size)]
+    # the ranks end identical, bit for bit (same averaged gradients, same optimizer, same codebook update)
+    for name in ("tokenizer", "world_model", "actor_critic"):
+        for k, v in got[0][name]["state"].items():
+            assert torch.equal(v, got[1][name]["state"][k]), (name, k)
+    errors = _max_errors(got[0], want)
+    print(f"\nbatch {batch_size} over 2 ranks, max relative error:")
+    for key, (err, where) in errors.items():
+        print(f"  {key:28s} {err:.2e}  ({where})")
+    bad = {k: v for k, v in errors.items() if not v[0] <= TOLERANCE}
+    assert not bad, bad
+    # the steps did something: every component's weights moved, the codebook EMA ran
+    before = initial_agent().state_dict()
+    moved = {
+        name: [k for k, v in want[name]["state"].items() if not torch.equal(v, before[k])]
+        for name in ("tokenizer", "world_model", "actor_critic")
+    }
+    for name, keys in moved.items():
+        assert keys and all(k.startswith(name) for k in keys), name
+    assert "tokenizer.quantizer.codebook" in moved["tokenizer"]
+    assert want["tokenizer"]["state"]["tokenizer.quantizer.num_codebook_updates"] == 1
+    assert any(k.startswith("actor_critic.target_model") for k in moved["actor_critic"])  # the target EMA
+
+
+def test_a_wrong_denominator_would_be_caught() -> None:
+    """The comparison can fail: local means (no global denominators) on the odd split are far off."""
+    torch.manual_seed(0)
+    from models.helpers import make_batch
+
+    from deltairis.models.common import masked_mean
+
+    batch = make_batch(5, 4, 5, pad_left=2, pad_right=1)
+    x = torch.randn(5, 3)
+    mask = batch.mask_padding[:, :3]
+    full = masked_mean(x, mask)
+    local = (masked_mean(x[:2], mask[:2]) + masked_mean(x[2:], mask[2:])) / 2
+    assert _rel(local, full) > 100 * TOLERANCE
+    # and inside sharded_losses at world size 1 the means are the plain ones
+    with distributed.sharded_losses():
+        assert torch.equal(masked_mean(x, mask), full)
