@@ -136,6 +136,34 @@ def test_frame_cnns_fused_triton_match_plain_layers_interpreter(monkeypatch: pyt
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.usefixtures("interpret")
+def test_frame_cnn_fused_under_bf16_autocast_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under autocast the convolutions give bf16; F.group_norm then runs in fp32 and returns fp32, the
+    kernel returns bf16 (the next convolution casts to bf16 anyway). Against the fp32 run, the fused bf16
+    run's error is bounded by the plain bf16 run's (outputs and every gradient): 3x here, not the usual
+    2x, because Triton's interpreter truncates float32 -> bf16 (compiled Triton rounds to nearest), which
+    doubles the kernel's own rounding error on CPU."""
+    torch.manual_seed(1)
+    enc = FrameEncoder(_cnn_config())
+    x = torch.rand(4, 3, 16, 16)
+
+    def run(fused: bool, autocast: bool):
+        set_frame_cnn_options(enc, fused_norm=fused)
+        monkeypatch.setenv("DELTAIRIS_BACKEND", "triton" if fused else "torch")
+        enc.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            z = enc(x)
+        z.float().square().sum().backward()
+        return [z.detach().float()] + [p.grad.clone() for p in enc.parameters()]
+
+    exact, plain, fused = run(False, False), run(False, True), run(True, True)
+    assert enc(x).dtype == torch.float32
+    for e, p, f in zip(exact, plain, fused):
+        err_plain = (p - e).norm() / e.norm().clamp(min=1e-12)
+        err_fused = (f - e).norm() / e.norm().clamp(min=1e-12)
+        assert err_fused <= 3 * err_plain + 1e-4, (err_fused.item(), err_plain.item())
+
+
 # -- GPU ---------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.usefixtures("compiled")
