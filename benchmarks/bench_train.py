@@ -8,18 +8,17 @@ Groups (one test per variant, the baseline in the same run):
   preset's batch shapes, sampling batches from the C++ replay store (``cpp``) vs the NumPy reference
   store (``numpy``, the baseline); ``extra_info["steps_per_s"]``;
 * ``collect``: env steps/s of collection with the policy (CNN-LSTM forward per step) vs uniformly random
-  actions (the baseline: env + store only);
-* ``tiny-epoch``: wall time of one steady-state epoch of ``env=toy params=tiny`` (collection, the
-  three training phases, checkpoint; evaluation excluded), a single round.
+  actions (the baseline: env + store only), on the toy env and on 16 native Crafter envs.
+
+The whole epoch (per-phase times, the checkpoint, a full-epoch estimate) is ``benchmarks/bench_epoch.py``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
+from deltairis.config import make_agent_config
 from deltairis.data import ReplayStore
 from deltairis.train.configuration import compose_config
 from deltairis.train.trainer import Trainer
@@ -65,7 +64,7 @@ def test_phase_steps(benchmark, trainer: Trainer, phase: str, backend: str) -> N
     c = trainer.cfg.training[phase]
     assert trainer.stores["train"].num_episodes > 0
     benchmark.extra_info["steps_per_s"] = STEPS / benchmark.stats.stats.mean
-    benchmark.extra_info["batch"] = f"{c.batch_size} x {trainer._seq_len(phase)}"
+    benchmark.extra_info["batch"] = f"{c.batch_size} x {trainer.components[phase].seq_len}"
     benchmark.extra_info["store_backend"] = backend
 
 
@@ -83,26 +82,38 @@ def test_collect(benchmark, trainer: Trainer, policy: str) -> None:
     benchmark.extra_info["num_envs"] = trainer.collector.num_envs
 
 
-def test_tiny_epoch(benchmark, tmp_path: Path, bench_device: torch.device) -> None:
-    benchmark.group = "tiny-epoch"
-    t = Trainer(_config(bench_device), tmp_path / "run")
-    try:
-        t.collect(1)
-        t.epoch = 1
-        metrics: dict[str, float] = {}
+@pytest.fixture(scope="module")
+def crafter_collector(tmp_path_factory: pytest.TempPathFactory, bench_device: torch.device):
+    """16 native Crafter envs and the Crafter preset's actor-critic (the trainer's collection setup)."""
+    from deltairis import native_available
+    from deltairis.envs import make_vector_env
+    from deltairis.models.actor_critic import ActorCritic
+    from deltairis.train.collector import Collector
 
-        def run() -> None:
-            metrics.update(t.run_epoch(2))
+    if not native_available():
+        pytest.skip("deltairis._core not built (native Crafter)")
+    env = make_vector_env("crafter", 16, seed=0, backend="native")
+    store = ReplayStore(tmp_path_factory.mktemp("crafter") / "store", backend="auto", create=True)
+    config = make_agent_config("crafter", num_actions=int(env.num_actions)).actor_critic
+    torch.manual_seed(0)
+    ac = ActorCritic(config).to(bench_device).eval()
+    yield Collector(env, store, config.burn_in, seed=0), ac
+    env.close()
+    store.close()
 
-        benchmark.pedantic(run, rounds=1, iterations=1)
-    finally:
-        t.close()
-    for k, v in metrics.items():
-        if k.endswith("steps_per_s") or k == "epoch_seconds":
-            benchmark.extra_info[k] = round(float(v), 3)
-    c = t.cfg
-    benchmark.extra_info["schedule"] = (
-        f"collect {c.collection.train.num_steps} steps; tokenizer/world_model/actor_critic "
-        f"{c.training.tokenizer.steps_per_epoch}/{c.training.world_model.steps_per_epoch}/"
-        f"{c.training.actor_critic.steps_per_epoch} steps"
-    )
+
+@pytest.mark.parametrize("policy", ["agent", "random"])
+def test_collect_crafter(benchmark, crafter_collector, bench_device: torch.device, policy: str) -> None:
+    """Env steps/s of 16 native Crafter envs with the Crafter preset's policy vs random actions."""
+    benchmark.group = "collect-crafter"
+    collector, ac = crafter_collector
+    n = 16 * 16
+
+    def run() -> None:
+        collector.collect(
+            n, ac if policy == "agent" else None, bench_device, epsilon=0.01, temperature=1.0, seed=1
+        )
+
+    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    benchmark.extra_info["env_steps_per_s"] = n / benchmark.stats.stats.mean
+    benchmark.extra_info["num_envs"] = collector.num_envs

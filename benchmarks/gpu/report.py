@@ -1,8 +1,9 @@
 """Collect the outputs of ``benchmarks/gpu/run.sh`` into ``$OUT/gpu_report.json``.
 
 Reads ``steps.tsv`` (step, exit status, seconds), the JUnit XML files of the test steps, the
-standalone ``bench_ops.json`` and the pytest-benchmark ``bench_models.json`` / ``bench_train.json``, and adds the device
-name and library versions. Missing pieces are recorded as missing, never invented.
+standalone ``bench_ops.json`` and ``bench_epoch.json`` and the pytest-benchmark ``bench_models.json`` /
+``bench_train.json``, and adds the device name and library versions. Missing pieces are recorded as
+missing, never invented.
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ def main() -> None:
         "interpreter_tests": junit(out / "junit_interpreter_tests.xml"),
         "bench_ops": json.loads((out / "bench_ops.json").read_text())
         if (out / "bench_ops.json").exists()
+        else None,
+        "bench_epoch": json.loads((out / "bench_epoch.json").read_text())
+        if (out / "bench_epoch.json").exists()
         else None,
         "bench_models": bench_models(out / "bench_models.json"),
         "bench_train": bench_models(out / "bench_train.json"),

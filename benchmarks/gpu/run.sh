@@ -13,10 +13,12 @@
 # Every step has a time limit and the whole script stays under TOTAL_BUDGET_S (default 540 s); the
 # report is rewritten after each step, so a run that is cut short still leaves its figures.
 # Environment: OUT (default ./gpu-report), PYTHON (default python3), TOTAL_BUDGET_S, SKIP_STEPS
-# (space-separated step names to skip: install gpu_tests bench_ops bench_models profile_ac bench_train
-# interpreter_tests), WHEELS_DIR (a folder of pure-Python wheels, e.g. hydra-core, omegaconf, gymnasium,
-# crafter, for a machine without a package index: installed with --target into a temporary folder put
-# on PYTHONPATH), STEP_LIMITS (e.g. "install=200 gpu_tests=150" to change a step's own limit).
+# (space-separated step names to skip: install gpu_tests bench_epoch bench_ops bench_models profile_ac
+# bench_train interpreter_tests), BENCH_EPOCH_SCALE (fraction of the full Crafter epoch that bench_epoch
+# runs, default 0.1: 1,008 env steps and 50 steps of every component, extrapolated to the full epoch),
+# WHEELS_DIR (a folder of pure-Python wheels, e.g. hydra-core, omegaconf, gymnasium, crafter, for a
+# machine without a package index: installed with --target into a temporary folder put on PYTHONPATH),
+# STEP_LIMITS (e.g. "install=200 gpu_tests=150" to change a step's own limit).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -102,6 +104,12 @@ if has_module pytest; then
 else
   printf '%s\t%s\t%s\n' gpu_tests "pytest-missing" 0 >> "$STEPS"
 fi
+
+# 2b) End-to-end epoch through the Trainer at the real Crafter preset (native Crafter, 16 envs), scaled,
+#     with per-phase times, the checkpoint, peak memory and the full-epoch estimate (needs hydra-core,
+#     omegaconf and the C++ extension for native Crafter).
+step bench_epoch 150 "$PY" "$ROOT/benchmarks/bench_epoch.py" --preset crafter --device cuda \
+  --scale "${BENCH_EPOCH_SCALE:-0.1}" --json "$OUT/bench_epoch.json"
 
 # 3) Fused-op benchmarks (standalone: CUDA events, no pytest needed).
 step bench_ops 180 "$PY" "$ROOT/benchmarks/bench_ops.py" --json "$OUT/bench_ops.json"
