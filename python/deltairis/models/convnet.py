@@ -59,10 +59,11 @@ class _LayoutMixin:
     """Input and weight layout of a frame CNN (see the module docstring)."""
 
     channels_last: bool = True
+    cuda_only: bool = True  # tests set it False (on the class) to run the NHWC layout on CPU
     _weights_nhwc: bool = False
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        want = self.channels_last and x.is_cuda
+        want = self.channels_last and (x.is_cuda or not self.cuda_only)
         if want != self._weights_nhwc:
             fmt = torch.channels_last if want else torch.contiguous_format
             with torch.no_grad():
