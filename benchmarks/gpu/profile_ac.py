@@ -3,7 +3,8 @@
     python benchmarks/gpu/profile_ac.py --preset crafter --out DIR
 
 For each backend (``torch``: pure PyTorch; ``auto``: Triton kernels where the dispatcher picks them;
-``auto+graphs``: also CUDA-graph replay of the imagined step) prints the mean step time over a few
+``auto+graphs``: also CUDA-graph replay of the imagined step; ``auto+rollout``: the whole no-grad rollout
+replayed as one CUDA graph, then the policy's forward with grad, ``rl/rollout.py``) prints the mean step time over a few
 timed steps (CUDA events) and the top operators by GPU time and by CPU time from ``torch.profiler``,
 so that a slower fast path can be traced to the operator responsible. Writes ``profile_ac.txt``.
 """
@@ -26,7 +27,7 @@ from deltairis.models import configure_optimizer
 from deltairis.rl import ActorCriticLoss
 
 
-def run(preset: str, backend: str, graphs: bool, lines: list[str], steps: int) -> None:
+def run(preset: str, backend: str, graphs: bool | str, lines: list[str], steps: int) -> None:
     os.environ["DELTAIRIS_BACKEND"] = backend
     dev = torch.device("cuda")
     cfg = make_agent_config(preset)
@@ -36,7 +37,9 @@ def run(preset: str, backend: str, graphs: bool, lines: list[str], steps: int) -
     ac = agent.actor_critic
     opt = configure_optimizer(ac.model, 1e-4, kind="adam")
     seed = iter(range(10**6))
-    loss_fn = ActorCriticLoss(ac, agent.tokenizer, agent.world_model, cuda_graphs=graphs)
+    loss_fn = ActorCriticLoss(
+        ac, agent.tokenizer, agent.world_model, cuda_graphs=graphs is True, graph_rollout=graphs == "rollout"
+    )
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -76,7 +79,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("profile_ac.py needs a CUDA device")
     lines: list[str] = [f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}"]
-    for backend, graphs in (("torch", False), ("auto", False), ("auto", True)):
+    for backend, graphs in (("torch", False), ("auto", False), ("auto", True), ("auto", "rollout")):
         try:
             run(args.preset, backend, graphs, lines, args.steps)
         except Exception as err:  # noqa: BLE001 - keep the other variants' figures
