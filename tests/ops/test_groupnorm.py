@@ -20,6 +20,7 @@ SHAPES = [
     (4, 32, 6, 6, 32),
     (2, 24, 11, 13, 8),
     (1, 96, 4, 4, 32),
+    (2, 70, 3, 3, 14),  # channels_last: 6 groups per program, the last program holds 2
 ]
 
 
