@@ -18,7 +18,9 @@ Baselines measured in the same run:
 * ``collection_random``: the same number of env steps with uniformly random actions (env + store only);
 * ``checkpoint.sync_seconds``: the same checkpoint set written inline (``common.checkpoint_in_background
   =false``), against ``checkpoint.blocked_seconds``, the time the loop waits with the background writer
-  (the write itself, ``checkpoint.write_seconds``, overlaps the next epoch).
+  (the write itself, ``checkpoint.write_seconds``, overlaps the next epoch); medians of
+  ``--checkpoint-repeats`` saves of each kind at the state after the epoch, alternated
+  (``checkpoint.epoch_blocked_seconds``: the epoch's own save).
 
 Before the timed epoch the store gets ``--warmup-steps`` random env steps (the preset's 100,000-step
 first epoch is not needed to time steps at the preset shapes).
@@ -34,6 +36,7 @@ import contextlib
 import importlib.util
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -138,6 +141,7 @@ def measure_epoch(
     overrides: Sequence[str] = (),
     run_dir: Path | None = None,
     seed: int = 0,
+    checkpoint_repeats: int = 2,
 ) -> dict[str, Any]:
     """Time one steady-state epoch of ``preset`` through the Trainer; returns the report (a JSON dict)."""
     from deltairis.train.configuration import compose_config
@@ -259,19 +263,32 @@ def measure_epoch(
             phases[n] = _phase(steps[n], timer.seconds.get(n, 0.0), full_components[n], "gradient steps")
         ckpt_bytes = sum((t.ckpt_dir / m).stat().st_size for m in CHECKPOINT_MEMBERS)
 
-        # baseline: the same set written inline, at the same state
-        t.cfg.common.checkpoint_in_background = False
-        _sync(dev)
-        t0 = time.perf_counter()
-        t.save_checkpoint()
-        sync_seconds = time.perf_counter() - t0
+        # the same set, at the same state: with the background writer (blocked, then its write) and
+        # written inline (the baseline), alternated
+        runs: dict[str, list[float]] = {"blocked": [], "write": [], "sync": []}
+        for _ in range(max(1, checkpoint_repeats)):
+            for background in (True, False):
+                t.cfg.common.checkpoint_in_background = background
+                _sync(dev)
+                t0 = time.perf_counter()
+                t.save_checkpoint()
+                seconds = time.perf_counter() - t0
+                t.wait_for_checkpoint()
+                if background:
+                    runs["blocked"].append(seconds)
+                    runs["write"].append(t._checkpoint_writer.last_write_seconds)
+                else:
+                    runs["sync"].append(seconds)
         t.cfg.common.checkpoint_in_background = True
-        blocked = timer.seconds.get("checkpoint", 0.0)
+        blocked = statistics.median(runs["blocked"])
         phases["checkpoint"] = {
             "blocked_seconds": blocked,
-            "write_seconds": write_seconds,
+            "write_seconds": statistics.median(runs["write"]),
+            "sync_seconds": statistics.median(runs["sync"]),
+            "repeats": len(runs["sync"]),
+            "epoch_blocked_seconds": timer.seconds.get("checkpoint", 0.0),
+            "epoch_write_seconds": write_seconds,
             "wait_after_epoch_seconds": wait_seconds,
-            "sync_seconds": sync_seconds,
             "megabytes": ckpt_bytes / 2**20,
             "full_seconds_est": blocked,
         }
@@ -328,7 +345,8 @@ def format_report(r: dict[str, Any]) -> str:
         if name == "checkpoint":
             lines.append(
                 f"  {'checkpoint':<13} blocked {p['blocked_seconds']:.3f} s (background write "
-                f"{p['write_seconds']:.3f} s) vs inline {p['sync_seconds']:.3f} s, {p['megabytes']:.1f} MiB"
+                f"{p['write_seconds']:.3f} s) vs inline {p['sync_seconds']:.3f} s, {p['megabytes']:.1f} MiB "
+                f"(medians of {p['repeats']})"
             )
         else:
             lines.append(
@@ -363,6 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=None, help="random env steps put in the store")
     parser.add_argument("--warmup-epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--checkpoint-repeats", type=int, default=2, help="saves of each kind after the epoch"
+    )
+    parser.add_argument(
+        "--run-dir", type=Path, default=None, help="folder for the run (default: a temporary one, removed)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. training.tokenizer.batch_size=8")
     args = parser.parse_args(argv)
@@ -380,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup_epochs=args.warmup_epochs,
         overrides=args.overrides,
         seed=args.seed,
+        checkpoint_repeats=args.checkpoint_repeats,
+        run_dir=args.run_dir,
     )
     print(format_report(report))
     if args.json is not None:

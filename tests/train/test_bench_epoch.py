@@ -35,6 +35,7 @@ def test_the_epoch_benchmark_reports_every_phase(tmp_path: Path) -> None:
             "--component-steps=1",
             "--warmup-steps=32",
             "--warmup-epochs=0",
+            "--checkpoint-repeats=1",
             f"--json={out}",
             *SMALL,
         ],
@@ -56,7 +57,7 @@ def test_the_epoch_benchmark_reports_every_phase(tmp_path: Path) -> None:
         assert abs(p["full_seconds_est"] - full / p["steps_per_s"]) < 1e-6 * max(1.0, p["full_seconds_est"])
     ck = r["phases"]["checkpoint"]
     assert ck["blocked_seconds"] > 0 and ck["sync_seconds"] > 0 and ck["write_seconds"] > 0
-    assert ck["megabytes"] > 0
+    assert ck["megabytes"] > 0 and ck["repeats"] == 1 and ck["epoch_blocked_seconds"] > 0
     assert r["collection_random"]["steps"] >= 2 and r["collection_random"]["steps_per_s"] > 0
     est = sum(p["full_seconds_est"] for p in r["phases"].values())
     assert abs(r["epoch"]["full_seconds_est"] - est) < 1e-6 * est
