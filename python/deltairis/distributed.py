@@ -12,7 +12,14 @@ Equal results at any world size:
 - inside :func:`sharded_losses`, a masked mean divides the rank's *sum* by the global count of valid
   entries times ``1/W`` (:func:`global_count`), so that averaging the ranks' gradients and metrics gives
   exactly the single-process mean over the whole batch, also when slices have different sizes;
-- gradients are averaged over ranks by one all-reduce per step (:func:`average_gradients`).
+- gradients are averaged over ranks by one all-reduce per step (:func:`average_gradients`);
+- the tokenizer's codebook EMA gathers every rank's vectors (:func:`all_gather_rows`, rank order is the
+  batch order) and applies the whole batch's update on every rank, with the same torch RNG state;
+- the actor-critic's samplers take the slice's first global row as ``row_offset``, so each rank's
+  imagination draws what the single process draws for its rows (:func:`deltairis.ops.sample_categorical`).
+
+The step itself is :func:`deltairis.train.step.gradient_step`; README "What stays equal" lists every
+averaged quantity.
 
 This module is in the foundation layer: it imports nothing from the package but the errors.
 """
@@ -135,9 +142,9 @@ def set_timeout(timeout_s: float) -> DistContext:
 
 def shutdown() -> None:
     """Leave the process group (if any) and go back to the single-process context."""
-    global _current, _sequence
+    global _current, _sequence, _client
     _stop_heartbeat()
-    _sequence = 0
+    _sequence, _client = 0, None
     if tdist.is_available() and tdist.is_initialized():
         with contextlib.suppress(Exception):
             tdist.destroy_process_group()
@@ -192,9 +199,9 @@ def _failed(what: str, exc: BaseException) -> DistributedError:
 # cannot be reached (rank 0, which hosts it outside torchrun, died). A failed collective names the ranks
 # whose counters stand still.
 
-_store_lock = threading.Lock()
 _heartbeat: tuple[threading.Thread, threading.Event] | None = None
 _sequence = 0  # the number of from_main calls so far (equal on every rank)
+_client: Any = None  # this thread's own connection to the store (the heartbeat thread has another)
 
 
 def heartbeat_interval(timeout_s: float) -> float:
@@ -202,15 +209,46 @@ def heartbeat_interval(timeout_s: float) -> float:
     return max(0.05, min(1.0, float(timeout_s) / 20.0))
 
 
-def _store() -> Any:
-    from torch.distributed import distributed_c10d
+def _connect(timeout_s: float) -> Any:
+    """A new client of the group's store (torchrun's agent store, or rank 0's for a plain ``env://``
+    start), under a prefix of this launch; each thread uses its own, so that one blocked call (a
+    stopped store host) cannot hold up the others."""
+    host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    timeout = datetime.timedelta(seconds=float(timeout_s))
+    if host and port:
+        base = tdist.TCPStore(host, int(port), is_master=False, timeout=timeout, wait_for_workers=False)
+    else:  # pragma: no cover - a group started without env:// (the default store then)
+        from torch.distributed import distributed_c10d
 
-    return distributed_c10d._get_default_store()
+        base = distributed_c10d._get_default_store()
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return tdist.PrefixStore(f"deltairis/{run}/{restart}/", base)
 
 
-def _store_op(fn: Any) -> Any:
-    with _store_lock:
-        return fn(_store())
+def _store_op(fn: Any, timeout_s: float | None = None) -> Any:
+    """``fn(store)`` on this thread's client, given up (TimeoutError) after ``timeout_s``: a store whose
+    host is stopped accepts the connection but never answers."""
+    limit = float(current().timeout_s if timeout_s is None else timeout_s)
+    box: dict[str, Any] = {}
+
+    def call() -> None:
+        global _client
+        try:
+            if _client is None:
+                _client = _connect(limit)
+            box["value"] = fn(_client)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=call, name="deltairis-store-call", daemon=True)
+    worker.start()
+    worker.join(limit)
+    if worker.is_alive():
+        raise TimeoutError(f"the group's store did not answer for {limit:.0f}s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 def _heartbeat_key(rank: int) -> str:
@@ -224,12 +262,13 @@ def _start_heartbeat(ctx: DistContext) -> None:
     key = _heartbeat_key(ctx.rank)
 
     def beat() -> None:
-        while not stop.is_set():
-            try:
-                _store_op(lambda s: s.add(key, 1))
-            except Exception:  # noqa: BLE001 - the store is gone: the collectives will say so
-                return
-            stop.wait(heartbeat_interval(current().timeout_s))
+        try:
+            store = _connect(ctx.timeout_s)
+            while not stop.is_set():
+                store.add(key, 1)
+                stop.wait(heartbeat_interval(current().timeout_s))
+        except Exception:  # noqa: BLE001 - the store is gone: the collectives will say so
+            return
 
     thread = threading.Thread(target=beat, name=f"deltairis-heartbeat-{ctx.rank}", daemon=True)
     thread.start()
@@ -245,8 +284,9 @@ def _stop_heartbeat() -> None:
         _heartbeat = None
 
 
-def _heartbeats(ranks: Iterable[int]) -> dict[int, int]:
-    return {r: int(_store_op(lambda s, r=r: s.add(_heartbeat_key(r), 0))) for r in ranks}
+def _heartbeats(ranks: Iterable[int], timeout_s: float | None = None) -> dict[int, int]:
+    keys = {r: _heartbeat_key(r) for r in ranks}
+    return _store_op(lambda s: {r: int(s.add(k, 0)) for r, k in keys.items()}, timeout_s)
 
 
 def silent_ranks(wait_s: float | None = None) -> list[int] | None:
@@ -257,10 +297,11 @@ def silent_ranks(wait_s: float | None = None) -> list[int] | None:
         return []
     others = [r for r in range(ctx.world_size) if r != ctx.rank]
     wait = 3 * heartbeat_interval(ctx.timeout_s) if wait_s is None else float(wait_s)
+    limit = min(10.0, ctx.timeout_s)
     try:
-        before = _heartbeats(others)
+        before = _heartbeats(others, limit)
         time.sleep(wait)
-        after = _heartbeats(others)
+        after = _heartbeats(others, limit)
     except Exception:  # noqa: BLE001 - any store failure means: unreachable
         return None
     return [r for r in others if after[r] == before[r]]
@@ -272,7 +313,7 @@ def _whose_fault() -> str:
     except Exception:  # noqa: BLE001 - only for the message
         silent = None
     if silent is None:
-        return "the group's store is unreachable: rank 0, which hosts it, died or the network failed"
+        return "the group's store does not answer: its host (rank 0 outside torchrun) died or hangs"
     if silent:
         return f"no heartbeat from rank {', '.join(map(str, silent))}: died or hung"
     return "every other rank still sends heartbeats: one of them is stuck or left this collective"
@@ -306,9 +347,15 @@ def _wait_for_main(what: str, key: str, ctx: DistContext) -> None:
     poll = min(0.2, heartbeat_interval(ctx.timeout_s))
     while True:
         try:
-            if _store_op(lambda s: s.check([key])):
+            done, beat = _store_op(lambda s: (s.check([key]), int(s.add(_heartbeat_key(0), 0))))
+            if done:
                 return
-            beat = _heartbeats([0])[0]
+        except TimeoutError as exc:
+            raise DistributedError(
+                f"rank {ctx.rank} of {ctx.world_size}: no heartbeat from rank 0 for {ctx.timeout_s:.0f}s "
+                f"(distributed.timeout_s) while waiting for {what}: the group's store, which rank 0 hosts "
+                f"outside torchrun, does not answer: rank 0 hung or died ({exc})"
+            ) from exc
         except Exception as exc:
             raise DistributedError(
                 f"rank {ctx.rank} of {ctx.world_size}: lost rank 0 while waiting for {what}: the group's "

@@ -10,6 +10,15 @@ Examples::
     deltairis-train -m env=toy params=tiny common.seed=0,1            # a sweep: one run folder per job
     deltairis-train -m env=atari params=atari env.train.id=BreakoutNoFrameskip-v4,PongNoFrameskip-v4 \\
         common.seed=0,1,2 hydra/launcher=submitit_slurm              # as a SLURM job array (.[slurm] extra)
+    torchrun --nproc_per_node=4 -m deltairis.cli.train hydra.run.dir=outputs/ddp   # 4 GPUs of one node
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 --rdzv-id=RUN \\
+        -m deltairis.cli.train hydra.run.dir=outputs/ddp distributed.store_dir=/local/scratch   # 2 nodes
+
+Under torchrun (README "Distributed training") rank 0 is the run as above (run folder, collection,
+evaluation, checkpoints, metrics); ranks > 0 get the config and the checkpoint from rank 0, keep a
+node-local replica of the replay store (``distributed.store_dir``) and train their slice of every
+global batch. Give ``common.device`` and ``distributed.timeout_s`` on the torchrun command line when
+they differ from the defaults (every rank reads them before it joins).
 
 A fresh run lives in Hydra's run folder ``outputs/YYYY-MM-DD/hh-mm-ss/`` under the current directory (or
 ``hydra.run.dir=DIR``); a sweep (``-m``) puts job ``N`` in ``multirun/YYYY-MM-DD/hh-mm-ss/N/`` (Hydra's
@@ -22,7 +31,8 @@ does not go through Hydra's composition: the run folder's saved config is the so
 Exit codes: 0 done, 2 bad arguments or configuration (the message names the key), 1 a run that cannot
 start, resume or go on (corrupt checkpoint, run folder in use, full disk, non-finite training, ...),
 75 stopped by SIGTERM/SIGINT after writing a mid-epoch checkpoint (resume with scripts/resume.sh),
-130 interrupted outside training.
+69 a distributed run lost a rank (died, hung past ``distributed.timeout_s`` or unreachable; the message
+names it; the last checkpoint is intact: resume), 130 interrupted outside training.
 """
 
 from __future__ import annotations
@@ -239,14 +249,21 @@ def _train_in(cfg: Any, run_dir: Path) -> None:
             handler.close()
 
 
+#: exit code of a distributed run that lost a rank (EX_UNAVAILABLE of sysexits.h, like 75 = EX_TEMPFAIL)
+DISTRIBUTED_EXIT_CODE = 69
+
+
 def _report(exc: BaseException) -> int:
     """Print a known error the way the CLI always has; returns the exit code (0: not a known error)."""
-    from deltairis.errors import ConfigError, DeltaIrisError, Preempted
+    from deltairis.errors import ConfigError, DeltaIrisError, DistributedError, Preempted
     from deltairis.train.preemption import PREEMPTED_EXIT_CODE
 
     if isinstance(exc, Preempted):
         print(f"deltairis-train: {exc}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
+    if isinstance(exc, DistributedError):
+        print(f"deltairis-train: distributed error: {exc}", file=sys.stderr)
+        return DISTRIBUTED_EXIT_CODE
     if isinstance(exc, ConfigError):
         print(f"deltairis-train: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -349,12 +366,72 @@ def _resume(overrides: list[str], print_cfg: bool) -> int:
     return 0
 
 
+def _join_group(overrides: list[str], multirun: bool) -> tuple[Any, str | None]:
+    """Under torchrun: join the process group (every rank, before anything else). Returns the context
+    and the ``distributed.store_dir`` of this command line (a node's own replica folder).
+
+    The backend follows ``common.device`` of the command line (NCCL for CUDA, gloo for CPU; ``auto``: CUDA
+    when available), the collective timeout ``distributed.timeout_s`` of the command line.
+    """
+    from deltairis import distributed as dist
+    from deltairis.errors import ConfigError
+    from deltairis.runtime import resolve_device
+
+    world = dist.env_world()
+    if world is None or world[1] == 1:
+        return dist.current(), None
+    if multirun:
+        raise ConfigError("a sweep (-m) cannot run under torchrun: start one torchrun per job")
+    values = {}
+    for arg in overrides:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key in ("common.device", "distributed.timeout_s", "distributed.store_dir"):
+            values[key] = value
+    try:
+        timeout = float(values.get("distributed.timeout_s", 1800.0))
+    except ValueError as exc:
+        raise ConfigError(f"distributed.timeout_s must be a number ({exc})") from exc
+    if timeout <= 0:
+        raise ConfigError(f"distributed.timeout_s must be > 0, got {timeout}")
+    device = resolve_device(values.get("common.device", "auto"))
+    ctx = dist.init(device.type, timeout)
+    return ctx, values.get("distributed.store_dir") or None
+
+
+def _follow(store_dir: str | None) -> int:
+    """A rank > 0: everything (config, run folder path, checkpoint) comes from rank 0, except this
+    node's replica folder when its own command line gives ``distributed.store_dir``."""
+    from deltairis import distributed as dist
+    from deltairis.train.trainer import follow
+
+    rank = dist.current().rank
+    root = logging.getLogger()
+    if not root.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(
+            logging.Formatter(f"[%(asctime)s rank {rank} %(levelname)s %(name)s] %(message)s", "%H:%M:%S")
+        )
+        root.addHandler(h)
+    root.setLevel(logging.WARNING)  # quieter: rank 0 reports the run
+    follow(store_dir)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         print(USAGE)
         return 0
+    try:
+        return _main(argv)
+    finally:
+        from deltairis import distributed as dist
+
+        dist.shutdown()
+
+
+def _main(argv: list[str]) -> int:
     try:
         from deltairis.train.configuration import ConfigError, compose_config
 
@@ -365,6 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         overrides = _overrides(argv)
         multirun = any(a in ("-m", "--multirun") for a in argv)
+        ctx, store_dir = _join_group(overrides, multirun)
+        if not ctx.is_main:
+            return _follow(store_dir)
         resume = any(
             a.lstrip("+").startswith("common.resume=") and a.split("=", 1)[1].strip().lower() in _TRUE
             for a in overrides

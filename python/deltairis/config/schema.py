@@ -150,6 +150,18 @@ class EvaluationConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Several processes on one run (``torchrun``); without torchrun these settings are not used."""
+
+    # A rank waiting longer than this at a collective or barrier, or for a rank 0 that sends no heartbeat,
+    # exits with an error naming the rank (a dead rank is usually noticed at once).
+    timeout_s: float = 1800.0
+    # Node-local folder for the replay-store replicas of ranks > 0 (``<store_dir>/rank<r>``); None: a
+    # folder under the system temp dir named after the run folder. Rank 0 keeps the run folder's store.
+    store_dir: str | None = None
+
+
+@dataclass
 class TrainerConfig:
     common: CommonConfig = field(default_factory=CommonConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -158,6 +170,7 @@ class TrainerConfig:
     collection: CollectionConfig = field(default_factory=CollectionConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 __all__ = [
@@ -165,6 +178,7 @@ __all__ = [
     "CollectionConfig",
     "CommonConfig",
     "ComponentTrainingConfig",
+    "DistributedConfig",
     "EnvConfig",
     "EnvSplitConfig",
     "EvaluationConfig",

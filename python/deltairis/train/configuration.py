@@ -134,6 +134,7 @@ def _check_values(cfg: DictConfig) -> None:
     positive("evaluation.every", cfg.evaluation.every)
     if cfg.evaluation.num_batches is not None:
         positive("evaluation.num_batches", cfg.evaluation.num_batches, allow_zero=True)
+    positive("distributed.timeout_s", cfg.distributed.timeout_s)
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:

@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from deltairis import distributed as dist
 from deltairis.agent import Agent, agent_checkpoint, load_agent
 from deltairis.checkpoint import BackgroundWriter, serialize_members, write_checkpoint_set
-from deltairis.data import ReplayStore, import_reference_dataset
+from deltairis.data import ReplayStore, StepPrefetcher, import_reference_dataset
 from deltairis.data.replay import INDEX_NAME
-from deltairis.errors import CorruptCheckpointError, NonFiniteError, Preempted, ResumeError
+from deltairis.errors import ConfigError, CorruptCheckpointError, NonFiniteError, Preempted, ResumeError
 from deltairis.runtime import resolve_device
 from deltairis.seeding import derive_env_seed, derive_seed, global_rng_state, set_global_rng_state
 from deltairis.train.collector import Collector, CollectStats, run_test_episodes
@@ -39,6 +40,7 @@ from deltairis.train.logging_utils import (
     to_uint8_hwc,
 )
 from deltairis.train.preemption import StopSignals
+from deltairis.train.replicas import open_replica, replica_dir, store_digest, sync_replicas
 from deltairis.train.run_folder import (
     STATE_VERSION,
     RunFolderLock,
@@ -48,6 +50,7 @@ from deltairis.train.run_folder import (
     read_checkpoint,
     restore_store_index,
 )
+from deltairis.train.step import gradient_step, sync_torch_rng
 
 logger = logging.getLogger(__name__)
 
@@ -61,41 +64,75 @@ class Trainer:
     Args:
         cfg: a validated config (:func:`deltairis.train.configuration.compose_config`).
         run_dir: the run folder; created for a fresh run, read back when ``cfg.common.resume``.
+
+    Under ``torchrun`` (:mod:`deltairis.distributed`), rank 0 is this trainer as in a single process (run
+    folder, collection, evaluation, metrics, checkpoints). A rank > 0 is built with ``cfg=None`` and
+    ``run_dir=None``: the config, the run folder's path and the checkpoint come from rank 0, its replay
+    store is a node-local replica (:mod:`deltairis.train.replicas`), and it writes nothing in the run folder.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path | str) -> None:
-        self.run_dir = Path(run_dir).resolve()
+    def __init__(
+        self, cfg: DictConfig | None, run_dir: Path | str | None, *, store_dir: str | None = None
+    ) -> None:
+        self.dist = dist.current()
+        start: dict[str, Any] | None = None
+        if not self.dist.is_main:
+            start = dist.from_main("the start of the run (rank 0 reads its config and checkpoint)")
+            cfg = _follower_config(start["cfg"], store_dir)
+            run_dir = start["run_dir"]
+            dist.set_timeout(float(cfg.distributed.timeout_s))
+        assert cfg is not None and run_dir is not None
+        self.run_dir = Path(run_dir).resolve() if start is None else Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.media_dir = self.run_dir / "media"
         resume = bool(cfg.common.resume)
         self.device = resolve_device(cfg.common.device)
-        self._lock = RunFolderLock(self.run_dir).acquire()  # one writer per run folder
+        if self.dist.is_distributed:
+            self.device = _rank_device(self.device, self.dist)
+        # one writer per run folder: rank 0 (ranks > 0 do not even need to see it)
+        self._lock = RunFolderLock(self.run_dir).acquire() if start is None else None
         self._checkpoint_writer = BackgroundWriter()
         try:
-            self._setup(cfg, resume)
+            self._setup(cfg, resume, start)
         except BaseException:
-            self._lock.release()
+            if self._lock is not None:
+                self._lock.release()
             raise
 
-    def _setup(self, cfg: DictConfig, resume: bool) -> None:
+    def _setup(self, cfg: DictConfig, resume: bool, start: dict[str, Any] | None = None) -> None:
         self._configure_torch(cfg)
-        saved = read_checkpoint(self.run_dir) if resume else None
-        if resume:
-            read_metrics_records(self.run_dir / "metrics.jsonl")  # damaged: refuse before changing anything
-        self.cfg = cfg = self._settle_seed(cfg, saved)
+        if start is None:
+            saved = read_checkpoint(self.run_dir) if resume else None
+            if resume:  # a damaged metrics file: refuse before changing anything
+                read_metrics_records(self.run_dir / "metrics.jsonl")
+            self.cfg = cfg = self._settle_seed(cfg, saved)
+            if self.dist.is_distributed:
+                dist.set_timeout(float(cfg.distributed.timeout_s))
+        else:
+            saved, self.cfg = start["saved"], cfg
         self.seed = int(cfg.common.seed)
-        make_layout(self.run_dir)
-        if not resume:
-            save_config(
-                OmegaConf.merge(cfg, {"common": {"resume": False}}), self.run_dir / "config" / "trainer.yaml"
-            )
+        if start is None:
+            make_layout(self.run_dir)
+            if not resume:
+                save_config(
+                    OmegaConf.merge(cfg, {"common": {"resume": False}}),
+                    self.run_dir / "config" / "trainer.yaml",
+                )
 
-        env = make_env(
-            cfg.env, "train", cfg.collection.train.num_envs, seed=derive_env_seed(self.seed, "train_env")
-        )
-        self.num_actions = int(env.num_actions)
-        self.action_names = list(getattr(env, "action_names", []))
+        env = None
+        if start is None:
+            env = make_env(
+                cfg.env, "train", cfg.collection.train.num_envs, seed=derive_env_seed(self.seed, "train_env")
+            )
+            self.num_actions = int(env.num_actions)
+            self.action_names = list(getattr(env, "action_names", []))
+            if self.dist.is_distributed:
+                self._announce(cfg, saved)
+        else:
+            self.num_actions, self.action_names = int(start["num_actions"]), list(start["action_names"])
         self.agent = self._build_agent(cfg, saved)
+        if saved is None and self.dist.is_distributed:
+            self._share_initial_weights()
         self.components: dict[str, Component] = build_components(self.agent, cfg.training)
         if saved is not None:
             for name, component in self.components.items():
@@ -105,13 +142,18 @@ class Trainer:
                     raise CorruptCheckpointError(
                         f"{self.ckpt_dir / 'optimizer.pt'} does not hold the {name} optimizer of this model ({exc})"
                     ) from exc
-        self.stores = self._open_stores(saved)
-        self.collector = Collector(
-            env,
-            self.stores["train"],
-            self.agent.config.actor_critic.burn_in,
-            seed=derive_env_seed(self.seed, "train_env"),
-        )
+        if start is None:
+            self.stores = self._open_stores(saved)
+            self.collector: Collector | None = Collector(
+                env,
+                self.stores["train"],
+                self.agent.config.actor_critic.burn_in,
+                seed=derive_env_seed(self.seed, "train_env"),
+            )
+        else:  # a rank > 0: a node-local replica of the train store, no env, no test store
+            folder = replica_dir(cfg.distributed.store_dir, self.run_dir, self.dist.rank)
+            self.stores = {"train": open_replica(folder, str(start["run_id"]))}
+            self.collector = None
         self.epoch = 0
         self.num_updates = {name: 0 for name in COMPONENT_NAMES}
         self.skipped_steps = {name: 0 for name in COMPONENT_NAMES}
@@ -121,11 +163,15 @@ class Trainer:
         self._steps_since_checkpoint = 0
         self._epoch_metrics: dict[str, float] = {}
         self._epoch_t0 = 0.0
+        self._perf: dict[str, tuple[float, float, float]] = {}  # phase -> (steps, samples, seconds)
         if saved is not None:
             self._restore_progress(saved[0])
-        elif cfg.collection.path_to_static_dataset:
+        elif cfg.collection.path_to_static_dataset and start is None:
             ids = import_reference_dataset(cfg.collection.path_to_static_dataset, self.stores["train"])
             logger.info("imported %d episodes from %s", len(ids), cfg.collection.path_to_static_dataset)
+        if start is not None:
+            self.metrics: Any = _NoMetrics()
+            return
         self.metrics = MetricsLogger(
             self.run_dir,
             cfg.wandb,
@@ -144,6 +190,36 @@ class Trainer:
         )
 
     # -- construction ----------------------------------------------------------------------------------
+    def _announce(self, cfg: DictConfig, saved: tuple[dict[str, Any], ...] | None) -> None:
+        """Rank 0: send ranks > 0 what they cannot read themselves (no shared filesystem is assumed)."""
+        config_file = self.run_dir / "config" / "trainer.yaml"
+        run_id = f"{self.run_dir}|{self.seed}|{config_file.stat().st_mtime_ns if config_file.exists() else 0}"
+        dist.from_main(
+            "the start of the run",
+            {
+                "cfg": OmegaConf.to_container(cfg, resolve=True),
+                "run_dir": str(self.run_dir),
+                "run_id": run_id,
+                "saved": saved,
+                "num_actions": self.num_actions,
+                "action_names": self.action_names,
+            },
+        )
+        logger.info(
+            "distributed run: %d ranks (backend %s); ranks > 0 keep replicas of the replay store",
+            self.dist.world_size,
+            self.dist.backend,
+        )
+
+    def _share_initial_weights(self) -> None:
+        """A fresh run: every rank starts from rank 0's initial weights (and buffers)."""
+        state = None
+        if self.dist.is_main:
+            state = {k: v.detach().cpu() for k, v in self.agent.state_dict().items()}
+        state = dist.broadcast_object(state)
+        if not self.dist.is_main:
+            self.agent.load_state_dict(state, strict=True)
+
     def _configure_torch(self, cfg: DictConfig) -> None:
         if self.device.type == "cuda":
             # The reference enables TF32 matmuls; common.tf32=false keeps full fp32 matmuls.
@@ -176,7 +252,7 @@ class Trainer:
         agent = Agent(agent_cfg).to(self.device)
         if saved is not None:
             agent.load_state_dict(saved[1]["state_dict"], strict=True)
-        elif cfg.agent.path_to_ckpt:
+        elif cfg.agent.path_to_ckpt and self.dist.is_main:  # ranks > 0 get these weights from rank 0
             init = load_agent(cfg.agent.path_to_ckpt, agent_cfg.preset, self.num_actions)
             agent.load_state_dict(init.state_dict(), strict=True)
             logger.info("initialised the agent from %s", cfg.agent.path_to_ckpt)
@@ -202,9 +278,10 @@ class Trainer:
         self.position = state.get("position")
         self.skipped_steps.update(state.get("skipped_steps", {}))
         self.consecutive_skips.update(state.get("consecutive_skips", {}))
-        self.collector.load_state_dict(
-            state["collector"], reset_seed=derive_env_seed(self.seed, "reset", self.epoch)
-        )
+        if self.collector is not None:
+            self.collector.load_state_dict(
+                state["collector"], reset_seed=derive_env_seed(self.seed, "reset", self.epoch)
+            )
         set_global_rng_state(state["rng"])
         logger.info("resumed %s at the end of epoch %d", self.run_dir, self.epoch)
 
@@ -290,6 +367,14 @@ class Trainer:
 
     def _pause(self, epoch: int, phase: str, step: int, partial: dict[str, Any] | None) -> None:
         """Write a mid-epoch checkpoint at (epoch, phase, step); then exit the run when a signal asked."""
+        if not self.dist.is_main:  # ranks > 0 write nothing: rank 0 checkpoints; on a signal they stop
+            self._steps_since_checkpoint = 0
+            if self._stop_requested():
+                raise Preempted(
+                    f"rank {self.dist.rank}: stopped by {getattr(self._stop_requested, 'received', 'a signal')} "
+                    f"at epoch {epoch}, {phase} step {step}; rank 0 writes the checkpoint"
+                )
+            return
         position = {
             "epoch": epoch,
             "phase": phase,
@@ -339,7 +424,8 @@ class Trainer:
             try:
                 self._close_resources()
             finally:
-                self._lock.release()
+                if self._lock is not None:
+                    self._lock.release()
 
     def _close_resources(self) -> None:
         self.metrics.close()
@@ -369,20 +455,34 @@ class Trainer:
             logger.info("epoch %d / %d", epoch, cfg.common.epochs)
         self._epoch_metrics = metrics = dict(position["metrics"]) if position else {}
         first = PHASES.index(position["phase"]) if position else 0
+        self._perf = {}
+        synced = False
         for phase in PHASES[first:]:
             here = position if position is not None and phase == position["phase"] else None
             step, partial = (int(here["step"]), here["partial"]) if here else (0, None)
             if here is None and self._stop_requested():  # between two phases
                 self._pause(epoch, phase, 0, None)
-            metrics.update(self._run_phase(phase, epoch, step, partial))
+            if phase in COMPONENT_NAMES and not synced and self.dist.is_distributed:
+                # rank 0's new (and, after a start or resume, missing) steps reach every replica
+                metrics.update(sync_replicas(self.stores["train"], f"the experience of epoch {epoch}"))
+                synced = True
+            t0, env_steps = time.perf_counter(), self._env_steps()
+            out = self._run_phase(phase, epoch, step, partial)
+            self._record_perf(phase, epoch, step, out, time.perf_counter() - t0, env_steps)
+            metrics.update(out)
         self.epoch = epoch
+        # ranks > 0 wait here (on rank 0's heartbeat) while rank 0 evaluates
+        dist.from_main(f"the end of epoch {epoch} (rank 0 evaluates)")
+        metrics.update(self._rank_metrics(epoch))
         metrics["epoch_seconds"] = time.perf_counter() - self._epoch_t0
-        metrics["dataset/train_steps"] = float(self.stores["train"].num_steps)
-        metrics["dataset/train_episodes"] = float(self.stores["train"].num_episodes)
-        metrics["dataset/test_episodes"] = float(self.stores["test"].num_episodes)
+        if self.dist.is_main:
+            metrics["dataset/train_steps"] = float(self.stores["train"].num_steps)
+            metrics["dataset/train_episodes"] = float(self.stores["train"].num_episodes)
+            metrics["dataset/test_episodes"] = float(self.stores["test"].num_episodes)
         self.metrics.log(epoch, metrics)
-        if cfg.common.do_checkpoint:
+        if cfg.common.do_checkpoint and self.dist.is_main:
             self.save_checkpoint()
+        dist.from_main(f"the checkpoint of epoch {epoch}")  # the other ranks wait for rank 0's checkpoint
         summary = ", ".join(
             f"{k}={metrics[k]:.4g}"
             for k in (
@@ -401,6 +501,8 @@ class Trainer:
         self, phase: str, epoch: int, step: int, partial: dict[str, Any] | None
     ) -> dict[str, float]:
         cfg = self.cfg
+        if phase in ("collect", "evaluate") and not self.dist.is_main:
+            return {}  # rank 0 alone collects and evaluates
         if phase == "collect":
             if epoch <= cfg.collection.train.stop_after_epochs and not cfg.collection.path_to_static_dataset:
                 return self.collect(epoch)
@@ -410,6 +512,51 @@ class Trainer:
                 return self.evaluate(epoch)
             return {}
         return self.train_component(phase, epoch, step, partial) if cfg.training.should else {}
+
+    # -- throughput and consistency across ranks ----------------------------------------------------------
+    def _env_steps(self) -> int:
+        return int(self.collector.total_steps) if self.collector is not None else 0
+
+    def _record_perf(
+        self, phase: str, epoch: int, step: int, out: dict[str, float], seconds: float, env_steps: int
+    ) -> None:
+        """This rank's throughput of a phase: collect (env steps), or a component's gradient steps and
+        the batch rows this rank trained on (its slice of the global batch)."""
+        if not out or seconds <= 0:
+            return
+        if phase == "collect":
+            n = float(self._env_steps() - env_steps)
+            self._perf[phase] = (n, n, seconds)
+        elif phase in self.components:
+            c = self.components[phase].config
+            n = float(epoch_steps(c, epoch) - step)
+            rows = self.dist.row_slice(int(c.batch_size))
+            self._perf[phase] = (n, n * (rows.stop - rows.start), seconds)
+
+    def _rank_metrics(self, epoch: int) -> dict[str, float]:
+        """Per-rank throughput (gathered to rank 0), the world size and, with several ranks, the check
+        that every rank holds the same weights, optimizer states and visit counts."""
+        r = self.dist.rank
+        perf = {}
+        for phase, (steps, samples, seconds) in self._perf.items():
+            perf[f"perf/rank{r}/{phase}/steps_per_s"] = steps / seconds
+            perf[f"perf/rank{r}/{phase}/samples_per_s"] = samples / seconds
+        out: dict[str, float] = {"distributed/world_size": float(self.dist.world_size)}
+        if not self.dist.is_distributed:
+            return {**out, **perf}
+        named: list[tuple[str, Any]] = list(self.agent.state_dict().items())
+        for name, optimizer in self.optimizers.items():
+            named += _flatten(f"optimizer/{name}", optimizer.state_dict())
+        named += store_digest(self.stores["train"])
+        digest = dist.state_digest(named)
+        gathered = dist.gather_objects((perf, digest))
+        dist.check_in_sync(
+            f"at the end of epoch {epoch}, the weights, optimizer states or visit counts", digest
+        )
+        for rank_perf, _ in gathered:
+            out.update(rank_perf)
+        out["distributed/weights_in_sync"] = 1.0
+        return out
 
     # -- collection ------------------------------------------------------------------------------------
     def collect(self, epoch: int) -> dict[str, float]:
@@ -493,7 +640,6 @@ class Trainer:
             return {}
         # As in the reference: visit counts are updated after every batch from global epoch 2 on.
         update_counts = epoch > 1
-        optimizer = component.optimizer
         self._set_modes(component)
         sums: dict[str, torch.Tensor] = {}
         grad_norm_sum = torch.zeros((), device=self.device)
@@ -504,44 +650,49 @@ class Trainer:
             grad_norm_sum = partial["grad_norm_sum"].to(self.device)
             skipped = int(partial["skipped"])
             t0 -= float(partial["seconds"])
+        # World size W: every rank draws the global batch's segments (same seed, same counts) and trains
+        # on its rows; the step averages over ranks (deltairis.train.step). W = 1: the whole batch.
+        ctx = dist.current()
+        rows = ctx.row_slice(int(c.batch_size)) if ctx.is_distributed else None
+        row_offset = 0 if rows is None else rows.start
+        sync_torch_rng(self.device)  # the codebook EMA's random draws: the same on every rank
+        # The next batch is drawn (and gathered into pinned buffers on CUDA) while this one trains; it is
+        # counted when taken, so a batch drawn ahead leaves the counts of a mid-epoch checkpoint alone.
+        prefetch = StepPrefetcher(
+            store,
+            name,
+            int(c.batch_size),
+            component.seq_len,
+            steps=range(start_step, steps),
+            seed_of=lambda step: derive_seed(self.seed, name, epoch, step),
+            device=self.device,
+            pad_mode=component.pad_mode,
+            alpha=float(c.sampling_alpha),
+            update_counts=update_counts,
+            rows=rows,
+        )
         bar = Progress(self.cfg.common.progress_bar, steps, f"epoch {epoch} {name}", "it")
         bar.update(start_step)
         try:
             for step in range(start_step, steps):
-                batch = store.sample(
-                    name,
-                    int(c.batch_size),
-                    component.seq_len,
-                    pad_mode=component.pad_mode,
-                    alpha=float(c.sampling_alpha),
-                    seed=derive_seed(self.seed, name, epoch, step),
-                    update_counts=update_counts,
-                ).to(self.device, non_blocking=True)
-                saved = [b.clone() for b in component.loss_buffers]  # the guard restores them on a skip
-                with self._autocast(bool(c.mixed_precision)):
-                    out = component.loss(batch, derive_seed(self.seed, name, "imagine", epoch, step))
-                if component.after_loss is not None:
-                    component.after_loss()
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    component.parameters, float(c.max_grad_norm)
-                ).detach()
-                # The non-finite guard: one host sync per step (a skipped step changes no weight).
-                if not bool(torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)):
-                    optimizer.zero_grad(set_to_none=True)
-                    with torch.no_grad():
-                        for buf, value in zip(component.loss_buffers, saved):
-                            buf.copy_(value)
+                batch = prefetch.take(step)
+                res = gradient_step(
+                    component,
+                    batch,
+                    derive_seed(self.seed, name, "imagine", epoch, step),
+                    float(c.max_grad_norm),
+                    row_offset=row_offset,
+                    autocast=self._autocast(bool(c.mixed_precision)),
+                )
+                if not res.applied:
                     skipped += 1
                     self.consecutive_skips[name] += 1
                     self._check_skips(name, epoch, step)
                     bar.update(1)
                     continue
                 self.consecutive_skips[name] = 0
-                optimizer.step()
-                grad_norm_sum += grad_norm
-                for k, v in out.metrics.items():
+                grad_norm_sum += res.grad_norm
+                for k, v in res.metrics.items():
                     v = v.detach().float()
                     sums[k] = sums[k] + v if k in sums else v
                 bar.update(1)
@@ -554,6 +705,7 @@ class Trainer:
                     }
                     self._pause(epoch, name, step + 1, partial)
         finally:
+            prefetch.close()
             bar.close()
         seconds = time.perf_counter() - t0
         applied = steps - skipped
@@ -711,10 +863,87 @@ def eval_chunks(lengths: Any, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train(cfg: DictConfig, run_dir: Path | str) -> Trainer:
-    """Build a :class:`Trainer` for ``run_dir`` and run it to ``common.epochs``."""
+    """Build a :class:`Trainer` for ``run_dir`` and run it to ``common.epochs``.
+
+    Under ``torchrun`` this is rank 0 (it joins the process group first when nobody did);
+    ranks > 0 call :func:`follow`.
+    """
+    world = dist.env_world()
+    if world is not None and world[1] > 1 and not dist.current().is_distributed:
+        dist.init(resolve_device(cfg.common.device).type, float(cfg.distributed.timeout_s))
     trainer = Trainer(cfg, run_dir)
     trainer.run()
     return trainer
 
 
-__all__ = ["ResumeError", "Trainer", "epoch_steps", "eval_chunks", "new_run_dir", "train"]
+def follow(store_dir: str | None = None) -> Trainer:
+    """A rank > 0 of a ``torchrun`` run (after :func:`deltairis.distributed.init`): train with rank 0.
+
+    ``store_dir``: this node's ``distributed.store_dir`` (from its own command line), instead of rank 0's.
+    """
+    if dist.current().is_main:
+        raise RuntimeError("follow() is for ranks > 0 of a distributed run")
+    trainer = Trainer(None, None, store_dir=store_dir)
+    trainer.run()
+    return trainer
+
+
+class _NoMetrics:
+    """The metrics sink of ranks > 0: rank 0 logs the run's metrics (with every rank's throughput)."""
+
+    def log(self, epoch: int, metrics: Any) -> None:
+        pass
+
+    def truncate_after(self, epoch: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _follower_config(container: dict[str, Any], store_dir: str | None) -> DictConfig:
+    """Rank 0's composed config (seed drawn, resume set) as a rank > 0 uses it: no progress bars, and
+    this node's own replica folder when its command line names one."""
+    from deltairis.train.configuration import validate_config
+
+    cfg = validate_config(OmegaConf.create(container))
+    with open_dict(cfg):
+        cfg.common.progress_bar = False
+        if store_dir:
+            cfg.distributed.store_dir = store_dir
+    return cfg
+
+
+def _rank_device(device: torch.device, ctx: dist.DistContext) -> torch.device:
+    """On CUDA each rank uses the GPU of its local rank; the backend must fit the device."""
+    if ctx.backend == "nccl" and device.type != "cuda":
+        raise ConfigError(
+            f"common.device={device} but the process group uses NCCL (CUDA): give common.device=cpu on the "
+            "torchrun command line to train on CPUs (gloo)"
+        )
+    if device.type == "cuda":
+        if ctx.backend != "nccl":
+            raise ConfigError(
+                "common.device is cuda but the process group uses gloo: give common.device=cuda on the torchrun "
+                "command line"
+            )
+        return torch.device("cuda", ctx.local_rank) if device.index is None else device
+    return device
+
+
+def _flatten(prefix: str, obj: Any) -> list[tuple[str, Any]]:
+    """(path, leaf) pairs of nested dicts / lists, in a fixed order (for :func:`dist.state_digest`)."""
+    if isinstance(obj, dict):
+        out: list[tuple[str, Any]] = []
+        for k in sorted(obj, key=str):
+            out += _flatten(f"{prefix}.{k}", obj[k])
+        return out
+    if isinstance(obj, (list, tuple)):
+        out = []
+        for i, v in enumerate(obj):
+            out += _flatten(f"{prefix}[{i}]", v)
+        return out
+    return [(prefix, obj)]
+
+
+__all__ = ["ResumeError", "Trainer", "epoch_steps", "eval_chunks", "follow", "new_run_dir", "train"]
