@@ -1,0 +1,100 @@
+"""The pieces of the replay-store replica sync that run in one process (the broadcast itself is covered
+end to end by test_distributed_run.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deltairis.data import ReplayStore
+from deltairis.data.fields import STEP_FIELD_NAMES
+from deltairis.errors import DistributedError
+from deltairis.train import replicas
+from deltairis.train.replicas import _append, _holds_more, _messages, _plan, open_replica, replica_dir
+
+
+def _steps(rng: np.random.Generator, t: int) -> tuple[np.ndarray, ...]:
+    return (
+        rng.integers(0, 256, (t, 3, 4, 4), dtype=np.uint8),
+        rng.integers(0, 5, t).astype(np.int64),
+        rng.standard_normal(t).astype(np.float32),
+        np.zeros(t, np.uint8),
+        np.zeros(t, np.uint8),
+    )
+
+
+def _store(tmp_path, name: str) -> ReplayStore:
+    return ReplayStore(tmp_path / name, backend="numpy", obs_shape=(3, 4, 4))
+
+
+def test_plan_sends_from_the_shortest_replica() -> None:
+    main = np.array([5, 3, 4], dtype=np.int64)
+    plan = _plan(main, [np.array([5, 1], dtype=np.int64), np.array([2], dtype=np.int64)])
+    assert plan == [(0, 2, 5), (1, 0, 3), (2, 0, 4)]
+    assert _plan(main, [main.copy()]) == []
+
+
+def test_messages_cap_the_frame_bytes(monkeypatch) -> None:
+    monkeypatch.setattr(replicas, "MESSAGE_BYTES", 100)
+    plan = [(0, 0, 3), (1, 0, 3), (2, 0, 20), (3, 0, 1)]
+    groups = _messages(plan, 30)  # 90, 90, 600 (alone), 30 bytes
+    assert groups == [[(0, 0, 3)], [(1, 0, 3)], [(2, 0, 20)], [(3, 0, 1)]]
+    assert [part for g in groups for part in g] == plan
+    assert _messages(plan, 1) == [plan]
+
+
+def test_appending_parts_rebuilds_the_main_store_with_its_ids(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    main, replica = _store(tmp_path, "main"), _store(tmp_path, "replica")
+    a = main.add_episode(*_steps(rng, 4))
+    main.add_episode(*_steps(rng, 2))
+    main.extend_episode(a, *_steps(rng, 3))  # an unfinished episode grew after another was added
+    # the replica already holds the first 2 steps of episode 0
+    e0 = main.load_episode(0)
+    replica.add_episode(*(getattr(e0, f)[:2] for f in STEP_FIELD_NAMES))
+    for ep, start, stop in _plan(main.lengths, [replica.lengths]):
+        e = main.load_episode(ep)
+        _append(replica, ep, start, tuple(getattr(e, f)[start:stop] for f in STEP_FIELD_NAMES))
+    assert np.array_equal(replica.lengths, main.lengths)
+    for i in range(main.num_episodes):
+        x, y = main.load_episode(i), replica.load_episode(i)
+        for f in STEP_FIELD_NAMES:
+            assert np.array_equal(getattr(x, f), getattr(y, f))
+    # a part sent from beyond what the replica holds is refused
+    with pytest.raises(DistributedError, match="episode 1 has 2 steps, rank 0 sent from 5"):
+        _append(replica, 1, 5, _steps(rng, 1))
+    main.close()
+    replica.close()
+
+
+def test_a_replica_holding_more_than_rank_0_is_detected(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    store = _store(tmp_path, "r")
+    store.add_episode(*_steps(rng, 3))
+    assert not _holds_more(store, np.array([3, 2]))
+    assert _holds_more(store, np.array([2]))  # an episode longer than rank 0's
+    assert _holds_more(store, np.zeros(0, dtype=np.int64))  # more episodes
+    store.close()
+
+
+def test_a_replica_of_another_run_is_emptied(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "rank1"
+    open_replica(folder, "run-a").close()  # writes the marker of run-a
+    store = ReplayStore(folder / "train", backend="numpy", obs_shape=(3, 4, 4))
+    store.add_episode(*_steps(rng, 3))
+    store.commit()
+    store.close()
+    same = open_replica(folder, "run-a")
+    assert same.num_episodes == 1  # the same run: kept
+    same.close()
+    other = open_replica(folder, "run-b")
+    assert other.num_episodes == 0  # another run's replica: emptied
+    other.close()
+
+
+def test_replica_folders(tmp_path) -> None:
+    assert replica_dir(str(tmp_path), tmp_path / "run", 3) == tmp_path.resolve() / "rank3"
+    a = replica_dir(None, tmp_path / "x" / "run", 1)
+    b = replica_dir(None, tmp_path / "y" / "run", 1)
+    assert a != b and a.name == "rank1" and a.parent.name.startswith("deltairis-replica-run-")
