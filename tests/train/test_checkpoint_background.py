@@ -177,3 +177,28 @@ def test_background_writer_runs_one_write_at_a_time_and_keeps_errors() -> None:
     assert order == ["first", "second"]
     w.wait()  # the error was raised once
     assert w._thread is None
+
+
+def test_non_finite_names_matches_isfinite_on_random_tensors() -> None:
+    """The min/max check names exactly the tensors that ``torch.isfinite(t).all()`` rejects."""
+    g = torch.Generator().manual_seed(0)
+    specials = [float("nan"), float("inf"), float("-inf")]
+    for trial in range(200):
+        tensors: dict[str, torch.Tensor] = {}
+        for i in range(int(torch.randint(1, 8, (1,), generator=g))):
+            shape = tuple(
+                int(d)
+                for d in torch.randint(0, 6, (int(torch.randint(0, 4, (1,), generator=g)),), generator=g)
+            )
+            dtype = [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int64][i % 5]
+            if dtype.is_floating_point:
+                t = (torch.randn(shape, generator=g, dtype=torch.float64) * 10 ** (trial % 7)).to(dtype)
+                if t.numel() and torch.rand((), generator=g) < 0.4:
+                    t.view(-1)[int(torch.randint(t.numel(), (1,), generator=g))] = specials[trial % 3]
+            else:
+                t = torch.randint(-5, 5, shape, generator=g, dtype=dtype)
+            tensors[f"t{i}"] = t
+        want = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        assert ck.non_finite_names(tensors) == want, tensors
+    big = {"x": torch.tensor([1e300, -1e300], dtype=torch.float64)}  # finite, beyond float32's range
+    assert ck.non_finite_names(big) == [] and ck.non_finite_names({}) == []

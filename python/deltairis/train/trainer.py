@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from deltairis import distributed as dist
 from deltairis.agent import Agent, agent_checkpoint, load_agent
-from deltairis.checkpoint import BackgroundWriter, serialize_members, write_checkpoint_set
+from deltairis.checkpoint import BackgroundWriter, non_finite_names, serialize_members, write_checkpoint_set
 from deltairis.data import ReplayStore, StepPrefetcher, import_reference_dataset
 from deltairis.data.replay import INDEX_NAME
 from deltairis.errors import ConfigError, CorruptCheckpointError, NonFiniteError, Preempted, ResumeError
@@ -304,9 +304,7 @@ class Trainer:
         """
         t0 = time.perf_counter()
         self.wait_for_checkpoint()  # one write in flight at most; a failed one is raised here
-        floats = {n: t for n, t in self.agent.state_dict().items() if t.is_floating_point()}
-        finite = torch.stack([torch.isfinite(t).all() for t in floats.values()]).cpu()  # one host sync
-        bad = [n for n, ok in zip(floats, finite.tolist()) if not ok]
+        bad = non_finite_names(self.agent.state_dict())  # one host sync
         if bad:
             raise NonFiniteError(
                 f"refusing to checkpoint epoch {self.epoch}: non-finite values in {', '.join(bad[:5])}"
