@@ -37,7 +37,9 @@ def load(name: str) -> Any:
 
 def variants() -> Iterator[tuple[str, Any, dict[str, str], dict[str, str], dict[str, Any], int]]:
     """(label, jit function, pointer dtypes, scalar types, constexprs, num_warps)."""
-    att, kv, smp, th = (load(n) for n in ("attention", "attention_kvcache", "sampling", "twohot"))
+    att, kv, smp, th, gn = (
+        load(n) for n in ("attention", "attention_kvcache", "sampling", "twohot", "groupnorm")
+    )
     for dt, d in (("bf16", 64), ("bf16", 128), ("fp32", 64)):
         prec = "ieee" if dt == "fp32" else None
         tile = 64 if (dt != "fp32" and d <= 64) else 32  # as attention._config
@@ -70,6 +72,20 @@ def variants() -> Iterator[tuple[str, Any, dict[str, str], dict[str, str], dict[
         scalars = {"k0": "i64", "k1": "i64", "temperature": "fp32"}
         ce = dict(OFFSET_ON_DEVICE=on_device, BLOCK_R=2, BLOCK_V=1024)
         yield f"sample offset_on_device={on_device}", smp._sample_kernel, ptrs, scalars, ce, 4
+    # GroupNorm+SiLU: the block sizes groupnorm._blocks picks for 128 channels in 32 groups on 64x64
+    # frames, contiguous (one group per program) and channels_last (8 groups per program).
+    for dt in ("fp32", "bf16"):
+        for layout, ce in (
+            ("nchw", dict(BLOCK_HW=512, BLOCK_CC=4, BLOCK_G=1)),
+            ("nhwc", dict(BLOCK_HW=64, BLOCK_CC=32, BLOCK_G=8)),
+        ):
+            fwd = dict(x_ptr=dt, w_ptr="fp32", b_ptr="fp32", y_ptr=dt, mean_ptr="fp32", rstd_ptr="fp32")
+            yield f"gn_silu_fwd {dt} {layout}", gn._gn_silu_fwd_kernel, fwd, {"eps": "fp32"}, ce, 4
+            bwd = dict(
+                x_ptr=dt, w_ptr="fp32", b_ptr="fp32", dy_ptr=dt, mean_ptr="fp32", rstd_ptr="fp32",
+                dx_ptr=dt, dw_part_ptr="fp32", db_part_ptr="fp32",
+            )  # fmt: skip
+            yield f"gn_silu_bwd {dt} {layout}", gn._gn_silu_bwd_kernel, bwd, {}, ce, 4
     scalars = {"low": "fp32", "high": "fp32", "step": "fp32"}
     yield (
         "twohot bf16",
