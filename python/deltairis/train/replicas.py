@@ -157,15 +157,16 @@ def sync_replicas(store: Any, what: str) -> dict[str, float]:
             if not ctx.is_main:
                 _append(store, ep, start, arrays)
     if not ctx.is_main:
+        if not np.array_equal(store.lengths, lengths):
+            raise DistributedError(
+                f"rank {ctx.rank}: replica {store.directory} does not match rank 0's store after the sync "
+                f"({store.num_episodes} episodes, {store.num_steps} steps vs {lengths.shape[0]}, "
+                f"{int(lengths.sum())})"
+            )
         with store.lock:
             for consumer, counts in main["counts"].items():
                 store.counts_for(consumer)[:] = counts
         store.commit()
-        if not np.array_equal(store.lengths, lengths):
-            raise DistributedError(
-                f"rank {ctx.rank}: replica {store.directory} does not match rank 0's store after the sync "
-                f"({store.num_episodes} episodes, {store.num_steps} steps vs {lengths.shape[0]}, {int(lengths.sum())})"
-            )
     return {"distributed/synced_steps": float(sent)}
 
 
