@@ -393,3 +393,40 @@ def test_a_hung_rank_stops_the_other_within_the_timeout(
     assert waited < HARD_TIMEOUT
     state, _, _ = read_checkpoint(run)
     assert state["epoch"] == 1
+
+
+# Rank 0 sends itself SIGTERM during its first world-model step (as test_preemption.py's CLI test does).
+SIGTERM_SCRIPT = """
+import os, signal, sys
+from deltairis.cli import train as cli
+import deltairis.train.trainer as tr
+real = tr.Trainer.train_component
+def hook(self, name, epoch, *a, **k):
+    if int(os.environ["RANK"]) == 0 and name == "world_model" and epoch == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(self, name, epoch, *a, **k)
+tr.Trainer.train_component = hook
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_on_rank_0_checkpoints_mid_epoch_and_two_ranks_resume_from_there(
+    tmp_path, tiny_overrides, runs
+) -> None:
+    run = tmp_path / "run"
+    args = _args(tiny_overrides, run, "common.epochs=1", f"distributed.store_dir={tmp_path / 'replicas'}")
+    results = _finish(_start_ranks(lambda rank: [sys.executable, "-c", SIGTERM_SCRIPT, *args], _free_port()))
+    (code0, err0, _), (code1, err1, _) = results
+    assert code0 == 75, err0[-4000:]  # rank 0: mid-epoch checkpoint, the preemption status
+    assert "stopped by SIGTERM at epoch 1, world_model step 1" in err0
+    assert code1 == DISTRIBUTED_EXIT_CODE, err1[-4000:]  # rank 1 lost rank 0 and says so
+    position = load_torch_file(run / "checkpoints" / "trainer_state.pt", "state")["position"]
+    assert position["phase"] == "world_model" and position["step"] == 1
+    # two ranks go on from the mid-epoch position (rank 1 with a fresh replica) and end as one process
+    _ok(_torchrun(_resume_args(run, 1, f"distributed.store_dir={tmp_path / 'fresh'}")))
+    _check_close(
+        "SIGTERM mid-epoch, resumed on 2 ranks vs 1 process, 1 epoch",
+        _weights(run),
+        _weights(runs["single1"]),
+    )
+    assert load_torch_file(run / "checkpoints" / "trainer_state.pt", "state")["position"] is None
