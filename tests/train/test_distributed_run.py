@@ -430,3 +430,13 @@ def test_sigterm_on_rank_0_checkpoints_mid_epoch_and_two_ranks_resume_from_there
         _weights(runs["single1"]),
     )
     assert load_torch_file(run / "checkpoints" / "trainer_state.pt", "state")["position"] is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs two GPUs (one per rank)")
+def test_torchrun_on_two_gpus_with_nccl(tmp_path, tiny_overrides) -> None:
+    run = tmp_path / "run"
+    tiny = [o for o in tiny_overrides if o != "common.device=cpu"]
+    _ok(_torchrun(_args(tiny, run, "common.device=cuda", "common.epochs=1")))
+    (record,) = _records(run)
+    assert record["distributed/world_size"] == 2.0 and record["distributed/weights_in_sync"] == 1.0
