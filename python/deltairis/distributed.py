@@ -453,15 +453,28 @@ def all_reduce_mean_(tensors: Sequence[torch.Tensor]) -> None:
 
 
 def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
-    """Average ``.grad`` over ranks (a missing gradient counts as zero on that rank)."""
+    """Average ``.grad`` over ranks (a missing gradient counts as zero on that rank).
+
+    A parameter without a gradient on every rank keeps ``grad=None``, as in a single process (the
+    optimizer then skips it, weight decay included). One all-reduce.
+    """
     ctx = current()
     if not ctx.is_distributed:
         return
     params = list(parameters)
+    if not params:
+        return
+    missing = [p.grad is None for p in params]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    all_reduce_mean_([p.grad for p in params])
+    # a flag per parameter rides along: > 0 after the reduction where some rank had a gradient
+    present = torch.tensor([0.0 if m else 1.0 for m in missing], device=params[0].grad.device)
+    all_reduce_mean_([*(p.grad for p in params), present])
+    if any(missing):
+        for p, some in zip(params, (present > 0).tolist()):
+            if not some:
+                p.grad = None
 
 
 def all_gather_rows(x: torch.Tensor) -> torch.Tensor:

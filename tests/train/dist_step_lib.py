@@ -103,12 +103,23 @@ def one_step_each(batch_size: int) -> dict[str, Any]:
     return out
 
 
+def average_gradients_case() -> dict[str, torch.Tensor | None]:
+    """Gradients present on every rank, on rank 0 only, and on none, after ``average_gradients``."""
+    rank = distributed.current().rank
+    every, some, none = (torch.nn.Parameter(torch.ones(n)) for n in (3, 2, 4))
+    every.grad = torch.full((3,), rank + 1.0)
+    some.grad = torch.full((2,), 4.0) if rank == 0 else None
+    distributed.average_gradients([every, some, none])
+    return {"every": every.grad, "some": some.grad, "none": none.grad}
+
+
 def main() -> None:
     out_path, sizes = sys.argv[1], [int(x) for x in sys.argv[2].split(",")]
     torch.set_num_threads(1)
     distributed.init("cpu", timeout_s=120)
     try:
-        result = {b: one_step_each(b) for b in sizes}
+        result: dict[Any, Any] = {b: one_step_each(b) for b in sizes}
+        result["average_gradients"] = average_gradients_case()
         torch.save(result, out_path)
     finally:
         distributed.shutdown()

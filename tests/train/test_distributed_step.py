@@ -139,6 +139,15 @@ def test_two_ranks_one_step_each_equals_single_process(results: tuple, batch_siz
     assert any(k.startswith("actor_critic.target_model") for k in moved["actor_critic"])  # the target EMA
 
 
+def test_average_gradients_keeps_a_gradient_no_rank_has_missing(results: tuple) -> None:
+    ranks, _ = results
+    for r in ranks:
+        got = r["average_gradients"]
+        assert torch.equal(got["every"], torch.full((3,), 1.5))  # (1 + 2) / 2
+        assert torch.equal(got["some"], torch.full((2,), 2.0))  # rank 1 counts as zero
+        assert got["none"] is None  # as in one process: the optimizer skips it
+
+
 def test_a_wrong_denominator_would_be_caught() -> None:
     """The comparison can fail: local means (no global denominators) on the odd split are far off."""
     torch.manual_seed(0)

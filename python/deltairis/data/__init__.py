@@ -12,7 +12,10 @@ Typical use (collector and trainer in one process)::
 ``seed`` is an int or a ``np.random.Generator`` (advanced by the call); visit counts per consumer are
 updated by ``sample`` (``update_counts=False`` to freeze them) and saved by ``commit``. Background
 prefetch: ``store.sample_async(...)`` (a Future) or ``Prefetcher(store, "world_model", 32, 21, ...)``;
-pinned buffers: ``store.allocate_batch(B, L, pin_memory=True)`` passed as ``out=``.
+pinned buffers: ``store.allocate_batch(B, L, pin_memory=True)`` passed as ``out=``. The trainer's
+pipeline is ``StepPrefetcher`` (per-step seeds, counted when taken, pinned buffers on CUDA). One rank of a
+distributed run: ``store.sample(..., rows=slice(a, b))`` draws and counts the whole batch, gathers rows
+``[a, b)``.
 """
 
 from deltairis.data.batch import Batch
