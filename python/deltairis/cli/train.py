@@ -442,9 +442,21 @@ def _main(argv: list[str]) -> int:
             return 2
         overrides = _overrides(argv)
         multirun = any(a in ("-m", "--multirun") for a in argv)
-        ctx, store_dir = _join_group(overrides, multirun)
-        if not ctx.is_main:
-            return _follow(store_dir)
+        printing = any(
+            a in ("--cfg", "-c", "--info", "-i", "-sc", "--shell-completion", "--hydra-help", "--version")
+            or a.startswith(("--cfg=", "--info="))
+            for a in argv
+        )
+        if printing:  # under torchrun too: rank 0 prints, the other ranks have nothing to do
+            from deltairis.distributed import env_world
+
+            world = env_world()
+            if world is not None and world[0] > 0:
+                return 0
+        else:
+            ctx, store_dir = _join_group(overrides, multirun)
+            if not ctx.is_main:
+                return _follow(store_dir)
         resume = any(
             a.lstrip("+").startswith("common.resume=") and a.split("=", 1)[1].strip().lower() in _TRUE
             for a in overrides
