@@ -145,6 +145,7 @@ def _play(
     device: str,
 ) -> tuple[Any, dict[str, float]]:
     """deltairis.train.evaluate.play_test_episodes, with a configuration error for a mismatched agent."""
+    from deltairis.errors import ConfigError
     from deltairis.train.evaluate import play_test_episodes
 
     if episodes < 1:
