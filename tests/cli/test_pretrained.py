@@ -214,3 +214,13 @@ def test_scripts_quote_an_awkward_interpreter_path(run: Path, tmp_path: Path, mo
     r = _bash(copy / "scripts" / "play.sh", "-h", "--steps", "2", "--output", str(tmp_path / "q.gif"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert _gif_frames(tmp_path / "q.gif") >= 2
+
+
+def test_eval_checkpoint_for_another_action_set_is_named(tmp_path: Path, capsys) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "seven.pt"
+    save_agent(Agent(make_agent_config("tiny", NUM_ACTIONS + 2)), path)
+    rc = eval_cli.main(["--checkpoint", str(path), "--env", "toy", "--episodes", "1", "--no-report"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"{NUM_ACTIONS + 2} actions" in err and "check --env" in err and "NameError" not in err
