@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from deltairis import distributed as dist
 from deltairis.agent import Agent, agent_checkpoint, load_agent
 from deltairis.checkpoint import BackgroundWriter, non_finite_names, serialize_members, write_checkpoint_set
 from deltairis.data import ReplayStore, StepPrefetcher, import_reference_dataset
 from deltairis.data.replay import INDEX_NAME
-from deltairis.errors import ConfigError, CorruptCheckpointError, NonFiniteError, Preempted, ResumeError
+from deltairis.errors import CorruptCheckpointError, NonFiniteError, Preempted, ResumeError
 from deltairis.runtime import resolve_device
 from deltairis.seeding import derive_env_seed, derive_seed, global_rng_state, set_global_rng_state
 from deltairis.train.collector import Collector, CollectStats, run_test_episodes
@@ -40,6 +40,7 @@ from deltairis.train.logging_utils import (
     to_uint8_hwc,
 )
 from deltairis.train.preemption import StopSignals
+from deltairis.train.ranks import NoMetrics, flatten_state, follower_config, rank_device
 from deltairis.train.replicas import open_replica, replica_dir, store_digest, sync_replicas
 from deltairis.train.run_folder import (
     STATE_VERSION,
@@ -78,7 +79,7 @@ class Trainer:
         start: dict[str, Any] | None = None
         if not self.dist.is_main:
             start = dist.from_main("the start of the run (rank 0 reads its config and checkpoint)")
-            cfg = _follower_config(start["cfg"], store_dir)
+            cfg = follower_config(start["cfg"], store_dir)
             run_dir = start["run_dir"]
             dist.set_timeout(float(cfg.distributed.timeout_s))
         assert cfg is not None and run_dir is not None
@@ -88,7 +89,7 @@ class Trainer:
         resume = bool(cfg.common.resume)
         self.device = resolve_device(cfg.common.device)
         if self.dist.is_distributed:
-            self.device = _rank_device(self.device, self.dist)
+            self.device = rank_device(self.device, self.dist)
         # one writer per run folder: rank 0 (ranks > 0 do not even need to see it)
         self._lock = RunFolderLock(self.run_dir).acquire() if start is None else None
         self._checkpoint_writer = BackgroundWriter()
@@ -170,7 +171,7 @@ class Trainer:
             ids = import_reference_dataset(cfg.collection.path_to_static_dataset, self.stores["train"])
             logger.info("imported %d episodes from %s", len(ids), cfg.collection.path_to_static_dataset)
         if start is not None:
-            self.metrics: Any = _NoMetrics()
+            self.metrics: Any = NoMetrics()
             return
         self.metrics = MetricsLogger(
             self.run_dir,
@@ -544,7 +545,7 @@ class Trainer:
             return {**out, **perf}
         named: list[tuple[str, Any]] = list(self.agent.state_dict().items())
         for name, optimizer in self.optimizers.items():
-            named += _flatten(f"optimizer/{name}", optimizer.state_dict())
+            named += flatten_state(f"optimizer/{name}", optimizer.state_dict())
         named += store_digest(self.stores["train"])
         digest = dist.state_digest(named)
         gathered = dist.gather_objects((perf, digest))
@@ -884,64 +885,6 @@ def follow(store_dir: str | None = None) -> Trainer:
     trainer = Trainer(None, None, store_dir=store_dir)
     trainer.run()
     return trainer
-
-
-class _NoMetrics:
-    """The metrics sink of ranks > 0: rank 0 logs the run's metrics (with every rank's throughput)."""
-
-    def log(self, epoch: int, metrics: Any) -> None:
-        pass
-
-    def truncate_after(self, epoch: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _follower_config(container: dict[str, Any], store_dir: str | None) -> DictConfig:
-    """Rank 0's composed config (seed drawn, resume set) as a rank > 0 uses it: no progress bars, and
-    this node's own replica folder when its command line names one."""
-    from deltairis.train.configuration import validate_config
-
-    cfg = validate_config(OmegaConf.create(container))
-    with open_dict(cfg):
-        cfg.common.progress_bar = False
-        if store_dir:
-            cfg.distributed.store_dir = store_dir
-    return cfg
-
-
-def _rank_device(device: torch.device, ctx: dist.DistContext) -> torch.device:
-    """On CUDA each rank uses the GPU of its local rank; the backend must fit the device."""
-    if ctx.backend == "nccl" and device.type != "cuda":
-        raise ConfigError(
-            f"common.device={device} but the process group uses NCCL (CUDA): give common.device=cpu on the "
-            "torchrun command line to train on CPUs (gloo)"
-        )
-    if device.type == "cuda":
-        if ctx.backend != "nccl":
-            raise ConfigError(
-                "common.device is cuda but the process group uses gloo: give common.device=cuda on the torchrun "
-                "command line"
-            )
-        return torch.device("cuda", ctx.local_rank) if device.index is None else device
-    return device
-
-
-def _flatten(prefix: str, obj: Any) -> list[tuple[str, Any]]:
-    """(path, leaf) pairs of nested dicts / lists, in a fixed order (for :func:`dist.state_digest`)."""
-    if isinstance(obj, dict):
-        out: list[tuple[str, Any]] = []
-        for k in sorted(obj, key=str):
-            out += _flatten(f"{prefix}.{k}", obj[k])
-        return out
-    if isinstance(obj, (list, tuple)):
-        out = []
-        for i, v in enumerate(obj):
-            out += _flatten(f"{prefix}[{i}]", v)
-        return out
-    return [(prefix, obj)]
 
 
 __all__ = ["ResumeError", "Trainer", "epoch_steps", "eval_chunks", "follow", "new_run_dir", "train"]
