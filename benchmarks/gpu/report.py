@@ -1,8 +1,8 @@
 """Collect the outputs of ``benchmarks/gpu/run.sh`` into ``$OUT/gpu_report.json``.
 
 Reads ``steps.tsv`` (step, exit status, seconds), the JUnit XML files of the test steps, the
-standalone ``bench_ops.json`` and ``bench_epoch.json`` and the pytest-benchmark ``bench_models.json`` /
-``bench_train.json``, and adds the device name and library versions. Missing pieces are recorded as
+standalone ``bench_ops.json``, ``bench_epoch.json`` and ``bench_reference.json`` and the pytest-benchmark
+``bench_models.json`` / ``bench_train.json``, and adds the device name and library versions. Missing pieces are recorded as
 missing, never invented.
 """
 
@@ -112,6 +112,9 @@ def main() -> None:
         else None,
         "bench_epoch": json.loads((out / "bench_epoch.json").read_text())
         if (out / "bench_epoch.json").exists()
+        else None,
+        "bench_reference": json.loads((out / "bench_reference.json").read_text())
+        if (out / "bench_reference.json").exists()
         else None,
         "bench_models": bench_models(out / "bench_models.json"),
         "bench_train": bench_models(out / "bench_train.json"),

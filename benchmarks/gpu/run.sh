@@ -14,7 +14,9 @@
 # report is rewritten after each step, so a run that is cut short still leaves its figures.
 # Environment: OUT (default ./gpu-report), PYTHON (default python3), TOTAL_BUDGET_S, SKIP_STEPS
 # (space-separated step names to skip: install gpu_tests bench_epoch bench_ops bench_models profile_ac
-# bench_train interpreter_tests), BENCH_EPOCH_SCALE (fraction of the full Crafter epoch that bench_epoch
+# bench_reference bench_train interpreter_tests), REFERENCE_DIR (an extracted vmicheli/delta-iris for the
+# bench_reference step, default third_party/delta-iris; the step is skipped when it is missing; the
+# reference also needs einops), BENCH_EPOCH_SCALE (fraction of the full Crafter epoch that bench_epoch
 # runs, default 0.1: 1,008 env steps and 50 steps of every component, extrapolated to the full epoch),
 # WHEELS_DIR (a folder of pure-Python wheels, e.g. hydra-core, omegaconf, gymnasium, crafter, for a
 # machine without a package index: installed with --target into a temporary folder put on PYTHONPATH),
@@ -124,6 +126,19 @@ fi
 
 # 4b) Operator profile of one actor-critic update per backend (crafter preset, full batch).
 step profile_ac 150 "$PY" "$ROOT/benchmarks/gpu/profile_ac.py" --preset crafter --out "$OUT"
+
+# 4c) One optimizer step of each component, ours vs the reference implementation, same process, same
+#     shapes (Crafter preset). The reference is not part of the repository: extract it into
+#     third_party/delta-iris (ignored; carried to the GPU machine with the working tree) or set REFERENCE_DIR.
+REFERENCE_DIR="${REFERENCE_DIR:-$ROOT/third_party/delta-iris}"
+if [[ -d "$REFERENCE_DIR/src/models" ]]; then
+  step bench_reference 120 "$PY" "$ROOT/benchmarks/gpu/bench_reference.py" --reference "$REFERENCE_DIR" \
+    --device cuda --time-budget 70 --json "$OUT/bench_reference.json"
+else
+  echo "== bench_reference: skipped, no reference implementation at $REFERENCE_DIR" \
+    "(git clone https://github.com/vmicheli/delta-iris third_party/delta-iris)"
+  printf '%s\t%s\t%s\n' bench_reference "skipped(no reference at $REFERENCE_DIR)" 0 >> "$STEPS"
+fi
 
 # 5) Training-pipeline benchmarks (tiny preset on the toy env; needs hydra-core, omegaconf, gymnasium).
 if [[ -f "$ROOT/benchmarks/bench_train.py" ]] && has_module pytest && has_module pytest_benchmark; then
