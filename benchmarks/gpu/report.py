@@ -2,8 +2,8 @@
 
 Reads ``steps.tsv`` (step, exit status, seconds), the JUnit XML files of the test steps, the
 standalone ``bench_ops.json``, ``bench_epoch.json`` and ``bench_reference.json`` and the pytest-benchmark
-``bench_models.json`` / ``bench_train.json``, and adds the device name and library versions. Missing pieces are recorded as
-missing, never invented.
+``bench_models.json`` / ``bench_train.json``, and adds the device name and library versions. Missing
+pieces are recorded as missing, never invented.
 """
 
 from __future__ import annotations
