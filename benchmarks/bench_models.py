@@ -2,7 +2,7 @@
 performance work (Triton kernels, CUDA graphs) is measured against.
 
 On CPU the batch sizes are reduced to fit a 2-core, 24 GiB machine; on CUDA the presets' own batch
-sizes are used (SPEC section 6). Override with DELTAIRIS_BENCH_SCALE=full|cpu.
+sizes are used (docs/algorithm.md section 6). Override with DELTAIRIS_BENCH_SCALE=full|cpu.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from deltairis.data import Batch
 from deltairis.models import configure_optimizer, set_frame_cnn_options
 from deltairis.rl import ActorCriticLoss
 
-# (tokenizer B, T), (world model B, T), actor-critic B  -- full preset shapes from SPEC section 6
+# (tokenizer B, T), (world model B, T), actor-critic B  -- full preset shapes from docs/algorithm.md section 6
 FULL = {
     "crafter": ((32, 21), (32, 21), 86),
     "atari": ((16, 21), (64, 26), 64),

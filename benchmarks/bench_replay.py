@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 import torch
 from deltairis.data import ReplayStore
-from deltairis.data import sampling as ref_sampling
-from deltairis.data.replay import _cpp_available
+from deltairis.data import segment_rule as ref_sampling
+from deltairis.data.replay_store import _cpp_available
 
 FRAMES = int(os.environ.get("DELTAIRIS_BENCH_FRAMES", "200000"))
 FRAME_BYTES = 3 * 64 * 64

@@ -1,4 +1,4 @@
-"""Strict loading of reference-layout checkpoints, built here from SPEC section 7's key list."""
+"""Strict loading of reference-layout checkpoints, built here from docs/algorithm.md section 7's key list."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _rb(prefix: str, cin: int, cout: int) -> dict[str, tuple]:
 
 
 def encoder_keys(prefix: str, cin: int, latent: int, n: int) -> dict[str, tuple]:
-    # SPEC 2: 0 conv, 1 RB(n,n), 2 down(n), 3 RB(n,n), 4 RB(n,2n), 5 down(2n), 6 RB(2n,2n), 7 down(2n),
+    # docs/algorithm.md section 2: 0 conv, 1 RB(n,n), 2 down(n), 3 RB(n,n), 4 RB(n,2n), 5 down(2n), 6 RB(2n,2n), 7 down(2n),
     # 8 RB(2n,4n), 9 GroupNorm(4n), 10 SiLU, 11 conv(4n->latent)
     d = _conv(f"{prefix}.0", n, cin, 3) | _rb(f"{prefix}.1", n, n) | _conv(f"{prefix}.2.conv", n, n, 2)
     d |= _rb(f"{prefix}.3", n, n) | _rb(f"{prefix}.4", n, 2 * n) | _conv(f"{prefix}.5.conv", 2 * n, 2 * n, 2)
@@ -41,7 +41,7 @@ def encoder_keys(prefix: str, cin: int, latent: int, n: int) -> dict[str, tuple]
 
 
 def decoder_keys(prefix: str, latent: int, cout: int, n: int) -> dict[str, tuple]:
-    # SPEC 2: 0 conv(latent->4n), 1 RB(4n,2n), 2 up(2n), 3 RB(2n,2n), 4 up(2n), 5 RB(2n,n), 6 RB(n,n),
+    # docs/algorithm.md section 2: 0 conv(latent->4n), 1 RB(4n,2n), 2 up(2n), 3 RB(2n,2n), 4 up(2n), 5 RB(2n,n), 6 RB(n,n),
     # 7 up(n), 8 RB(n,n), 9 GroupNorm(n), 10 SiLU, 11 conv(n->C_out)
     d = (
         _conv(f"{prefix}.0", 4 * n, latent, 3)
@@ -62,7 +62,7 @@ def _lin(prefix: str, out: int, inp: int) -> dict[str, tuple]:
 
 
 def reference_layout(preset: str, a: int) -> dict[str, tuple]:
-    """Key -> shape of the published checkpoint layout (SPEC section 7, Atari per SPEC section 6)."""
+    """Key -> shape of the published checkpoint layout (docs/algorithm.md section 7, Atari per docs/algorithm.md section 6)."""
     atari = preset == "atari"
     e = 256 if atari else 512
     blocks = 26 if atari else 21

@@ -1,9 +1,9 @@
-// Episode store reader and batched segment sampler (SPEC section 6). Pure C++, no Python.
+// Episode store reader and batched segment sampler (docs/algorithm.md section 6). Pure C++, no Python.
 //
 // The store keeps one raw file per field (obs rows of frame_bytes, int64 actions, float32 rewards, uint8
 // end/trunc flags); an episode is a list of chunks (runs of consecutive file rows). The draw functions
 // turn uniforms supplied by the caller into segment ids with the exact arithmetic of the NumPy reference
-// (python/deltairis/data/sampling.py); gather copies the segments into caller-owned buffers with pread,
+// (python/deltairis/data/segment_rule.py); gather copies the segments into caller-owned buffers with pread,
 // so resident memory does not grow with the store.
 #pragma once
 

@@ -4,7 +4,7 @@
 
 * our checkpoint: ``{"format": "deltairis-agent", "version": 1, "config": {...}, "state_dict": {...}}``
   (written by :func:`agent_checkpoint`), which carries its own configuration;
-* a flat state dict in the reference layout (SPEC section 7), e.g. the published Crafter ``last.pt``,
+* a flat state dict in the reference layout (docs/algorithm.md section 7), e.g. the published Crafter ``last.pt``,
   interpreted with the given preset; ``num_actions`` is read from the file when not given.
 
 Loading is strict: a missing, unexpected or mis-shaped tensor raises :class:`CheckpointError` naming it.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deltairis.data import ReplayStore
-from deltairis.data.replay import _cpp_available
+from deltairis.data.replay_store import _cpp_available
 
 BACKENDS = [
     "numpy",

@@ -13,8 +13,8 @@ from replay_testlib import BACKENDS, fill_store
 from deltairis import _native
 from deltairis.data import Batch, Episode, ReplayStore
 from deltairis.data.fields import BATCH_FIELDS, GATHERED_FIELDS, SEGMENT_FIELDS, STEP_FIELDS
-from deltairis.data.replay import DATA_FILES, INDEX_NAME, LOCK_NAME, _cpp_available
-from deltairis.data.sampler import CppSampler, NumpySampler
+from deltairis.data.replay_store import DATA_FILES, INDEX_NAME, LOCK_NAME, _cpp_available
+from deltairis.data.sampler_backends import CppSampler, NumpySampler
 
 SMALL = (2, 4, 4)
 

@@ -1,4 +1,4 @@
-"""ReplayStore: contents, segment semantics (SPEC section 6), priorities, backends agreeing byte for byte."""
+"""ReplayStore: contents, segment semantics (docs/algorithm.md section 6), priorities, backends agreeing byte for byte."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from replay_testlib import BACKENDS, FIELDS, expected_segments, fill_store, random_steps
 
 from deltairis.data import Batch, Episode, Prefetcher, ReplayStore
-from deltairis.data.replay import _cpp_available
+from deltairis.data.replay_store import _cpp_available
 
 BATCH_FIELDS = (*FIELDS, "mask_padding", "episode_id", "start", "stop")
 SMALL = (2, 3, 5)  # an odd frame shape keeps the many-input tests fast
@@ -28,7 +28,7 @@ def assert_batches_equal(a: Batch, b: Batch) -> None:
 def oracle_draw(
     counts: np.ndarray, lengths: np.ndarray, alpha: float, u: np.ndarray, seq_len: int, mode: str
 ) -> tuple[list[int], list[int], list[int]]:
-    """SPEC section 6 written with plain Python floats and loops, from the documented uniforms."""
+    """docs/algorithm.md section 6 written with plain Python floats and loops, from the documented uniforms."""
     cdf, acc = [], 0.0
     for n in counts:
         acc += math.pow(1.0 / (1.0 + float(n)), alpha)

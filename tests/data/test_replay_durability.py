@@ -17,7 +17,7 @@ import pytest
 from replay_testlib import BACKENDS, FIELDS, fill_store, random_steps
 
 from deltairis.data import ReplayStore, ReplayStoreError
-from deltairis.data.replay import DATA_FILES, INDEX_NAME, _cpp_available
+from deltairis.data.replay_store import DATA_FILES, INDEX_NAME, _cpp_available
 
 # A writer whose episode i is a deterministic function of i: it is added with its first part, and the
 # previous episode gets its second part, then everything is committed and the episode count printed.
@@ -26,7 +26,7 @@ WRITER = textwrap.dedent(
     import os, signal, sys
     import numpy as np
     from deltairis.data import ReplayStore
-    import deltairis.data.store as replay  # the module that writes the files
+    import deltairis.data.episode_store as replay  # the module that writes the files
 
     def episode(i):
         rng = np.random.default_rng(i)

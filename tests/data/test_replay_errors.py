@@ -10,7 +10,7 @@ import pytest
 from replay_testlib import BACKENDS, fill_store, random_steps
 
 from deltairis.data import Prefetcher, ReplayStore
-from deltairis.data.replay import _cpp_available
+from deltairis.data.replay_store import _cpp_available
 
 
 def steps(t: int = 4, **changes: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Equivalence tests: the native Crafter engine against the Python ``crafter`` 1.8.3 package.
 
-Tier 1 of ``shared/CRAFTER_NATIVE.md``: trajectories equal byte for byte at every step (observation,
+Tier 1 of ``docs/crafter_native.md``: trajectories equal byte for byte at every step (observation,
 reward bits, done, discount, inventory, achievements, semantic map, player position) and, after every
 reset, the material map and the object list. The reference is crafter with the creation-order balancing
 patch (``crafter_oracle``), run in a subprocess with numpy's AVX-512 code paths disabled. All reference

@@ -6,7 +6,7 @@ import torch
 from deltairis.config.models import FrameCnnConfig
 from deltairis.models.convnet import Downsample, FrameDecoder, FrameEncoder, ResidualBlock, Upsample
 
-# SPEC section 2, written out by hand: (kind, in_mult, out_mult) with n = num_channels.
+# docs/algorithm.md section 2, written out by hand: (kind, in_mult, out_mult) with n = num_channels.
 ENCODER_LAYOUT = [
     ("conv", None, 1),
     ("rb", 1, 1),

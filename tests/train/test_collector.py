@@ -12,7 +12,7 @@ from deltairis.envs.toy import AGENT_COLOUR, CELL, GOAL_COLOUR, GRID
 from deltairis.seeding import derive_seed
 from deltairis.train.collector import Collector, run_test_episodes
 from deltairis.train.configuration import compose_config
-from deltairis.train.envs import make_env
+from deltairis.train.env_config import make_env
 
 MOVES = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]])
 

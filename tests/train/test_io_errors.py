@@ -90,7 +90,7 @@ def test_a_failure_after_the_commit_is_completed_on_resume(
 def test_a_failed_store_write_names_the_store_and_the_free_space(trained, monkeypatch) -> None:
     store = trained.stores["train"]
     n = store.num_episodes
-    import deltairis.data.store as store_module
+    import deltairis.data.episode_store as store_module
 
     def pwrite(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -158,7 +158,7 @@ def play_env(
     agent: Any, cfg: Any, args: argparse.Namespace, device: str
 ) -> tuple[list[np.ndarray], list[str]]:
     from deltairis.rl.policy import Policy
-    from deltairis.train.envs import make_env
+    from deltairis.train.env_config import make_env
 
     env = make_env(cfg.env, "test", 1, seed=args.seed)
     names = list(env.action_names)
@@ -191,7 +191,7 @@ def play_world_model(
 ) -> tuple[list[np.ndarray], list[str]]:
     from deltairis.rl.imagination import world_model_burn_in, world_model_step
     from deltairis.rl.policy import Policy
-    from deltairis.train.envs import make_env
+    from deltairis.train.env_config import make_env
 
     env = make_env(cfg.env, "test", 1, seed=args.seed)
     names = list(env.action_names)
@@ -295,7 +295,7 @@ def _play_window(run_dir: Path, args: argparse.Namespace, device: str) -> int:
     from deltairis.cli import keymaps
     from deltairis.cli import play_window as pw
     from deltairis.cli.common import load_run
-    from deltairis.train.envs import make_env
+    from deltairis.train.env_config import make_env
 
     record_dir = args.record_dir or run_dir / "media" / "recordings"
     scale = 8 if args.scale is None else args.scale
@@ -338,7 +338,7 @@ def _saved_action_names(run_dir: Path) -> list[str] | None:
     """The env's action names for the header of -e (None when the run's config cannot be read)."""
     try:
         from deltairis.train.configuration import load_run_config
-        from deltairis.train.envs import make_env
+        from deltairis.train.env_config import make_env
 
         env = make_env(load_run_config(run_dir / "config" / "trainer.yaml").env, "test", 1, seed=0)
         try:

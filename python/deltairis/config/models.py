@@ -1,4 +1,4 @@
-"""Typed configuration of the three models and the presets of SPEC section 6.
+"""Typed configuration of the three models and the presets of docs/algorithm.md section 6.
 
 Every hyper-parameter the models and losses use lives here (not in function bodies). Presets:
 ``crafter`` and ``atari`` reproduce the reference; ``tiny`` is a small model for tests and CPU demos.
@@ -16,7 +16,7 @@ DEFAULT_NUM_ACTIONS = {"crafter": 17, "atari": 4, "tiny": 5}
 
 @dataclass(frozen=True)
 class FrameCnnConfig:
-    """A FrameEncoder/FrameDecoder conv stack (SPEC section 2)."""
+    """A FrameEncoder/FrameDecoder conv stack (docs/algorithm.md section 2)."""
 
     image_channels: int
     latent_dim: int
@@ -197,7 +197,7 @@ _NESTED = {
 
 
 def make_agent_config(preset: str = "crafter", num_actions: int | None = None) -> AgentConfig:
-    """The model configuration of a preset (SPEC section 6)."""
+    """The model configuration of a preset (docs/algorithm.md section 6)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
     a = DEFAULT_NUM_ACTIONS[preset] if num_actions is None else int(num_actions)

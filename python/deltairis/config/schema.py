@@ -4,7 +4,7 @@ The YAML files beside this module (``trainer.yaml``, ``env/*.yaml``, ``params/*.
 dataclasses through Hydra; the schema makes OmegaConf reject unknown keys and wrong types with an
 error that names the key (``full_key: common.epochs``). Model hyper-parameters are not here: they come
 from :func:`deltairis.config.make_agent_config` (``agent.preset``) plus optional ``agent.overrides``.
-Everything about *when* and *how much* to train (SPEC section 6) is here.
+Everything about *when* and *how much* to train (docs/algorithm.md section 6) is here.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ distributed run: ``store.sample(..., rows=slice(a, b))`` draws and counts the wh
 from deltairis.data.batch import Batch
 from deltairis.data.prefetch import Prefetcher, StepPrefetcher
 from deltairis.data.reference_import import import_reference_dataset
-from deltairis.data.replay import ReplayStore, ReplayStoreError
-from deltairis.data.store import Episode
+from deltairis.data.replay_store import ReplayStore, ReplayStoreError
+from deltairis.data.episode_store import Episode
 
 __all__ = [
     "Batch",

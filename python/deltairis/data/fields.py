@@ -1,8 +1,8 @@
 """The one table of batch fields: name, dtype, shape, and where the store keeps it on disk.
 
 Every place that lists the fields reads this table: the store's data files and the validation of appended
-steps (:mod:`deltairis.data.store`), host batch buffers (:mod:`deltairis.data.buffers`), both samplers'
-gathers (:mod:`deltairis.data.sampler`, :mod:`deltairis.data.sampling`), :class:`~deltairis.data.Batch`
+steps (:mod:`deltairis.data.episode_store`), host batch buffers (:mod:`deltairis.data.buffers`), both samplers'
+gathers (:mod:`deltairis.data.sampler_backends`, :mod:`deltairis.data.segment_rule`), :class:`~deltairis.data.Batch`
 (whose dataclass fields are checked against it) and the reference import.
 
 The order of :data:`STEP_FIELDS` is the order of the C++ ``ReplayReader``'s file paths, and the names of

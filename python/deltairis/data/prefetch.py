@@ -16,7 +16,7 @@ from deltairis.data.batch import Batch
 
 
 class SamplingStore(Protocol):
-    """What the prefetchers need of a store (a :class:`deltairis.data.replay.ReplayStore`)."""
+    """What the prefetchers need of a store (a :class:`deltairis.data.replay_store.ReplayStore`)."""
 
     def sample(self, *args: Any, **kwargs: Any) -> Batch: ...
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from deltairis.data.fields import STEP_FIELDS
-from deltairis.data.replay import ReplayStore
+from deltairis.data.replay_store import ReplayStore
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Atari behind the :class:`~deltairis.envs.vector.VectorEnv` interface: a reference path and a fast path.
 
-Settings (SPEC section 6, the reference's ``env/atari.yaml``):
+Settings (docs/algorithm.md section 6, the reference's ``env/atari.yaml``):
 
 ===========================  =====================  =====================
 setting                      train (``train=True``)  test (``train=False``)

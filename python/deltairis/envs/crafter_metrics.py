@@ -1,4 +1,4 @@
-"""Crafter evaluation metrics: achievement success rates and the Crafter score (SPEC section 8).
+"""Crafter evaluation metrics: achievement success rates and the Crafter score (docs/algorithm.md section 8).
 
 The Crafter score is the geometric mean of the success rates, shifted by one percent point:
 ``score = exp(mean_i ln(1 + s_i)) - 1`` over the 22 achievements, with ``s_i`` the percentage of

@@ -1,6 +1,6 @@
 """Crafter on the native C++ engine (``deltairis._core``): a drop-in ``crafter.Env`` and a vector env.
 
-The engine reproduces ``crafter`` 1.8.3 byte for byte (see ``shared/CRAFTER_NATIVE.md``): world
+The engine reproduces ``crafter`` 1.8.3 byte for byte (see ``docs/crafter_native.md``): world
 generation, objects, chunk balancing, daylight, rendering, rewards and infos. The rules table
 (``data.yaml``) and the textures are read at run time from the installed ``crafter`` package and handed to
 the engine; nothing of crafter is copied into this repository.

@@ -1,4 +1,4 @@
-"""CNN-LSTM actor-critic with an EMA target network, trained in imagination (SPEC section 5).
+"""CNN-LSTM actor-critic with an EMA target network, trained in imagination (docs/algorithm.md section 5).
 
 Recurrent state ``(h, c)`` is always passed in and returned, never stored on the module. The
 imagination rollout and the loss that trains this network live in :mod:`deltairis.rl`.

@@ -1,4 +1,4 @@
-"""Frame CNNs shared by the tokenizer, the world model and the actor-critic (SPEC section 2).
+"""Frame CNNs shared by the tokenizer, the world model and the actor-critic (docs/algorithm.md section 2).
 
 The layer order inside each ``nn.Sequential`` is part of the checkpoint layout: the reference's keys
 are ``encoder.N.*`` / ``decoder.N.*`` with N counting the layers below.

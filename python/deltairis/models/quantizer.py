@@ -1,4 +1,4 @@
-"""Cosine-similarity vector quantizer with EMA codebook, usage frequencies and dead-code revival (SPEC section 3).
+"""Cosine-similarity vector quantizer with EMA codebook, usage frequencies and dead-code revival (docs/algorithm.md section 3).
 
 All maintenance runs on the device without host synchronisation: invalid (padding) vectors are
 excluded through weights, and the revival decision is a tensor predicate.

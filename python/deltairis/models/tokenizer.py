@@ -1,4 +1,4 @@
-"""The delta tokenizer: encodes what changed between x_t and x_{t+1} given a_t (SPEC section 3)."""
+"""The delta tokenizer: encodes what changed between x_t and x_{t+1} given a_t (docs/algorithm.md section 3)."""
 
 from __future__ import annotations
 

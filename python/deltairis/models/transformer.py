@@ -1,4 +1,4 @@
-"""Pre-LayerNorm GPT-style transformer with causal or block-causal attention (SPEC section 4).
+"""Pre-LayerNorm GPT-style transformer with causal or block-causal attention (docs/algorithm.md section 4).
 
 Module names follow the reference checkpoint: ``pos_emb``, ``blocks.i.sa.{mask, ln, query, key, value,
 attention.proj}``, ``blocks.i.mlp.{ln, mlp.0, mlp.2}``, ``ln``.

@@ -1,4 +1,4 @@
-"""The world model: a transformer over blocks [I-token, action, Δ1..ΔK] (SPEC section 4)."""
+"""The world model: a transformer over blocks [I-token, action, Δ1..ΔK] (docs/algorithm.md section 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Imagination: roll the world model forward with a KV cache (SPEC sections 4 and 5).
+"""Imagination: roll the world model forward with a KV cache (docs/algorithm.md, sections 4 and 5).
 
 Everything stays on the device: token sampling uses counter-based random streams identified by
 (seed, offset), and the cache position is a Python int, so no step reads a value back from the device.

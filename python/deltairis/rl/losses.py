@@ -1,4 +1,4 @@
-"""The actor-critic's loss (SPEC section 5): imagine from real segments, λ-returns, REINFORCE with a
+"""The actor-critic's loss (docs/algorithm.md section 5): imagine from real segments, λ-returns, REINFORCE with a
 baseline, entropy bonus and a two-hot (or scalar) value regression.
 
 :func:`actor_critic_loss` is the computation; :class:`ActorCriticLoss` binds it to one agent's three

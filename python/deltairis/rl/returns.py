@@ -1,4 +1,4 @@
-"""λ-returns over imagined trajectories (SPEC section 5)."""
+"""λ-returns over imagined trajectories (docs/algorithm.md section 5)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Experience collection: a vector env, the acting policy and the replay store.
 
-Per-env auto-reset (see :mod:`deltairis.train.envs`): each env's running episode is buffered and written
+Per-env auto-reset (see :mod:`deltairis.train.env_config`): each env's running episode is buffered and written
 to the store when it ends (``end`` = termination, ``trunc`` = time limit) or at the end of a collection
 round (an unfinished episode is extended in the next round). The collector's state (current
 observations, store ids of the running episodes, the last ``burn_in`` frames of each, the envs

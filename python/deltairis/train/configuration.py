@@ -161,6 +161,28 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     return validate_config(cfg)
 
 
+def typed_config(cfg: DictConfig | TrainerConfig) -> TrainerConfig:
+    """The validated config as the schema's dataclasses (done once, below the CLI everything is typed).
+
+    A :class:`TrainerConfig` is returned as it is; a ``DictConfig`` is validated first, so a config that
+    does not fit the schema is a :class:`ConfigError` naming the key.
+    """
+    if isinstance(cfg, TrainerConfig):
+        return cfg
+    obj = OmegaConf.to_object(validate_config(cfg))
+    assert isinstance(obj, TrainerConfig)
+    return obj
+
+
+def untyped_config(cfg: TrainerConfig | DictConfig) -> DictConfig:
+    """A typed config back as a (schema-checked, struct) ``DictConfig``: for saving and for broadcasting."""
+    if isinstance(cfg, DictConfig):
+        return cfg
+    out = OmegaConf.structured(cfg)
+    OmegaConf.set_struct(out, True)
+    return out
+
+
 def load_run_config(path: Path) -> DictConfig:
     """Load a run's saved ``config/trainer.yaml`` and validate it."""
     if not path.is_file():
@@ -239,5 +261,7 @@ __all__ = [
     "diff_dicts",
     "load_run_config",
     "save_config",
+    "typed_config",
+    "untyped_config",
     "validate_config",
 ]

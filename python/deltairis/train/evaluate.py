@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from deltairis.train.collector import CollectStats, run_test_episodes
-from deltairis.train.envs import make_env
+from deltairis.train.env_config import make_env
 
 
 def episode_metrics(stats: CollectStats, prefix: str = "") -> dict[str, float]:

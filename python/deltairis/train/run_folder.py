@@ -33,7 +33,7 @@ from typing import Any
 
 from deltairis.agent import CHECKPOINT_VERSION, Agent
 from deltairis.checkpoint import atomic_write_bytes, load_torch_file, recover_checkpoint_set
-from deltairis.data.replay import INDEX_NAME
+from deltairis.data.replay_store import INDEX_NAME
 from deltairis.errors import CorruptCheckpointError, ResumeError, RunFolderBusyError
 from deltairis.train.configuration import diff_dicts
 

@@ -1,4 +1,4 @@
-"""The Δ-IRIS training loop (SPEC section 6): collect, train tokenizer / world model / actor-critic,
+"""The Δ-IRIS training loop (docs/algorithm.md section 6): collect, train tokenizer / world model / actor-critic,
 evaluate, checkpoint, per epoch, in a run folder that can be resumed after a crash.
 
 The three components are records of a table (:mod:`deltairis.train.components`) that the loop treats
@@ -22,14 +22,14 @@ from deltairis import distributed as dist
 from deltairis.agent import Agent, agent_checkpoint, load_agent
 from deltairis.checkpoint import BackgroundWriter, non_finite_names, serialize_members, write_checkpoint_set
 from deltairis.data import ReplayStore, StepPrefetcher, import_reference_dataset
-from deltairis.data.replay import INDEX_NAME
+from deltairis.data.replay_store import INDEX_NAME
 from deltairis.errors import CorruptCheckpointError, NonFiniteError, Preempted, ResumeError
 from deltairis.runtime import resolve_device
 from deltairis.seeding import derive_env_seed, derive_seed, global_rng_state, set_global_rng_state
 from deltairis.train.collector import Collector, CollectStats, run_test_episodes
 from deltairis.train.components import COMPONENT_NAMES, Component, build_components
 from deltairis.train.configuration import agent_config_from, save_config
-from deltairis.train.envs import make_env
+from deltairis.train.env_config import make_env
 from deltairis.train.evaluate import episode_metrics
 from deltairis.train.logging_utils import (
     MetricsLogger,
@@ -627,7 +627,7 @@ class Trainer:
     def train_component(
         self, name: str, epoch: int, start_step: int = 0, partial: dict[str, Any] | None = None
     ) -> dict[str, float]:
-        """One epoch of gradient steps of the component ``name`` (SPEC section 6 schedule).
+        """One epoch of gradient steps of the component ``name`` (docs/algorithm.md section 6 schedule).
 
         ``start_step``/``partial`` continue a phase that a mid-epoch checkpoint interrupted.
         """

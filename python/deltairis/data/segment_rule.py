@@ -1,4 +1,4 @@
-"""NumPy reference of the segment sampler (SPEC section 6), shared semantics with ``csrc/replay``.
+"""NumPy reference of the segment sampler (docs/algorithm.md section 6), shared semantics with ``csrc/replay``.
 
 Everything random is drawn in one place, :func:`draw_uniforms`, from ``np.random.default_rng(seed)``; the
 rest is a deterministic function of those uniforms, specified precisely so the C++ backend reproduces it

@@ -1,7 +1,7 @@
 """The segment sampler behind :class:`~deltairis.data.ReplayStore`: one interface, two backends.
 
 :class:`CppSampler` calls ``deltairis._core`` (``replay_*`` functions and a multi-threaded
-``ReplayReader``); :class:`NumpySampler` is the reference of :mod:`deltairis.data.sampling`. Both give the
+``ReplayReader``); :class:`NumpySampler` is the reference of :mod:`deltairis.data.segment_rule`. Both give the
 same results bit for bit. :func:`sampler_class` picks one when a store is opened; the store never
 branches on the backend afterwards.
 """
@@ -15,15 +15,15 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 
 from deltairis import _native
-from deltairis.data import sampling
+from deltairis.data import segment_rule
 from deltairis.data.fields import GATHERED_FIELDS, STEP_FIELDS
-from deltairis.data.store import ChunkView
+from deltairis.data.episode_store import ChunkView
 
 Backend = Literal["auto", "cpp", "numpy"]
 
 
 class Sampler(Protocol):
-    """Draws and gathers segments of one store's data files (see :mod:`deltairis.data.sampling`)."""
+    """Draws and gathers segments of one store's data files (see :mod:`deltairis.data.segment_rule`)."""
 
     name: ClassVar[str]
 
@@ -111,7 +111,7 @@ class CppSampler:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         b = uniforms.shape[1]
         ep, start, stop = (np.empty(b, dtype=np.int64) for _ in range(3))
-        mode = sampling.check_pad_mode(pad_mode)
+        mode = segment_rule.check_pad_mode(pad_mode)
         self._core.replay_draw_segments(counts, lengths, alpha, uniforms, seq_len, mode, ep, start, stop)
         return ep, start, stop
 
@@ -158,8 +158,8 @@ class NumpySampler:
         return 1
 
     # The reference functions themselves (they take the same arguments).
-    probabilities = staticmethod(sampling.sampling_probabilities)
-    draw_segments = staticmethod(sampling.draw_segments)
+    probabilities = staticmethod(segment_rule.sampling_probabilities)
+    draw_segments = staticmethod(segment_rule.draw_segments)
 
     def add_counts(self, counts: np.ndarray, episode_id: np.ndarray) -> None:
         np.add.at(counts, episode_id, 1)
@@ -172,10 +172,10 @@ class NumpySampler:
         seq_len: int,
         out: dict[str, np.ndarray],
     ) -> None:
-        rows, mask = sampling.segment_rows(
+        rows, mask = segment_rule.segment_rows(
             episode_id, start, seq_len, view.lengths, view.ep_chunk_begin, view.chunk_offset, view.chunk_row
         )
-        sampling.gather_numpy(self._arrays(view.n_rows), rows, mask, out)
+        segment_rule.gather_numpy(self._arrays(view.n_rows), rows, mask, out)
 
     def _arrays(self, n_rows: int) -> dict[str, np.ndarray]:
         if self._map_rows < n_rows:

@@ -1,8 +1,8 @@
 """The replay store: the on-disk episode store with prioritised segment sampling.
 
 :class:`ReplayStore` composes the pieces of this package: the files, lock, index and commit of
-:class:`~deltairis.data.store.EpisodeStore` (its base class; the layout is described there), one
-:class:`~deltairis.data.sampler.Sampler` chosen when the store is opened (C++ or the NumPy reference),
+:class:`~deltairis.data.episode_store.EpisodeStore` (its base class; the layout is described there), one
+:class:`~deltairis.data.sampler_backends.Sampler` chosen when the store is opened (C++ or the NumPy reference),
 host buffers of :mod:`deltairis.data.buffers`, and a background thread of :mod:`deltairis.data.prefetch`.
 """
 
@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from deltairis.data import sampling
+from deltairis.data import segment_rule
 from deltairis.data.batch import Batch
 from deltairis.data.buffers import BatchBuffers, allocate_batch, check_positive, check_rows
 from deltairis.data.prefetch import BackgroundWorker, Prefetcher
-from deltairis.data.sampler import Backend, Sampler, cpp_available, sampler_class
-from deltairis.data.store import (
+from deltairis.data.sampler_backends import Backend, Sampler, cpp_available, sampler_class
+from deltairis.data.episode_store import (
     DATA_FILES,
     DEFAULT_OBS_SHAPE,
     FIELDS,
@@ -197,7 +197,7 @@ class ReplayStore(EpisodeStore):
         rows: slice | None = None,
         episode_ids_out: np.ndarray | None = None,
     ) -> Batch:
-        """Draw ``batch_size`` segments of ``seq_len`` steps (SPEC section 6) for ``consumer``.
+        """Draw ``batch_size`` segments of ``seq_len`` steps (docs/algorithm.md section 6) for ``consumer``.
 
         Episodes are picked with probability ∝ (1 / (1 + n_i)) ** alpha, where n_i counts the segments
         ``consumer`` already drew from episode i (incremented here when ``update_counts``). ``seed`` is an
@@ -214,7 +214,7 @@ class ReplayStore(EpisodeStore):
         """
         b = check_positive("batch_size", batch_size)
         t = check_positive("seq_len", seq_len)
-        sampling.check_pad_mode(pad_mode)
+        segment_rule.check_pad_mode(pad_mode)
         alpha = self._check_alpha(alpha)
         lo, hi = check_rows(rows, b)
         if episode_ids_out is not None and (
@@ -231,7 +231,7 @@ class ReplayStore(EpisodeStore):
                 raise ValueError(f"cannot sample from an empty replay store ({self.directory})")
             view = self.view()
             batch, arrays = self._buffers(out, hi - lo, t)  # checked before anything is drawn or counted
-            uniforms = sampling.draw_uniforms(rng, b)  # (3, B)
+            uniforms = segment_rule.draw_uniforms(rng, b)  # (3, B)
             ep, start, _ = self._sampler.draw_segments(counts, view.lengths, alpha, uniforms, t, pad_mode)
             if update_counts:
                 self._sampler.add_counts(counts, ep)
