@@ -77,7 +77,7 @@ def patch_record_despawns() -> None:
 
     ``Env._balance_object`` is replaced by the same code plus one line that appends the removed object's
     slot index to ``env._deltairis_despawns``; the trajectory is the unmodified package's. The native
-    engine replays those choices through its test hook (tier 2 of CRAFTER_NATIVE.md).
+    engine replays those choices through its test hook (tier 2 of docs/crafter_native.md).
     """
     import crafter
     import numpy as np
