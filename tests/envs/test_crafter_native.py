@@ -603,7 +603,9 @@ def test_bad_actions_single_env() -> None:
 def test_gymnasium_registration() -> None:
     import gymnasium
 
-    crafter_native.register_gymnasium()
+    from deltairis.envs import crafter_gym
+
+    crafter_gym.register_gymnasium()
     env = gymnasium.make("deltairis/Crafter-v1", length=30, disable_env_checker=True)
     obs, _ = env.reset(seed=4)
     np.testing.assert_array_equal(obs, CrafterNative(seed=4).reset())

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from identical import assert_identical
 
-from deltairis.envs import crafter_native
+from deltairis.envs import crafter_gym, crafter_native
 
 pytestmark = pytest.mark.skipif(
     not crafter_native.native_available(), reason="deltairis._core was built without native Crafter"
@@ -127,7 +127,7 @@ def test_vector_env_pickled_before_reset() -> None:
 def test_gym_vector_env_continues_identically(num_threads: int) -> None:
     n = 3
     rng = np.random.default_rng(7)
-    env = crafter_native.CrafterGymVectorEnv(n, num_threads=num_threads, seed=2, length=20)
+    env = crafter_gym.CrafterGymVectorEnv(n, num_threads=num_threads, seed=2, length=20)
     env.reset()
     _vector_steps(env, rng.integers(0, 17, (25, n)))
     blob = pickle.dumps(env)

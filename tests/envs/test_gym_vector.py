@@ -18,14 +18,16 @@ if not crafter_native.native_available():
 from gymnasium.utils.env_checker import check_env, data_equivalence
 from gymnasium.vector import AutoresetMode
 
-ID = crafter_native.GYM_ID
+from deltairis.envs import crafter_gym
+
+ID = crafter_gym.GYM_ID
 # The crafter infos a single env returns at every step (batched at the top level for running envs).
 PER_STEP_KEYS = ("inventory", "achievements", "discount", "semantic", "player_pos", "reward")
 
 
 @pytest.fixture(autouse=True)
 def _registered() -> None:
-    crafter_native.register_gymnasium()
+    crafter_gym.register_gymnasium()
 
 
 def make_native(num_envs: int, **kwargs: Any) -> Any:
@@ -111,7 +113,7 @@ def test_make_vec_builds_the_native_vector_env_with_gymnasium_metadata_and_space
     env = make_native(3, length=20)
     sync = make_sync(3, length=20)
     try:
-        assert isinstance(env, gym.vector.VectorEnv) and isinstance(env, crafter_native.CrafterGymVectorEnv)
+        assert isinstance(env, gym.vector.VectorEnv) and isinstance(env, crafter_gym.CrafterGymVectorEnv)
         assert env.metadata["autoreset_mode"] is AutoresetMode.SAME_STEP
         assert env.metadata["render_fps"] > 0 and "rgb_array" in env.metadata["render_modes"]
         assert env.metadata == sync.metadata  # SyncVectorEnv: the single env's metadata + its autoreset mode
@@ -137,7 +139,7 @@ def test_make_vec_builds_the_native_vector_env_with_gymnasium_metadata_and_space
         assert reward.shape == terminated.shape == truncated.shape == (3,)
         # The default vectorization of an id with a vector entry point is that entry point.
         default = gym.make_vec(ID, num_envs=2)
-        assert isinstance(default, crafter_native.CrafterGymVectorEnv)
+        assert isinstance(default, crafter_gym.CrafterGymVectorEnv)
         default.close()
     finally:
         env.close()
@@ -367,7 +369,7 @@ def test_bad_usage_is_rejected_clearly() -> None:
     with pytest.raises(ValueError, match="render_mode"):
         make_native(2, render_mode="human")
     with pytest.raises(ValueError, match="num_envs"):
-        crafter_native.CrafterGymVectorEnv(num_envs=0)
+        crafter_gym.CrafterGymVectorEnv(num_envs=0)
     with pytest.raises(ValueError, match="length"):
         make_native(2, length=-3)
 
@@ -376,6 +378,6 @@ def test_exact_rewards_rebuild_the_engines_doubles() -> None:
     # Every reward the engine can produce: (health change in [-9, 1]) / 10, plus 1.0 on an unlock.
     doubles = [dh / 10 for dh in range(-9, 2)] + [dh / 10 + 1.0 for dh in range(-8, 2)]
     r32 = np.array(doubles, dtype=np.float32)
-    out = crafter_native._exact_rewards(r32)
+    out = crafter_gym._exact_rewards(r32)
     assert out.dtype == np.float64
     assert out.tolist() == doubles  # exact, not merely close

@@ -39,10 +39,7 @@ __all__ = [
 
 def _register_native_crafter() -> None:
     try:
-        module = importlib.import_module("deltairis.envs.crafter_native")
-        register = getattr(module, "register_gymnasium", None)
-        if register is not None:
-            register()
+        importlib.import_module("deltairis.envs.crafter_gym").register_gymnasium()
     except (ImportError, RuntimeError, AttributeError) as exc:  # module absent or extension unbuilt
         logger.debug("deltairis/Crafter-v1 not registered: %s", exc)
 
