@@ -30,7 +30,7 @@ import pytest
 import torch
 from deltairis.data import ReplayStore
 from deltairis.data import segment_rule as ref_sampling
-from deltairis.data.replay_store import _cpp_available
+from deltairis.data.sampler_backends import cpp_available
 
 FRAMES = int(os.environ.get("DELTAIRIS_BENCH_FRAMES", "200000"))
 FRAME_BYTES = 3 * 64 * 64
@@ -127,13 +127,13 @@ def _bench_store(
     store.close()
 
 
-@pytest.mark.skipif(not _cpp_available(), reason="deltairis._core not built")
+@pytest.mark.skipif(not cpp_available(), reason="deltairis._core not built")
 @pytest.mark.parametrize(("batch_size", "seq_len"), SHAPES)
 def test_cpp(benchmark, data: Fixture, batch_size: int, seq_len: int) -> None:
     _bench_store(benchmark, data, "cpp", batch_size, seq_len)
 
 
-@pytest.mark.skipif(not _cpp_available(), reason="deltairis._core not built")
+@pytest.mark.skipif(not cpp_available(), reason="deltairis._core not built")
 @pytest.mark.parametrize(("batch_size", "seq_len"), SHAPES)
 def test_cpp_1thread(benchmark, data: Fixture, batch_size: int, seq_len: int) -> None:
     _bench_store(benchmark, data, "cpp", batch_size, seq_len, num_threads=1)
@@ -202,7 +202,7 @@ def test_store_footprint(benchmark, data: Fixture) -> None:
     benchmark.extra_info["raw_bytes"] = raw
     benchmark.extra_info["disk_over_raw"] = on_disk / raw
     assert on_disk <= 1.05 * raw
-    backends = ["numpy"] + (["cpp"] if _cpp_available() else [])
+    backends = ["numpy"] + (["cpp"] if cpp_available() else [])
     for backend in backends:
         store = ReplayStore(data.store_dir, backend=backend, read_only=True)
         out = store.allocate_batch(64, 26)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from deltairis.data import ReplayStore
-from deltairis.data.replay_store import _cpp_available
+from deltairis.data.sampler_backends import cpp_available
 
 BACKENDS = [
     "numpy",
-    pytest.param("cpp", marks=pytest.mark.skipif(not _cpp_available(), reason="deltairis._core not built")),
+    pytest.param("cpp", marks=pytest.mark.skipif(not cpp_available(), reason="deltairis._core not built")),
 ]
 FIELDS = ("obs", "act", "rew", "end", "trunc")
 

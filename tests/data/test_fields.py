@@ -11,10 +11,10 @@ import torch
 from replay_testlib import BACKENDS, fill_store
 
 from deltairis import _native
-from deltairis.data import Batch, Episode, ReplayStore
+from deltairis.data import Batch, Episode, ReplayStore, StepPrefetcher
 from deltairis.data.fields import BATCH_FIELDS, GATHERED_FIELDS, SEGMENT_FIELDS, STEP_FIELDS
-from deltairis.data.replay_store import DATA_FILES, INDEX_NAME, LOCK_NAME, _cpp_available
-from deltairis.data.sampler_backends import CppSampler, NumpySampler
+from deltairis.data.replay_store import DATA_FILES, INDEX_NAME, LOCK_NAME
+from deltairis.data.sampler_backends import CppSampler, NumpySampler, cpp_available
 
 SMALL = (2, 4, 4)
 
@@ -62,7 +62,9 @@ def _use(store: ReplayStore) -> None:
     store.commit()
     out = store.allocate_batch(2, 3)
     store.sample("wm", 2, 3, alpha=1.0, seed=0, out=out)
-    store.sample_async("wm", 2, 3, pad_mode="left", seed=1).result()
+    pre = StepPrefetcher(store, "wm", 2, 3, range(1), lambda step: step + 1, "cpu", pad_mode="left")
+    pre.take(0)  # drawn on the prefetcher's background thread
+    pre.close()
     store.sampling_probabilities("wm", 1.0)
     store.gather(np.array([0, 2]), np.array([0, 1]), np.array([3, 4]))
     store.load_episode(0)
@@ -78,7 +80,7 @@ def test_numpy_backend_never_touches_core(tmp_path: Path, monkeypatch: pytest.Mo
     _use(store)
 
 
-@pytest.mark.skipif(not _cpp_available(), reason="deltairis._core not built")
+@pytest.mark.skipif(not cpp_available(), reason="deltairis._core not built")
 def test_cpp_backend_is_bound_when_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = ReplayStore(tmp_path, backend="cpp", obs_shape=SMALL)
     assert store.backend == "cpp" and isinstance(store._sampler, CppSampler)

@@ -11,8 +11,9 @@ import pytest
 import torch
 from replay_testlib import BACKENDS, FIELDS, expected_segments, fill_store, random_steps
 
-from deltairis.data import Batch, Episode, Prefetcher, ReplayStore
-from deltairis.data.replay_store import _cpp_available
+from deltairis.data import Batch, Episode, ReplayStore, StepPrefetcher
+from deltairis.data.prefetch import BackgroundWorker
+from deltairis.data.sampler_backends import cpp_available
 
 BATCH_FIELDS = (*FIELDS, "mask_padding", "episode_id", "start", "stop")
 SMALL = (2, 3, 5)  # an odd frame shape keeps the many-input tests fast
@@ -103,7 +104,7 @@ def test_gather_matches_plain_loop(backend: str, obs_shape: tuple[int, ...], tmp
         np.testing.assert_array_equal(batch.stop.numpy() - batch.start.numpy(), seq_len)
 
 
-@pytest.mark.skipif(not _cpp_available(), reason="deltairis._core not built")
+@pytest.mark.skipif(not cpp_available(), reason="deltairis._core not built")
 def test_backends_byte_identical_for_any_thread_count(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     with ReplayStore(tmp_path, backend="numpy") as writer:
@@ -185,7 +186,7 @@ def test_probabilities_exact(backend: str, tmp_path: Path) -> None:
     np.testing.assert_array_equal(store.visit_counts("other"), np.zeros(23, np.int64))
 
 
-@pytest.mark.skipif(not _cpp_available(), reason="deltairis._core not built")
+@pytest.mark.skipif(not cpp_available(), reason="deltairis._core not built")
 def test_probabilities_equal_between_backends(tmp_path: Path) -> None:
     rng = np.random.default_rng(6)
     with ReplayStore(tmp_path, backend="numpy", obs_shape=SMALL) as w:
@@ -258,7 +259,7 @@ def test_counts_persist_with_commit(backend: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_out_buffers_async_and_prefetcher(backend: str, tmp_path: Path) -> None:
+def test_out_buffers_background_worker_and_prefetcher(backend: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(9)
     with ReplayStore(tmp_path, backend=backend, obs_shape=SMALL) as w:
         fill_store(w, rng, num_episodes=8, max_len=20)
@@ -270,22 +271,29 @@ def test_out_buffers_async_and_prefetcher(backend: str, tmp_path: Path) -> None:
     got = other.sample("wm", 6, 7, alpha=1.0, seed=5, out=out)
     assert got is out and out.obs.data_ptr() == ptr
     assert_batches_equal(out, sync.sample("wm", 6, 7, alpha=1.0, seed=5))
-    futures = [other.sample_async("wm", 6, 7, alpha=1.0, seed=s) for s in range(6, 10)]
-    for s, fut in zip(range(6, 10), futures):
-        assert_batches_equal(fut.result(), sync.sample("wm", 6, 7, alpha=1.0, seed=s))
+    # The worker runs its calls one at a time in submission order: the same batches and counts as the
+    # same calls made in turn.
+    worker = BackgroundWorker("test-worker")
+    try:
+        futures = [worker.submit(other.sample, "wm", 6, 7, alpha=1.0, seed=s) for s in range(6, 10)]
+        for s, fut in zip(range(6, 10), futures):
+            assert_batches_equal(fut.result(), sync.sample("wm", 6, 7, alpha=1.0, seed=s))
+    finally:
+        worker.shutdown()
     np.testing.assert_array_equal(other.visit_counts("wm"), sync.visit_counts("wm"))
-    # The prefetcher reproduces plain calls with seeds drawn from its own generator.
-    seeds = np.random.default_rng(42)
-    pre = Prefetcher(other, "ac", 4, 5, pad_mode="left", alpha=2.0, seed=42, num_buffers=3)
-    for _ in range(5):
-        batch = next(pre)
-        want = sync.sample("ac", 4, 5, pad_mode="left", alpha=2.0, seed=int(seeds.integers(0, 2**63 - 1)))
-        assert_batches_equal(batch, want)
-    pre.close()
-    # The batch in flight was drawn too, so counts lead by one batch.
-    assert other.visit_counts("ac").sum() == sync.visit_counts("ac").sum() + 4
-    dev = want.to("cpu")
-    assert dev.obs.dtype == torch.float32 and float(dev.obs.max()) <= 1.0
+    # The prefetcher reproduces plain calls with the seeds it is given, step by step.
+    seeds = [int(s) for s in np.random.default_rng(42).integers(0, 2**63 - 1, size=5)]
+    pre = StepPrefetcher(other, "ac", 4, 5, range(5), seeds.__getitem__, "cpu", pad_mode="left", alpha=2.0)
+    try:
+        for step in range(5):
+            batch = pre.take(step)
+            want = sync.sample("ac", 4, 5, pad_mode="left", alpha=2.0, seed=seeds[step]).to("cpu")
+            assert_batches_equal(batch, want)
+            np.testing.assert_array_equal(other.visit_counts("ac"), sync.visit_counts("ac"))
+    finally:
+        pre.close()
+    assert other.visit_counts("ac").sum() == sync.visit_counts("ac").sum() == 5 * 4
+    assert want.obs.dtype == torch.float32 and float(want.obs.max()) <= 1.0
 
 
 @pytest.mark.gpu
@@ -323,7 +331,7 @@ def test_reused_and_swapped_out_buffers(backend: str, tmp_path: Path) -> None:
 
 
 def test_empty_store_probabilities(tmp_path: Path) -> None:
-    for backend in ["numpy"] + (["cpp"] if _cpp_available() else []):
+    for backend in ["numpy"] + (["cpp"] if cpp_available() else []):
         with ReplayStore(tmp_path / backend, backend=backend) as store:
             assert store.sampling_probabilities("wm", 1.0).shape == (0,)
             assert store.visit_counts("wm").shape == (0,)

@@ -17,7 +17,8 @@ import pytest
 from replay_testlib import BACKENDS, FIELDS, fill_store, random_steps
 
 from deltairis.data import ReplayStore, ReplayStoreError
-from deltairis.data.replay_store import DATA_FILES, INDEX_NAME, _cpp_available
+from deltairis.data.replay_store import DATA_FILES, INDEX_NAME
+from deltairis.data.sampler_backends import cpp_available
 
 # A writer whose episode i is a deterministic function of i: it is added with its first part, and the
 # previous episode gets its second part, then everything is committed and the episode count printed.
@@ -147,7 +148,7 @@ def test_kill_at_random_times(tmp_path: Path) -> None:
         assert printed, "the writer was killed before its first commit; raise kill_after"
         # The kill may land after a commit but before its line was printed: one more round at most.
         for backend in [b if isinstance(b, str) else b.values[0] for b in BACKENDS]:
-            if backend == "cpp" and not _cpp_available():
+            if backend == "cpp" and not cpp_available():
                 continue
             check_committed(tmp_path, backend, at_least=printed[-1], at_most=printed[-1] + 1)
 

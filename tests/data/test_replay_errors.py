@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from replay_testlib import BACKENDS, fill_store, random_steps
 
-from deltairis.data import Prefetcher, ReplayStore
-from deltairis.data.replay_store import _cpp_available
+from deltairis.data import ReplayStore, StepPrefetcher
+from deltairis.data.sampler_backends import cpp_available
 
 
 def steps(t: int = 4, **changes: Any) -> dict[str, Any]:
@@ -93,13 +93,15 @@ def test_bad_ids_and_sampling_arguments(backend: str, tmp_path: Path) -> None:
         store.sample("tokenizer", 2, 3)
 
 
-def test_bad_prefetcher_buffers(tmp_path: Path) -> None:
+def test_prefetching_from_a_closed_store_names_the_problem(tmp_path: Path) -> None:
     store = ReplayStore(tmp_path)
-    with pytest.raises(ValueError, match="num_buffers must be 0 or >= 2"):
-        Prefetcher(store, "wm", 2, 3, num_buffers=1)
     store.close()
-    with pytest.raises(ValueError, match="closed"):
-        store.sample_async("wm", 2, 3)
+    pre = StepPrefetcher(store, "wm", 2, 3, range(1), lambda step: step, "cpu")
+    try:
+        with pytest.raises(ValueError, match="closed"):  # raised on the worker thread, seen by take()
+            pre.take(0)
+    finally:
+        pre.close()
 
 
 def test_bad_backend_name_and_shape(tmp_path: Path) -> None:
@@ -116,7 +118,7 @@ def test_bad_backend_name_and_shape(tmp_path: Path) -> None:
         assert store.obs_shape == (1, 8, 8)
 
 
-@pytest.mark.skipif(not _cpp_available(), reason="deltairis._core not built")
+@pytest.mark.skipif(not cpp_available(), reason="deltairis._core not built")
 def test_cpp_boundary_validates_buffers(tmp_path: Path) -> None:
     from deltairis import _core
 

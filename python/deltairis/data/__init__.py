@@ -10,16 +10,16 @@ Typical use (collector and trainer in one process)::
     batch = batch.to("cuda", non_blocking=True)                      # obs become float in [0, 1]
 
 ``seed`` is an int or a ``np.random.Generator`` (advanced by the call); visit counts per consumer are
-updated by ``sample`` (``update_counts=False`` to freeze them) and saved by ``commit``. Background
-prefetch: ``store.sample_async(...)`` (a Future) or ``Prefetcher(store, "world_model", 32, 21, ...)``;
-pinned buffers: ``store.allocate_batch(B, L, pin_memory=True)`` passed as ``out=``. The trainer's
-pipeline is ``StepPrefetcher`` (per-step seeds, counted when taken, pinned buffers on CUDA). One rank of a
+updated by ``sample`` (``update_counts=False`` to freeze them) and saved by ``commit``. Pinned buffers:
+``store.allocate_batch(B, L, pin_memory=True)`` passed as ``out=``. Background prefetch (the trainer's
+pipeline): ``StepPrefetcher(store, "world_model", 32, 21, steps, seed_of, device)`` draws step ``s`` with
+``seed_of(s)`` while the previous batch trains (counted when taken, pinned buffers on CUDA). One rank of a
 distributed run: ``store.sample(..., rows=slice(a, b))`` draws and counts the whole batch, gathers rows
 ``[a, b)``.
 """
 
 from deltairis.data.batch import Batch
-from deltairis.data.prefetch import Prefetcher, StepPrefetcher
+from deltairis.data.prefetch import StepPrefetcher
 from deltairis.data.reference_import import import_reference_dataset
 from deltairis.data.replay_store import ReplayStore, ReplayStoreError
 from deltairis.data.episode_store import Episode
@@ -27,7 +27,6 @@ from deltairis.data.episode_store import Episode
 __all__ = [
     "Batch",
     "Episode",
-    "Prefetcher",
     "ReplayStore",
     "ReplayStoreError",
     "StepPrefetcher",

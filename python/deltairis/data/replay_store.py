@@ -2,13 +2,13 @@
 
 :class:`ReplayStore` composes the pieces of this package: the files, lock, index and commit of
 :class:`~deltairis.data.episode_store.EpisodeStore` (its base class; the layout is described there), one
-:class:`~deltairis.data.sampler_backends.Sampler` chosen when the store is opened (C++ or the NumPy reference),
-host buffers of :mod:`deltairis.data.buffers`, and a background thread of :mod:`deltairis.data.prefetch`.
+:class:`~deltairis.data.sampler_backends.Sampler` chosen when the store is opened (C++ or the NumPy reference)
+and host buffers of :mod:`deltairis.data.buffers`. Background sampling (the trainer's pipeline) is
+:class:`~deltairis.data.prefetch.StepPrefetcher`, over a store.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import math
 import os
@@ -20,8 +20,7 @@ import torch
 from deltairis.data import segment_rule
 from deltairis.data.batch import Batch
 from deltairis.data.buffers import BatchBuffers, allocate_batch, check_positive, check_rows
-from deltairis.data.prefetch import BackgroundWorker, Prefetcher
-from deltairis.data.sampler_backends import Backend, Sampler, cpp_available, sampler_class
+from deltairis.data.sampler_backends import Backend, Sampler, sampler_class
 from deltairis.data.episode_store import (
     DATA_FILES,
     DEFAULT_OBS_SHAPE,
@@ -45,14 +44,11 @@ __all__ = [
     "LOCK_NAME",
     "Backend",
     "Episode",
-    "Prefetcher",
     "ReplayStore",
     "ReplayStoreError",
 ]
 
 logger = logging.getLogger(__name__)
-
-_cpp_available = cpp_available  # the name tests and benchmarks import
 
 
 class ReplayStore(EpisodeStore):
@@ -84,7 +80,6 @@ class ReplayStore(EpisodeStore):
         self._sampler: Sampler = kind(
             self.directory, self.obs_shape, 0 if num_threads is None else int(num_threads)
         )
-        self._worker = BackgroundWorker()
         logger.info(
             "replay store %s: %d episodes, %d steps (backend %s)",
             self.directory,
@@ -97,7 +92,6 @@ class ReplayStore(EpisodeStore):
         """Close the files and release the write lock; uncommitted appends are dropped at the next open."""
         if self._closed:
             return
-        self._worker.shutdown()
         self._sampler.reset()
         super().close()
 
@@ -252,13 +246,3 @@ class ReplayStore(EpisodeStore):
             if ep.size and (ep.min() < 0 or ep.max() >= counts.shape[0]):
                 raise KeyError(f"episode ids outside the {counts.shape[0]} stored episodes")
             self._sampler.add_counts(counts, ep)
-
-    def sample_async(self, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Batch]:
-        """:meth:`sample` on a background thread (the gather releases the GIL); returns a Future.
-
-        Calls run one at a time in submission order, so a sequence of ``sample_async`` calls gives the same
-        batches and counts as the same ``sample`` calls.
-        """
-        with self.lock:
-            self._check_open()
-            return self._worker.submit(self.sample, *args, **kwargs)
