@@ -35,13 +35,32 @@ start, resume or go on (corrupt checkpoint, run folder in use, full disk, non-fi
 names it; the last checkpoint is intact: resume), 130 interrupted outside training.
 """
 
+# How it is built: Hydra's argument parser reads the command line and ``hydra.main`` runs :func:`task`.
+# The configuration is checked by the :class:`CheckConfig` callback (``hydra.callbacks`` of trainer.yaml)
+# before Hydra creates a folder (every job of a sweep before the first starts) and becomes the schema's
+# dataclasses in :func:`task`. The glue Hydra has no mechanism for, kept small: a bare ``--cfg`` means
+# ``--cfg job``; ``--help`` prints this module's usage; Hydra's errors exit with status 2 instead of 1
+# (HYDRA_FULL_ERROR, Hydra's own switch, lets them reach :func:`main`); resume and the torchrun start
+# read the overrides (with Hydra's override parser) before Hydra runs.
+
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+from hydra.experimental.callback import Callback
+
+if TYPE_CHECKING:
+    from hydra.core.override_parser.types import Override
+    from omegaconf import DictConfig
+
+    from deltairis.config.schema import TrainerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -64,155 +83,113 @@ Resume:         common.resume=true [hydra.run.dir=RUN]   (or RUN/scripts/resume.
 """
 
 _TRUE = {"true", "1", "yes", "on"}
-# Hydra's flags (hydra._internal.utils.get_args_parser) and whether they take a value.
-_FLAGS_WITH_VALUE = {
-    "--package",
-    "-p",
-    "--config-path",
-    "-cp",
-    "--config-name",
-    "-cn",
-    "--config-dir",
-    "-cd",
-    "--experimental-rerun",
-}
-_FLAGS = {
-    "--hydra-help",
-    "--version",
-    "--resolve",
-    "--run",
-    "-r",
-    "--multirun",
-    "-m",
-    "--shell-completion",
-    "-sc",
-    "--cfg",
-    "-c",
-    "--info",
-    "-i",
-    *_FLAGS_WITH_VALUE,
-}
 _CFG_CHOICES = ("job", "hydra", "all")
-_INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
-
-
-JOB_LOGGING = "deltairis"
+#: the console format of hydra/job_logging/deltairis.yaml, also used for each run's train.log
 _LOG_FORMAT = "[%(asctime)s %(levelname)s %(name)s] %(message)s"
-_JOB_LOGGING_NODE = {
-    "version": 1,
-    "formatters": {"simple": {"format": _LOG_FORMAT, "datefmt": "%H:%M:%S"}},
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "simple", "stream": "ext://sys.stderr"}
-    },
-    "root": {"level": "INFO", "handlers": ["console"]},
-    "disable_existing_loggers": False,
-}
+#: exit code of a distributed run that lost a rank (EX_UNAVAILABLE of sysexits.h, like 75 = EX_TEMPFAIL)
+DISTRIBUTED_EXIT_CODE = 69
 
 
-class _ArgumentError(ValueError):
-    pass
+def _report(exc: BaseException) -> int:
+    """Print a known error the way the CLI always has; returns the exit code (0: not a known error)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from deltairis.errors import ConfigError, DeltaIrisError, DistributedError, Preempted
+    from deltairis.train.configuration import format_error
+    from deltairis.train.preemption import PREEMPTED_EXIT_CODE
+
+    if isinstance(exc, Preempted):
+        print(f"deltairis-train: {exc}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    if isinstance(exc, DistributedError):
+        print(f"deltairis-train: distributed error: {exc}", file=sys.stderr)
+        return DISTRIBUTED_EXIT_CODE
+    if isinstance(exc, (ConfigError, HydraException, OmegaConfBaseException)):
+        # Hydra's composition errors (unknown key, bad value or override, missing group option) name the key
+        text = str(exc) if isinstance(exc, ConfigError) else format_error(exc)
+        print(f"deltairis-train: configuration error: {text}", file=sys.stderr)
+        return 2
+    # resume refused, corrupt checkpoint, run folder in use, non-finite training, store I/O ...
+    if isinstance(exc, (DeltaIrisError, FileNotFoundError)):
+        print(f"deltairis-train: error: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(exc, KeyboardInterrupt):
+        print("deltairis-train: interrupted; resume with scripts/resume.sh", file=sys.stderr)
+        return 130
+    return 0
 
 
-def _normalise(argv: Sequence[str]) -> list[str]:
-    """Check the options and make the old ``--cfg`` (no value) mean ``--cfg job``.
-
-    Raises:
-        _ArgumentError: an option Hydra does not know.
-    """
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name = arg.split("=", 1)[0] if arg.startswith("--") else arg
-        if not arg.startswith("-") or arg.startswith("~"):
-            out.append(arg)
-        elif name not in _FLAGS:
-            raise _ArgumentError(f"unknown option {arg!r}")
-        elif name in ("--cfg", "-c") and "=" not in arg:
-            out.append(arg)
-            if i + 1 < len(argv) and argv[i + 1] in _CFG_CHOICES:
-                out.append(argv[i + 1])
-                i += 1
-            else:
-                out.append("job")  # `--cfg` alone: the job's config (what the previous CLI printed)
-        elif name in _FLAGS_WITH_VALUE and "=" not in arg:
-            if i + 1 >= len(argv):
-                raise _ArgumentError(f"option {arg} needs a value")
-            out.extend(argv[i : i + 2])
-            i += 1
-        else:
-            out.append(arg)
-        i += 1
-    return out
+@contextmanager
+def _known_errors_exit() -> Iterator[None]:
+    """Inside Hydra: a known error ends the process with its exit code (``SystemExit`` passes through
+    Hydra's job runner and callbacks, and also stops a sweep on the basic launcher)."""
+    try:
+        yield
+    except (Exception, KeyboardInterrupt) as exc:
+        code = _report(exc)
+        if code:
+            raise SystemExit(code) from exc
+        raise
 
 
-def _is_hydra_override(arg: str) -> bool:
-    key = arg.lstrip("+~").split("=", 1)[0]
-    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+def _job_config(config: DictConfig) -> DictConfig:
+    """The job's part of a config Hydra composed (its ``hydra`` node left out)."""
+    from omegaconf import OmegaConf
 
-
-def _overrides(argv: Sequence[str]) -> list[str]:
-    """The ``key=value`` arguments of a normalised command line (option values left out)."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("-") and not arg.startswith("~"):
-            takes_value = arg in _FLAGS_WITH_VALUE or arg in ("--cfg", "-c")
-            if arg in ("--info", "-i"):  # an optional value
-                takes_value = i + 1 < len(argv) and argv[i + 1] in _INFO_CHOICES
-            i += 2 if takes_value else 1
-            continue
-        out.append(arg)
-        i += 1
-    return out
+    return OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
 
 
 def _job_override_sets(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """The job override lists to validate before Hydra starts: the first job of a sweep, then each
-    other value of each swept key (with the other keys at their first value)."""
+    """The job override lists to check before a sweep starts: the first job, then each other value of
+    each swept key (with the other keys at their first value)."""
     if not multirun:
         return [overrides]
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as exc:  # hydra's OverrideParseException
-        from deltairis.train.configuration import ConfigError
-
-        raise ConfigError(f"invalid override: {exc}") from exc
     choices: list[list[str]] = []
-    for item in parsed:
+    for item in _parse_overrides(overrides):
         if item.is_sweep_override():
             try:
                 values = list(item.sweep_string_iterator())
             except Exception as exc:  # noqa: BLE001 (interval sweeps (optuna, ...) have no value list)
-                logger.debug("not validated before the sweep: %s (%s)", item.input_line, exc)
+                logger.debug("not checked before the sweep: %s (%s)", item.input_line, exc)
                 continue
             choices.append([f"{item.get_key_element()}={v}" for v in values] or [item.input_line])
         else:
             choices.append([item.input_line])
-    if not choices:
-        return [[]]
     first = [c[0] for c in choices]
     sets = [first]
     for k, c in enumerate(choices):
-        for value in c[1:]:
-            sets.append([*first[:k], value, *first[k + 1 :]])
+        sets.extend([*first[:k], value, *first[k + 1 :]] for value in c[1:])
     return sets
 
 
-def _check_game(cfg: Any) -> Any:
-    """Refuse an Atari game id with another env (``-m env.train.id=A,B`` without ``env=atari`` would
-    otherwise train the default Crafter env once per "game")."""
-    from deltairis.train.configuration import ConfigError
+class CheckConfig(Callback):
+    """Hydra callback (``hydra.callbacks.check_config`` of trainer.yaml): check the configuration before
+    Hydra creates a run folder, and every job of a sweep before the first job starts. A bad value ends
+    the process with status 2 and a message naming the key (Hydra's callbacks only warn on exceptions)."""
 
-    for split in ("train", "test"):
-        if cfg.env.name != "atari" and cfg.env[split].id:
-            raise ConfigError(
-                f"env.{split}.id={cfg.env[split].id} is an Atari game but env={cfg.env.name}; add env=atari params=atari"
-            )
-    return cfg
+    def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
+        from deltairis.train.configuration import validate_config
+
+        with _known_errors_exit():
+            validate_config(_job_config(config))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+
+        from deltairis.train.configuration import validate_config
+
+        loader = GlobalHydra.instance().config_loader()
+        with _known_errors_exit():
+            for job in _job_override_sets(list(config.hydra.overrides.task), True):
+                # what the sweeper composes for each job (Hydra's part of the command line included)
+                validate_config(_job_config(loader.load_sweep_config(config, job)))
+
+
+def _config_error(message: str) -> Exception:
+    from deltairis.errors import ConfigError
+
+    return ConfigError(message)
 
 
 def _setup_logging(run_dir: Path | None) -> logging.Handler | None:
@@ -234,7 +211,7 @@ def _setup_logging(run_dir: Path | None) -> logging.Handler | None:
     return None
 
 
-def _train_in(cfg: Any, run_dir: Path) -> None:
+def _train_in(cfg: TrainerConfig, run_dir: Path) -> None:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from deltairis.train.trainer import train
@@ -249,153 +226,120 @@ def _train_in(cfg: Any, run_dir: Path) -> None:
             handler.close()
 
 
-#: exit code of a distributed run that lost a rank (EX_UNAVAILABLE of sysexits.h, like 75 = EX_TEMPFAIL)
-DISTRIBUTED_EXIT_CODE = 69
+class _Hydra:
+    #: set when the task function starts: an exception after that is the run's, not a usage error
+    task_started = False
 
 
-def _report(exc: BaseException) -> int:
-    """Print a known error the way the CLI always has; returns the exit code (0: not a known error)."""
-    from deltairis.errors import ConfigError, DeltaIrisError, DistributedError, Preempted
-    from deltairis.train.preemption import PREEMPTED_EXIT_CODE
-
-    if isinstance(exc, Preempted):
-        print(f"deltairis-train: {exc}", file=sys.stderr)
-        return PREEMPTED_EXIT_CODE
-    if isinstance(exc, DistributedError):
-        print(f"deltairis-train: distributed error: {exc}", file=sys.stderr)
-        return DISTRIBUTED_EXIT_CODE
-    if isinstance(exc, ConfigError):
-        print(f"deltairis-train: configuration error: {exc}", file=sys.stderr)
-        return 2
-    # resume refused, corrupt checkpoint, run folder in use, non-finite training, store I/O ...
-    if isinstance(exc, (DeltaIrisError, FileNotFoundError)):
-        print(f"deltairis-train: error: {exc}", file=sys.stderr)
-        return 1
-    if isinstance(exc, KeyboardInterrupt):
-        print("deltairis-train: interrupted; resume with scripts/resume.sh", file=sys.stderr)
-        return 130
-    return 0
-
-
-def task(cfg: Any) -> None:
-    """Hydra's task function: validate the job's config and train in the job's output folder.
-
-    Known errors end the process with the CLI's exit codes (``SystemExit``), which also stops a sweep on
-    the basic launcher.
-    """
+def task(cfg: DictConfig) -> None:
+    """Hydra's task function: the job's config as the schema's dataclasses, trained in the job's folder."""
     from hydra.core.hydra_config import HydraConfig
 
-    from deltairis.train.configuration import validate_config
+    from deltairis.train.configuration import typed_config
 
-    try:
-        valid = _check_game(validate_config(cfg))
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        _train_in(valid, run_dir)
-    except (Exception, KeyboardInterrupt) as exc:
-        code = _report(exc)
-        if code:
-            raise SystemExit(code) from exc
-        raise
+    _Hydra.task_started = True
+    with _known_errors_exit():
+        _train_in(typed_config(cfg), Path(HydraConfig.get().runtime.output_dir))
 
 
-def _hydra_app() -> Any:
+def _run_hydra(argv: list[str]) -> int:
     import hydra
-    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
 
     from deltairis.train.configuration import CONFIG_MODULE, CONFIG_NAME, _register_schema
 
     _register_schema()
-    # The job's console log in the CLI's format (train.log is added per run by _train_in, also on resume).
-    ConfigStore.instance().store(group="hydra/job_logging", name=JOB_LOGGING, node=_JOB_LOGGING_NODE)
-    return hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base=None)(task)
-
-
-def _run_hydra(argv: list[str]) -> int:
-    from hydra.core.global_hydra import GlobalHydra
-
-    app = _hydra_app()
-    if GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
-    if not any(a in ("-sc", "--shell-completion", "--hydra-help", "--version") for a in argv) and not any(
-        a.startswith("hydra/job_logging=") for a in argv
-    ):
-        # The job's console log in the CLI's format; train.log is added by _train_in (also on resume).
-        argv = [*argv, f"hydra/job_logging={JOB_LOGGING}"]
-    saved = sys.argv
+    app = hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base=None)(task)
+    GlobalHydra.instance().clear()
+    saved_argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = ["deltairis-train", *argv]
+    # Hydra prints its own errors and exits with status 1; with its HYDRA_FULL_ERROR switch they reach
+    # main(), which names the key and exits with status 2.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    _Hydra.task_started = False
     try:
         app()
-    except (ValueError, TypeError) as exc:  # Hydra's usage errors (e.g. two of --cfg, -m, --info)
-        print(f"deltairis-train: {exc}", file=sys.stderr)
-        return 2
     except SystemExit as exc:
-        if exc.code is None or isinstance(exc.code, int):
-            return int(exc.code or 0)
-        print(exc.code, file=sys.stderr)
-        return 1
+        return _exit_code(exc)
+    except (ValueError, TypeError) as exc:
+        if _Hydra.task_started:
+            raise
+        print(f"deltairis-train: {exc}", file=sys.stderr)  # e.g. two of --cfg, -m, --info
+        return 2
     finally:
-        sys.argv = saved
-        if GlobalHydra.instance().is_initialized():
-            GlobalHydra.instance().clear()
+        sys.argv = saved_argv
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
+        GlobalHydra.instance().clear()
     return 0
 
 
-def _resume(overrides: list[str], print_cfg: bool) -> int:
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None or isinstance(exc.code, int):
+        return int(exc.code or 0)
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _parse_overrides(overrides: Sequence[str]) -> list[Override]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(list(overrides))
+
+
+def _value(overrides: Sequence[Override], key: str) -> str | None:
+    """The value a (non-sweep) command-line override gives ``key``, as text; None when none does."""
+    found = [o for o in overrides if o.key_or_group == key and not o.is_delete() and not o.is_sweep_override()]
+    value = found[-1].value() if found else None
+    return None if value is None else str(value)
+
+
+def _resume(overrides: list[Override], print_cfg: str | None) -> int:
+    """``common.resume=true``: the run folder's saved config plus the other job overrides (no composition)."""
     from omegaconf import OmegaConf
 
-    from deltairis.train.configuration import apply_overrides, load_run_config
+    from deltairis.train.configuration import apply_overrides, load_run_config, typed_config
 
-    run_dir: Path | None = None
-    rest: list[str] = []
-    for arg in overrides:
-        if arg.startswith("hydra.run.dir="):
-            run_dir = Path(arg.split("=", 1)[1])
-        elif _is_hydra_override(arg):
-            continue  # Hydra settings (output_subdir, job.chdir, ...) mean nothing for a resumed run
-        elif arg.lstrip("+").startswith("common.resume="):
-            continue
-        else:
-            rest.append(arg)
-    run_dir = (run_dir or Path.cwd()).resolve()
-    cfg = load_run_config(run_dir / "config" / "trainer.yaml")
-    cfg = apply_overrides(cfg, [*rest, "common.resume=true"])
-    if print_cfg:
+    run_dir = Path(_value(overrides, "hydra.run.dir") or Path.cwd()).resolve()
+    # Hydra settings (output_subdir, job.chdir, ...) mean nothing for a resumed run
+    rest = [o.input_line for o in overrides if not o.is_hydra_override() and o.key_or_group != "common.resume"]
+    cfg = apply_overrides(load_run_config(run_dir / "config" / "trainer.yaml"), [*rest, "common.resume=true"])
+    if print_cfg is not None:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return 0
-    _train_in(cfg, run_dir)
+    _train_in(typed_config(cfg), run_dir)
     return 0
 
 
-def _join_group(overrides: list[str], multirun: bool) -> tuple[Any, str | None]:
-    """Under torchrun: join the process group (every rank, before anything else). Returns the context
-    and the ``distributed.store_dir`` of this command line (a node's own replica folder).
+def _start_distributed(args: argparse.Namespace, overrides: list[Override]) -> int | None:
+    """Under torchrun: every rank joins the process group before anything else; returns the exit code of
+    a rank > 0 (it printed nothing or followed rank 0's run), None for rank 0 and without torchrun.
 
     The backend follows ``common.device`` of the command line (NCCL for CUDA, gloo for CPU; ``auto``: CUDA
-    when available), the collective timeout ``distributed.timeout_s`` of the command line.
+    when available), the collective timeout ``distributed.timeout_s`` of the command line; a follower's
+    ``distributed.store_dir`` is its node's replica folder.
     """
     from deltairis import distributed as dist
-    from deltairis.errors import ConfigError
     from deltairis.runtime import resolve_device
 
     world = dist.env_world()
     if world is None or world[1] == 1:
-        return dist.current(), None
-    if multirun:
-        raise ConfigError("a sweep (-m) cannot run under torchrun: start one torchrun per job")
-    values = {}
-    for arg in overrides:
-        key, _, value = arg.lstrip("+").partition("=")
-        if key in ("common.device", "distributed.timeout_s", "distributed.store_dir"):
-            values[key] = value
+        return None
+    if args.cfg or args.info or args.shell_completion or args.hydra_help:
+        return None if world[0] == 0 else 0  # rank 0 prints, the others have nothing to do
+    if args.multirun:
+        raise _config_error("a sweep (-m) cannot run under torchrun: start one torchrun per job")
+    text = _value(overrides, "distributed.timeout_s") or "1800.0"
     try:
-        timeout = float(values.get("distributed.timeout_s", 1800.0))
+        timeout = float(text)
     except ValueError as exc:
-        raise ConfigError(f"distributed.timeout_s must be a number ({exc})") from exc
+        raise _config_error(f"distributed.timeout_s must be a number ({exc})") from exc
     if timeout <= 0:
-        raise ConfigError(f"distributed.timeout_s must be > 0, got {timeout}")
-    device = resolve_device(values.get("common.device", "auto"))
-    ctx = dist.init(device.type, timeout)
-    return ctx, values.get("distributed.store_dir") or None
+        raise _config_error(f"distributed.timeout_s must be > 0, got {timeout}")
+    ctx = dist.init(resolve_device(_value(overrides, "common.device") or "auto").type, timeout)
+    return None if ctx.is_main else _follow(_value(overrides, "distributed.store_dir"))
 
 
 def _follow(store_dir: str | None) -> int:
@@ -413,87 +357,72 @@ def _follow(store_dir: str | None) -> int:
         )
         root.addHandler(h)
     root.setLevel(logging.WARNING)  # quieter: rank 0 reports the run
-    follow(store_dir)
+    follow(store_dir or None)
     return 0
 
 
+def _bare_cfg_means_job(argv: Sequence[str]) -> list[str]:
+    """``--cfg`` / ``-c`` without a value means ``--cfg job`` (what the first CLI printed); Hydra's
+    parser requires the value."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in ("--cfg", "-c") and (i + 1 == len(argv) or argv[i + 1] not in _CFG_CHOICES):
+            out.append("job")
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    from hydra._internal.utils import get_args_parser  # the parser hydra.main uses
+
+    parser = get_args_parser()
+    parser.prog = "deltairis-train"
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
+    argv = _bare_cfg_means_job(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)  # an unknown option: argparse prints the usage, exits 2
+    except SystemExit as exc:
+        return _exit_code(exc)
+    if args.help:
         print(__doc__)
         print(USAGE)
         return 0
     try:
-        return _main(argv)
+        return _main(args, argv)
+    except (Exception, KeyboardInterrupt) as exc:
+        code = _report(exc)
+        if code:
+            return code
+        raise
     finally:
         from deltairis import distributed as dist
 
         dist.shutdown()
 
 
-def _main(argv: list[str]) -> int:
-    try:
-        from deltairis.train.configuration import ConfigError, compose_config
-
-        try:
-            argv = _normalise(argv)
-        except _ArgumentError as exc:
-            print(f"deltairis-train: {exc}\n{USAGE}", file=sys.stderr)
-            return 2
-        overrides = _overrides(argv)
-        multirun = any(a in ("-m", "--multirun") for a in argv)
-        printing = any(
-            a in ("--cfg", "-c", "--info", "-i", "-sc", "--shell-completion", "--hydra-help", "--version")
-            or a.startswith(("--cfg=", "--info="))
-            for a in argv
+def _main(args: argparse.Namespace, argv: list[str]) -> int:
+    overrides = _parse_overrides(args.overrides)
+    code = _start_distributed(args, overrides)
+    if code is not None:
+        return code
+    resume = (_value(overrides, "common.resume") or "").lower() in _TRUE
+    if resume and args.multirun:
+        raise _config_error(
+            "common.resume=true resumes one run folder; resume each job of a sweep with its own "
+            "scripts/resume.sh"
         )
-        if printing:  # under torchrun too: rank 0 prints, the other ranks have nothing to do
-            from deltairis.distributed import env_world
-
-            world = env_world()
-            if world is not None and world[0] > 0:
-                return 0
-        else:
-            ctx, store_dir = _join_group(overrides, multirun)
-            if not ctx.is_main:
-                return _follow(store_dir)
-        resume = any(
-            a.lstrip("+").startswith("common.resume=") and a.split("=", 1)[1].strip().lower() in _TRUE
-            for a in overrides
-        )
-        if resume:
-            if multirun:
-                raise ConfigError(
-                    "common.resume=true resumes one run folder; resume each job of a sweep with its own "
-                    "scripts/resume.sh"
-                )
-            return _resume(
-                overrides, print_cfg=any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in argv)
-            )
-        custom_config = any(
-            a.split("=", 1)[0] in ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
-            for a in argv
-        )
-        informational = any(
-            a in ("--info", "-i", "--shell-completion", "-sc", "--hydra-help", "--version") for a in argv
-        )
-        if not custom_config and not informational:
-            # Validate before Hydra starts (every job of a sweep, see _job_override_sets), so that a bad
-            # key exits with code 2 and a message naming it instead of Hydra's traceback.
-            job_overrides = [a for a in overrides if not _is_hydra_override(a)]
-            for sets in _job_override_sets(job_overrides, multirun):
-                _check_game(compose_config(sets))
-        return _run_hydra(argv)
-    except (Exception, KeyboardInterrupt) as exc:
-        code = _report(exc)
-        if code:
-            return code
-        raise
+    informational = args.info or args.shell_completion or args.hydra_help or args.cfg == "hydra"
+    if resume and not informational:
+        return _resume(overrides, args.cfg)
+    return _run_hydra(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
     # `python -m deltairis.cli.train`: run the package module's main, so that Hydra's task function is
     # `deltairis.cli.train.task` (importable by launchers that pickle it), not a copy in `__main__`.
-    from deltairis.cli.train import main as _main
+    from deltairis.cli.train import main as _package_main
 
-    sys.exit(_main())
+    sys.exit(_package_main())

@@ -35,7 +35,7 @@ def _register_schema() -> None:
     ConfigStore.instance().store(name=SCHEMA_NAME, node=TrainerConfig)
 
 
-def _format_error(exc: Exception) -> str:
+def format_error(exc: Exception) -> str:
     # Hydra wraps OmegaConf errors; keep the whole chain: it names the key (full_key: ...).
     parts = [str(exc).strip()]
     cause = exc.__cause__ or exc.__context__
@@ -63,7 +63,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
             cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides))
     except Exception as exc:  # hydra raises several unrelated exception types
-        raise ConfigError(f"invalid configuration override: {_format_error(exc)}") from exc
+        raise ConfigError(f"invalid configuration override: {format_error(exc)}") from exc
     return validate_config(cfg)
 
 
@@ -78,7 +78,7 @@ def validate_config(cfg: Any) -> DictConfig:
         OmegaConf.resolve(merged)
         missing = sorted(OmegaConf.missing_keys(merged))
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"invalid configuration: {_format_error(exc)}") from exc
+        raise ConfigError(f"invalid configuration: {format_error(exc)}") from exc
     if missing:
         raise ConfigError(f"missing mandatory configuration value(s): {', '.join(missing)}")
     _check_values(merged)
@@ -102,6 +102,14 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError(
             "env.train.id is required with env=atari (e.g. env.train.id=BreakoutNoFrameskip-v4)"
         )
+    for split in ("train", "test"):
+        # an Atari game id with another env (`-m env.train.id=A,B` without env=atari) would otherwise
+        # train the default env once per "game"
+        game = cfg.env[split].id
+        if cfg.env.name != "atari" and game:
+            raise ConfigError(
+                f"env.{split}.id={game} is an Atari game but env={cfg.env.name}; add env=atari params=atari"
+            )
     if cfg.agent.preset not in ("crafter", "atari", "tiny"):
         raise ConfigError(f"agent.preset must be crafter, atari or tiny, got {cfg.agent.preset!r}")
     tc = cfg.collection.train
@@ -157,7 +165,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             with open_dict(cfg) if add else contextlib.nullcontext():
                 OmegaConf.update(cfg, key, OmegaConf.select(parsed, key), merge=True)
         except OmegaConfBaseException as exc:
-            raise ConfigError(f"invalid override {item!r}: {_format_error(exc)}") from exc
+            raise ConfigError(f"invalid override {item!r}: {format_error(exc)}") from exc
     return validate_config(cfg)
 
 

@@ -11,20 +11,47 @@ others finish, and no step is thrown away.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from omegaconf import DictConfig
+
+from deltairis.config.schema import EnvConfig, EnvSplitConfig
+from deltairis.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deltairis.envs.vector import VectorEnv
 
 logger = logging.getLogger(__name__)
 
 
-def env_kwargs(env_cfg: DictConfig, split: str) -> dict[str, Any]:
-    """Keyword arguments of ``make_vector_env`` for the ``train`` or ``test`` settings."""
-    s = env_cfg[split]
+class EnvKwargs(TypedDict, total=False):
+    """The env-specific keyword arguments of ``make_vector_env`` (each env's own settings)."""
+
+    id: str  # atari
+    train: bool  # atari: the train or the test preprocessing
+    noop_max: int  # atari
+    max_episode_frames: int  # atari
+    length: int  # crafter
+    max_steps: int  # toy
+    respawn: bool  # toy
+    grid: int  # toy
+
+
+def env_kwargs(env_cfg: EnvConfig | DictConfig, split: str) -> EnvKwargs:
+    """Keyword arguments of ``make_vector_env`` for the ``train`` or ``test`` settings.
+
+    ``env_cfg`` is the typed ``env`` section (:class:`~deltairis.config.schema.EnvConfig`) or, from code
+    that still holds the untyped config, its ``DictConfig``.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    s: EnvSplitConfig | DictConfig = env_cfg.train if split == "train" else env_cfg.test
     name = env_cfg.name
-    kw: dict[str, Any] = {}
+    kw = EnvKwargs()
     if name == "atari":
-        kw["id"] = s.id
+        if not s.id:
+            raise ConfigError(f"env.{split}.id is required with env=atari (e.g. BreakoutNoFrameskip-v4)")
+        kw["id"] = str(s.id)
         kw["train"] = split == "train"
         if s.noop_max is not None:
             kw["noop_max"] = int(s.noop_max)
@@ -43,7 +70,7 @@ def env_kwargs(env_cfg: DictConfig, split: str) -> dict[str, Any]:
     return kw
 
 
-def make_env(env_cfg: DictConfig, split: str, num_envs: int, seed: int) -> Any:
+def make_env(env_cfg: EnvConfig | DictConfig, split: str, num_envs: int, seed: int) -> VectorEnv:
     """A :class:`~deltairis.envs.vector.VectorEnv` with the ``split`` settings, seeded with ``seed``."""
     kw = env_kwargs(env_cfg, split)
     from deltairis.envs import make_vector_env
@@ -53,4 +80,4 @@ def make_env(env_cfg: DictConfig, split: str, num_envs: int, seed: int) -> Any:
     )
 
 
-__all__ = ["env_kwargs", "make_env"]
+__all__ = ["EnvKwargs", "env_kwargs", "make_env"]
