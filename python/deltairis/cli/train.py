@@ -36,12 +36,12 @@ names it; the last checkpoint is intact: resume), 130 interrupted outside traini
 """
 
 # How it is built: Hydra's argument parser reads the command line and ``hydra.main`` runs :func:`task`.
-# The configuration is checked by the :class:`CheckConfig` callback (``hydra.callbacks`` of trainer.yaml)
-# before Hydra creates a folder (every job of a sweep before the first starts) and becomes the schema's
-# dataclasses in :func:`task`. The glue Hydra has no mechanism for, kept small: a bare ``--cfg`` means
-# ``--cfg job``; ``--help`` prints this module's usage; Hydra's errors exit with status 2 instead of 1
-# (HYDRA_FULL_ERROR, Hydra's own switch, lets them reach :func:`main`); resume and the torchrun start
-# read the overrides (with Hydra's override parser) before Hydra runs.
+# The :class:`CheckConfig` callback (``hydra.callbacks`` of trainer.yaml) checks the configuration before
+# Hydra creates a folder (every job of a sweep before the first starts); :func:`task` turns it into the
+# schema's dataclasses. Glue where Hydra has no mechanism, kept small: a bare ``--cfg`` means ``--cfg job``;
+# ``--help`` prints this module's usage; Hydra's errors exit with status 2, not 1 (its HYDRA_FULL_ERROR
+# switch lets them reach :func:`main`); resume and the torchrun start read the overrides (with Hydra's
+# override parser) before Hydra runs, since neither composes the config.
 
 from __future__ import annotations
 
@@ -54,11 +54,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from deltairis.errors import ConfigError, DeltaIrisError, DistributedError, Preempted
+from deltairis.train.configuration import (
+    CONFIG_MODULE,
+    CONFIG_NAME,
+    _register_schema,
+    apply_overrides,
+    format_error,
+    load_run_config,
+    typed_config,
+    validate_config,
+)
+from deltairis.train.preemption import PREEMPTED_EXIT_CODE
 
 if TYPE_CHECKING:
     from hydra.core.override_parser.types import Override
-    from omegaconf import DictConfig
 
     from deltairis.config.schema import TrainerConfig
 
@@ -92,13 +109,6 @@ DISTRIBUTED_EXIT_CODE = 69
 
 def _report(exc: BaseException) -> int:
     """Print a known error the way the CLI always has; returns the exit code (0: not a known error)."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from deltairis.errors import ConfigError, DeltaIrisError, DistributedError, Preempted
-    from deltairis.train.configuration import format_error
-    from deltairis.train.preemption import PREEMPTED_EXIT_CODE
-
     if isinstance(exc, Preempted):
         print(f"deltairis-train: {exc}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
@@ -135,8 +145,6 @@ def _known_errors_exit() -> Iterator[None]:
 
 def _job_config(config: DictConfig) -> DictConfig:
     """The job's part of a config Hydra composed (its ``hydra`` node left out)."""
-    from omegaconf import OmegaConf
-
     return OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
 
 
@@ -169,16 +177,10 @@ class CheckConfig(Callback):
     the process with status 2 and a message naming the key (Hydra's callbacks only warn on exceptions)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
-        from deltairis.train.configuration import validate_config
-
         with _known_errors_exit():
             validate_config(_job_config(config))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
-        from hydra.core.global_hydra import GlobalHydra
-
-        from deltairis.train.configuration import validate_config
-
         loader = GlobalHydra.instance().config_loader()
         with _known_errors_exit():
             for job in _job_override_sets(list(config.hydra.overrides.task), True):
@@ -186,68 +188,50 @@ class CheckConfig(Callback):
                 validate_config(_job_config(loader.load_sweep_config(config, job)))
 
 
-def _config_error(message: str) -> Exception:
-    from deltairis.errors import ConfigError
-
-    return ConfigError(message)
-
-
-def _setup_logging(run_dir: Path | None) -> logging.Handler | None:
-    fmt = logging.Formatter(_LOG_FORMAT, "%H:%M:%S")
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    if not any(
-        isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers
-    ):
-        h = logging.StreamHandler()
-        h.setFormatter(fmt)
-        root.addHandler(h)
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(run_dir / "train.log")
-        fh.setFormatter(fmt)
-        root.addHandler(fh)
-        return fh
-    return None
-
-
 def _train_in(cfg: TrainerConfig, run_dir: Path) -> None:
+    """Train in ``run_dir``; the log also goes to its ``train.log`` (and to the console where Hydra did not
+    set one up: on resume)."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from deltairis.train.trainer import train
 
-    handler = _setup_logging(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    handlers: list[logging.Handler] = [logging.FileHandler(run_dir / "train.log")]
+    consoles = [h for h in root.handlers if isinstance(h, logging.StreamHandler)]
+    if not any(not isinstance(h, logging.FileHandler) for h in consoles):
+        handlers.append(logging.StreamHandler())
+    for h in handlers:
+        h.setFormatter(logging.Formatter(_LOG_FORMAT, "%H:%M:%S"))
+        root.addHandler(h)
     try:
         with logging_redirect_tqdm():
             train(cfg, run_dir)
     finally:
-        if handler is not None:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+        for h in handlers:
+            root.removeHandler(h)
+            h.close()
 
 
-class _Hydra:
-    #: set when the task function starts: an exception after that is the run's, not a usage error
-    task_started = False
+#: set when the task function starts: an exception after that is the run's, not a usage error
+_task_started = False
 
 
 def task(cfg: DictConfig) -> None:
     """Hydra's task function: the job's config as the schema's dataclasses, trained in the job's folder."""
     from hydra.core.hydra_config import HydraConfig
 
-    from deltairis.train.configuration import typed_config
-
-    _Hydra.task_started = True
+    global _task_started
+    _task_started = True
     with _known_errors_exit():
         _train_in(typed_config(cfg), Path(HydraConfig.get().runtime.output_dir))
 
 
 def _run_hydra(argv: list[str]) -> int:
     import hydra
-    from hydra.core.global_hydra import GlobalHydra
 
-    from deltairis.train.configuration import CONFIG_MODULE, CONFIG_NAME, _register_schema
-
+    global _task_started
     _register_schema()
     app = hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base=None)(task)
     GlobalHydra.instance().clear()
@@ -256,13 +240,13 @@ def _run_hydra(argv: list[str]) -> int:
     # Hydra prints its own errors and exits with status 1; with its HYDRA_FULL_ERROR switch they reach
     # main(), which names the key and exits with status 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    _Hydra.task_started = False
+    _task_started = False
     try:
         app()
     except SystemExit as exc:
         return _exit_code(exc)
     except (ValueError, TypeError) as exc:
-        if _Hydra.task_started:
+        if _task_started:
             raise
         print(f"deltairis-train: {exc}", file=sys.stderr)  # e.g. two of --cfg, -m, --info
         return 2
@@ -284,28 +268,25 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def _parse_overrides(overrides: Sequence[str]) -> list[Override]:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     return OverridesParser.create().parse_overrides(list(overrides))
 
 
 def _value(overrides: Sequence[Override], key: str) -> str | None:
     """The value a (non-sweep) command-line override gives ``key``, as text; None when none does."""
-    found = [o for o in overrides if o.key_or_group == key and not o.is_delete() and not o.is_sweep_override()]
+    found = [o for o in overrides if o.key_or_group == key and not (o.is_delete() or o.is_sweep_override())]
     value = found[-1].value() if found else None
     return None if value is None else str(value)
 
 
 def _resume(overrides: list[Override], print_cfg: str | None) -> int:
     """``common.resume=true``: the run folder's saved config plus the other job overrides (no composition)."""
-    from omegaconf import OmegaConf
-
-    from deltairis.train.configuration import apply_overrides, load_run_config, typed_config
-
     run_dir = Path(_value(overrides, "hydra.run.dir") or Path.cwd()).resolve()
     # Hydra settings (output_subdir, job.chdir, ...) mean nothing for a resumed run
-    rest = [o.input_line for o in overrides if not o.is_hydra_override() and o.key_or_group != "common.resume"]
-    cfg = apply_overrides(load_run_config(run_dir / "config" / "trainer.yaml"), [*rest, "common.resume=true"])
+    rest = [
+        o.input_line for o in overrides if not (o.is_hydra_override() or o.key_or_group == "common.resume")
+    ]
+    saved = load_run_config(run_dir / "config" / "trainer.yaml")
+    cfg = apply_overrides(saved, [*rest, "common.resume=true"])
     if print_cfg is not None:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return 0
@@ -330,14 +311,14 @@ def _start_distributed(args: argparse.Namespace, overrides: list[Override]) -> i
     if args.cfg or args.info or args.shell_completion or args.hydra_help:
         return None if world[0] == 0 else 0  # rank 0 prints, the others have nothing to do
     if args.multirun:
-        raise _config_error("a sweep (-m) cannot run under torchrun: start one torchrun per job")
+        raise ConfigError("a sweep (-m) cannot run under torchrun: start one torchrun per job")
     text = _value(overrides, "distributed.timeout_s") or "1800.0"
     try:
         timeout = float(text)
     except ValueError as exc:
-        raise _config_error(f"distributed.timeout_s must be a number ({exc})") from exc
+        raise ConfigError(f"distributed.timeout_s must be a number ({exc})") from exc
     if timeout <= 0:
-        raise _config_error(f"distributed.timeout_s must be > 0, got {timeout}")
+        raise ConfigError(f"distributed.timeout_s must be > 0, got {timeout}")
     ctx = dist.init(resolve_device(_value(overrides, "common.device") or "auto").type, timeout)
     return None if ctx.is_main else _follow(_value(overrides, "distributed.store_dir"))
 
@@ -410,7 +391,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         return code
     resume = (_value(overrides, "common.resume") or "").lower() in _TRUE
     if resume and args.multirun:
-        raise _config_error(
+        raise ConfigError(
             "common.resume=true resumes one run folder; resume each job of a sweep with its own "
             "scripts/resume.sh"
         )
