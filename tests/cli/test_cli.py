@@ -81,8 +81,8 @@ def test_resume_script_calls_the_installed_entry_point(run: Path, tmp_path) -> N
         pytest.skip("deltairis-train is not installed")
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
-    r = subprocess.run(["bash", str(copy / "scripts/resume.sh"), "common.epochs=2"], capture_output=True, text=True,
-                       env=_env_with_entry_points(), timeout=600)
+    r = subprocess.run(["bash", str(copy / "scripts/resume.sh"), "common.epochs=2"], check=False, capture_output=True,
+                       text=True, env=_env_with_entry_points(), timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     epochs = [json.loads(x)["epoch"] for x in (copy / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
@@ -95,6 +95,18 @@ def test_corrupt_checkpoint_is_reported(run: Path, tmp_path, capsys) -> None:
     assert train_cli.main(["common.resume=true", f"hydra.run.dir={copy}", "common.epochs=2"]) == 1
     assert "corrupt" in capsys.readouterr().err
     assert (copy / "checkpoints/optimizer.pt").read_bytes() == b"garbage"
+
+
+def test_resume_prints_the_saved_config_with_the_overrides(run: Path, capsys) -> None:
+    before = (run / "metrics.jsonl").read_text()
+    assert train_cli.main(["--cfg", "common.resume=true", f"hydra.run.dir={run}", "common.epochs=7"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 7" in out and "resume: true" in out and "preset: tiny" in out and "seed: 3" in out
+    assert (run / "metrics.jsonl").read_text() == before  # printed, not trained
+    assert train_cli.main(["common.resume=true", f"hydra.run.dir={run}", "env=crafter"]) == 2
+    assert "groups cannot change" in capsys.readouterr().err
+    assert train_cli.main(["common.resume=true", f"hydra.run.dir={run}", "common.nope=1"]) == 2
+    assert "common.nope" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -122,7 +134,7 @@ def test_play_script_calls_the_installed_entry_point(run: Path) -> None:
     if shutil.which("deltairis-play", path=_env_with_entry_points()["PATH"]) is None:
         pytest.skip("deltairis-play is not installed")
     r = subprocess.run(["bash", str(run / "scripts/play.sh"), "--steps", "3", "--output", str(run / "x.gif")],
-                       capture_output=True, text=True, env=_env_with_entry_points(), timeout=300)
+                       check=False, capture_output=True, text=True, env=_env_with_entry_points(), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (run / "x.gif").stat().st_size > 0
 

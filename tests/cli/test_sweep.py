@@ -234,3 +234,67 @@ def test_every_value_of_an_atari_sweep_is_validated_before_it_starts() -> None:
     assert train_cli._job_override_sets(["env=toy", "common.seed=0,1"], False) == [
         ["env=toy", "common.seed=0,1"]
     ]
+
+
+def test_a_bad_value_exits_2_before_hydra_creates_the_run_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    # composes fine, but the schema's value checks refuse it: the check runs before Hydra's mkdir
+    monkeypatch.chdir(tmp_path)
+    assert train_cli.main(["env=toy", "params=tiny", "common.epochs=0"]) == 2
+    assert "common.epochs" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_the_task_gets_the_typed_config_in_hydras_run_folder(tmp_path: Path, monkeypatch) -> None:
+    from deltairis.config.schema import TrainerConfig
+    from deltairis.train import trainer
+
+    seen: list[tuple[object, Path]] = []
+    monkeypatch.setattr(trainer, "train", lambda cfg, run_dir: seen.append((cfg, Path(run_dir))))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    run = tmp_path / "run"
+    assert train_cli.main([*TINY, "common.seed=4", f"hydra.run.dir={run}"]) == 0
+    [(cfg, run_dir)] = seen
+    assert isinstance(cfg, TrainerConfig) and cfg.common.seed == 4 and cfg.env.name == "toy"
+    assert run_dir == run and (run / ".hydra" / "overrides.yaml").is_file() and (run / "train.log").is_file()
+    assert "HYDRA_FULL_ERROR" not in os.environ  # Hydra's switch is set only while Hydra runs
+
+
+def test_an_unexpected_error_in_the_run_is_not_reported_as_bad_arguments(tmp_path: Path, monkeypatch) -> None:
+    from deltairis.train import trainer
+
+    def boom(cfg: object, run_dir: object) -> None:
+        raise ValueError("a bug in the trainer")
+
+    monkeypatch.setattr(trainer, "train", boom)
+    with pytest.raises(ValueError, match="a bug in the trainer"):  # a traceback, not exit status 2
+        train_cli.main([*TINY, f"hydra.run.dir={tmp_path / 'run'}"])
+
+
+def test_every_job_of_a_sweep_is_checked_before_the_first_starts(tmp_path: Path, monkeypatch, capsys) -> None:
+    from deltairis.config.schema import TrainerConfig
+    from deltairis.train import trainer
+
+    started: list[TrainerConfig] = []
+    monkeypatch.setattr(trainer, "train", lambda cfg, run_dir: started.append(cfg))
+    monkeypatch.chdir(tmp_path)
+    # the first job (seed 0, batch size 2) is valid; the bad value is the last value of the last swept key
+    args = ["-m", *TINY, "common.seed=0,1", "training.tokenizer.batch_size=2,-1"]
+    assert train_cli.main(args) == 2
+    assert "training.tokenizer.batch_size" in capsys.readouterr().err
+    assert started == [] and not (tmp_path / "multirun").exists()
+    assert train_cli.main(["-m", *TINY, "common.seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 0
+    assert [c.common.seed for c in started] == [0, 1]
+
+
+def test_under_torchrun_rank_0_prints_and_the_others_exit(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert train_cli.main(["--cfg", "job", "env=toy", "params=tiny"]) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert train_cli.main(["--cfg", "job", "env=toy", "params=tiny"]) == 0
+    assert "preset: tiny" in capsys.readouterr().out
+    assert train_cli.main(["-m", "env=toy", "common.seed=0,1"]) == 2  # before joining any group
+    assert "torchrun" in capsys.readouterr().err
+    assert train_cli.main(["env=toy", "distributed.timeout_s=soon"]) == 2
+    assert "distributed.timeout_s" in capsys.readouterr().err

@@ -6,8 +6,10 @@ from importlib import resources
 
 import pytest
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError
 
 from deltairis.config import make_agent_config
+from deltairis.config.schema import EnvConfig, TrainerConfig
 from deltairis.train.configuration import (
     ConfigError,
     agent_config_from,
@@ -16,7 +18,10 @@ from deltairis.train.configuration import (
     diff_dicts,
     load_run_config,
     save_config,
+    typed_config,
+    untyped_config,
 )
+from deltairis.train.env_config import env_kwargs
 
 
 def test_default_is_crafter_with_the_reference_schedule() -> None:
@@ -69,6 +74,7 @@ def test_reference_atari_command_line() -> None:
         (["env=atari"], r"env\.train\.id"),
         (["training.world_model.learning_rate=-1"], r"training\.world_model\.learning_rate"),
         (["common.epochs"], r"common\.epochs"),
+        (["env.train.id=BreakoutNoFrameskip-v4"], r"env\.train\.id.*env=atari"),  # a game for Crafter
     ],
 )
 def test_bad_overrides_name_the_key(overrides: list[str], pattern: str) -> None:
@@ -122,3 +128,53 @@ def test_agent_overrides_map_onto_the_preset() -> None:
 def test_diff_dicts_lists_nested_changes() -> None:
     assert diff_dicts({"a": {"b": 1, "c": [1, 2]}}, {"a": {"b": 2, "c": (1, 2)}}) == ["a.b: 1 -> 2"]
     assert diff_dicts({"a": 1}, {"a": 1, "b": 2}) == ["b: (absent) -> 2"]
+
+
+def test_typed_config_is_the_schemas_dataclasses_and_round_trips() -> None:
+    cfg = compose_config(["env=atari", "params=atari", "env.train.id=PongNoFrameskip-v4", "common.seed=2"])
+    typed = typed_config(cfg)
+    assert isinstance(typed, TrainerConfig) and isinstance(typed.env, EnvConfig)
+    assert typed.env.test.id == "PongNoFrameskip-v4" and typed.common.seed == 2  # interpolations resolved
+    assert typed.training.actor_critic.optimizer == "adam"
+    assert typed_config(typed) is typed
+    back = untyped_config(typed)
+    assert OmegaConf.to_container(back) == OmegaConf.to_container(cfg, resolve=True)
+    with pytest.raises(ConfigAttributeError, match="common.nope"):  # still the schema's struct config
+        back.common.nope = 1
+    assert untyped_config(cfg) is cfg
+    bad = OmegaConf.create(OmegaConf.to_container(cfg))
+    bad.common.epochs = 0
+    with pytest.raises(ConfigError, match=r"common\.epochs"):
+        typed_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "split", "expected"),
+    [
+        (["env=toy", "params=tiny"], "train", {"max_steps": 30, "respawn": True, "grid": 2}),
+        (["env=crafter"], "test", {"length": 10_000}),
+        (
+            ["env=atari", "params=atari", "env.train.id=BreakoutNoFrameskip-v4"],
+            "test",
+            {"id": "BreakoutNoFrameskip-v4", "train": False, "noop_max": 1, "max_episode_frames": 108_000},
+        ),
+        (
+            ["env=atari", "params=atari", "env.train.id=BreakoutNoFrameskip-v4"],
+            "train",
+            {"id": "BreakoutNoFrameskip-v4", "train": True, "noop_max": 30, "max_episode_frames": 20_000},
+        ),
+    ],
+)
+def test_env_kwargs_from_the_typed_or_the_untyped_env_section(
+    overrides: list[str], split: str, expected: dict[str, object]
+) -> None:
+    cfg = compose_config(overrides)
+    assert env_kwargs(typed_config(cfg).env, split) == expected
+    assert env_kwargs(cfg.env, split) == expected  # a DictConfig still works during the transition
+
+
+def test_env_kwargs_refuse_an_atari_env_without_a_game_and_an_unknown_split() -> None:
+    with pytest.raises(ConfigError, match=r"env\.train\.id"):
+        env_kwargs(EnvConfig(name="atari"), "train")
+    with pytest.raises(ValueError, match="valid"):
+        env_kwargs(EnvConfig(name="toy"), "valid")

@@ -189,29 +189,24 @@ class CheckConfig(Callback):
 
 
 def _train_in(cfg: TrainerConfig, run_dir: Path) -> None:
-    """Train in ``run_dir``; the log also goes to its ``train.log`` (and to the console where Hydra did not
-    set one up: on resume)."""
+    """Train in ``run_dir``; the log also goes to its ``train.log`` (and to the console on resume)."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from deltairis.train.trainer import train
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(format=_LOG_FORMAT, datefmt="%H:%M:%S")  # a console log where Hydra set none up
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    handlers: list[logging.Handler] = [logging.FileHandler(run_dir / "train.log")]
-    consoles = [h for h in root.handlers if isinstance(h, logging.StreamHandler)]
-    if not any(not isinstance(h, logging.FileHandler) for h in consoles):
-        handlers.append(logging.StreamHandler())
-    for h in handlers:
-        h.setFormatter(logging.Formatter(_LOG_FORMAT, "%H:%M:%S"))
-        root.addHandler(h)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT, "%H:%M:%S"))
+    root.addHandler(handler)
     try:
         with logging_redirect_tqdm():
             train(cfg, run_dir)
     finally:
-        for h in handlers:
-            root.removeHandler(h)
-            h.close()
+        root.removeHandler(handler)
+        handler.close()
 
 
 #: set when the task function starts: an exception after that is the run's, not a usage error
@@ -252,9 +247,8 @@ def _run_hydra(argv: list[str]) -> int:
         return 2
     finally:
         sys.argv = saved_argv
-        if full_error is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
+        os.environ.pop("HYDRA_FULL_ERROR")
+        if full_error is not None:
             os.environ["HYDRA_FULL_ERROR"] = full_error
         GlobalHydra.instance().clear()
     return 0
@@ -330,14 +324,10 @@ def _follow(store_dir: str | None) -> int:
     from deltairis.train.trainer import follow
 
     rank = dist.current().rank
-    root = logging.getLogger()
-    if not root.handlers:
-        h = logging.StreamHandler()
-        h.setFormatter(
-            logging.Formatter(f"[%(asctime)s rank {rank} %(levelname)s %(name)s] %(message)s", "%H:%M:%S")
-        )
-        root.addHandler(h)
-    root.setLevel(logging.WARNING)  # quieter: rank 0 reports the run
+    logging.basicConfig(
+        format=f"[%(asctime)s rank {rank} %(levelname)s %(name)s] %(message)s", datefmt="%H:%M:%S"
+    )
+    logging.getLogger().setLevel(logging.WARNING)  # quieter: rank 0 reports the run
     follow(store_dir or None)
     return 0
 
@@ -368,11 +358,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return _exit_code(exc)
     if args.help:
-        print(__doc__)
-        print(USAGE)
+        print(f"{__doc__}\n{USAGE}")
         return 0
     try:
-        return _main(args, argv)
+        overrides = _parse_overrides(args.overrides)
+        code = _start_distributed(args, overrides)
+        if code is not None:
+            return code
+        if (_value(overrides, "common.resume") or "").lower() in _TRUE:
+            if args.multirun:
+                raise ConfigError(
+                    "common.resume=true resumes one run folder; resume each job of a sweep with its own "
+                    "scripts/resume.sh"
+                )
+            if not (args.info or args.shell_completion or args.hydra_help or args.cfg == "hydra"):
+                return _resume(overrides, args.cfg)
+        return _run_hydra(argv)
     except (Exception, KeyboardInterrupt) as exc:
         code = _report(exc)
         if code:
@@ -382,23 +383,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from deltairis import distributed as dist
 
         dist.shutdown()
-
-
-def _main(args: argparse.Namespace, argv: list[str]) -> int:
-    overrides = _parse_overrides(args.overrides)
-    code = _start_distributed(args, overrides)
-    if code is not None:
-        return code
-    resume = (_value(overrides, "common.resume") or "").lower() in _TRUE
-    if resume and args.multirun:
-        raise ConfigError(
-            "common.resume=true resumes one run folder; resume each job of a sweep with its own "
-            "scripts/resume.sh"
-        )
-    informational = args.info or args.shell_completion or args.hydra_help or args.cfg == "hydra"
-    if resume and not informational:
-        return _resume(overrides, args.cfg)
-    return _run_hydra(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
