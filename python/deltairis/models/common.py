@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
 from deltairis import distributed
 
@@ -21,6 +22,23 @@ class LossOutput(NamedTuple):
 
     loss: torch.Tensor
     metrics: dict[str, torch.Tensor]
+
+
+def init_reference_weights(module: nn.Module) -> None:
+    """The reference's initialisation of the tokenizer and the world model (``model.apply(...)``).
+
+    Linear and Embedding weights from N(0, 0.02), Linear biases zero, LayerNorm weight 1 and bias 0;
+    convolutions keep PyTorch's default initialisation, as in the reference.
+    """
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,9 @@ class Quantizer(nn.Module):
         c, e = config.codebook_size, config.codebook_dim
         self.pre_quant_proj = nn.Linear(input_dim, e)
         self.post_quant_proj = nn.Linear(e, input_dim)
-        codebook = F.normalize(torch.empty(c, e).uniform_(-1.0 / c, 1.0 / c), dim=-1)
+        # As in the reference: small uniform values, not unit vectors; every update ends with a
+        # normalisation, so the first update pulls each used code almost onto its batch mean.
+        codebook = torch.empty(c, e).uniform_(-1.0 / c, 1.0 / c)
         self.register_buffer("codebook", codebook)
         self.register_buffer("codewords_freqs", torch.full((c,), 1.0 / c))
         self.register_buffer("num_codebook_updates", torch.tensor(0, dtype=torch.int64))

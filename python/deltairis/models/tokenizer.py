@@ -7,7 +7,7 @@ from einops import rearrange
 from torch import nn
 
 from deltairis.config.models import TokenizerConfig
-from deltairis.models.common import LossOutput, masked_mean, mean
+from deltairis.models.common import LossOutput, init_reference_weights, masked_mean, mean
 from deltairis.models.convnet import FrameDecoder, FrameEncoder
 from deltairis.models.quantizer import Quantizer
 
@@ -36,6 +36,7 @@ class Tokenizer(nn.Module):
         self.encoder = FrameEncoder(config.encoder)
         self.frame_cnn = FrameEncoder(config.frame_cnn)
         self.decoder = FrameDecoder(config.decoder)
+        self.apply(init_reference_weights)
 
     # -- pieces -----------------------------------------------------------------------------
     def encode(self, obs_prev: torch.Tensor, act: torch.Tensor, obs_next: torch.Tensor) -> torch.Tensor:

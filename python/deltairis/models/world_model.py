@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deltairis.config.models import WorldModelConfig
-from deltairis.models.common import LossOutput, masked_mean
+from deltairis.models.common import LossOutput, init_reference_weights, masked_mean
 from deltairis.models.convnet import FlattenHWC, FrameEncoder
 from deltairis.models.kv_cache import KVCache
 from deltairis.models.transformer import Transformer
@@ -74,6 +74,7 @@ class WorldModel(nn.Module):
         self.head_latents = Head(tcfg.max_blocks, latent_pattern, e, h, config.latent_vocab_size)
         self.head_rewards = Head(tcfg.max_blocks, act_pattern, e, h, config.num_reward_classes)
         self.head_ends = Head(tcfg.max_blocks, act_pattern, e, h, 2)
+        self.apply(init_reference_weights)
 
     @property
     def tokens_per_frame(self) -> int:
