@@ -123,6 +123,15 @@ def test_agent_overrides_map_onto_the_preset() -> None:
         agent_config_from(bad, 5)
     plain = compose_config(["env=toy", "params=tiny"])
     assert agent_config_from(plain, 5) == base
+    assert agent_config_from(typed_config(cfg), 5) == a  # the typed config gives the same model config
+    assert agent_config_from(typed_config(plain), 5) == base
+    for bad_override in ("tokenizer.num_actions=3", "actor_critic.num_actions=3"):
+        bad = compose_config(["env=toy", "params=tiny", f"+agent.overrides.{bad_override}"])
+        with pytest.raises(ConfigError, match="num_actions"):
+            agent_config_from(bad, 5)
+    bad = compose_config(["env=toy", "params=tiny", "+agent.overrides.actor_critic.frame_cnn=4"])
+    with pytest.raises(ConfigError, match="frame_cnn"):
+        agent_config_from(bad, 5)
 
 
 def test_diff_dicts_lists_nested_changes() -> None:

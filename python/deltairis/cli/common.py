@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from deltairis.agent import Agent
 
 logger = logging.getLogger("deltairis.cli")
 
@@ -44,7 +47,7 @@ def load_run(
     *,
     preset: str | None = None,
     env_id: str | None = None,
-) -> tuple[DictConfig, Any]:
+) -> tuple[DictConfig, Agent]:
     """The validated config of a run and its agent (``RUN/checkpoints/last.pt`` unless ``checkpoint``).
 
     A run folder (``RUN/config/trainer.yaml``) gives its own config. Without one (a folder holding only

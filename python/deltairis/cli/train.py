@@ -145,7 +145,7 @@ def _known_errors_exit() -> Iterator[None]:
 
 def _job_config(config: DictConfig) -> DictConfig:
     """The job's part of a config Hydra composed (its ``hydra`` node left out)."""
-    return OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    return OmegaConf.masked_copy(config, [str(k) for k in config if k != "hydra"])
 
 
 def _job_override_sets(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -154,16 +154,16 @@ def _job_override_sets(overrides: list[str], multirun: bool) -> list[list[str]]:
     if not multirun:
         return [overrides]
     choices: list[list[str]] = []
-    for item in _parse_overrides(overrides):
+    for text, item in zip(overrides, _parse_overrides(overrides)):
         if item.is_sweep_override():
             try:
                 values = list(item.sweep_string_iterator())
             except Exception as exc:  # noqa: BLE001 (interval sweeps (optuna, ...) have no value list)
-                logger.debug("not checked before the sweep: %s (%s)", item.input_line, exc)
+                logger.debug("not checked before the sweep: %s (%s)", text, exc)
                 continue
-            choices.append([f"{item.get_key_element()}={v}" for v in values] or [item.input_line])
+            choices.append([f"{item.get_key_element()}={v}" for v in values] or [text])
         else:
-            choices.append([item.input_line])
+            choices.append([text])
     first = [c[0] for c in choices]
     sets = [first]
     for k, c in enumerate(choices):
@@ -272,13 +272,12 @@ def _value(overrides: Sequence[Override], key: str) -> str | None:
     return None if value is None else str(value)
 
 
-def _resume(overrides: list[Override], print_cfg: str | None) -> int:
+def _resume(texts: list[str], overrides: list[Override], print_cfg: str | None) -> int:
     """``common.resume=true``: the run folder's saved config plus the other job overrides (no composition)."""
     run_dir = Path(_value(overrides, "hydra.run.dir") or Path.cwd()).resolve()
     # Hydra settings (output_subdir, job.chdir, ...) mean nothing for a resumed run
-    rest = [
-        o.input_line for o in overrides if not (o.is_hydra_override() or o.key_or_group == "common.resume")
-    ]
+    skip = [o.is_hydra_override() or o.key_or_group == "common.resume" for o in overrides]
+    rest = [text for text, skipped in zip(texts, skip) if not skipped]
     saved = load_run_config(run_dir / "config" / "trainer.yaml")
     cfg = apply_overrides(saved, [*rest, "common.resume=true"])
     if print_cfg is not None:
@@ -372,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "scripts/resume.sh"
                 )
             if not (args.info or args.shell_completion or args.hydra_help or args.cfg == "hydra"):
-                return _resume(overrides, args.cfg)
+                return _resume(args.overrides, overrides, args.cfg)
         return _run_hydra(argv)
     except (Exception, KeyboardInterrupt) as exc:
         code = _report(exc)

@@ -13,7 +13,6 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -67,27 +66,27 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     return validate_config(cfg)
 
 
-def validate_config(cfg: Any) -> DictConfig:
+def validate_config(cfg: DictConfig | TrainerConfig) -> DictConfig:
     """Merge ``cfg`` onto the typed schema and resolve it; errors name the key."""
     try:
         schema = OmegaConf.structured(TrainerConfig)
-        if isinstance(cfg, DictConfig):
-            # A plain container, so that keys Hydra added with ``+key=`` are checked against the schema.
-            cfg = OmegaConf.to_container(cfg, resolve=False)
-        merged = OmegaConf.merge(schema, cfg)
+        # A plain container, so that keys Hydra added with ``+key=`` are checked against the schema.
+        source = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+        merged = OmegaConf.merge(schema, source)
         OmegaConf.resolve(merged)
         missing = sorted(OmegaConf.missing_keys(merged))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid configuration: {format_error(exc)}") from exc
     if missing:
         raise ConfigError(f"missing mandatory configuration value(s): {', '.join(missing)}")
+    assert isinstance(merged, DictConfig)  # merged onto the schema's mapping
     _check_values(merged)
     OmegaConf.set_struct(merged, True)
-    return merged  # type: ignore[return-value]
+    return merged
 
 
 def _check_values(cfg: DictConfig) -> None:
-    def positive(key: str, value: Any, allow_zero: bool = False) -> None:
+    def positive(key: str, value: float, allow_zero: bool = False) -> None:
         if value < 0 or (value == 0 and not allow_zero):
             raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
@@ -199,6 +198,8 @@ def load_run_config(path: Path) -> DictConfig:
         raw = OmegaConf.load(path)
     except Exception as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{path} does not hold a configuration (a mapping of sections)")
     return validate_config(raw)
 
 
@@ -208,10 +209,10 @@ def save_config(cfg: DictConfig, path: Path) -> None:
     atomic_write_bytes(path, OmegaConf.to_yaml(cfg, resolve=True).encode())
 
 
-def agent_config_from(cfg: DictConfig, num_actions: int) -> AgentConfig:
+def agent_config_from(cfg: TrainerConfig | DictConfig, num_actions: int) -> AgentConfig:
     """The model configuration: the preset's, with ``agent.overrides`` applied (validated)."""
     base = make_agent_config(cfg.agent.preset, num_actions)
-    if cfg.training.get("exclude_padding", False):
+    if cfg.training.exclude_padding:
         base = dataclasses.replace(
             base,
             **{
@@ -219,32 +220,41 @@ def agent_config_from(cfg: DictConfig, num_actions: int) -> AgentConfig:
                 for part in ("tokenizer", "world_model", "actor_critic")
             },
         )
-    overrides = OmegaConf.to_container(cfg.agent.overrides, resolve=True)
+    overrides = cfg.agent.overrides
+    if isinstance(overrides, DictConfig):
+        overrides = OmegaConf.to_container(overrides, resolve=True)
     if not overrides:
         return base
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"agent.overrides must be a mapping, got {overrides!r}")
     d = base.to_dict()
 
-    def merge(dst: dict[str, Any], src: dict[str, Any], prefix: str) -> None:
-        for k, v in src.items():
-            if k not in dst:
-                raise ConfigError(f"agent.overrides.{prefix}{k} is not a field of the model configuration")
-            if isinstance(v, dict):
-                if not isinstance(dst[k], dict):
-                    raise ConfigError(f"agent.overrides.{prefix}{k} is not a nested configuration")
-                merge(dst[k], v, f"{prefix}{k}.")
+    def merge(dst: dict[str, object], src: dict[str, object], prefix: str) -> None:
+        for key, v in src.items():
+            if key not in dst:
+                raise ConfigError(f"agent.overrides.{prefix}{key} is not a field of the model configuration")
+            sub = dst[key]
+            if isinstance(v, dict) != isinstance(sub, dict):
+                what = "is not" if isinstance(v, dict) else "is"
+                raise ConfigError(f"agent.overrides.{prefix}{key} {what} a nested configuration")
+            if isinstance(v, dict) and isinstance(sub, dict):
+                merge(sub, {str(k): x for k, x in v.items()}, f"{prefix}{key}.")
             else:
-                dst[k] = v
+                dst[key] = v
 
-    merge(d, overrides, "")  # type: ignore[arg-type]
-    if d["tokenizer"]["num_actions"] != num_actions:
-        raise ConfigError("agent.overrides cannot change num_actions (it comes from the environment)")
+    merge(d, {str(k): v for k, v in overrides.items()}, "")
     try:
-        return AgentConfig.from_dict(d)
+        agent = AgentConfig.from_dict(d)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid agent.overrides: {exc}") from exc
+    if {agent.tokenizer.num_actions, agent.world_model.num_actions, agent.actor_critic.num_actions} != {
+        num_actions
+    }:
+        raise ConfigError("agent.overrides cannot change num_actions (it comes from the environment)")
+    return agent
 
 
-def diff_dicts(old: Any, new: Any, prefix: str = "") -> list[str]:
+def diff_dicts(old: object, new: object, prefix: str = "") -> list[str]:
     """Human-readable differences between two nested dicts (``key: old -> new``)."""
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
