@@ -113,7 +113,7 @@ class PhaseTimer:
 def _set_steps(cfg: Any, collect: int, components: dict[str, int]) -> None:
     cfg.collection.train.num_steps = collect
     for name, steps in components.items():
-        cfg.training[name].steps_per_epoch = steps
+        getattr(cfg.training, name).steps_per_epoch = steps
 
 
 def _phase(steps: int, seconds: float, full_steps: int, unit: str) -> dict[str, Any]:

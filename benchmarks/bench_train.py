@@ -61,7 +61,7 @@ def test_phase_steps(benchmark, trainer: Trainer, phase: str, backend: str) -> N
         if trainer.stores["train"] is not own:
             trainer.stores["train"].close()
         trainer.stores["train"] = own
-    c = trainer.cfg.training[phase]
+    c = getattr(trainer.cfg.training, phase)
     assert trainer.stores["train"].num_episodes > 0
     benchmark.extra_info["steps_per_s"] = STEPS / benchmark.stats.stats.mean
     benchmark.extra_info["batch"] = f"{c.batch_size} x {trainer.components[phase].seq_len}"

@@ -15,6 +15,7 @@ from deltairis.config import make_agent_config
 from deltairis.errors import ConfigError
 from deltairis.models.optim import decay_parameter_names
 from deltairis.train.components import COMPONENT_NAMES, COMPONENTS, build_components
+from deltairis.train.configuration import typed_config
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_table_holds_the_three_components_in_training_order() -> None:
 
 
 def test_default_optimizers_are_the_references(agent: Agent, tiny_config) -> None:
-    comps = build_components(agent, tiny_config().training)
+    comps = build_components(agent, typed_config(tiny_config()).training)
     ac = comps["actor_critic"].optimizer
     # torch.optim.Adam over the online network only, in one group (the reference's actor-critic optimizer)
     assert type(ac) is torch.optim.Adam and len(ac.param_groups) == 1
@@ -59,7 +60,7 @@ def test_every_optimizer_honours_its_config(agent: Agent, tiny_config) -> None:
             "training.world_model.weight_decay=0.5",
         ]
     )
-    comps = build_components(agent, cfg.training)
+    comps = build_components(agent, typed_config(cfg).training)
     ac = comps["actor_critic"].optimizer
     assert type(ac) is torch.optim.Adam and ac.param_groups[0]["lr"] == 3e-3
     assert ac.param_groups[0]["weight_decay"] == 0.25 and ac.param_groups[1]["weight_decay"] == 0.0
@@ -78,7 +79,7 @@ def test_unknown_optimizer_is_a_config_error_naming_the_key(tiny_config) -> None
 
 
 def test_seq_len_defaults_to_burn_in_plus_one(agent: Agent, tiny_config) -> None:
-    comps = build_components(agent, tiny_config().training)
+    comps = build_components(agent, typed_config(tiny_config()).training)
     assert comps["actor_critic"].seq_len == agent.config.actor_critic.burn_in + 1
     assert comps["tokenizer"].seq_len == 3 and comps["world_model"].seq_len == 4
 
@@ -86,7 +87,7 @@ def test_seq_len_defaults_to_burn_in_plus_one(agent: Agent, tiny_config) -> None
 def test_loss_calls_are_the_components_own(agent: Agent, tiny_config) -> None:
     from models.helpers import make_batch
 
-    comps = build_components(agent, tiny_config().training)
+    comps = build_components(agent, typed_config(tiny_config()).training)
     agent.eval()  # no codebook updates between the two calls
     batch = make_batch(2, 4, 5)
     torch.testing.assert_close(

@@ -310,8 +310,7 @@ def test_a_killed_rank_stops_the_other_with_a_message_and_the_checkpoint_survive
     else:
         assert "rank 1" in err.split("distributed error", 1)[1]
     # the checkpoint of epoch 1 is intact, and resuming (one rank) finishes the run
-    state, _, _ = read_checkpoint(run)
-    assert state["epoch"] == 1
+    assert read_checkpoint(run).trainer.epoch == 1
     _ok(_single(_resume_args(run, 2)))
     assert load_torch_file(run / "checkpoints" / "trainer_state.pt", "state")["epoch"] == 2
 
@@ -391,8 +390,7 @@ def test_a_hung_rank_stops_the_other_within_the_timeout(
     else:  # rank 0 waits in a collective; the message names the silent rank
         assert "no heartbeat from rank 1" in message, message
     assert waited < HARD_TIMEOUT
-    state, _, _ = read_checkpoint(run)
-    assert state["epoch"] == 1
+    assert read_checkpoint(run).trainer.epoch == 1
 
 
 # Rank 0 sends itself SIGTERM during its first world-model step (as test_preemption.py's CLI test does).

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from deltairis.train.configuration import compose_config
+from deltairis.train.components import component_config
+from deltairis.train.configuration import compose_config, typed_config
 from deltairis.train.trainer import Trainer, epoch_steps, eval_chunks
 
 
@@ -42,11 +43,11 @@ def _reference_steps(cfg, epoch: int) -> int:
     ],
 )
 def test_steps_per_epoch_follow_the_reference(overrides: list[str], expected: dict) -> None:
-    cfg = compose_config(overrides)
-    names = ("tokenizer", "world_model", "actor_critic")
-    for epoch in range(1, int(cfg.common.epochs) + 1):
-        got = tuple(epoch_steps(cfg.training[n], epoch) for n in names)
-        assert got == tuple(_reference_steps(cfg.training[n], epoch) for n in names), epoch
+    cfg = typed_config(compose_config(overrides))
+    sections = [component_config(cfg.training, n) for n in ("tokenizer", "world_model", "actor_critic")]
+    for epoch in range(1, cfg.common.epochs + 1):
+        got = tuple(epoch_steps(c, epoch) for c in sections)
+        assert got == tuple(_reference_steps(c, epoch) for c in sections), epoch
         if epoch in expected:
             assert got == expected[epoch], epoch
 
@@ -88,9 +89,9 @@ def test_counts_from_epoch_two_and_test_store_emptied_per_evaluation(trainer: Tr
     first_test = [test.load_episode(i).obs.copy() for i in range(test.num_episodes)]
     assert test.num_episodes == 2 and "eval/tokenizer/loss" in m1
     trainer.run_epoch(2)
-    c = trainer.cfg.training
     for name in ("tokenizer", "world_model", "actor_critic"):
-        assert store.visit_counts(name).sum() == c[name].steps_per_epoch * c[name].batch_size, name
+        c = component_config(trainer.cfg.training, name)
+        assert store.visit_counts(name).sum() == c.steps_per_epoch * c.batch_size, name
     # the second evaluation replaced the first one's episodes instead of adding to them
     assert test.num_episodes == 2
     assert not all(
@@ -103,7 +104,7 @@ def _reference_eval_loss(trainer: Trainer, name: str, key: str) -> float:
     """Mean over batches of the loss, batches of consecutive chunks of every test episode in order."""
     store = trainer.stores["test"]
     seq = trainer.components[name].seq_len
-    bs = int(trainer.cfg.training[name].batch_size)
+    bs = getattr(trainer.cfg.training, name).batch_size
     chunks = _reference_chunks(store.lengths.tolist(), seq)
     values = []
     for b in range(0, len(chunks), bs):

@@ -145,22 +145,17 @@ def _play(
     device: str,
 ) -> tuple[Any, dict[str, float]]:
     """deltairis.train.evaluate.play_test_episodes, with a configuration error for a mismatched agent."""
+    from deltairis.config.schema import TestCollectionConfig
     from deltairis.errors import ConfigError
     from deltairis.train.evaluate import play_test_episodes
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1 to play, got {episodes}")
+    settings = TestCollectionConfig(
+        num_envs=num_envs, num_episodes=episodes, epsilon=epsilon, temperature=temperature
+    )
     try:
-        return play_test_episodes(
-            agent,
-            env_cfg,
-            num_episodes=episodes,
-            num_envs=num_envs,
-            seed=seed,
-            epsilon=epsilon,
-            temperature=temperature,
-            device=device,
-        )
+        return play_test_episodes(agent, env_cfg, settings, seed=seed, device=device)
     except ValueError as exc:
         if "actions but the" in str(exc):
             raise ConfigError(f"{exc} (check --env/--env-id/--preset)") from exc

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deltairis.config.schema import TrainCollectionConfig
 from deltairis.errors import CorruptCheckpointError
 from deltairis.rl.policy import Policy
 
@@ -227,39 +228,17 @@ class Collector:
         from there, so a paused and resumed collection stores exactly what an uninterrupted one stores.
         """
         n = self.num_envs
-        num_actions = int(self.env.num_actions)
         rounds = math.ceil(num_steps / n)
         policy = Policy(
-            actor_critic, num_actions, device, epsilon=epsilon, temperature=temperature, seed=seed
+            actor_critic, int(self.env.num_actions), device, epsilon=epsilon, temperature=temperature, seed=seed
         )
-        if self.paused is not None:
-            paused, self.paused = self.paused, None
-            start, stats, pending = int(paused["round"]), paused["stats"], paused["pending"]
-            policy.load_state_dict(paused["policy"])
-        else:
-            start, stats, pending = 0, CollectStats(), [_Pending() for _ in range(n)]
-            policy.state = None if actor_critic is None else self._burn_in_state(actor_critic, device)
+        start, stats, pending = self._start_round(policy, actor_critic, device)
         t0 = time.perf_counter() - stats.seconds
         for r in range(start, rounds):
             obs_chw = to_chw(self.obs)  # (N, 3, H, W)
             act = policy.act_frames(obs_chw)
             next_obs, rew, term, trunc, info = self.env.step(act)
-            done = np.logical_or(term, trunc)
-            for i in range(n):
-                p = pending[i]
-                p.append(obs_chw[i], act[i], rew[i], term[i], trunc[i])
-                if done[i]:
-                    self._flush(i, p)
-                    stats.finished_episode_ids.append(int(self.episode_ids[i]))
-                    stats.add_finished(info, i)
-                    self.episode_ids[i] = -1
-                    pending[i] = _Pending()
-            # keep the last burn_in frames of every running episode (right aligned)
-            if self.burn_in > 0:
-                self.recent[:, :-1] = self.recent[:, 1:]
-                self.recent[:, -1] = obs_chw
-                self.recent_len = np.minimum(self.recent_len + 1, self.burn_in)
-                self.recent_len[done] = 0
+            done = self._record_step(obs_chw, act, rew, term, trunc, info, pending, stats)
             policy.reset_rows(done)
             self.obs = next_obs
             stats.num_steps += n
@@ -267,12 +246,7 @@ class Collector:
                 progress(n)
             if should_stop is not None and r + 1 < rounds and should_stop():
                 stats.seconds = time.perf_counter() - t0
-                self.paused = {
-                    "round": r + 1,
-                    "stats": stats,
-                    "pending": pending,
-                    "policy": policy.state_dict(),
-                }
+                self.paused = {"round": r + 1, "stats": stats, "pending": pending, "policy": policy.state_dict()}
                 stats.interrupted = True
                 return stats
         for i in range(n):
@@ -281,6 +255,85 @@ class Collector:
         stats.seconds = time.perf_counter() - t0
         stats.interrupted = False
         return stats
+
+
+    def _start_round(
+        self, policy: Policy, actor_critic: Any | None, device: torch.device
+    ) -> tuple[int, CollectStats, list[_Pending]]:
+        """(first round, statistics so far, pending steps): a paused collection's, whose policy state goes
+        back into ``policy``, or a fresh one's, the policy's LSTM burned in."""
+        if self.paused is not None:
+            paused, self.paused = self.paused, None
+            policy.load_state_dict(paused["policy"])
+            return int(paused["round"]), paused["stats"], paused["pending"]
+        policy.state = None if actor_critic is None else self._burn_in_state(actor_critic, device)
+        return 0, CollectStats(), [_Pending() for _ in range(self.num_envs)]
+
+    def _record_step(
+        self,
+        obs_chw: np.ndarray,
+        act: np.ndarray,
+        rew: np.ndarray,
+        term: np.ndarray,
+        trunc: np.ndarray,
+        info: dict[str, Any],
+        pending: list[_Pending],
+        stats: CollectStats,
+    ) -> np.ndarray:
+        """Buffer one env step of every env; write each finished episode to the store. Returns ``done``."""
+        done = np.logical_or(term, trunc)
+        for i in range(self.num_envs):
+            p = pending[i]
+            p.append(obs_chw[i], act[i], rew[i], term[i], trunc[i])
+            if done[i]:
+                self._flush(i, p)
+                stats.finished_episode_ids.append(int(self.episode_ids[i]))
+                stats.add_finished(info, i)
+                self.episode_ids[i] = -1
+                pending[i] = _Pending()
+        # keep the last burn_in frames of every running episode (right aligned)
+        if self.burn_in > 0:
+            self.recent[:, :-1] = self.recent[:, 1:]
+            self.recent[:, -1] = obs_chw
+            self.recent_len = np.minimum(self.recent_len + 1, self.burn_in)
+            self.recent_len[done] = 0
+        return done
+
+    def collect_resumable(
+        self,
+        num_steps: int,
+        settings: TrainCollectionConfig,
+        actor_critic: Any | None,
+        device: torch.device,
+        *,
+        seed: int,
+        progress: Callable[[int], None],
+        should_stop: Callable[[], bool],
+        pause: Callable[[int], None],
+    ) -> CollectStats:
+        """:meth:`collect` with the ε and temperature of ``settings``, through its pauses: whenever
+        ``should_stop`` says yes after an env step, ``pause(round)`` runs (a mid-epoch checkpoint, which
+        may end the run) and the collection goes on from there."""
+        while True:
+            stats = self.collect(
+                num_steps,
+                actor_critic,
+                device,
+                epsilon=settings.epsilon,
+                temperature=settings.temperature,
+                seed=seed,
+                progress=progress,
+                should_stop=should_stop,
+            )
+            if not stats.interrupted:
+                return stats
+            assert self.paused is not None
+            pause(self.paused["round"])
+
+    @property
+    def paused_steps(self) -> int:
+        """Env steps a paused collection already made (0 when none is paused)."""
+        return 0 if self.paused is None else self.paused["stats"].num_steps
 
 
 @torch.no_grad()
@@ -316,13 +369,7 @@ def run_test_episodes(
         zeros = np.zeros((n, burn_in, obs.shape[3], obs.shape[1], obs.shape[2]), dtype=np.uint8)
         state = burn_in_state(actor_critic, zeros, np.zeros((n, burn_in), dtype=bool), device)
     policy = Policy(
-        actor_critic,
-        env.num_actions,
-        device,
-        epsilon=epsilon,
-        temperature=temperature,
-        seed=seed,
-        state=state,
+        actor_critic, env.num_actions, device, epsilon=epsilon, temperature=temperature, seed=seed, state=state
     )
     pending = [_Pending() for _ in range(n)]
     t0 = time.perf_counter()
@@ -331,21 +378,9 @@ def run_test_episodes(
         act = policy.act_frames(obs_chw)
         obs, rew, term, trunc, info = env.step(act)
         done = np.logical_or(term, trunc)
-        finished_now = 0
-        for i in range(n):
-            if played[i] >= quota[i]:
-                continue
-            p = pending[i]
-            stats.num_steps += 1
-            if store is not None:
-                p.append(obs_chw[i], act[i], rew[i], term[i], trunc[i])
-            if done[i]:
-                played[i] += 1
-                finished_now += 1
-                stats.add_finished(info, i)
-                if store is not None:
-                    stats.finished_episode_ids.append(int(store.add_episode(*p.arrays())))
-                pending[i] = _Pending()
+        step = (obs_chw, act, rew, term, trunc, info)
+        finished_now = _record_test_step(step, done, played < quota, pending, stats, store)
+        played += done & (played < quota)
         policy.reset_rows(done)
         if progress is not None:
             progress(finished_now)
@@ -354,6 +389,32 @@ def run_test_episodes(
             break
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+def _record_test_step(
+    step: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]],
+    done: np.ndarray,
+    playing: np.ndarray,
+    pending: list[_Pending],
+    stats: CollectStats,
+    store: Any | None,
+) -> int:
+    """Count one test-episode step of the envs still ``playing`` (buffered when a ``store`` is given);
+    record and store each episode that ended. Returns how many ended."""
+    obs_chw, act, rew, term, trunc, info = step
+    finished = 0
+    for i in np.flatnonzero(playing).tolist():
+        p = pending[i]
+        stats.num_steps += 1
+        if store is not None:
+            p.append(obs_chw[i], act[i], rew[i], term[i], trunc[i])
+        if done[i]:
+            finished += 1
+            stats.add_finished(info, i)
+            if store is not None:
+                stats.finished_episode_ids.append(int(store.add_episode(*p.arrays())))
+            pending[i] = _Pending()
+    return finished
 
 
 __all__ = ["CollectStats", "Collector", "burn_in_state", "run_test_episodes", "to_chw"]

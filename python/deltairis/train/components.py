@@ -19,13 +19,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from deltairis.config.schema import ComponentTrainingConfig, TrainingConfig
+from deltairis.data import ReplayStore, StepPrefetcher
 from deltairis.models import LossOutput, configure_optimizer
 from deltairis.rl.losses import ActorCriticLoss
+from deltairis.seeding import derive_seed
+
+if TYPE_CHECKING:
+    from deltairis.agent import Agent
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ class Component:
     """One component of a training run, bound to its agent and its ``training.<name>`` config."""
 
     spec: ComponentSpec
-    config: Any  # training.<name>
+    config: ComponentTrainingConfig  # training.<name>
     train_module: nn.Module
     parameters: list[nn.Parameter]
     optimizer: torch.optim.Optimizer
@@ -105,22 +111,54 @@ class Component:
     def pad_mode(self) -> str:
         return self.spec.pad_mode
 
+    def prefetcher(
+        self,
+        store: ReplayStore,
+        epoch: int,
+        steps: range,
+        run_seed: int,
+        device: torch.device,
+        rows: slice | None = None,
+    ) -> StepPrefetcher:
+        """The batches of ``steps`` of this component's phase in ``epoch``, each drawn (and gathered into
+        pinned buffers on CUDA) while the one before trains. A batch is counted when taken, so a batch
+        drawn ahead leaves the visit counts of a mid-epoch checkpoint alone; as in the reference, visit
+        counts are updated from global epoch 2 on. ``rows``: this rank's slice of the global batch."""
+        return StepPrefetcher(
+            store,
+            self.name,
+            self.config.batch_size,
+            self.seq_len,
+            steps=steps,
+            seed_of=lambda step: derive_seed(run_seed, self.name, epoch, step),
+            device=device,
+            pad_mode=self.pad_mode,
+            alpha=self.config.sampling_alpha,
+            update_counts=epoch > 1,
+            rows=rows,
+        )
 
-def build_components(agent: Any, training_cfg: Any) -> dict[str, Component]:
+
+def component_config(training_cfg: TrainingConfig, name: str) -> ComponentTrainingConfig:
+    """The ``training.<name>`` section of a component."""
+    c = getattr(training_cfg, name)
+    assert isinstance(c, ComponentTrainingConfig), f"training.{name} is not a component's training section"
+    return c
+
+
+def build_components(agent: Agent, training_cfg: TrainingConfig) -> dict[str, Component]:
     """The records of :data:`COMPONENTS` for ``agent`` with the ``training`` section of a config."""
     out = {}
     for spec in COMPONENTS:
-        c = training_cfg[spec.name]
+        c = component_config(training_cfg, spec.name)
         module = spec.optim_module(agent)
-        seq_len = int(c.seq_len) if c.seq_len is not None else int(agent.config.actor_critic.burn_in) + 1
+        seq_len = c.seq_len if c.seq_len is not None else agent.config.actor_critic.burn_in + 1
         out[spec.name] = Component(
             spec=spec,
             config=c,
             train_module=spec.train_module(agent),
             parameters=[p for p in module.parameters() if p.requires_grad],
-            optimizer=configure_optimizer(
-                module, float(c.learning_rate), float(c.weight_decay), str(c.optimizer)
-            ),
+            optimizer=configure_optimizer(module, c.learning_rate, c.weight_decay, c.optimizer),
             loss=spec.make_loss(agent),
             seq_len=seq_len,
             after_loss=None if spec.make_after_loss is None else spec.make_after_loss(agent),
@@ -129,4 +167,23 @@ def build_components(agent: Any, training_cfg: Any) -> dict[str, Component]:
     return out
 
 
-__all__ = ["COMPONENTS", "COMPONENT_NAMES", "Component", "ComponentSpec", "build_components"]
+def epoch_steps(component_cfg: ComponentTrainingConfig, epoch: int) -> int:
+    """Gradient steps of a component at global epoch ``epoch`` (0 before it starts).
+
+    As in the reference, ``steps_first_epoch`` applies at global epoch 1 only: a component that starts
+    later (the Atari tokenizer at epoch 6) runs ``steps_per_epoch`` from its first epoch on.
+    """
+    if epoch <= component_cfg.start_after_epochs:
+        return 0
+    return component_cfg.steps_first_epoch if epoch == 1 else component_cfg.steps_per_epoch
+
+
+__all__ = [
+    "COMPONENTS",
+    "COMPONENT_NAMES",
+    "Component",
+    "ComponentSpec",
+    "build_components",
+    "component_config",
+    "epoch_steps",
+]

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from deltairis.config.schema import WandbConfig
+from deltairis.data import ReplayStore
 from deltairis.errors import ResumeError
 
 logger = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ class MetricsLogger:
     ``offline`` so training never blocks on a login prompt.
     """
 
-    def __init__(self, run_dir: Path, wandb_cfg: Any, config: dict[str, Any], resume: bool) -> None:
+    def __init__(self, run_dir: Path, wandb_cfg: WandbConfig, config: dict[str, Any], resume: bool) -> None:
         self.run_dir = Path(run_dir)
         self.jsonl_path = self.run_dir / "metrics.jsonl"
         self._tb = None
@@ -124,7 +126,7 @@ def _wandb_credentials_present() -> bool:
         return False
 
 
-def _init_wandb(run_dir: Path, wandb_cfg: Any, config: dict[str, Any], resume: bool) -> Any:
+def _init_wandb(run_dir: Path, wandb_cfg: WandbConfig, config: dict[str, Any], resume: bool) -> Any:
     try:
         import wandb
     except ImportError:
@@ -203,4 +205,13 @@ def save_episode(
     os.replace(tmp, path)
 
 
-__all__ = ["MetricsLogger", "save_episode", "save_gif", "save_image_grid", "to_uint8_hwc"]
+def save_episodes(episode_ids: Sequence[int], store: ReplayStore, folder: Path, epoch: int, limit: int) -> None:
+    """The first ``limit`` of ``episode_ids`` from ``store`` as ``folder/epoch_EEEEE_episode_IIIIII.npz``."""
+    for ep_id in list(episode_ids)[: max(0, limit)]:
+        ep = store.load_episode(ep_id)
+        save_episode(
+            folder / f"epoch_{epoch:05d}_episode_{ep_id:06d}.npz", ep.obs, ep.act, ep.rew, ep.end, ep.trunc
+        )
+
+
+__all__ = ["MetricsLogger", "save_episode", "save_episodes", "save_gif", "save_image_grid", "to_uint8_hwc"]

@@ -8,19 +8,24 @@ the end-of-epoch check that every rank holds the same state (:func:`flatten_stat
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from deltairis import distributed as dist
+from deltairis.config.schema import TrainerConfig
+from deltairis.data import ReplayStore
 from deltairis.errors import ConfigError
+from deltairis.train.replicas import store_digest
 
 
 class NoMetrics:
     """The metrics sink of ranks > 0: rank 0 logs the run's metrics (with every rank's throughput)."""
 
-    def log(self, epoch: int, metrics: Any) -> None:
+    def log(self, epoch: int, metrics: Mapping[str, float]) -> None:
         pass
 
     def truncate_after(self, epoch: int) -> None:
@@ -30,17 +35,73 @@ class NoMetrics:
         pass
 
 
-def follower_config(container: dict[str, Any], store_dir: str | None) -> DictConfig:
+def follower_config(container: dict[str, Any], store_dir: str | None) -> TrainerConfig:
     """Rank 0's composed config (seed drawn, resume set) as a rank > 0 uses it: no progress bars, and
     this node's own replica folder when its command line names one."""
-    from deltairis.train.configuration import validate_config
+    from deltairis.train.configuration import typed_config
 
-    cfg = validate_config(OmegaConf.create(container))
-    with open_dict(cfg):
-        cfg.common.progress_bar = False
-        if store_dir:
-            cfg.distributed.store_dir = store_dir
-    return cfg
+    cfg = typed_config(OmegaConf.create(container))
+    distributed = cfg.distributed
+    if store_dir:
+        distributed = dataclasses.replace(distributed, store_dir=store_dir)
+    return dataclasses.replace(
+        cfg, common=dataclasses.replace(cfg.common, progress_bar=False), distributed=distributed
+    )
+
+
+def share_initial_weights(agent: torch.nn.Module) -> None:
+    """A fresh distributed run: every rank starts from rank 0's initial weights (and buffers)."""
+    ctx = dist.current()
+    state = {k: v.detach().cpu() for k, v in agent.state_dict().items()} if ctx.is_main else None
+    state = dist.broadcast_object(state)
+    if not ctx.is_main:
+        agent.load_state_dict(state, strict=True)
+
+
+class Throughput:
+    """This rank's throughput in each phase of an epoch: (unit steps, batch rows, seconds) by phase."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, tuple[float, float, float]] = {}
+
+    def record(self, phase: str, steps: int, rows_per_step: int, seconds: float) -> None:
+        """``steps`` unit steps of ``phase`` (env or gradient steps), each of ``rows_per_step`` batch rows."""
+        if seconds > 0:
+            self.phases[phase] = (float(steps), float(steps * rows_per_step), seconds)
+
+    def metrics(self, rank: int) -> dict[str, float]:
+        out = {}
+        for phase, (steps, samples, seconds) in self.phases.items():
+            out[f"perf/rank{rank}/{phase}/steps_per_s"] = steps / seconds
+            out[f"perf/rank{rank}/{phase}/samples_per_s"] = samples / seconds
+        return out
+
+
+def rank_metrics(
+    epoch: int,
+    throughput: Throughput,
+    agent: torch.nn.Module,
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    store: ReplayStore,
+) -> dict[str, float]:
+    """Per-rank throughput (gathered to rank 0), the world size and, with several ranks, the check that
+    every rank holds the same weights, optimizer states and visit counts (those of ``store``)."""
+    ctx = dist.current()
+    perf = throughput.metrics(ctx.rank)
+    out: dict[str, float] = {"distributed/world_size": float(ctx.world_size)}
+    if not ctx.is_distributed:
+        return {**out, **perf}
+    named: list[tuple[str, Any]] = list(agent.state_dict().items())
+    for name, optimizer in optimizers.items():
+        named += flatten_state(f"optimizer/{name}", optimizer.state_dict())
+    named += store_digest(store)
+    digest = dist.state_digest(named)
+    gathered = dist.gather_objects((perf, digest))
+    dist.check_in_sync(f"at the end of epoch {epoch}, the weights, optimizer states or visit counts", digest)
+    for rank_perf, _ in gathered:
+        out.update(rank_perf)
+    out["distributed/weights_in_sync"] = 1.0
+    return out
 
 
 def rank_device(device: torch.device, ctx: dist.DistContext) -> torch.device:
@@ -75,4 +136,12 @@ def flatten_state(prefix: str, obj: Any) -> list[tuple[str, Any]]:
     return [(prefix, obj)]
 
 
-__all__ = ["NoMetrics", "flatten_state", "follower_config", "rank_device"]
+__all__ = [
+    "NoMetrics",
+    "Throughput",
+    "flatten_state",
+    "follower_config",
+    "rank_device",
+    "rank_metrics",
+    "share_initial_weights",
+]

@@ -35,7 +35,9 @@ from deltairis.agent import CHECKPOINT_VERSION, Agent
 from deltairis.checkpoint import atomic_write_bytes, load_torch_file, recover_checkpoint_set
 from deltairis.data.replay_store import INDEX_NAME
 from deltairis.errors import CorruptCheckpointError, ResumeError, RunFolderBusyError
+from deltairis.config.models import AgentConfig
 from deltairis.train.configuration import diff_dicts
+from deltairis.train.state import STATE_VERSION, CheckpointSet
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +81,6 @@ PLAY_SH = _script(
 
 
 LOCK_NAME = ".lock"
-#: Format version of checkpoints/trainer_state.pt and optimizer.pt.
-STATE_VERSION = 1
 
 
 class RunFolderLock:
@@ -144,7 +144,7 @@ def new_run_dir(base: Path | str = "outputs") -> Path:
     return candidate
 
 
-def read_checkpoint(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def read_checkpoint(run_dir: Path) -> CheckpointSet:
     """The checkpoint set of a run folder (trainer state, agent, optimizers), recovered after a crash
     between its two phases and checked to be one epoch's."""
     ckpt_dir = run_dir / "checkpoints"
@@ -180,10 +180,10 @@ def read_checkpoint(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict
         )
     if "state_dict" not in agent or "config" not in agent:
         raise CorruptCheckpointError(f"{ckpt_dir / 'last.pt'} is not a delta-iris agent checkpoint")
-    return state, agent, optim
+    return CheckpointSet.from_members(state, agent, optim)
 
 
-def check_same_model(saved: dict[str, Any], agent_cfg: Any) -> None:
+def check_same_model(saved: dict[str, Any], agent_cfg: AgentConfig) -> None:
     """Refuse a resume whose config changes the shape of a parameter; warn about other model changes."""
     changes = diff_dicts(saved["config"], agent_cfg.to_dict())
     if not changes:

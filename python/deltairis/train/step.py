@@ -58,7 +58,7 @@ def gradient_step(
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     distributed.average_gradients(component.parameters)
-    grad_norm = torch.nn.utils.clip_grad_norm_(component.parameters, float(max_grad_norm)).detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(component.parameters, max_grad_norm).detach()
     finite = torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)
     metrics = out.metrics
     if distributed.current().is_distributed:
