@@ -72,7 +72,7 @@ def _timing(seconds: dict[str, float]) -> str:
 
 
 @pytest.mark.slow
-def test_tiny_preset_learns_the_toy_env(tmp_path, monkeypatch) -> None:
+def test_tiny_preset_learns_the_toy_env(tmp_path, monkeypatch, capsys) -> None:
     seconds: dict[str, float] = {}  # the test's phases, printed with the scores (CI time is a budget)
     run = tmp_path / "run"
     t0 = time.perf_counter()
@@ -125,6 +125,7 @@ def test_tiny_preset_learns_the_toy_env(tmp_path, monkeypatch) -> None:
     finally:
         control.close()
     seconds["noise control"] = time.perf_counter() - t0
-    print(f"{report}; noise-returns control {noise_return:.2f}; {_timing(seconds)}")  # pytest -s or -rP
+    with capsys.disabled():  # in every CI log: the scores and where the test's time went
+        print(f"\nlearning test: {report}; noise-returns control {noise_return:.2f}; {_timing(seconds)}")
     assert control_updates == trained_updates, f"control: {control_updates} updates, not {trained_updates}"
     assert noise_return < bar, f"{report}; noise-returns control {noise_return:.2f}; {_timing(seconds)}"
