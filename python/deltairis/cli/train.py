@@ -296,6 +296,7 @@ def _start_distributed(args: argparse.Namespace, overrides: list[Override]) -> i
     ``distributed.store_dir`` is its node's replica folder.
     """
     from deltairis import distributed as dist
+    from deltairis.config.schema import DistributedConfig
     from deltairis.runtime import resolve_device
 
     world = dist.env_world()
@@ -305,9 +306,8 @@ def _start_distributed(args: argparse.Namespace, overrides: list[Override]) -> i
         return None if world[0] == 0 else 0  # rank 0 prints, the others have nothing to do
     if args.multirun:
         raise ConfigError("a sweep (-m) cannot run under torchrun: start one torchrun per job")
-    text = _value(overrides, "distributed.timeout_s") or "1800.0"
     try:
-        timeout = float(text)
+        timeout = float(_value(overrides, "distributed.timeout_s") or DistributedConfig.timeout_s)
     except ValueError as exc:
         raise ConfigError(f"distributed.timeout_s must be a number ({exc})") from exc
     if timeout <= 0:
