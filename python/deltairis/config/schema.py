@@ -44,6 +44,9 @@ class CommonConfig:
     num_threads: int | None = None  # torch intra-op threads; None leaves torch's default
     progress_bar: bool = True
     tf32: bool = True  # TF32 matmuls on CUDA, as the reference enables them
+    # Check every enabled GPU fast path against its reference at the start of a CUDA run and switch off
+    # those that fail (deltairis.train.preflight); nothing runs on CPU.
+    preflight: bool = True
 
 
 @dataclass
