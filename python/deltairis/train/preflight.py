@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import time
@@ -122,7 +123,9 @@ def _rel_err(x: torch.Tensor, ref: torch.Tensor, scale: float | None = None) -> 
     return ((x.float() - ref.float()).abs().max() / max(scale, 1e-12)).item()
 
 
-def _check_rel(what: str, x: torch.Tensor, ref: torch.Tensor, bound: float, scale: float | None = None) -> None:
+def _check_rel(
+    what: str, x: torch.Tensor, ref: torch.Tensor, bound: float, scale: float | None = None
+) -> None:
     if x.shape != ref.shape:
         raise Mismatch(f"{what}: shape {tuple(x.shape)} != reference {tuple(ref.shape)}")
     err = _rel_err(x, ref, scale)
@@ -217,7 +220,9 @@ def _kernels_in_use(op: str) -> str | None:
     if not ops.triton_available():
         return "Triton is not installed"
     if op == "attention" and backend == "auto":
-        return "backend auto uses PyTorch's SDPA for full attention (DELTAIRIS_BACKEND=triton uses the kernel)"
+        return (
+            "backend auto uses PyTorch's SDPA for full attention (DELTAIRIS_BACKEND=triton uses the kernel)"
+        )
     return None
 
 
@@ -285,7 +290,9 @@ def _check_sample_categorical(ctx: Context) -> str:
         raise NotApplicable(reason)
     cfg = ctx.agent.config
     b = ctx.rows(ctx.cfg.training.actor_critic.batch_size)
-    widths = sorted({cfg.world_model.latent_vocab_size, cfg.num_actions, cfg.world_model.num_reward_classes, 2})
+    widths = sorted(
+        {cfg.world_model.latent_vocab_size, cfg.num_actions, cfg.world_model.num_reward_classes, 2}
+    )
     g = ctx.generator(3)
     for v in widths:
         logits = torch.randn(b, v, generator=g, device=ctx.device) * 3
@@ -306,7 +313,9 @@ def _check_twohot_expectation(ctx: Context) -> str:
     b = ctx.rows(ctx.cfg.training.actor_critic.batch_size)
     heads = [(cfg.actor_critic.num_value_buckets, cfg.actor_critic.bucket_low, cfg.actor_critic.bucket_high)]
     if cfg.world_model.two_hot_rewards:
-        heads.append((cfg.world_model.num_reward_buckets, cfg.world_model.bucket_low, cfg.world_model.bucket_high))
+        heads.append(
+            (cfg.world_model.num_reward_buckets, cfg.world_model.bucket_low, cfg.world_model.bucket_high)
+        )
     g = ctx.generator(4)
     for k, low, high in heads:
         logits = torch.randn(b, k, generator=g, device=ctx.device) * 4
@@ -326,13 +335,21 @@ def _norm_shapes(ctx: Context) -> list[tuple[str, int, int, int, int]]:
     single-frame forward of each CNN with the plain layers (no grad)."""
     agent = ctx.agent
     found: dict[tuple[str, int, int, int, int], None] = {}
-    owners = {"tokenizer": agent.tokenizer, "world_model": agent.world_model, "actor_critic": agent.actor_critic}
+    owners = {
+        "tokenizer": agent.tokenizer,
+        "world_model": agent.world_model,
+        "actor_critic": agent.actor_critic,
+    }
     for owner, module in owners.items():
         for cnn in (m for m in module.modules() if isinstance(m, (FrameEncoder, FrameDecoder))):
             norms = []
             for layers in (m for m in cnn.modules() if isinstance(m, FrameLayers)):
                 mods = list(layers)
-                norms += [m for m, nxt in zip(mods, mods[1:]) if type(m) is nn.GroupNorm and type(nxt) is nn.SiLU]
+                norms += [
+                    m
+                    for m, nxt in itertools.pairwise(mods)
+                    if type(m) is nn.GroupNorm and type(nxt) is nn.SiLU
+                ]
 
             def record(mod: nn.Module, args: tuple[torch.Tensor, ...], owner: str = owner) -> None:
                 found.setdefault((owner, *args[0].shape[1:], mod.num_groups), None)
@@ -356,6 +373,21 @@ def _norm_shapes(ctx: Context) -> list[tuple[str, int, int, int, int]]:
     return list(found)
 
 
+def _norm_run(
+    fn: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    groups: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    dy: torch.Tensor,
+) -> list[torch.Tensor | None]:
+    """Output and (dx, dweight, dbias) of ``fn`` for the output gradient ``dy``."""
+    xs, ws, bs = (t.detach().clone().requires_grad_() for t in (x, weight, bias))
+    y = fn(xs, groups, ws, bs)
+    (y.float() * dy.float()).sum().backward()
+    return [y, xs.grad, ws.grad, bs.grad]
+
+
 def _check_group_norm_silu(ctx: Context) -> str:
     if reason := _kernels_in_use("group_norm_silu"):
         raise NotApplicable(reason)
@@ -377,14 +409,8 @@ def _check_group_norm_silu(ctx: Context) -> str:
             bias = torch.randn(c, generator=g, device=ctx.device) * 0.5
             dy = torch.randn(x.shape, generator=g, device=ctx.device).to(dtype)
 
-            def run(fn: Callable[..., torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
-                xs, ws, bs = (t.detach().clone().requires_grad_() for t in (x, weight, bias))
-                y = fn(xs, groups, ws, bs)
-                (y.float() * dy.float()).sum().backward()
-                return [y, xs.grad, ws.grad, bs.grad]
-
-            got = run(ops.group_norm_silu, x)
-            want = run(ops.group_norm_silu_ref, x.float())
+            got = _norm_run(ops.group_norm_silu, x, groups, weight, bias, dy)
+            want = _norm_run(ops.group_norm_silu_ref, x.float(), groups, weight, bias, dy)
             tol = (1e-4, 1e-4) if dtype == torch.float32 else (2e-2, 2e-2)
             wtol = (1e-3, 1e-3) if dtype == torch.float32 else (2e-2, 1e-1)
             what = f"{owner} ({n}, {c}, {h}, {w}) {str(dtype).replace('torch.', '')}"
@@ -392,7 +418,6 @@ def _check_group_norm_silu(ctx: Context) -> str:
             _check_close(f"dx {what}", got[1], want[1], *tol)
             _check_close(f"dweight {what}", got[2], want[2], *wtol)
             _check_close(f"dbias {what}", got[3], want[3], *wtol)
-            del got, want, x, dy
         checked.append((owner, n, c, h, w))
     return f"{len(checked)} shapes, {'channels_last' if layout else 'contiguous'}, forward and backward"
 
@@ -505,7 +530,8 @@ def _check_bf16(component: str) -> Callable[[Context], str]:
         names = [n for n, p in module.named_parameters() if p.requires_grad]
         for name, a, b in zip(names, grads_b, grads_f):
             _check_close(f"gradient of {name}", a, b, 5e-1, 5e-1)
-        return f"B={batch.batch_size}, T={batch.seq_len}: loss {loss_b.item():.4g} (bf16) vs {loss_f.item():.4g} (fp32)"
+        losses = f"loss {loss_b.item():.4g} (bf16) vs {loss_f.item():.4g} (fp32)"
+        return f"B={batch.batch_size}, T={batch.seq_len}: {losses}"
 
     return check
 
@@ -614,7 +640,9 @@ def apply_fallbacks(
         if not r.failed:
             continue
         _switch_off(r.name, agent, cfg, actor_critic_loss)
-        logger.warning("fast path %s %s; switched off for this run: %s", r.name, r.status, fallback_of(r.name))
+        logger.warning(
+            "fast path %s %s; switched off for this run: %s", r.name, r.status, fallback_of(r.name)
+        )
         off.append(r.name)
     return off
 
@@ -687,7 +715,10 @@ def run_preflight(
         if n not in CHECKS:
             raise ValueError(f"unknown fast path {n!r}; expected one of {FAST_PATHS}")
     if not fast_paths_active(device):
-        return [FastPathResult(n, NOT_APPLICABLE, f"fast paths are used only on CUDA (device {device})") for n in names]
+        return [
+            FastPathResult(n, NOT_APPLICABLE, f"fast paths are used only on CUDA (device {device})")
+            for n in names
+        ]
     ctx = Context(agent, cfg, device)
     results: list[FastPathResult] = []
     undo: list[Callable[[], None]] = []
