@@ -80,9 +80,6 @@ KERNEL_PATHS = (
 )
 FAST_PATHS = (*KERNEL_PATHS, "frame_cnn", "cuda_graphs", "bf16.tokenizer", "bf16.world_model")
 
-#: The op each kernel path checks (names as ``deltairis.ops`` spells them).
-_KERNEL_OPS = {name: name.split(".", 1)[1] for name in KERNEL_PATHS}
-
 
 @dataclass(frozen=True)
 class FastPathResult:
