@@ -508,8 +508,8 @@ class ComponentPlan:
     ``estimate_bytes``: its step's peak (:class:`StepEstimate`) plus the state the other components keep;
     ``fits``: ``estimate_bytes <= (1 - margin) * available_bytes`` (True when available is unknown);
     ``grad_acc_steps``/``micro_batch_size``: 1 and ``batch_size`` when it fits, else the smallest ``k``
-    whose micro-batch ``ceil(batch_size / k)`` fits (None when not even a batch of 1 fits);
-    ``micro_estimate_bytes``: the estimate at that micro-batch.
+    whose micro-batch ``ceil(batch_size / k)`` fits (both None when not even a batch of 1 fits);
+    ``micro_estimate_bytes``: the estimate at that micro-batch (at a batch of 1 when none fits).
     """
 
     name: str
@@ -597,8 +597,11 @@ def plan_memory(
             rows[name] = ComponentPlan(name, b, est, available, True, 1, b, est)
             continue
         found = smallest_grad_acc_steps(b, total, budget)
-        k, micro, micro_est = found if found is not None else (None, None, None)
-        rows[name] = ComponentPlan(name, b, est, available, False, k, micro, micro_est)
+        if found is None:
+            rows[name] = ComponentPlan(name, b, est, available, False, None, None, total(1))
+        else:
+            k, micro, micro_est = found
+            rows[name] = ComponentPlan(name, b, est, available, False, k, micro, micro_est)
     return MemoryPlan(str(torch.device(device)), available, margin, rows)
 
 
@@ -618,7 +621,9 @@ def memory_plan_message(plan: MemoryPlan) -> str:
             f"of {where} is available ({int(plan.margin * 100)}% is kept as a safety margin)."
         )
         if c.grad_acc_steps is None or c.micro_batch_size is None:
-            lines.append(f"  Not even a batch of 1 fits (about {format_bytes(c.micro_estimate_bytes)} needed).")
+            lines.append(
+                f"  Not even a batch of 1 fits (about {format_bytes(c.micro_estimate_bytes)} needed)."
+            )
         else:
             line = (
                 f"training.{c.name}.grad_acc_steps={c.grad_acc_steps} "
@@ -632,9 +637,7 @@ def memory_plan_message(plan: MemoryPlan) -> str:
     if len(overrides) > 1:
         lines.append("All together: " + " ".join(overrides))
     if plan.device == "cpu":
-        lines.append(
-            f"On a CPU, the small demo configuration trains in minutes: deltairis-train {CPU_DEMO}"
-        )
+        lines.append(f"On a CPU, the small demo configuration trains in minutes: deltairis-train {CPU_DEMO}")
     return "\n".join(lines)
 
 
