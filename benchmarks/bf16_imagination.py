@@ -1,8 +1,9 @@
 """How often bf16 imagination (``actor_critic.imagination_bf16``, opt-in) samples other Δ-tokens and actions.
 
 Runs the rollout body (:func:`deltairis.rl.rollout.rollout_body`) twice from the same burn-in and the same
-random words, with the world-model steps in float32 and under bf16 autocast, records every categorical
-sample (per step: the action, the K Δ-tokens, the sampled reward if any, the end), and reports
+random words, in a world-model env stepping in float32 and one stepping under bf16 autocast, records
+every categorical sample (per step: the action, the K Δ-tokens, the sampled reward if any, the end), and
+reports
 
 * ``first_step_token_mismatch``: the fraction of the first imagined step's Δ-tokens that differ (same
   history, same action; only the world model's precision differs);
@@ -31,8 +32,9 @@ from deltairis import ops
 from deltairis.agent import Agent
 from deltairis.config import make_agent_config
 from deltairis.data import Batch
-from deltairis.rl.imagination import world_model_burn_in
+from deltairis.rl.imagination import begin_imagination
 from deltairis.rl.rollout import rollout_body
+from deltairis.rl.world_model_env import WorldModelEnv
 from deltairis.seeding import POLICY_STREAM, stream_base
 
 
@@ -71,28 +73,13 @@ def make_batch(b: int, t: int, num_actions: int, seed: int, device: torch.device
 
 def rollout(agent: Agent, batch: Batch, horizon: int, seed: int, bf16: bool):
     ac = agent.actor_critic
-    obs, act = batch.obs, batch.act
-    wstate = world_model_burn_in(agent.tokenizer, agent.world_model, obs, act, seed)
-    with torch.no_grad():
-        state = ac.model.burn_in(obs[:, :-1])
-        tstate = ac.target_model.burn_in(obs[:, :-1])
+    env = WorldModelEnv(agent.tokenizer, agent.world_model, bf16=bf16)
+    horizon, state, tstate = begin_imagination(batch, env, ac, horizon, seed, row_offset=0)
     offsets = torch.tensor(
-        [int(wstate.offset), stream_base(seed) + POLICY_STREAM], dtype=torch.int64, device=obs.device
+        [int(env.state.offset), stream_base(seed) + POLICY_STREAM], dtype=torch.int64, device=batch.obs.device
     )
     with recording_samples() as calls:
-        out = rollout_body(
-            agent.tokenizer,
-            agent.world_model,
-            ac,
-            wstate.cache,
-            wstate.obs,
-            wstate.pending,
-            state,
-            tstate,
-            offsets,
-            horizon,
-            bf16_world_model=bf16,
-        )
+        out = rollout_body(env, ac, state, tstate, offsets, horizon)
     return out, calls
 
 

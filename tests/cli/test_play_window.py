@@ -24,7 +24,7 @@ from deltairis.cli import play as play_cli
 from deltairis.cli import play_window as pw
 from deltairis.cli.video import read_mp4
 from deltairis.envs.toy import ACTION_NAMES, ToyVectorEnv
-from deltairis.rl.imagination import world_model_burn_in, world_model_step
+from deltairis.rl.world_model_env import WorldModelEnv
 
 K = pygame
 
@@ -145,13 +145,41 @@ def _wm_reference(agent, actions: list[int], seed: int = 0) -> list[np.ndarray]:
 
     obs = ToyVectorEnv(1, seed=seed).reset(seed)
     x = torch.from_numpy(obs).permute(0, 3, 1, 2).float().div(255)
-    st = world_model_burn_in(agent.tokenizer, agent.world_model, x.unsqueeze(1), torch.zeros(1, 1, dtype=torch.long),
-                             seed)
+    env = WorldModelEnv(agent.tokenizer, agent.world_model)
+    env.reset(x, seed=seed)
     frames = []
     for a in actions:
-        st, _, _ = world_model_step(agent.tokenizer, agent.world_model, st, torch.tensor([a]))
-        frames.append(to_uint8_hwc(st.obs[0]))
+        obs, _, _ = env.step(torch.tensor([a]))
+        frames.append(to_uint8_hwc(obs[0]))
     return frames
+
+
+@pytest.mark.parametrize("with_agent", [False, True])
+def test_play_gif_export_steps_the_world_model_env(agent, monkeypatch, with_agent: bool) -> None:
+    """deltairis-play -w / -a without a window: the frames are those of a WorldModelEnv reset on the env's
+    first frame and stepped with the scripted actions (-w) or the agent's policy (-a)."""
+    import types
+
+    import deltairis.train.env_config as env_config
+    from deltairis.rl.policy import Policy
+    from deltairis.train.logging_utils import to_uint8_hwc
+
+    monkeypatch.setattr(env_config, "make_env", lambda env_cfg, split, n, seed: ToyVectorEnv(n, seed=seed))
+    test = types.SimpleNamespace(temperature=1.0)
+    cfg = types.SimpleNamespace(env=None, collection=types.SimpleNamespace(test=test))
+    args = types.SimpleNamespace(actions="1,2,3,4,0,2", seed=3, temperature=None, steps=6)
+    frames, texts = play_cli.play_world_model(agent, cfg, args, "cpu", with_agent=with_agent)
+    assert len(frames) == 7 and texts[0] == "step 0 (real frame)"
+    obs = ToyVectorEnv(1, seed=3).reset(3)
+    np.testing.assert_array_equal(frames[0], obs[0])
+    env = WorldModelEnv(agent.tokenizer, agent.world_model)
+    x = env.reset(torch.from_numpy(obs).permute(0, 3, 1, 2).float().div(255), seed=3)
+    policy = Policy(agent.actor_critic, len(ACTION_NAMES), "cpu", temperature=1.0, seed=3)
+    for t, a in enumerate([1, 2, 3, 4, 0, 2]):
+        a = int(policy.act(x)[0]) if with_agent else a
+        x, _, _ = env.step(torch.tensor([a]))
+        np.testing.assert_array_equal(frames[t + 1], to_uint8_hwc(x[0]))
+        assert texts[t + 1].startswith(f"step {t + 1} {ACTION_NAMES[a]} ")
 
 
 def test_keys_reach_the_world_model_and_m_hands_over(dummy_video, agent, tmp_path) -> None:
@@ -179,9 +207,10 @@ def test_world_model_memory_is_flushed(dummy_video, agent, tmp_path) -> None:
     offsets = []
     for _ in range(7):
         _tick(window, K.K_RIGHT)
-        offsets.append(int(src.state.offset))
+        offsets.append(int(src.wm_env.state.offset))
     assert src.flushes == 2 and src.since_flush == 1
-    assert src.state.cache.size == block - 1  # one step since the context restarted from the current frame
+    # one step since the context restarted from the current frame
+    assert src.wm_env.state.cache.size == block - 1
     assert offsets == sorted(set(offsets))  # the random streams run on across flushes
     assert "mem 1/3" in src.header_lines()[0]
     window.close()

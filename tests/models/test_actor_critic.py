@@ -10,7 +10,8 @@ from deltairis.agent import Agent
 from deltairis.config import make_agent_config
 from deltairis.models.actor_critic import ActorCritic
 from deltairis.rl.losses import actor_critic_loss
-from deltairis.rl.imagination import imagine, world_model_burn_in, world_model_step
+from deltairis.rl.imagination import imagine
+from deltairis.rl.world_model_env import WorldModelEnv
 from deltairis.rl.policy import policy_step
 
 from .helpers import make_batch
@@ -20,6 +21,10 @@ from .helpers import make_batch
 def agent() -> Agent:
     torch.manual_seed(0)
     return Agent(make_agent_config("tiny"))
+
+
+def _env(agent: Agent) -> WorldModelEnv:
+    return WorldModelEnv(agent.tokenizer, agent.world_model)
 
 
 def test_critic_starts_at_zero_and_target_is_a_frozen_copy(agent: Agent) -> None:
@@ -68,7 +73,7 @@ def test_act_is_deterministic_per_stream_and_epsilon() -> None:
 
 def test_imagination_shapes_masks_and_no_nan(agent: Agent) -> None:
     batch = make_batch(3, 6, 5, pad_left=3)
-    out = imagine(batch, agent.tokenizer, agent.world_model, agent.actor_critic, seed=0, horizon=7)
+    out = imagine(batch, _env(agent), agent.actor_critic, seed=0, horizon=7)
     assert out.obs.shape == (3, 8, 3, 64, 64)
     assert out.act.shape == (3, 7) and out.logits.shape == (3, 7, 5)
     assert out.target_values.shape == (3, 8) and out.rew.shape == (3, 7) and out.end.shape == (3, 7)
@@ -79,37 +84,37 @@ def test_imagination_shapes_masks_and_no_nan(agent: Agent) -> None:
     torch.testing.assert_close(out.obs[:, 1:] * 255, (out.obs[:, 1:] * 255).round())
     torch.testing.assert_close(out.obs[:, 0], batch.obs[:, -1])
     # same seed -> same rollout
-    again = imagine(batch, agent.tokenizer, agent.world_model, agent.actor_critic, seed=0, horizon=7)
+    again = imagine(batch, _env(agent), agent.actor_critic, seed=0, horizon=7)
     assert torch.equal(again.act, out.act) and torch.equal(again.obs, out.obs)
 
 
 def test_loss_is_masked_after_first_end(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
     ac = agent.actor_critic
     batch = make_batch(2, 6, 5)
-    real = imagine(batch, agent.tokenizer, agent.world_model, ac, seed=0)
+    real = imagine(batch, _env(agent), ac, seed=0)
     end = torch.zeros_like(real.end)
     end[0, 2] = 1
     fake = real._replace(end=end)
     monkeypatch.setattr(acl, "imagine", lambda *a, **k: fake)
-    base = actor_critic_loss(ac, batch, agent.tokenizer, agent.world_model, seed=0).loss
+    base = actor_critic_loss(ac, batch, _env(agent), seed=0).loss
     # changing rewards after the end of row 0 (steps > 2 are masked and cut from the returns) changes nothing
     rew = fake.rew.clone()
     rew[0, 3:] += 50.0
     monkeypatch.setattr(acl, "imagine", lambda *a, **k: fake._replace(rew=rew))
     torch.testing.assert_close(
-        actor_critic_loss(ac, batch, agent.tokenizer, agent.world_model, seed=0).loss, base
+        actor_critic_loss(ac, batch, _env(agent), seed=0).loss, base
     )
     rew[0, 1] += 50.0
     monkeypatch.setattr(acl, "imagine", lambda *a, **k: fake._replace(rew=rew))
     assert not torch.isclose(
-        actor_critic_loss(ac, batch, agent.tokenizer, agent.world_model, seed=0).loss, base
+        actor_critic_loss(ac, batch, _env(agent), seed=0).loss, base
     )
 
 
 def test_loss_gradients_reach_only_the_online_model(agent: Agent) -> None:
     agent.zero_grad(set_to_none=True)
     batch = make_batch(2, 6, 5)
-    out = actor_critic_loss(agent.actor_critic, batch, agent.tokenizer, agent.world_model, seed=3)
+    out = actor_critic_loss(agent.actor_critic, batch, _env(agent), seed=3)
     out.loss.backward()
     assert all(p.grad is None for p in agent.tokenizer.parameters())
     assert all(p.grad is None for p in agent.world_model.parameters())
@@ -127,12 +132,13 @@ def test_cache_resets_when_full() -> None:
     cfg = dataclasses.replace(cfg, world_model=wm_cfg)
     agent = Agent(cfg).eval()
     b = make_batch(2, 3, 5)
-    st = world_model_burn_in(agent.tokenizer, agent.world_model, b.obs, b.act, seed=0)
-    assert st.cache.size == 11
+    env = _env(agent)
+    env.reset(b.obs, b.act, seed=0)
+    assert env.state.cache.size == 11
     sizes = []
     for _ in range(4):
-        st, r, e = world_model_step(agent.tokenizer, agent.world_model, st, torch.zeros(2, dtype=torch.long))
-        sizes.append(st.cache.size)
+        _, r, e = env.step(torch.zeros(2, dtype=torch.long))
+        sizes.append(env.state.cache.size)
     assert sizes == _reference_cache_sizes(max_blocks=4, burn_in_blocks=2, steps=4) == [17, 23, 5, 11]
     assert r.shape == (2,) and e.dtype == torch.int64
 
@@ -178,7 +184,7 @@ def test_imagination_never_syncs_with_the_host(agent: Agent, monkeypatch: pytest
 
     for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "nonzero"):
         monkeypatch.setattr(torch.Tensor, name, guard(name))
-    out = actor_critic_loss(agent.actor_critic, batch, agent.tokenizer, agent.world_model, seed=0)
+    out = actor_critic_loss(agent.actor_critic, batch, _env(agent), seed=0)
     monkeypatch.undo()
     assert torch.isfinite(out.loss)
 
@@ -195,7 +201,7 @@ def test_both_value_heads_train(two_hot_values: bool) -> None:
     out_dim = ac_cfg.num_value_buckets if two_hot_values else 1
     assert model.critic_linear.out_features == out_dim
     batch = make_batch(3, ac_cfg.burn_in + 1, 5)
-    loss = actor_critic_loss(agent.actor_critic, batch, agent.tokenizer, agent.world_model, seed=0).loss
+    loss = actor_critic_loss(agent.actor_critic, batch, _env(agent), seed=0).loss
     assert torch.isfinite(loss)
     loss.backward()
     assert model.critic_linear.weight.grad.abs().sum() > 0 and model.actor_linear.weight.grad.abs().sum() > 0

@@ -6,23 +6,28 @@ from models.helpers import make_batch
 
 from deltairis.agent import Agent
 from deltairis.config import make_agent_config
-from deltairis.rl.graphs import GraphRunners
-from deltairis.rl.imagination import imagine, world_model_burn_in, world_model_step
+from deltairis.rl.imagination import imagine
+from deltairis.rl.world_model_env import WorldModelEnv
 from deltairis.seeding import stream_base
 
 
+def _env(agent: Agent, **kw) -> WorldModelEnv:
+    return WorldModelEnv(agent.tokenizer, agent.world_model, **kw)
+
+
 def _rollout(agent: Agent, batch, tensor_offset: bool, steps: int = 4):
-    st = world_model_burn_in(agent.tokenizer, agent.world_model, batch.obs, batch.act, seed=7)
+    env = _env(agent)
+    env.reset(batch.obs, batch.act, seed=7)
     if tensor_offset:
-        st.offset = torch.tensor([st.offset], dtype=torch.int64)
+        env.state.offset = torch.tensor([env.state.offset], dtype=torch.int64)
     frames, rews, ends = [], [], []
     for i in range(steps):
         act = torch.full((batch.obs.size(0),), i % agent.config.num_actions, dtype=torch.long)
-        st, r, e = world_model_step(agent.tokenizer, agent.world_model, st, act)
-        frames.append(st.obs)
+        obs, r, e = env.step(act)
+        frames.append(obs)
         rews.append(r)
         ends.append(e)
-    return torch.stack(frames), torch.stack(rews), torch.stack(ends), st
+    return torch.stack(frames), torch.stack(rews), torch.stack(ends), env.state
 
 
 @pytest.mark.parametrize("preset", ["tiny", "atari"])
@@ -55,8 +60,8 @@ def test_streams_of_different_seeds_differ() -> None:
         stream_base(-1)
     agent = Agent(make_agent_config("tiny")).eval()
     batch = make_batch(4, 6, 5)
-    a = imagine(batch, agent.tokenizer, agent.world_model, agent.actor_critic, seed=1, horizon=3)
-    b = imagine(batch, agent.tokenizer, agent.world_model, agent.actor_critic, seed=2, horizon=3)
+    a = imagine(batch, _env(agent), agent.actor_critic, seed=1, horizon=3)
+    b = imagine(batch, _env(agent), agent.actor_critic, seed=2, horizon=3)
     assert not torch.equal(a.obs, b.obs)
 
 
@@ -75,13 +80,11 @@ def test_slice_with_row_offset_imagines_the_rows_of_the_full_batch(b: int, rows:
     agent = Agent(make_agent_config("tiny")).eval()
     batch = make_batch(b, 4, agent.config.num_actions, pad_left=2, seed=3)
     ac = agent.actor_critic
-    full = imagine(batch, agent.tokenizer, agent.world_model, ac, horizon=4, seed=5)
-    part = imagine(
-        batch.rows(rows), agent.tokenizer, agent.world_model, ac, horizon=4, seed=5, row_offset=rows.start
-    )
+    full = imagine(batch, _env(agent), ac, horizon=4, seed=5)
+    part = imagine(batch.rows(rows), _env(agent), ac, horizon=4, seed=5, row_offset=rows.start)
     _assert_rows_equal(part, full, rows)
     if rows.start:  # without the offset the slice draws other words
-        plain = imagine(batch.rows(rows), agent.tokenizer, agent.world_model, ac, horizon=4, seed=5)
+        plain = imagine(batch.rows(rows), _env(agent), ac, horizon=4, seed=5)
         assert not torch.equal(plain.act, full.act[rows])
 
 
@@ -92,18 +95,9 @@ def test_cuda_graph_slice_with_row_offset_equals_full_eager() -> None:
     batch = make_batch(9, 6, agent.config.num_actions).to("cuda")
     rows = slice(4, 9)
     ac = agent.actor_critic
-    runners = GraphRunners(agent.tokenizer, agent.world_model)
-    full = imagine(batch, agent.tokenizer, agent.world_model, ac, ac.config.horizon, seed=1)
-    part = imagine(
-        batch.rows(rows),
-        agent.tokenizer,
-        agent.world_model,
-        ac,
-        ac.config.horizon,
-        seed=1,
-        runner=runners.get(5, batch.obs.device),
-        row_offset=4,
-    )
+    full = imagine(batch, _env(agent), ac, ac.config.horizon, seed=1)
+    graphed = _env(agent, cuda_graphs=True)
+    part = imagine(batch.rows(rows), graphed, ac, ac.config.horizon, seed=1, row_offset=4)
     _assert_rows_equal(part, full, rows)
 
 
@@ -115,18 +109,10 @@ def test_cuda_graph_imagination_equals_eager(preset: str) -> None:
     batch = make_batch(8, 6, agent.config.num_actions).to("cuda")
     ac = agent.actor_critic
     opt = torch.optim.Adam(agent.world_model.parameters(), lr=1e-3)
-    runners = GraphRunners(agent.tokenizer, agent.world_model)  # owned by the caller
+    graphed_env = _env(agent, cuda_graphs=True)  # owned by the caller, with its graphs
     for it in range(2):  # second round: after an in-place optimizer update, the graphs see new weights
-        graphed = imagine(
-            batch,
-            agent.tokenizer,
-            agent.world_model,
-            ac,
-            ac.config.horizon,
-            seed=it,
-            runner=runners.get(batch.obs.size(0), batch.obs.device),
-        )
-        eager = imagine(batch, agent.tokenizer, agent.world_model, ac, ac.config.horizon, seed=it)
+        graphed = imagine(batch, graphed_env, ac, ac.config.horizon, seed=it)
+        eager = imagine(batch, _env(agent), ac, ac.config.horizon, seed=it)
         assert torch.equal(graphed.act, eager.act)
         torch.testing.assert_close(graphed.obs, eager.obs, rtol=0, atol=1.5 / 255)
         torch.testing.assert_close(graphed.rew, eager.rew, rtol=1e-4, atol=1e-4)

@@ -12,6 +12,7 @@ from models.helpers import make_batch
 from deltairis.agent import Agent
 from deltairis.config import make_agent_config
 from deltairis.rl.imagination import imagine
+from deltairis.rl.world_model_env import WorldModelEnv
 from deltairis.rl.policy import policy_step
 
 
@@ -46,7 +47,7 @@ def test_burn_in_feeds_every_frame_to_both_lstms(pad_left: int, pad_right: int) 
     ac = agent.actor_critic
     batch = make_batch(2, 6, 5, pad_left=pad_left, seed=3)  # burn_in 5 + 1; sample 0 left padded
     with torch.no_grad():
-        out = imagine(batch, agent.tokenizer, agent.world_model, ac, seed=1)
+        out = imagine(batch, WorldModelEnv(agent.tokenizer, agent.world_model), ac, seed=1)
         # the first imagined step acts on the last real frame after the 5 burn-in frames, zeros included
         h = _reference_lstm(ac.model, batch.obs)
         ht = _reference_lstm(ac.target_model, batch.obs)
@@ -64,8 +65,8 @@ def test_exclude_padding_switch_skips_padding_frames_in_the_burn_in() -> None:
     ref, strict = _agent(), _agent(exclude_padding=True)
     batch = make_batch(2, 6, 5, pad_left=3, seed=3)
     with torch.no_grad():
-        a = imagine(batch, ref.tokenizer, ref.world_model, ref.actor_critic, seed=1)
-        b = imagine(batch, strict.tokenizer, strict.world_model, strict.actor_critic, seed=1)
+        a = imagine(batch, WorldModelEnv(ref.tokenizer, ref.world_model), ref.actor_critic, seed=1)
+        b = imagine(batch, WorldModelEnv(strict.tokenizer, strict.world_model), strict.actor_critic, seed=1)
         h = _reference_lstm(strict.actor_critic.model, batch.obs[:, 3:])  # real frames only
     assert not torch.allclose(a.logits[0, 0], b.logits[0, 0])
     torch.testing.assert_close(

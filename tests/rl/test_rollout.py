@@ -19,6 +19,11 @@ from deltairis.config import make_agent_config
 from deltairis.rl.imagination import imagine
 from deltairis.rl.losses import ActorCriticLoss, actor_critic_loss
 from deltairis.rl.rollout import RolloutRunners, imagine_rollout
+from deltairis.rl.world_model_env import WorldModelEnv
+
+
+def _env(agent: Agent, **kw) -> WorldModelEnv:
+    return WorldModelEnv(agent.tokenizer, agent.world_model, **kw)
 
 
 @functools.cache
@@ -58,18 +63,16 @@ def _assert_same_imagination(got, want) -> None:
 def test_rollout_body_equals_eager_imagination(b, t, horizon, two_hot, seed, pad) -> None:
     agent = _agent(horizon, two_hot)
     batch = make_batch(b, t, agent.config.num_actions, pad_left=pad, seed=seed)
-    args = (batch, agent.tokenizer, agent.world_model, agent.actor_critic, horizon, seed)
+    args = (batch, _env(agent), agent.actor_critic, horizon, seed)
     _assert_same_imagination(imagine_rollout(*args), imagine(*args))
 
 
 def test_rollout_body_keeps_the_row_offset() -> None:
     agent = _agent()
     batch = make_batch(4, 2, agent.config.num_actions, seed=2)
-    full = imagine(batch, agent.tokenizer, agent.world_model, agent.actor_critic, 2, 4)
+    full = imagine(batch, _env(agent), agent.actor_critic, 2, 4)
     rows = slice(2, 4)
-    part = imagine_rollout(
-        batch.rows(rows), agent.tokenizer, agent.world_model, agent.actor_critic, 2, 4, row_offset=2
-    )
+    part = imagine_rollout(batch.rows(rows), _env(agent), agent.actor_critic, 2, 4, row_offset=2)
     assert torch.equal(part.act, full.act[rows])
     assert torch.equal(part.end, full.end[rows])
     torch.testing.assert_close(part.obs, full.obs[rows], rtol=0, atol=1.5 / 255)
@@ -82,7 +85,7 @@ def test_rollout_loss_and_gradients_equal_eager() -> None:
     results = []
     for rollout in (False, True):
         ac.zero_grad(set_to_none=True)
-        out = actor_critic_loss(ac, batch, agent.tokenizer, agent.world_model, seed=3, rollout=rollout)
+        out = actor_critic_loss(ac, batch, _env(agent), seed=3, rollout=rollout)
         out.loss.backward()
         grads = [p.grad.clone() for p in ac.model.parameters()]
         results.append((out, grads))
@@ -124,26 +127,34 @@ def test_graphed_rollout_equals_eager_gpu(preset: str) -> None:
     ac = agent.actor_critic
     ac.train()
     batch = make_batch(8, ac.config.burn_in + 1, agent.config.num_actions, pad_left=2).to("cuda")
-    runners = RolloutRunners(agent.tokenizer, agent.world_model, ac)
+    env = _env(agent)
+    runners = RolloutRunners(env, ac)
     opt = torch.optim.Adam(ac.model.parameters(), lr=1e-3)
     for it in range(3):  # later rounds: replays after in-place optimizer and target updates
         runner = runners.get(batch.obs.size(0), batch.obs.device)
-        graphed = imagine_rollout(
-            batch, agent.tokenizer, agent.world_model, ac, ac.config.horizon, seed=it, runner=runner
-        )
-        eager = imagine(batch, agent.tokenizer, agent.world_model, ac, ac.config.horizon, seed=it)
+        graphed = imagine_rollout(batch, env, ac, ac.config.horizon, seed=it, runner=runner)
+        # the env's state is left at the rollout's end, as after an eager rollout
+        assert env.state.cache.size == _env_after_eager(agent, batch, it).cache.size
+        assert torch.equal(env.obs, graphed.obs[:, -1])
+        eager = imagine(batch, _env(agent), ac, ac.config.horizon, seed=it)
         assert torch.equal(graphed.act, eager.act)
         assert torch.equal(graphed.end, eager.end)
         torch.testing.assert_close(graphed.obs, eager.obs, rtol=0, atol=1.5 / 255)
         torch.testing.assert_close(graphed.rew, eager.rew, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(graphed.target_values, eager.target_values, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(graphed.logits, eager.logits, rtol=1e-3, atol=1e-4)
-        loss = actor_critic_loss(ac, batch, agent.tokenizer, agent.world_model, seed=it).loss
+        loss = actor_critic_loss(ac, batch, _env(agent), seed=it).loss
         opt.zero_grad()
         loss.backward()
         ac.update_target()
         opt.step()
     assert len(runners._runners) == 1  # captured once, replayed after the updates
+
+
+def _env_after_eager(agent: Agent, batch, seed: int):
+    env = _env(agent)
+    imagine(batch, env, agent.actor_critic, agent.actor_critic.config.horizon, seed=seed)
+    return env.state
 
 
 @pytest.mark.gpu
@@ -170,9 +181,8 @@ def test_bf16_world_model_is_opt_in_and_needs_the_rollout_path() -> None:
     agent = _agent()
     ac = agent.actor_critic
     batch = make_batch(2, 2, agent.config.num_actions, seed=4)
-    args = (batch, agent.tokenizer, agent.world_model, ac, 2, 1)
-    low = imagine_rollout(*args, bf16_world_model=True)
-    ref = imagine_rollout(*args)  # the config's default: float32
+    low = imagine_rollout(batch, _env(agent, bf16=True), ac, 2, 1)
+    ref = imagine_rollout(batch, _env(agent), ac, 2, 1)  # the default: float32
     assert low.obs.dtype == ref.obs.dtype == torch.float32 and low.obs.shape == ref.obs.shape
     assert not torch.equal(low.obs[:, 1:], ref.obs[:, 1:])  # the decoder ran in bf16
     bf16_cfg = dataclasses.replace(ac.config, imagination_bf16=True)
@@ -180,6 +190,9 @@ def test_bf16_world_model_is_opt_in_and_needs_the_rollout_path() -> None:
     try:
         with pytest.raises(ValueError, match="cuda_graph_rollout"):
             ActorCriticLoss(ac, agent.tokenizer, agent.world_model)
-        assert ActorCriticLoss(ac, agent.tokenizer, agent.world_model, graph_rollout=True).graph_rollout
+        loss_fn = ActorCriticLoss(ac, agent.tokenizer, agent.world_model, graph_rollout=True)
+        assert loss_fn.graph_rollout and loss_fn.env.bf16  # the config's switch reaches the env
+        same = actor_critic_loss(ac, batch, _env(agent, bf16=True), 1, rollout=True)
+        torch.testing.assert_close(loss_fn(batch, 1).loss, same.loss)
     finally:
         object.__setattr__(ac, "config", dataclasses.replace(bf16_cfg, imagination_bf16=False))

@@ -189,8 +189,8 @@ def play_env(
 def play_world_model(
     agent: Any, cfg: Any, args: argparse.Namespace, device: str, with_agent: bool
 ) -> tuple[list[np.ndarray], list[str]]:
-    from deltairis.rl.imagination import world_model_burn_in, world_model_step
     from deltairis.rl.policy import Policy
+    from deltairis.rl.world_model_env import WorldModelEnv
     from deltairis.train.env_config import make_env
 
     env = make_env(cfg.env, "test", 1, seed=args.seed)
@@ -209,19 +209,14 @@ def play_world_model(
     rng = np.random.default_rng(args.seed)
     temperature = args.temperature if args.temperature is not None else float(cfg.collection.test.temperature)
     x = torch.from_numpy(obs0).to(device).permute(0, 3, 1, 2).float().div_(255.0)  # (1, 3, H, W)
-    wstate = world_model_burn_in(
-        agent.tokenizer,
-        agent.world_model,
-        x.unsqueeze(1),
-        torch.zeros(1, 1, dtype=torch.long, device=device),
-        args.seed,
-    )
+    world = WorldModelEnv(agent.tokenizer, agent.world_model)
+    obs = world.reset(x, seed=args.seed)
     policy = Policy(agent.actor_critic, num_actions, device, temperature=temperature, seed=args.seed)
     frames, texts = [obs0[0]], ["step 0 (real frame)"]
     ret = 0.0
     for t in range(args.steps):
         if with_agent:
-            a = int(policy.act(wstate.obs)[0])
+            a = int(policy.act(obs)[0])
         elif interactive:
             line = input(f"action ({', '.join(f'{i}:{n}' for i, n in enumerate(names))}; q quits)> ")
             if line.strip().lower() in ("q", "quit"):
@@ -237,12 +232,10 @@ def play_world_model(
             a = scripted[t]
         else:
             a = int(rng.integers(num_actions))
-        wstate, rew, end = world_model_step(
-            agent.tokenizer, agent.world_model, wstate, torch.tensor([a], device=device)
-        )
+        obs, rew, end = world.step(torch.tensor([a], device=device))
         r = float(rew[0])
         ret += r
-        frames.append(_hwc(wstate.obs[0]))
+        frames.append(_hwc(obs[0]))
         texts.append(f"step {t + 1} {names[a]} r={r:+.2f} R={ret:.2f}" + (" END" if int(end[0]) else ""))
         if int(end[0]):
             break

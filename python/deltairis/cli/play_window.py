@@ -19,7 +19,6 @@ tiny presets, 25 with Atari; 4-5 s at the default 5 fps), so each imagined step 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from datetime import datetime
@@ -32,6 +31,7 @@ import torch
 from deltairis.cli import keymaps
 from deltairis.cli.keymaps import Keymap
 from deltairis.rl.policy import Policy
+from deltairis.rl.world_model_env import WorldModelEnv
 
 pygame = keymaps.pygame
 logger = logging.getLogger("deltairis.play")
@@ -202,45 +202,27 @@ class WorldModelSource(_Source):
         self.flush_steps = max(1, max_blocks - 1) if flush_steps is None else int(flush_steps)
         self.flushes = 0
         self.since_flush = 0
-        self.state: Any = None
+        self.wm_env = WorldModelEnv(agent.tokenizer, agent.world_model)  # the imagined env
         self.reset()
 
-    @torch.no_grad()
     def _burn_in(self, x: torch.Tensor) -> None:
-        from deltairis.rl.imagination import world_model_burn_in
-
-        old = self.state
-        state = world_model_burn_in(
-            self.agent.tokenizer,
-            self.agent.world_model,
-            x.unsqueeze(1),
-            torch.zeros(1, 1, dtype=torch.long, device=self.device),
-            self.seed,
-            cache=None if old is None else old.cache,
-        )
-        if old is not None:  # keep the sampler's counter running: no stream is drawn twice
-            state = dataclasses.replace(state, offset=old.offset)
-        self.state = state
+        """Restart the world model's context from frames (1, 3, H, W). After the first burn-in the sampler's
+        counter keeps running: no stream is drawn twice."""
+        self.wm_env.reset(x, seed=self.seed if self.wm_env.state is None else None)
         self.since_flush = 0
 
     def reset(self) -> None:
-        obs = self.env.reset(self.seed + self.episode)
-        self._burn_in(_to_float(obs, self.device))
+        self._burn_in(_to_float(self.env.reset(self.seed + self.episode), self.device))
         self._start_episode()
         self.policy.reset()
-        self.policy.observe(self.state.obs)
+        self.policy.observe(self.wm_env.obs)
 
-    @torch.no_grad()
     def step(self, action: int | None) -> None:
-        from deltairis.rl.imagination import world_model_step
-
         if self.since_flush >= self.flush_steps:
-            self._burn_in(self.state.obs)
+            self._burn_in(self.wm_env.obs)
             self.flushes += 1
         a = self._choose(action)
-        self.state, rew, end = world_model_step(
-            self.agent.tokenizer, self.agent.world_model, self.state, torch.tensor([a], device=self.device)
-        )
+        obs, rew, end = self.wm_env.step(torch.tensor([a], device=self.device))
         self.since_flush += 1
         self._record(a, float(rew[0]))
         if int(end[0]):
@@ -248,12 +230,12 @@ class WorldModelSource(_Source):
             self.episode += 1
             self.reset()
         else:
-            self.policy.observe(self.state.obs)
+            self.policy.observe(obs)
 
     def frame(self) -> np.ndarray:
         from deltairis.train.logging_utils import to_uint8_hwc
 
-        return to_uint8_hwc(self.state.obs[0])
+        return to_uint8_hwc(self.wm_env.obs[0])
 
     def header_lines(self) -> list[str]:
         lines = super().header_lines()

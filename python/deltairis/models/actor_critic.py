@@ -42,7 +42,8 @@ class ActorCriticModel(nn.Module):
         nn.init.zeros_(self.critic_linear.bias)
 
     def initial_state(self, batch_size: int, device: torch.device | str) -> State:
-        z = torch.zeros(batch_size, self.config.lstm_dim, device=device)
+        """Zero LSTM state (h, c) in the LSTM's parameter dtype."""
+        z = torch.zeros(batch_size, self.config.lstm_dim, device=device, dtype=self.lstm.weight_hh.dtype)
         return z, z.clone()
 
     def forward(self, obs: torch.Tensor, state: State) -> PolicyOutput:
@@ -75,7 +76,7 @@ class ActorCriticModel(nn.Module):
         cfg = self.config
         if cfg.two_hot_values:
             return ops.twohot_expectation(value_logits, low=cfg.bucket_low, high=cfg.bucket_high)
-        return value_logits.squeeze(-1).float()
+        return value_logits.squeeze(-1).to(torch.promote_types(value_logits.dtype, torch.float32))
 
 
 class ActorCritic(nn.Module):

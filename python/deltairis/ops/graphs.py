@@ -93,3 +93,9 @@ class CapturedStep:
     def outputs(self) -> list[torch.Tensor]:
         """The static output tensors (overwritten by each replay)."""
         return _tensors(self.static_outputs)
+
+
+def parameter_fingerprint(*modules: torch.nn.Module) -> tuple[int, ...]:
+    """The storage addresses of the modules' parameters and buffers: a captured graph reads these
+    addresses, so it must be recaptured once the fingerprint changes (e.g. after ``.to(device)``)."""
+    return tuple(t.data_ptr() for m in modules for t in list(m.parameters()) + list(m.buffers()))

@@ -1,201 +1,135 @@
-"""Imagination: roll the world model forward with a KV cache (docs/algorithm.md, sections 4 and 5).
+"""Imagination: the actor-critic acting in the world-model env (docs/algorithm.md, sections 4 and 5).
 
-Everything stays on the device: token sampling uses counter-based random streams identified by
-(seed, offset), and the cache position is a Python int, so no step reads a value back from the device.
+:func:`imagine` resets a :class:`~deltairis.rl.world_model_env.WorldModelEnv` on real segments (the
+burn-in), burns both LSTMs in on the same frames, then runs :func:`imagination_steps`, the one loop of the
+imagination: for each of the H steps the online policy (with grad), the target critic, the action
+sample and the env's step. The whole-rollout CUDA graph (:mod:`deltairis.rl.rollout`) captures this same
+loop without grad.
 
-Random streams: an imagination call with seed ``s`` draws world-model samples from offsets
-``stream_base(s) + k`` and policy samples from ``stream_base(s) + POLICY_STREAM + i`` of the fixed
-sampler seed :data:`~deltairis.seeding.SAMPLER_SEED` (the layout is declared in
-:mod:`deltairis.seeding`). Keeping the sampler seed fixed and varying only offsets lets a captured CUDA
-graph (:mod:`deltairis.rl.graphs`) read the offset from a device tensor and reproduce the eager path's
-samples exactly. The caller owns such a graph runner and passes it in (``runner=``).
-
-Slices of a batch (distributed training): ``row_offset`` is the global index of the slice's first row.
-Every sampler call passes it on (:func:`deltairis.ops.sample_categorical`), so a rank imagining from
-rows ``[a, b)`` of the global batch draws the same random words, hence the same tokens, rewards, ends and
-actions, as rows ``[a, b)`` of the single-process imagination.
+Random streams: an imagination with seed ``s`` draws the world model's samples from offsets
+``stream_base(s) + k`` (the env's counter) and the policy's from ``stream_base(s) + POLICY_STREAM + i`` of
+the fixed sampler seed :data:`~deltairis.seeding.SAMPLER_SEED` (the layout is declared in
+:mod:`deltairis.seeding`). A slice of a batch (a rank of a distributed run) passes ``row_offset``, the
+global index of its first row, and samples what the whole batch samples for those rows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from deltairis import ops
-from deltairis.models.kv_cache import KVCache
+from deltairis.rl.world_model_env import WorldModelEnv
 from deltairis.seeding import POLICY_STREAM, SAMPLER_SEED, stream_base
+
+State = tuple[torch.Tensor, torch.Tensor]
 
 
 class ImaginationOutput(NamedTuple):
     obs: torch.Tensor  # (B, H+1, 3, 64, 64) imagined frames (the first is the last real frame)
     act: torch.Tensor  # (B, H)
-    logits: torch.Tensor  # (B, H, A) online policy logits (with grad)
-    value_logits: torch.Tensor  # (B, H, K or 1) online critic (with grad)
+    logits: torch.Tensor | None  # (B, H, A) online policy logits (with grad; None from a no-grad rollout)
+    value_logits: torch.Tensor | None  # (B, H, K or 1) online critic (with grad; None likewise)
     target_values: torch.Tensor  # (B, H+1) target critic values (no grad)
     rew: torch.Tensor  # (B, H)
     end: torch.Tensor  # (B, H) {0, 1}
 
 
-@dataclass
-class WorldModelState:
-    """Explicit rollout state of the world model, passed in and out of every step."""
-
-    cache: KVCache
-    obs: torch.Tensor  # (B, 3, H, W) current frame
-    pending: torch.Tensor | None  # (B, 1, E) embedding of the last Δ-token, not yet fed
-    seed: int
-    offset: int | torch.Tensor  # next counter stream of the sampler (a device tensor under CUDA graphs)
-    row_offset: int = 0  # global index of the first row (a slice of a larger batch)
-
-
-@torch.no_grad()
-def world_model_burn_in(
-    tokenizer,
-    world_model,
-    obs: torch.Tensor,
-    act: torch.Tensor,
-    seed: int,
-    cache: KVCache | None = None,
-    row_offset: int = 0,
-) -> WorldModelState:
-    """Warm the cache on the T-1 real transitions of ``obs`` (B, T, ...); the last frame becomes current."""
-    b = obs.size(0)
-    if cache is None:
-        cache = world_model.transformer.empty_cache(b, obs.device)
-    else:
-        cache.reset()
-    pending = None
-    if obs.size(1) > 1:
-        tokens = tokenizer.encode_tokens(obs[:, :-1], act[:, :-1], obs[:, 1:])  # (B, T-1, K)
-        seq = world_model.embed_sequence(obs[:, :-1], act[:, :-1], tokens)  # (B, (T-1)*(K+2), E)
-        if seq.size(1) > cache.max_tokens:
-            raise ValueError(f"burn-in of {seq.size(1)} tokens exceeds the cache ({cache.max_tokens})")
-        world_model.transformer(seq[:, :-1], cache)
-        pending = seq[:, -1:]
-    return WorldModelState(cache, obs[:, -1], pending, SAMPLER_SEED, stream_base(seed), row_offset)
-
-
-@torch.no_grad()
-def world_model_step(
-    tokenizer, world_model, state: WorldModelState, act: torch.Tensor
-) -> tuple[WorldModelState, torch.Tensor, torch.Tensor]:
-    """One imagined step from ``state.obs`` with actions (B,): returns (state, reward (B,), end (B,))."""
-    wm = world_model
-    cfg = wm.config
-    block = cfg.transformer.tokens_per_block
-    cache, pending, offset = state.cache, state.pending, state.offset
-    if (
-        cache.remaining <= block
-    ):  # at most one block left (the reference's rule): restart from the current frame
-        cache.reset()
-        pending = None
-    frame = wm.embed_frames(state.obs.unsqueeze(1))  # (B, 1, E)
-    a = wm.act_emb(act).unsqueeze(1)  # (B, 1, E)
-    x = torch.cat((frame, a) if pending is None else (pending, frame, a), dim=1)
-    h = wm.transformer(x, cache)[:, -1:]  # (B, 1, E) output at the action position
-    rew_logits = wm.head_rewards(h)[:, 0]
-    end_logits = wm.head_ends(h)[:, 0]
-    tokens = []
-    k = cfg.tokens_per_frame
-    for j in range(k):
-        logits = wm.head_latents(h)[:, 0]  # (B, V)
-        tok = ops.sample_categorical(logits, seed=state.seed, offset=offset, row_offset=state.row_offset)
-        offset += 1
-        tokens.append(tok)
-        emb = wm.latents_emb(tok).unsqueeze(1)  # (B, 1, E)
-        if j < k - 1:
-            h = wm.transformer(emb, cache)
-        else:
-            pending = emb
-    tokens_t = torch.stack(tokens, dim=1).unsqueeze(1)  # (B, 1, K)
-    next_obs = tokenizer.decode_tokens(state.obs.unsqueeze(1), act.unsqueeze(1), tokens_t, clamp=True)[:, 0]
-    if cfg.two_hot_rewards:
-        rew = ops.twohot_expectation(rew_logits, low=cfg.bucket_low, high=cfg.bucket_high)
-    else:
-        rew = (
-            ops.sample_categorical(
-                rew_logits, seed=state.seed, offset=offset, row_offset=state.row_offset
-            ).float()
-            - 1.0
-        )
-        offset += 1
-    end = ops.sample_categorical(end_logits, seed=state.seed, offset=offset, row_offset=state.row_offset)
-    offset += 1
-    new = WorldModelState(cache, next_obs.float(), pending, state.seed, offset, state.row_offset)
-    return new, rew.float(), end
-
-
-def imagine(
-    batch,
-    tokenizer,
-    world_model,
-    actor_critic,
-    horizon: int | None = None,
-    seed: int = 0,
-    runner: Any | None = None,
-    row_offset: int = 0,
-) -> ImaginationOutput:
-    """Burn in on the real segment, then imagine ``horizon`` steps (default: the config's) with the
-    online policy.
-
-    ``runner``: a :class:`deltairis.rl.graphs.GraphedWorldModelStep` for this batch size and device
-    (the caller owns it, e.g. through :class:`deltairis.rl.graphs.GraphRunners`); the world-model step
-    is then replayed from its CUDA graphs, drawing the same samples as the eager step.
-
-    ``row_offset``: the global index of ``batch``'s first row when it is a slice of a larger batch (each
-    rank of a distributed run imagines from its slice and samples what the whole batch samples there).
-    """
+def begin_imagination(
+    batch, env: WorldModelEnv, actor_critic, horizon: int | None, seed: int, row_offset: int
+) -> tuple[int, State, State]:
+    """Reset ``env`` on ``batch`` and burn both LSTMs in: (horizon, online state, target state)."""
     obs, act, mask = batch.obs, batch.act, batch.mask_padding
     ac = actor_critic
     cfg = ac.config
-    horizon = cfg.horizon if horizon is None else horizon
+    horizon = cfg.horizon if horizon is None else int(horizon)
+    if horizon < 1:
+        raise ValueError(f"imagination horizon must be >= 1, got {horizon}")
     if obs.size(1) < 1:
         raise ValueError("imagination needs at least one real frame")
-    step_fn = world_model_step
-    cache = None
-    if runner is not None:
-        step_fn, cache = runner.step, runner.cache
-    wstate = world_model_burn_in(tokenizer, world_model, obs, act, seed, cache, row_offset)
+    env.reset(obs, act, seed=seed, row_offset=row_offset)
     # The reference feeds every burn-in frame to both LSTMs, zero padding frames included.
     burn_mask = mask[:, :-1] if cfg.exclude_padding else None
     with torch.no_grad():
         state = ac.model.burn_in(obs[:, :-1], burn_mask)
         tstate = ac.target_model.burn_in(obs[:, :-1], burn_mask)
-    policy_offset = stream_base(seed) + POLICY_STREAM
-    frames, actions, logits_l, values_l, tvalues, rews, ends = [wstate.obs], [], [], [], [], [], []
+    return horizon, state, tstate
+
+
+def imagination_steps(
+    env: WorldModelEnv,
+    actor_critic,
+    state: State,
+    tstate: State,
+    horizon: int,
+    policy_offset: int | torch.Tensor,
+    *,
+    policy_outputs: bool = True,
+) -> ImaginationOutput:
+    """``horizon`` steps of the online policy in ``env`` from its current frame (the step loop, written once).
+
+    ``policy_offset``: the policy sampler's next stream (a Python int, or a one-element device tensor
+    advanced in place, as a captured graph needs). ``policy_outputs=False`` leaves the logits and values
+    out (the whole-rollout graph recomputes them with grad).
+    """
+    ac = actor_critic
+    temperature = ac.config.temperature
+    row_offset = env.state.row_offset
+    obs = env.obs
+    frames, actions, logits, values, tvalues, rews, ends = [obs], [], [], [], [], [], []
     for _ in range(horizon):
-        out = ac.model(wstate.obs, state)
+        out = ac.model(obs, state)
         state = out.state
         with torch.no_grad():
-            tout = ac.target_model(wstate.obs, tstate)
+            tout = ac.target_model(obs, tstate)
             tstate = tout.state
             tvalues.append(ac.target_model.value(tout.value_logits))
             a = ops.sample_categorical(
                 out.logits.detach(),
-                temperature=cfg.temperature,
+                temperature=temperature,
                 seed=SAMPLER_SEED,
                 offset=policy_offset,
                 row_offset=row_offset,
             )
-            policy_offset += 1
-        wstate, r, e = step_fn(tokenizer, world_model, wstate, a)
-        frames.append(wstate.obs)
+            policy_offset += 1  # in place for a device tensor
+        obs, r, e = env.step(a)
+        frames.append(obs)
         actions.append(a)
-        logits_l.append(out.logits)
-        values_l.append(out.value_logits)
         rews.append(r)
         ends.append(e)
+        if policy_outputs:
+            logits.append(out.logits)
+            values.append(out.value_logits)
     with torch.no_grad():
-        tout = ac.target_model(wstate.obs, tstate)
-        tvalues.append(ac.target_model.value(tout.value_logits))
+        tvalues.append(ac.target_model.value(ac.target_model(obs, tstate).value_logits))
     return ImaginationOutput(
         obs=torch.stack(frames, 1),
         act=torch.stack(actions, 1),
-        logits=torch.stack(logits_l, 1),
-        value_logits=torch.stack(values_l, 1),
+        logits=torch.stack(logits, 1) if policy_outputs else None,
+        value_logits=torch.stack(values, 1) if policy_outputs else None,
         target_values=torch.stack(tvalues, 1),
         rew=torch.stack(rews, 1),
         end=torch.stack(ends, 1),
     )
+
+
+def imagine(
+    batch,
+    env: WorldModelEnv,
+    actor_critic,
+    horizon: int | None = None,
+    seed: int = 0,
+    row_offset: int = 0,
+) -> ImaginationOutput:
+    """Burn in on the real segments of ``batch``, then imagine ``horizon`` steps (default: the config's)
+    with the online policy in ``env`` (eager, or replaying the env's step graphs if it has them).
+
+    ``row_offset``: the global index of ``batch``'s first row when it is a slice of a larger batch.
+    """
+    horizon, state, tstate = begin_imagination(batch, env, actor_critic, horizon, seed, row_offset)
+    policy_offset = stream_base(seed) + POLICY_STREAM
+    return imagination_steps(env, actor_critic, state, tstate, horizon, policy_offset)
+
+
+__all__ = ["ImaginationOutput", "begin_imagination", "imagination_steps", "imagine"]

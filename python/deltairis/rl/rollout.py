@@ -1,120 +1,61 @@
 """The whole imagination rollout as one CUDA graph (burn-in excluded), an opt-in fast path.
 
-:func:`deltairis.rl.imagination.imagine` interleaves, for each of the H steps, the online policy's
-forward (with grad), the target critic, the action sampler and the world-model step (transformer,
-heads, samplers, tokenizer decoder). Here the rollout is split in two:
+:func:`imagine_rollout` splits the imagination in two:
 
-1. :func:`rollout_body`, without grad: for each step the online policy's forward, the target critic,
-   the counter-based action sample (its offset a device tensor advanced in place), the world-model
-   step and the decoder. Its inputs and outputs are fixed-shape tensors, so :class:`GraphedRollout`
-   captures it once per (cache position, batch shape, horizon, row offset) and replays all H steps
-   with one launch and no host work; on CPU (or without a runner) it runs eagerly on the same buffers.
+1. :func:`rollout_body`, without grad: the imagination's step loop
+   (:func:`deltairis.rl.imagination.imagination_steps`, the same code the eager path runs, stepping the
+   same :class:`~deltairis.rl.world_model_env.WorldModelEnv`) with both sampler offsets in a device tensor
+   advanced in place. Its inputs and outputs are fixed-shape tensors, so :class:`GraphedRollout` captures
+   it once per (cache position, pending token, horizon, row offset, bf16) and replays all H steps with one
+   launch and no host work; on CPU (or without a runner) it runs eagerly on the same buffers.
 2. the online policy's forward *with* grad over the imagined frames (:func:`policy_forward`): the CNN
    batched over the B*H frames the policy acted on, then the H LSTM steps from the burn-in state.
 
 Step 1 computes exactly the eager imagination's frames, actions, rewards, ends and target values (the
 same ops on the same shapes; the samplers draw the same words). Step 2 gives the eager per-step logits
 and values up to floating-point rounding (a batched CNN may sum in another order), hence the same loss
-and gradients to tolerance. Under autocast the eager path is used (the graph is captured in float32).
+and gradients to tolerance. Under autocast the eager path is used (the graph is captured without it).
+Whether the whole-rollout graph is faster than the per-step graphs of the env has not been measured
+since the step loop was shared (``benchmarks/bench_models.py``, modes ``triton-graphs`` and
+``triton-rollout-graph``).
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
-from typing import NamedTuple
 
 import torch
 
-from deltairis import ops
 from deltairis.models.kv_cache import KVCache
-from deltairis.ops.graphs import CapturedStep
-from deltairis.rl.graphs import parameter_fingerprint
+from deltairis.ops.graphs import CapturedStep, parameter_fingerprint
 from deltairis.rl.imagination import (
     ImaginationOutput,
-    WorldModelState,
+    State,
+    begin_imagination,
+    imagination_steps,
     imagine,
-    world_model_burn_in,
-    world_model_step,
 )
-from deltairis.seeding import POLICY_STREAM, SAMPLER_SEED, stream_base
+from deltairis.rl.world_model_env import WorldModelEnv, WorldModelState
+from deltairis.seeding import POLICY_STREAM, stream_base
 
 logger = logging.getLogger(__name__)
 
 
-def _bf16(device_type: str) -> torch.autocast:
-    # no weight-cast cache: a captured graph must re-read the (in-place updated) float32 weights
-    return torch.autocast(device_type, torch.bfloat16, cache_enabled=False)
-
-
-class RolloutOutput(NamedTuple):
-    obs: torch.Tensor  # (B, H+1, 3, 64, 64)
-    act: torch.Tensor  # (B, H)
-    rew: torch.Tensor  # (B, H)
-    end: torch.Tensor  # (B, H)
-    target_values: torch.Tensor  # (B, H+1)
-
-
 @torch.no_grad()
 def rollout_body(
-    tokenizer,
-    world_model,
-    actor_critic,
-    cache: KVCache,
-    obs: torch.Tensor,
-    pending: torch.Tensor | None,
-    state: tuple[torch.Tensor, torch.Tensor],
-    tstate: tuple[torch.Tensor, torch.Tensor],
-    offsets: torch.Tensor,
-    horizon: int,
-    row_offset: int = 0,
-    bf16_world_model: bool = False,
-) -> RolloutOutput:
-    """H imagined steps without grad from the burnt-in ``cache`` and frame ``obs`` (B, 3, H, W).
+    env: WorldModelEnv, actor_critic, state: State, tstate: State, offsets: torch.Tensor, horizon: int
+) -> ImaginationOutput:
+    """``horizon`` imagined steps without grad from the env's current state (logits and values left out).
 
-    ``offsets`` int64 (2,): the world model's next sampler stream and the policy's, advanced in place.
-    ``bf16_world_model`` (opt-in, changes numerics): the world-model steps (transformer, heads, decoder) run
-    under bf16 autocast; the policy and the critics stay float32.
+    ``offsets`` int64 (2,) on the device: the world model's next sampler stream (it replaces the env
+    state's counter) and the policy's, both advanced in place.
     """
-    ac = actor_critic
-    temperature = ac.config.temperature
-    wm_offset, policy_offset = offsets[0:1], offsets[1:2]  # views: advanced in place
-    wstate = WorldModelState(cache, obs, pending, SAMPLER_SEED, wm_offset, row_offset)
-    frames, actions, tvalues, rews, ends = [obs], [], [], [], []
-    for _ in range(horizon):
-        out = ac.model(wstate.obs, state)
-        state = out.state
-        tout = ac.target_model(wstate.obs, tstate)
-        tstate = tout.state
-        tvalues.append(ac.target_model.value(tout.value_logits))
-        a = ops.sample_categorical(
-            out.logits,
-            temperature=temperature,
-            seed=SAMPLER_SEED,
-            offset=policy_offset,
-            row_offset=row_offset,
-        )
-        policy_offset += 1
-        with _bf16(obs.device.type) if bf16_world_model else contextlib.nullcontext():
-            wstate, r, e = world_model_step(tokenizer, world_model, wstate, a)
-        frames.append(wstate.obs)
-        actions.append(a)
-        rews.append(r)
-        ends.append(e)
-    tout = ac.target_model(wstate.obs, tstate)
-    tvalues.append(ac.target_model.value(tout.value_logits))
-    return RolloutOutput(
-        obs=torch.stack(frames, 1),
-        act=torch.stack(actions, 1),
-        rew=torch.stack(rews, 1),
-        end=torch.stack(ends, 1),
-        target_values=torch.stack(tvalues, 1),
-    )
+    env.state = dataclasses.replace(env.state, offset=offsets[0:1])
+    return imagination_steps(env, actor_critic, state, tstate, horizon, offsets[1:2], policy_outputs=False)
 
 
-def policy_forward(
-    model, frames: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
+def policy_forward(model, frames: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor]:
     """Online logits (B, T, A) and value logits (B, T, K) over frames (B, T, 3, 64, 64), with grad.
 
     The CNN runs once over all B*T frames; the LSTM steps through T from ``state``."""
@@ -129,48 +70,53 @@ def policy_forward(
 
 
 class GraphedRollout:
-    """:func:`rollout_body` captured as CUDA graphs for one batch size and device, with its own KV cache."""
+    """:func:`rollout_body` captured as CUDA graphs for one batch size, device and dtype, on the env's
+    KV cache for that shape (the env steps eagerly inside the captured rollout)."""
 
-    def __init__(self, tokenizer, world_model, actor_critic, batch_size: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        env: WorldModelEnv,
+        actor_critic,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         if torch.device(device).type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
-        self.tokenizer, self.world_model, self.actor_critic = tokenizer, world_model, actor_critic
+        if env.cuda_graphs:
+            raise ValueError(
+                "the whole-rollout graph captures the env's step itself: "
+                "use a WorldModelEnv with cuda_graphs=False"
+            )
+        self.env, self.actor_critic = env, actor_critic
         self.batch_size = batch_size
         self.device = torch.device(device)
-        self.cache: KVCache = world_model.transformer.empty_cache(batch_size, device)
-        e = world_model.config.transformer.embed_dim
-        self._dummy_pending = torch.zeros(batch_size, 1, e, device=device)
+        self.cache: KVCache = env.slot_cache(batch_size, self.device, dtype)
+        e = env.world_model.latents_emb.weight
+        self._dummy_pending = torch.zeros(batch_size, 1, e.size(1), dtype=e.dtype, device=device)
         self._offsets = torch.zeros(2, dtype=torch.int64, device=device)
-        self._graphs: dict[tuple[int, bool, int, int, bool], CapturedStep] = {}
+        self._graphs: dict[tuple[int, bool, int, int, bool], tuple[CapturedStep, int]] = {}
         self.fingerprint = self._fingerprint()
 
     def _fingerprint(self) -> tuple[int, ...]:
-        return parameter_fingerprint(self.tokenizer, self.world_model, self.actor_critic)
+        return parameter_fingerprint(self.env.tokenizer, self.env.world_model, self.actor_critic)
 
     def _capture(
         self, key: tuple[int, bool, int, int, bool], inputs: tuple[torch.Tensor, ...]
-    ) -> CapturedStep:
-        size0, has_pending, horizon, row_offset, bf16 = key
-        cache = self.cache
+    ) -> tuple[CapturedStep, int]:
+        size0, has_pending, horizon, row_offset, _ = key
+        env, cache = self.env, self.cache
         lens0 = cache.lens.clone()
+        result = {}
 
         def fn(obs, pending, h, c, th, tc, offsets):
             cache.size = size0  # every (warm-up or captured) run starts from the same position
             cache.lens.copy_(lens0)
-            return rollout_body(
-                self.tokenizer,
-                self.world_model,
-                self.actor_critic,
-                cache,
-                obs,
-                pending if has_pending else None,
-                (h, c),
-                (th, tc),
-                offsets,
-                horizon,
-                row_offset,
-                bf16,
-            )
+            pending = pending if has_pending else None
+            env.state = WorldModelState(cache, obs, pending, offsets[0:1], row_offset)
+            roll = rollout_body(env, self.actor_critic, (h, c), (th, tc), offsets, horizon)
+            result["size_after"] = cache.size
+            return roll, env.state.pending
 
         step = CapturedStep(fn, *inputs, warmup=1)
         cache.size = size0
@@ -181,52 +127,53 @@ class GraphedRollout:
             self._graphs.clear()
             self.fingerprint = fingerprint
         logger.debug("captured the imagination rollout for %s", key)
-        return step
+        return step, result["size_after"]
 
-    def run(
-        self,
-        wstate: WorldModelState,
-        state: tuple[torch.Tensor, torch.Tensor],
-        tstate: tuple[torch.Tensor, torch.Tensor],
-        policy_offset: int,
-        horizon: int,
-        bf16_world_model: bool = False,
-    ) -> RolloutOutput:
-        """Replay the rollout from a burn-in into ``self.cache``; returns fresh tensors (clones)."""
-        if wstate.cache is not self.cache:
-            raise ValueError("wstate.cache is not this runner's cache; burn in with cache=runner.cache")
+    def run(self, state: State, tstate: State, policy_offset: int, horizon: int) -> ImaginationOutput:
+        """Replay the rollout from the env's burn-in (into ``self.cache``); returns fresh tensors (clones).
+        The env's state is left at the end of the rollout."""
+        env = self.env
+        wstate = env.state
+        if wstate is None or wstate.cache is not self.cache:
+            raise ValueError(
+                "the env's state is not on this runner's cache: reset the env on a batch of this shape"
+            )
         offsets = self._offsets  # filled on the device: no host-to-device copy, no synchronisation
         offsets[0:1].fill_(int(wstate.offset))
         offsets[1:2].fill_(int(policy_offset))
-        key = (
-            self.cache.size,
-            wstate.pending is not None,
-            horizon,
-            wstate.row_offset,
-            bool(bf16_world_model),
-        )
+        key = (self.cache.size, wstate.pending is not None, horizon, wstate.row_offset, env.bf16)
         pending = wstate.pending if wstate.pending is not None else self._dummy_pending
         inputs = (wstate.obs, pending, *state, *tstate, offsets)
-        step = self._graphs.get(key)
-        if step is None:
-            step = self._graphs[key] = self._capture(key, inputs)
-        out = step(*inputs)
-        return RolloutOutput(*(t.clone() for t in out))
+        captured = self._graphs.get(key)
+        if captured is None:
+            captured = self._graphs[key] = self._capture(key, inputs)
+        step, size_after = captured
+        roll, new_pending = step(*inputs)
+        out = ImaginationOutput(*(None if t is None else t.clone() for t in roll))
+        self.cache.size = size_after
+        wm_offset = step.static_inputs[-1][0:1].clone()  # advanced by the replay
+        rows = wstate.row_offset
+        env.state = WorldModelState(self.cache, out.obs[:, -1], new_pending.clone(), wm_offset, rows)
+        return out
 
 
 class RolloutRunners:
-    """The :class:`GraphedRollout` of one agent's three networks, one per batch size and device."""
+    """The :class:`GraphedRollout` of one env and actor-critic, one per batch size, device and dtype."""
 
-    def __init__(self, tokenizer, world_model, actor_critic) -> None:
-        self.modules = (tokenizer, world_model, actor_critic)
-        self._runners: dict[tuple[int, str], GraphedRollout] = {}
+    def __init__(self, env: WorldModelEnv, actor_critic) -> None:
+        self.env, self.actor_critic = env, actor_critic
+        self._runners: dict[tuple[int, str, torch.dtype], GraphedRollout] = {}
 
-    def get(self, batch_size: int, device: torch.device) -> GraphedRollout:
-        """The runner for this batch size and device (rebuilt if a parameter's storage moved)."""
-        key = (batch_size, str(device))
+    def get(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> GraphedRollout:
+        """The runner for this shape (rebuilt if a parameter's storage moved)."""
+        key = (batch_size, str(device), dtype)
         runner = self._runners.get(key)
-        if runner is None or runner.fingerprint != parameter_fingerprint(*self.modules):
-            runner = self._runners[key] = GraphedRollout(*self.modules, batch_size, device)
+        modules = (self.env.tokenizer, self.env.world_model, self.actor_critic)
+        if runner is None or runner.fingerprint != parameter_fingerprint(*modules):
+            runner = GraphedRollout(self.env, self.actor_critic, batch_size, device, dtype)
+            self._runners[key] = runner
         return runner
 
     def clear(self) -> None:
@@ -235,62 +182,33 @@ class RolloutRunners:
 
 def imagine_rollout(
     batch,
-    tokenizer,
-    world_model,
+    env: WorldModelEnv,
     actor_critic,
     horizon: int | None = None,
     seed: int = 0,
-    runner: GraphedRollout | None = None,
     row_offset: int = 0,
-    bf16_world_model: bool | None = None,
+    runner: GraphedRollout | None = None,
 ) -> ImaginationOutput:
     """:func:`deltairis.rl.imagination.imagine` computed as rollout body + batched policy forward.
 
-    ``runner``: replay the body from CUDA graphs; None runs the same body eagerly (any device).
-    ``bf16_world_model`` (default: the config's ``imagination_bf16``, off): see :func:`rollout_body`.
+    ``runner``: replay the body from CUDA graphs (its env must be ``env``); None runs the same body eagerly
+    (any device). The world model runs under bf16 autocast when ``env.bf16`` (opt-in).
     """
-    if bf16_world_model is None:
-        bf16_world_model = actor_critic.config.imagination_bf16
+    if runner is not None and runner.env is not env:
+        raise ValueError("the rollout runner was built for another WorldModelEnv")
     if runner is not None and torch.is_autocast_enabled(batch.obs.device.type):
-        return imagine(batch, tokenizer, world_model, actor_critic, horizon, seed, None, row_offset)
-    obs, act, mask = batch.obs, batch.act, batch.mask_padding
-    ac = actor_critic
-    cfg = ac.config
-    horizon = cfg.horizon if horizon is None else horizon
-    if obs.size(1) < 1:
-        raise ValueError("imagination needs at least one real frame")
-    cache = runner.cache if runner is not None else None
-    wstate = world_model_burn_in(tokenizer, world_model, obs, act, seed, cache, row_offset)
-    burn_mask = mask[:, :-1] if cfg.exclude_padding else None
-    with torch.no_grad():
-        state = ac.model.burn_in(obs[:, :-1], burn_mask)
-        tstate = ac.target_model.burn_in(obs[:, :-1], burn_mask)
+        return imagine(batch, env, actor_critic, horizon, seed, row_offset)
+    horizon, state, tstate = begin_imagination(batch, env, actor_critic, horizon, seed, row_offset)
     policy_offset = stream_base(seed) + POLICY_STREAM
     if runner is not None:
-        roll = runner.run(wstate, state, tstate, policy_offset, horizon, bf16_world_model)
+        roll = runner.run(state, tstate, policy_offset, horizon)
     else:
-        offsets = torch.tensor([int(wstate.offset), policy_offset], dtype=torch.int64, device=obs.device)
-        roll = rollout_body(
-            tokenizer,
-            world_model,
-            ac,
-            wstate.cache,
-            wstate.obs,
-            wstate.pending,
-            state,
-            tstate,
-            offsets,
-            horizon,
-            row_offset,
-            bf16_world_model,
+        offsets = torch.tensor(
+            [int(env.state.offset), policy_offset], dtype=torch.int64, device=batch.obs.device
         )
-    logits, value_logits = policy_forward(ac.model, roll.obs[:, :horizon], state)
-    return ImaginationOutput(
-        obs=roll.obs,
-        act=roll.act,
-        logits=logits,
-        value_logits=value_logits,
-        target_values=roll.target_values,
-        rew=roll.rew,
-        end=roll.end,
-    )
+        roll = rollout_body(env, actor_critic, state, tstate, offsets, horizon)
+    logits, value_logits = policy_forward(actor_critic.model, roll.obs[:, :horizon], state)
+    return roll._replace(logits=logits, value_logits=value_logits)
+
+
+__all__ = ["GraphedRollout", "RolloutRunners", "imagine_rollout", "policy_forward", "rollout_body"]
