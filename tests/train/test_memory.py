@@ -410,6 +410,11 @@ def test_cgroup_v2_namespace_root_and_v1(tmp_path: Path) -> None:
     assert cgroup_available_bytes(proc1, cg1) == 12 * GiB
     _write(mem / "memory.limit_in_bytes", "9223372036854771712\n")
     assert cgroup_available_bytes(proc1, cg1) is None
+    # hybrid: v1 controllers and the v2 hierarchy under <root>/unified
+    _write(proc1 / "self" / "cgroup", "5:memory:/docker/abc\n0::/docker/abc\n")
+    _write(cg1 / "unified" / "docker" / "abc" / "memory.max", f"{3 * GiB}\n")
+    _write(cg1 / "unified" / "docker" / "abc" / "memory.current", f"{GiB}\n")
+    assert cgroup_available_bytes(proc1, cg1) == 2 * GiB
 
 
 def test_host_available_without_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

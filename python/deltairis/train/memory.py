@@ -143,6 +143,11 @@ def _cgroup_dirs(proc_root: Path, cgroup_root: Path) -> tuple[list[Path], list[P
     """The cgroup v2 folders of this process and their ancestors, and its cgroup v1 memory folders."""
     v2: list[Path] = []
     v1: list[Path] = []
+    # a hybrid layout mounts the v2 hierarchy at <root>/unified beside the v1 controllers
+    unified = cgroup_root / "unified"
+    v2_root = (
+        unified if unified.is_dir() and not (cgroup_root / "cgroup.controllers").exists() else cgroup_root
+    )
     text = _read_text(proc_root / "self" / "cgroup") or ""
     for line in text.splitlines():
         parts = line.split(":", 2)
@@ -151,12 +156,12 @@ def _cgroup_dirs(proc_root: Path, cgroup_root: Path) -> tuple[list[Path], list[P
         hierarchy, controllers, rel = parts
         rel = rel.strip().lstrip("/")
         if hierarchy == "0" and controllers == "":
-            d = cgroup_root / rel if rel else cgroup_root
+            d = v2_root / rel if rel else v2_root
             if not d.is_dir():  # a cgroup namespace: the process's cgroup is the mounted root
-                d = cgroup_root
+                d = v2_root
             while True:
                 v2.append(d)
-                if d == cgroup_root or cgroup_root not in d.parents:
+                if d == v2_root or v2_root not in d.parents:
                     break
                 d = d.parent
         elif "memory" in controllers.split(","):
