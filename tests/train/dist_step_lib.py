@@ -23,14 +23,15 @@ from deltairis import distributed
 from deltairis.agent import Agent
 from deltairis.config import make_agent_config
 from deltairis.train.components import COMPONENT_NAMES, build_components
-from deltairis.train.configuration import compose_config
+from deltairis.config.schema import TrainingConfig
+from deltairis.train.configuration import compose_config, typed_config
 from deltairis.train.step import gradient_step, sync_torch_rng
 
 NUM_ACTIONS = 5
 SEQ_LEN = {"tokenizer": 3, "world_model": 4}
 
 
-def _training_config() -> Any:
+def _training_config() -> TrainingConfig:
     cfg = compose_config(
         [
             "env=toy",
@@ -43,7 +44,7 @@ def _training_config() -> Any:
             "training.actor_critic.learning_rate=1e-2",
         ]
     )
-    return cfg.training
+    return typed_config(cfg).training
 
 
 def initial_agent() -> Agent:

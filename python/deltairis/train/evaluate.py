@@ -54,6 +54,18 @@ def _episode_metrics(stats: CollectStats, prefix: str) -> dict[str, float]:
     return out
 
 
+def _check_fits(agent: Agent | None, num_actions: int, env_name: str) -> None:
+    """Refuse an agent whose action count is not the env's; switch it to eval mode."""
+    if agent is None:
+        return
+    if agent.config.num_actions != num_actions:
+        raise ValueError(
+            f"the agent has {agent.config.num_actions} actions but the {env_name} env has "
+            f"{num_actions}; wrong env, game id or preset for this checkpoint?"
+        )
+    agent.eval()
+
+
 @torch.no_grad()
 def play_test_episodes(
     agent: Agent | None,
@@ -87,13 +99,7 @@ def play_test_episodes(
         env_cfg, split, min(settings.num_envs, num_episodes), seed=seed if env_seed is None else env_seed
     )
     try:
-        if agent is not None and agent.config.num_actions != env.num_actions:
-            raise ValueError(
-                f"the agent has {agent.config.num_actions} actions but the {env_cfg.name} env has "
-                f"{env.num_actions}; wrong env, game id or preset for this checkpoint?"
-            )
-        if agent is not None:
-            agent.eval()
+        _check_fits(agent, env.num_actions, env_cfg.name)
         stats = run_test_episodes(
             env,
             num_episodes,

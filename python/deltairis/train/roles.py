@@ -266,7 +266,7 @@ class FollowerRole:
     """
 
     is_main = False
-    collector = None
+    collector: Collector | None = None  # rank 0 alone collects
 
     def __init__(self, store_dir: str | None = None) -> None:
         self.store_dir = store_dir
