@@ -174,11 +174,6 @@ class WorldModelEnv:
             slot = self._slots[key] = _Slot(cache)
         return slot
 
-    def clear(self) -> None:
-        """Forget the state, every KV cache and every captured graph."""
-        self._slots.clear()
-        self.state = None
-
     # -- reset / step -----------------------------------------------------------------------------
     @torch.no_grad()
     def reset(
