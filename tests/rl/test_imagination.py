@@ -73,16 +73,30 @@ def _assert_rows_equal(part, full, rows: slice) -> None:
     torch.testing.assert_close(part.logits, full.logits[rows], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("b", "rows"), [(5, slice(2, 5)), (5, slice(0, 2)), (7, slice(3, 4))])
-def test_slice_with_row_offset_imagines_the_rows_of_the_full_batch(b: int, rows: slice) -> None:
-    """A rank imagining from rows [a, b) with row_offset=a draws what the whole batch draws there."""
+def test_slice_with_row_offset_imagines_the_rows_of_the_full_batch(b: int, rows: slice, dtype) -> None:
+    """A rank imagining from rows [a, b) with row_offset=a draws what the whole batch draws there.
+
+    Imagined frames are decoded, rounded to 1/255 and fed back, so in float32 the last-bit differences
+    between a batch of b rows and a slice (different matmul blockings) can flip a rounding and grow over
+    the steps; the draws themselves (Δ-tokens, actions, ends) must not differ. In float64 the whole
+    rollout must match the full batch's rows.
+    """
     torch.manual_seed(0)
-    agent = Agent(make_agent_config("tiny")).eval()
+    agent = Agent(make_agent_config("tiny")).eval().to(dtype)
     batch = make_batch(b, 4, agent.config.num_actions, pad_left=2, seed=3)
+    batch.obs = batch.obs.to(dtype)
     ac = agent.actor_critic
     full = imagine(batch, _env(agent), ac, horizon=4, seed=5)
     part = imagine(batch.rows(rows), _env(agent), ac, horizon=4, seed=5, row_offset=rows.start)
-    _assert_rows_equal(part, full, rows)
+    assert part.obs.dtype == dtype
+    if dtype == torch.float64:
+        _assert_rows_equal(part, full, rows)
+    else:
+        assert torch.equal(part.act, full.act[rows]) and torch.equal(part.end, full.end[rows])
+        # the first imagined frame comes from the real frames: no fed-back rounding yet
+        torch.testing.assert_close(part.obs[:, :2], full.obs[rows, :2], rtol=0, atol=1.5 / 255)
     if rows.start:  # without the offset the slice draws other words
         plain = imagine(batch.rows(rows), _env(agent), ac, horizon=4, seed=5)
         assert not torch.equal(plain.act, full.act[rows])
