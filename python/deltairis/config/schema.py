@@ -116,7 +116,10 @@ class ComponentTrainingConfig:
     start_after_epochs: int = 0  # trains at epoch e (1-based) when e > start_after_epochs
     steps_per_epoch: int = MISSING
     steps_first_epoch: int = MISSING  # at global epoch 1 only (a component starting later never uses it)
-    batch_size: int = MISSING
+    batch_size: int = MISSING  # rows of one micro-batch (the reference's batch_num_samples)
+    # Micro-batches per optimizer step (the reference's grad_acc_steps): an epoch draws
+    # steps_per_epoch * grad_acc_steps batches of batch_size; each loss is divided by it before backward.
+    grad_acc_steps: int = 1
     seq_len: int | None = None  # None for the actor-critic: burn_in + 1 of the agent config
     learning_rate: float = 1e-4
     weight_decay: float = 0.0  # on Linear/Conv1d weights only (deltairis.models.configure_optimizer)

@@ -111,6 +111,19 @@ class Component:
     def pad_mode(self) -> str:
         return self.spec.pad_mode
 
+    @property
+    def grad_acc_steps(self) -> int:
+        """Micro-batches per optimizer step (``training.<name>.grad_acc_steps``)."""
+        return self.config.grad_acc_steps
+
+    def draws(self, step: int) -> range:
+        """The draws of optimizer step ``step``: its micro-batch ``j`` is draw ``step * k + j`` of the
+        phase (``k`` = :attr:`grad_acc_steps`), drawn with ``derive_seed(run_seed, name, epoch, draw)``
+        and imagining from ``derive_seed(run_seed, name, "imagine", epoch, draw)``. With ``k = 1`` the
+        draw is the step, as before gradient accumulation existed."""
+        k = self.grad_acc_steps
+        return range(step * k, (step + 1) * k)
+
     def prefetcher(
         self,
         store: ReplayStore,
@@ -120,17 +133,21 @@ class Component:
         device: torch.device,
         rows: slice | None = None,
     ) -> StepPrefetcher:
-        """The batches of ``steps`` of this component's phase in ``epoch``, each drawn (and gathered into
-        pinned buffers on CUDA) while the one before trains. A batch is counted when taken, so a batch
-        drawn ahead leaves the visit counts of a mid-epoch checkpoint alone; as in the reference, visit
-        counts are updated from global epoch 2 on. ``rows``: this rank's slice of the global batch."""
+        """The micro-batches of the optimizer ``steps`` of this component's phase in ``epoch`` (the
+        :meth:`draws` of each, in order), each drawn (and gathered into pinned buffers on CUDA) while the
+        one before trains. A batch is counted when taken, so a batch drawn ahead leaves the visit counts of
+        a mid-epoch checkpoint alone; as in the reference, visit counts are updated from global epoch 2
+        on, per micro-batch. ``rows``: this rank's slice of the global batch."""
+        if steps.step != 1:
+            raise ValueError(f"{self.name}: the steps of a phase are consecutive, got {steps}")
+        k = self.grad_acc_steps
         return StepPrefetcher(
             store,
             self.name,
             self.config.batch_size,
             self.seq_len,
-            steps=steps,
-            seed_of=lambda step: derive_seed(run_seed, self.name, epoch, step),
+            steps=range(steps.start * k, steps.stop * k),
+            seed_of=lambda draw: derive_seed(run_seed, self.name, epoch, draw),
             device=device,
             pad_mode=self.pad_mode,
             alpha=self.config.sampling_alpha,
@@ -168,7 +185,8 @@ def build_components(agent: Agent, training_cfg: TrainingConfig) -> dict[str, Co
 
 
 def epoch_steps(component_cfg: ComponentTrainingConfig, epoch: int) -> int:
-    """Gradient steps of a component at global epoch ``epoch`` (0 before it starts).
+    """Gradient (optimizer) steps of a component at global epoch ``epoch`` (0 before it starts); each
+    is ``grad_acc_steps`` micro-batches.
 
     As in the reference, ``steps_first_epoch`` applies at global epoch 1 only: a component that starts
     later (the Atari tokenizer at epoch 6) runs ``steps_per_epoch`` from its first epoch on.

@@ -127,6 +127,11 @@ def _check_values(cfg: DictConfig) -> None:
         for key in ("steps_per_epoch", "steps_first_epoch", "start_after_epochs"):
             positive(f"training.{name}.{key}", c[key], allow_zero=True)
         positive(f"training.{name}.batch_size", c.batch_size)
+        if c.grad_acc_steps < 1:
+            raise ConfigError(
+                f"training.{name}.grad_acc_steps must be an integer >= 1 (micro-batches per optimizer "
+                f"step), got {c.grad_acc_steps}"
+            )
         if c.seq_len is not None:
             positive(f"training.{name}.seq_len", c.seq_len)
         positive(f"training.{name}.learning_rate", c.learning_rate)

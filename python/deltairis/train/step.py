@@ -15,11 +15,23 @@ optimizer step. At world size ``W`` each rank passes its slice of the global bat
   metrics (no collective is left for the end of a phase or a mid-epoch checkpoint).
 
 At world size 1 nothing of this communicates and the step is the single-process step of before.
+
+Gradient accumulation (``training.<name>.grad_acc_steps`` = ``k``, the reference's ``grad_acc_steps``):
+:func:`accumulated_step` runs the loss of ``k`` micro-batches, each divided by ``k`` before its backward
+(the gradients add up in ``.grad``), then one averaging over ranks, one clip and one optimizer step. What
+the reference does per forward stays per micro-batch: the codebook EMA (inside the tokenizer's loss), the
+actor-critic's target EMA (``after_loss``) and the imagination's seed. The step's metrics are the means
+over its micro-batches. The non-finite guard judges the whole step: one micro-batch with a non-finite loss,
+or a non-finite gradient norm, skips it, and the loss buffers go back to what they were before its first
+micro-batch. Every micro-batch runs even then, so that each rank makes the same collectives and the
+sampler draws (and counts) the same batches whatever the guard decides. ``k = 1`` is
+:func:`gradient_step`, bit for bit the step of before.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +51,10 @@ class StepResult:
     metrics: dict[str, torch.Tensor]
 
 
+#: One micro-batch of an optimizer step: this rank's rows of the batch, and the seed of its loss call.
+MicroBatch = tuple[Any, int]
+
+
 def gradient_step(
     component: Component,
     batch: Any,
@@ -48,24 +64,64 @@ def gradient_step(
     autocast: contextlib.AbstractContextManager[Any] | None = None,
 ) -> StepResult:
     """One optimizer step of ``component`` on ``batch`` (this rank's rows of the global batch)."""
+    context = None if autocast is None else (lambda: autocast)
+    return accumulated_step(component, [(batch, seed)], 1, max_grad_norm, row_offset, context)
+
+
+def accumulated_step(
+    component: Component,
+    micro_batches: Iterable[MicroBatch],
+    grad_acc_steps: int,
+    max_grad_norm: float,
+    row_offset: int = 0,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+) -> StepResult:
+    """One optimizer step of ``component`` over ``grad_acc_steps`` micro-batches.
+
+    ``micro_batches`` yields exactly ``grad_acc_steps`` ``(batch, seed)`` pairs, taken one at a time (a
+    generator may draw each batch when asked); ``autocast`` makes a fresh context for each loss call.
+    """
+    if grad_acc_steps < 1:
+        raise ValueError(f"grad_acc_steps must be >= 1, got {grad_acc_steps}")
     optimizer = component.optimizer
     saved = [b.clone() for b in component.loss_buffers]  # the guard restores them on a skip
-    with distributed.sharded_losses(), autocast if autocast is not None else contextlib.nullcontext():
-        # (a loss callable of two arguments, e.g. a test's wrapper, still works at row offset 0)
-        out = component.loss(batch, seed, row_offset) if row_offset else component.loss(batch, seed)
-    if component.after_loss is not None:
-        component.after_loss()
     optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
+    finite: torch.Tensor | None = None
+    metrics: dict[str, torch.Tensor] = {}
+    count = 0
+    for batch, seed in micro_batches:
+        count += 1
+        if count > grad_acc_steps:
+            raise ValueError(f"{component.name}: more than grad_acc_steps={grad_acc_steps} micro-batches")
+        with distributed.sharded_losses(), autocast() if autocast is not None else contextlib.nullcontext():
+            # (a loss callable of two arguments, e.g. a test's wrapper, still works at row offset 0)
+            out = component.loss(batch, seed, row_offset) if row_offset else component.loss(batch, seed)
+        if component.after_loss is not None:
+            component.after_loss()
+        loss = out.loss if grad_acc_steps == 1 else out.loss / grad_acc_steps
+        loss.backward()
+        ok = torch.isfinite(out.loss.detach())
+        finite = ok if finite is None else finite & ok
+        if grad_acc_steps == 1:
+            metrics = out.metrics
+        else:
+            for k, v in out.metrics.items():
+                v = v.detach().to(torch.promote_types(v.dtype, torch.float32))
+                metrics[k] = metrics[k] + v if k in metrics else v
+        del out, loss  # this micro-batch's graph is gone before the next one's forward
+    if count != grad_acc_steps:
+        raise ValueError(f"{component.name}: {count} micro-batches for grad_acc_steps={grad_acc_steps}")
+    assert finite is not None
+    if grad_acc_steps > 1:
+        metrics = {k: v / grad_acc_steps for k, v in metrics.items()}  # the means over the micro-batches
     distributed.average_gradients(component.parameters)
     grad_norm = torch.nn.utils.clip_grad_norm_(component.parameters, max_grad_norm).detach()
-    finite = torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)
-    metrics = out.metrics
+    finite = finite & torch.isfinite(grad_norm)
     if distributed.current().is_distributed:
         # a rank whose loss is not finite makes every rank skip (the averaged norm is already global);
         # each rank's metrics are its share of the global means: their average is the global mean
         bad = (~finite).float().reshape(1)
-        metrics = {k: v.detach().float().reshape(()).clone() for k, v in out.metrics.items()}
+        metrics = {k: v.detach().float().reshape(()).clone() for k, v in metrics.items()}
         distributed.all_reduce_mean_([bad, *metrics.values()])
         finite = bad[0] == 0
     # The non-finite guard: one host sync per step (a skipped step changes no weight).
@@ -95,4 +151,4 @@ def sync_torch_rng(device: torch.device) -> None:
         torch.cuda.set_rng_state(gpu)
 
 
-__all__ = ["StepResult", "gradient_step", "sync_torch_rng"]
+__all__ = ["MicroBatch", "StepResult", "accumulated_step", "gradient_step", "sync_torch_rng"]

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from deltairis.train.replicas import sync_replicas
 from deltairis.train.roles import FollowerRole, MainRole, Role, RunStart, configure_torch
 from deltairis.train.run_folder import new_run_dir
 from deltairis.train.state import Position, TrainerState
-from deltairis.train.step import gradient_step, sync_torch_rng
+from deltairis.train.step import accumulated_step, sync_torch_rng
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +264,8 @@ class Trainer:
         elif phase in self.components:
             c = self.components[phase].config
             rows = self.dist.row_slice(c.batch_size)
-            self._throughput.record(phase, epoch_steps(c, epoch) - step, rows.stop - rows.start, seconds)
+            per_step = (rows.stop - rows.start) * c.grad_acc_steps  # every micro-batch's rows
+            self._throughput.record(phase, epoch_steps(c, epoch) - step, per_step, seconds)
 
     # -- training --------------------------------------------------------------------------------------
     def _autocast(self, enabled: bool) -> contextlib.AbstractContextManager[Any]:
@@ -281,7 +283,10 @@ class Trainer:
     ) -> dict[str, float]:
         """One epoch of gradient steps of the component ``name`` (docs/algorithm.md section 6 schedule).
 
-        ``start_step``/``partial`` continue a phase that a mid-epoch checkpoint interrupted.
+        Each optimizer step accumulates ``training.<name>.grad_acc_steps`` micro-batches of ``batch_size``
+        (:func:`deltairis.train.step.accumulated_step`; micro-batch ``j`` of step ``s`` is the phase's
+        draw ``s * k + j``, :meth:`Component.draws`). ``start_step``/``partial`` continue a phase that a
+        mid-epoch checkpoint interrupted: it stops between optimizer steps only.
         """
         component = self.components[name]
         steps = epoch_steps(component.config, epoch)
@@ -298,12 +303,19 @@ class Trainer:
         prefetch = component.prefetcher(store, epoch, span, self.seed, self.device, rows)
         bar = Progress(self.cfg.common.progress_bar, steps, f"epoch {epoch} {name}", "it")
         bar.update(start_step)
+        k, max_norm = component.grad_acc_steps, component.config.max_grad_norm
+
+        def autocast() -> contextlib.AbstractContextManager[Any]:
+            return self._autocast(component.config.mixed_precision)
+
+        def micro_batches(step: int) -> Iterator[tuple[Any, int]]:
+            # drawn one at a time: micro-batch j is taken (and counted) when its loss is about to run
+            for draw in component.draws(step):
+                yield prefetch.take(draw), derive_seed(self.seed, name, "imagine", epoch, draw)
+
         try:
             for step in range(start_step, steps):
-                seed = derive_seed(self.seed, name, "imagine", epoch, step)
-                autocast = self._autocast(component.config.mixed_precision)
-                batch, max_norm = prefetch.take(step), component.config.max_grad_norm
-                res = gradient_step(component, batch, seed, max_norm, offset, autocast)
+                res = accumulated_step(component, micro_batches(step), k, max_norm, offset, autocast)
                 progress.add_step(res.applied, res.grad_norm, res.metrics)
                 self._count_skip(name, epoch, step, res.applied)
                 bar.update(1)
