@@ -161,6 +161,52 @@ def test_sigterm_mid_phase_then_resume_is_bit_identical(
     _assert_same_tree(got_store, ref_store, "store")
 
 
+#: every component accumulates 2 micro-batches per optimizer step (4 loss calls per phase of 2 steps)
+GRAD_ACC = tuple(f"training.{n}.grad_acc_steps=2" for n in ("tokenizer", "world_model", "actor_critic"))
+
+
+@pytest.fixture(scope="module")
+def reference_grad_acc(tmp_path_factory, tiny_overrides):
+    """The uninterrupted toy run with gradient accumulation."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted-grad-acc") / "run"
+    _run(tiny_overrides, "toy", run_dir, *GRAD_ACC).run()
+    t = _run(tiny_overrides, "toy", run_dir, *GRAD_ACC, resume=True)
+    try:
+        return _final_state(run_dir), _store_contents(t)
+    finally:
+        t.close()
+
+
+# (one case, for time: epoch 2, so visit counts, the target EMA and the imagination seeds per micro-batch)
+@pytest.mark.parametrize("phase, call", [("actor_critic", 5)])  # the first micro-batch of step 0 of epoch 2
+def test_sigterm_mid_step_with_grad_acc_pauses_after_the_whole_step_and_resumes_bit_identical(
+    tiny_overrides, run_dir, reference_grad_acc, monkeypatch, phase: str, call: int
+) -> None:
+    """A signal during an optimizer step's micro-batches: the checkpoint holds that whole step (the
+    position is the next step), and the resumed run ends bit for bit as the uninterrupted one."""
+    t = _run(tiny_overrides, "toy", run_dir, *GRAD_ACC)
+    _sigterm_at(monkeypatch, t, phase, call)
+    with pytest.raises(Preempted, match=rf"stopped by SIGTERM at epoch \d, {phase} step 1"):
+        t.run()
+    monkeypatch.undo()
+    state = load_torch_file(run_dir / "checkpoints" / "trainer_state.pt", "state")
+    assert state["position"]["phase"] == phase and state["position"]["step"] == 1
+    t = _run(tiny_overrides, "toy", run_dir, *GRAD_ACC, resume=True)
+    t.run()
+    t = _run(tiny_overrides, "toy", run_dir, *GRAD_ACC, resume=True)
+    try:
+        got_store = _store_contents(t)
+    finally:
+        t.close()
+    ref_state, ref_store = reference_grad_acc
+    got = _final_state(run_dir)
+    _assert_same_tree(got["agent"], ref_state["agent"], "agent")
+    _assert_same_tree(got["optim"], ref_state["optim"], "optimizer")
+    assert got["state"]["position"] is None and got["state"]["epoch"] == 2
+    _assert_same_tree(got["state"]["num_updates"], ref_state["state"]["num_updates"], "num_updates")
+    _assert_same_tree(got_store, ref_store, "store")
+
+
 def test_periodic_mid_epoch_checkpoints_change_nothing(tiny_overrides, env_name, run_dir, reference) -> None:
     t = _run(tiny_overrides, env_name, run_dir, "common.checkpoint_every_steps=5")
     t.run()
