@@ -28,7 +28,13 @@ in ``.hydra/``. ``common.resume=true`` continues the run in ``hydra.run.dir`` (d
 directory) from its own ``config/trainer.yaml``; further ``key=value`` overrides apply on top (this path
 does not go through Hydra's composition: the run folder's saved config is the source of truth).
 
-Exit codes: 0 done, 2 bad arguments or configuration (the message names the key), 1 a run that cannot
+Before the first collection a run makes its memory plan (README "Memory plan"): a component whose
+training step would not fit the device's memory stops the run with status 2 and a message that names
+the component, the estimate, what is available and the ``grad_acc_steps``/``batch_size`` that fit
+(``training.auto_grad_acc=true`` trains in that split instead).
+
+Exit codes: 0 done, 2 bad arguments or configuration (the message names the key) or a memory plan that
+does not fit (the message names the component and the overrides that fit), 1 a run that cannot
 start, resume or go on (corrupt checkpoint, run folder in use, full disk, non-finite training, ...),
 75 stopped by SIGTERM/SIGINT after writing a mid-epoch checkpoint (resume with scripts/resume.sh),
 69 a distributed run lost a rank (died, hung past ``distributed.timeout_s`` or unreachable; the message
@@ -115,6 +121,11 @@ def _report(exc: BaseException) -> int:
     if isinstance(exc, DistributedError):
         print(f"deltairis-train: distributed error: {exc}", file=sys.stderr)
         return DISTRIBUTED_EXIT_CODE
+    from deltairis.train.memory import MemoryPlanError
+
+    if isinstance(exc, MemoryPlanError):  # a configuration this machine cannot train: change the batch
+        print(f"deltairis-train: {exc}", file=sys.stderr)
+        return 2
     if isinstance(exc, (ConfigError, HydraException, OmegaConfBaseException)):
         # Hydra's composition errors (unknown key, bad value or override, missing group option) name the key
         text = str(exc) if isinstance(exc, ConfigError) else format_error(exc)

@@ -138,6 +138,10 @@ class TrainingConfig:
     # A step whose loss or gradient norm is not finite is skipped (counted in <name>/skipped_steps);
     # this many consecutive skips of one component stop the run with an error (0: never stop).
     max_consecutive_skips: int = 10
+    # Opt-in: a component whose step does not fit the device's memory (deltairis.train.memory) trains in
+    # the smallest grad_acc_steps that fits, with the matching batch_size (logged); false: the run stops
+    # before its first collection with a message naming both.
+    auto_grad_acc: bool = False
     tokenizer: ComponentTrainingConfig = field(default_factory=ComponentTrainingConfig)
     world_model: ComponentTrainingConfig = field(default_factory=ComponentTrainingConfig)
     actor_critic: ComponentTrainingConfig = field(

@@ -50,8 +50,11 @@ gradient-accumulation steps ``k`` whose micro-batch ``ceil(batch_size / k)`` fit
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import math
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -512,8 +515,9 @@ class ComponentPlan:
 
     ``estimate_bytes``: its step's peak (:class:`StepEstimate`) plus the state the other components keep;
     ``fits``: ``estimate_bytes <= (1 - margin) * available_bytes`` (True when available is unknown);
-    ``grad_acc_steps``/``micro_batch_size``: 1 and ``batch_size`` when it fits, else the smallest ``k``
-    whose micro-batch ``ceil(batch_size / k)`` fits (both None when not even a batch of 1 fits);
+    ``grad_acc_steps``/``micro_batch_size``: 1 (:func:`plan_for_config`: the configured ``grad_acc_steps``)
+    and ``batch_size`` when it fits, else the smallest ``k`` whose micro-batch ``ceil(batch_size / k)``
+    fits (:func:`plan_for_config`: times the configured steps; both None when not even a batch of 1 fits);
     ``micro_estimate_bytes``: the estimate at that micro-batch (at a batch of 1 when none fits).
     """
 
@@ -533,6 +537,9 @@ class MemoryPlan:
     available_bytes: int | None
     margin: float
     components: dict[str, ComponentPlan]
+    #: ranks of a ``torchrun`` run: each trains ``ceil(batch_size / world_size)`` rows of a batch, and the
+    #: estimates are of one rank's rows (the plan's batch sizes and suggestions are the config's, global)
+    world_size: int = 1
 
     @property
     def fits(self) -> bool:
@@ -619,9 +626,11 @@ def memory_plan_message(plan: MemoryPlan) -> str:
     where = "this machine's RAM" if plan.device == "cpu" else f"{plan.device}"
     lines: list[str] = []
     overrides: list[str] = []
+    ranks = plan.world_size
     for c in bad:
+        rows = f" ({math.ceil(c.batch_size / ranks)} rows on each of {ranks} ranks)" if ranks > 1 else ""
         lines.append(
-            f"Not enough memory to train the {c.name} at batch_size {c.batch_size} on {plan.device}: one "
+            f"Not enough memory to train the {c.name} at batch_size {c.batch_size}{rows} on {plan.device}: one "
             f"training step needs about {format_bytes(c.estimate_bytes)}, and {format_bytes(c.available_bytes)} "
             f"of {where} is available ({int(plan.margin * 100)}% is kept as a safety margin)."
         )
@@ -660,6 +669,41 @@ def _typed(cfg: TrainerConfig | DictConfig) -> TrainerConfig:
     return typed_config(cfg)
 
 
+#: estimators kept for the next plan of the same agent and training shapes (a resumed run, tests)
+_ESTIMATORS: OrderedDict[tuple[str, ...], StepEstimator] = OrderedDict()
+_ESTIMATORS_KEPT = 4
+
+
+def _shape_key(training: TrainingConfig) -> str:
+    """What of the training section a step's memory depends on (not the batch size, the schedule or the
+    learning rate): sequence lengths, optimizers, weight decay, autocast, padding handling."""
+    parts = [f"exclude_padding={training.exclude_padding}"]
+    for name in COMPONENT_NAMES:
+        c = getattr(training, name)
+        parts.append(f"{name}:{c.seq_len}:{c.optimizer}:{c.weight_decay > 0}:{c.mixed_precision}")
+    return "|".join(parts)
+
+
+def cached_estimator(
+    agent_config: AgentConfig,
+    training_cfg: TrainingConfig,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> StepEstimator:
+    """A :class:`StepEstimator` for these shapes, reused from an earlier plan when there is one (a fake
+    step costs seconds on CPU; the estimates of a configuration do not change within a process)."""
+    device = torch.device(device)
+    key = (repr(agent_config), _shape_key(training_cfg), str(device), str(dtype))
+    found = _ESTIMATORS.get(key)
+    if found is None:
+        found = StepEstimator(agent_config, copy.deepcopy(training_cfg), device, dtype)
+        _ESTIMATORS[key] = found
+        while len(_ESTIMATORS) > _ESTIMATORS_KEPT:
+            _ESTIMATORS.popitem(last=False)
+    _ESTIMATORS.move_to_end(key)
+    return found
+
+
 def plan_for_config(
     cfg: TrainerConfig | DictConfig,
     num_actions: int,
@@ -669,27 +713,47 @@ def plan_for_config(
     margin: float = SAFETY_MARGIN,
     components: tuple[str, ...] = COMPONENT_NAMES,
     dtype: torch.dtype = torch.float32,
+    world_size: int = 1,
 ) -> MemoryPlan:
     """The memory plan of a trainer config on ``device`` (the entry point; see the module docstring).
 
     ``available``: bytes, or a function of the device (default :func:`available_bytes`, read now).
     Components that do not train (``steps_per_epoch == 0`` and ``steps_first_epoch == 0``) are left out.
+    ``batch_size`` is the micro-batch of ``grad_acc_steps`` (a configured ``grad_acc_steps`` ``g``
+    multiplies a suggested split: ``g * k`` steps). ``world_size`` > 1 (``torchrun``): each rank's
+    step holds ``ceil(batch_size / world_size)`` rows; the suggested ``batch_size`` is again the config's.
     """
     from deltairis.train.components import component_config
     from deltairis.train.configuration import agent_config_from
 
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
     typed = _typed(cfg)
     device = torch.device(device)
     agent_config = agent_config_from(typed, num_actions)
     training = typed.training
-    batch_sizes = {}
+    batch_sizes: dict[str, int] = {}
+    configured: dict[str, tuple[int, int]] = {}  # name -> (batch_size, grad_acc_steps) of the config
     for name in components:
         c = component_config(training, name)
         if c.steps_per_epoch > 0 or c.steps_first_epoch > 0:
-            batch_sizes[name] = int(c.batch_size)
+            configured[name] = (int(c.batch_size), int(getattr(c, "grad_acc_steps", 1) or 1))
+            batch_sizes[name] = math.ceil(int(c.batch_size) / world_size)
     avail = available(device) if callable(available) else available
-    estimator = StepEstimator(agent_config, training, device, dtype)
-    return plan_memory(estimator, batch_sizes, avail, device, margin)
+    estimator = cached_estimator(agent_config, training, device, dtype)
+    plan = plan_memory(estimator, batch_sizes, avail, device, margin)
+    rows: dict[str, ComponentPlan] = {}
+    for name, row in plan.components.items():
+        b, g = configured[name]
+        k = row.grad_acc_steps
+        if row.fits:
+            rows[name] = dataclasses.replace(row, batch_size=b, grad_acc_steps=g, micro_batch_size=b)
+        elif k is None:
+            rows[name] = dataclasses.replace(row, batch_size=b)
+        else:  # k micro-batches of the rank's rows; each rank takes its share of ceil(b / k)
+            micro = math.ceil(b / k)
+            rows[name] = dataclasses.replace(row, batch_size=b, grad_acc_steps=g * k, micro_batch_size=micro)
+    return dataclasses.replace(plan, components=rows, world_size=world_size)
 
 
 __all__ = [
@@ -703,6 +767,7 @@ __all__ = [
     "StepEstimate",
     "StepEstimator",
     "available_bytes",
+    "cached_estimator",
     "cgroup_available_bytes",
     "cpu_estimate_bytes",
     "estimate_component_peak",

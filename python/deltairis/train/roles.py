@@ -37,6 +37,7 @@ from deltairis.train.env_config import make_env
 from deltairis.train.logging_utils import MetricsLogger, read_metrics_records
 from deltairis.train.ranks import NoMetrics, follower_config, rank_device
 from deltairis.train.replicas import open_replica, replica_dir
+from deltairis.train.run_checks import MEMORY_PLAN_FILE, MemoryCheck, check_memory, write_json
 from deltairis.train.run_folder import RunFolderLock, make_layout, read_checkpoint, restore_store_index
 from deltairis.train.state import CheckpointSet, Position
 
@@ -139,7 +140,9 @@ class MainRole:
 
     def begin(self) -> RunStart:
         """Lock the run folder, read its checkpoint (resume), settle the seed, write the layout and the
-        config (fresh run), build the train env; under ``torchrun`` send all that to the other ranks."""
+        config (fresh run), build the train env, make the memory plan (:func:`check_memory`, recorded in
+        ``config/memory_plan.json``); under ``torchrun`` send all that to the other ranks. A plan that
+        does not fit raises :class:`~deltairis.train.memory.MemoryPlanError` (on every rank)."""
         cfg = self.cfg
         device = process_device(cfg)  # a device that does not exist fails before the run folder is touched
         self._lock.acquire()  # one writer per run folder
@@ -159,6 +162,14 @@ class MainRole:
         self._env = make_env(
             cfg.env, "train", cfg.collection.train.num_envs, seed=derive_env_seed(seed, "train_env")
         )
+        try:
+            # before the first collection and gradient step: a run that cannot fit stops here (exit 2)
+            memory = check_memory(cfg, self._env.num_actions, device, dist.current().world_size)
+            write_json(self.run_dir / MEMORY_PLAN_FILE, memory.as_dict())
+        except BaseException:
+            self._env.close()
+            raise
+        self.cfg = cfg = memory.cfg  # training.auto_grad_acc may have split a component's batch
         mtime = config_file.stat().st_mtime_ns if config_file.exists() else 0
         start = RunStart(
             cfg=cfg,
@@ -169,10 +180,13 @@ class MainRole:
             run_id=f"{self.run_dir}|{seed}|{mtime}",
         )
         if dist.current().is_distributed:
-            self._announce(start)
+            self._announce(start, memory)  # the plan's outcome too: no rank trains (or waits) when it fails
+        if not memory.ok:
+            self._env.close()
+            memory.raise_if_not_ok()
         return start
 
-    def _announce(self, start: RunStart) -> None:
+    def _announce(self, start: RunStart, memory: MemoryCheck) -> None:
         """Send ranks > 0 what they cannot read themselves (no shared filesystem is assumed)."""
         dist.from_main(
             "the start of the run",
@@ -183,6 +197,7 @@ class MainRole:
                 "saved": start.saved,
                 "num_actions": start.num_actions,
                 "action_names": start.action_names,
+                "memory": memory,
             },
         )
         ctx = dist.current()
@@ -199,9 +214,12 @@ class MainRole:
         if saved is not None and "train" in saved.trainer.dataset_index:
             restore_store_index(dataset_dir / "train", saved.trainer.dataset_index["train"])
         stores = {
-            split: ReplayStore(dataset_dir / split, backend="auto", create=True) for split in ("train", "test")
+            split: ReplayStore(dataset_dir / split, backend="auto", create=True)
+            for split in ("train", "test")
         }
-        self.collector = Collector(self._env, stores["train"], burn_in, seed=derive_env_seed(start.seed, "train_env"))
+        self.collector = Collector(
+            self._env, stores["train"], burn_in, seed=derive_env_seed(start.seed, "train_env")
+        )
         if saved is not None:
             # The test store only holds one evaluation's episodes and is emptied before every
             # evaluation; it is not part of the checkpoint.
@@ -275,6 +293,7 @@ class FollowerRole:
     def begin(self) -> RunStart:
         """Receive the config, the run folder's path and the checkpoint from rank 0."""
         start = dist.from_main("the start of the run (rank 0 reads its config and checkpoint)")
+        start["memory"].raise_if_not_ok()  # rank 0 stops too: the memory plan does not fit
         cfg = follower_config(start["cfg"], self.store_dir)
         self.run_dir = Path(start["run_dir"])
         dist.set_timeout(cfg.distributed.timeout_s)

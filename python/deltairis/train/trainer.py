@@ -42,6 +42,7 @@ from deltairis.train.preemption import StopSignals
 from deltairis.train.ranks import Throughput, rank_metrics, share_initial_weights
 from deltairis.train.replicas import sync_replicas
 from deltairis.train.roles import FollowerRole, MainRole, Role, RunStart, configure_torch
+from deltairis.train.run_checks import EpochEta, Preflight
 from deltairis.train.run_folder import new_run_dir
 from deltairis.train.state import Position, TrainerState
 from deltairis.train.step import accumulated_step, sync_torch_rng
@@ -101,6 +102,7 @@ class Trainer:
         self.components: dict[str, Component] = build_components(self.agent, cfg.training)
         if start.saved is not None:
             load_optimizers(self.components, start.saved, self.ckpt_dir)
+        self.preflight = self._preflight()
         self.stores = self.role.open_experience(start, self.agent.config.actor_critic.burn_in)
         self.state = TrainerState(seed=self.seed)
         self.pauses = PausePoints(cfg.common)
@@ -112,8 +114,20 @@ class Trainer:
             set_global_rng_state(start.saved.trainer.rng)
             logger.info("resumed %s at the end of epoch %d", self.run_dir, self.epoch)
         self.metrics = self.role.metrics_sink(cfg, self.epoch)
+        #: the run's duration estimate from its first steps (a warning when an epoch takes hours)
+        self.eta = EpochEta(cfg, self.device, enabled=self.role.is_main)
         what = (self.run_dir, self.device, self.agent.config.preset, self.num_actions, self.seed)
         logger.info("run folder %s | device %s | preset %s | %d actions | seed %d", *what)
+
+    def _preflight(self) -> Preflight:
+        """The GPU fast paths checked against their references on this run's shapes (every rank; the
+        failures of all ranks switched off on all; nothing runs on CPU), recorded in the run folder's
+        ``config/preflight.json`` and, on CUDA, in this process's first ``metrics.jsonl`` record."""
+        found = Preflight.run(self.agent, self.cfg, self.device, self.components["actor_critic"].loss)
+        if self.role.is_main:
+            found.write(self.run_dir)
+        self._start_metrics = found.metrics()
+        return found
 
     # -- progress (the checkpointed TrainerState) ---------------------------------------------------------
     @property
@@ -212,7 +226,10 @@ class Trainer:
         where = f", from {position.phase} step {position.step}" if position else ""
         logger.info("epoch %d / %d%s", epoch, self.cfg.common.epochs, where)
         self._epoch_metrics = metrics = dict(position.metrics) if position else {}
+        metrics.update(self._start_metrics)  # the first record of this process: the preflight (CUDA)
+        self._start_metrics = {}
         self._throughput = Throughput()
+        self.eta.begin_epoch(epoch)
         synced = False
         for phase in PHASES[PHASES.index(position.phase) if position else 0 :]:
             here = position if position is not None and phase == position.phase else None
@@ -223,7 +240,9 @@ class Trainer:
                 metrics.update(sync_replicas(self.stores["train"], f"the experience of epoch {epoch}"))
                 synced = True
             t0, env_steps, step = time.perf_counter(), self.role.env_steps(), here.step if here else 0
+            self.eta.start(phase, epoch)
             out = self._run_phase(phase, epoch, here) if self.role.runs(phase) else {}
+            self.eta.end(phase)
             self._record_perf(phase, epoch, step, out, time.perf_counter() - t0, env_steps)
             metrics.update(out)
         self.epoch = epoch
@@ -331,6 +350,7 @@ class Trainer:
 
     def _count_skip(self, name: str, epoch: int, step: int, applied: bool) -> None:
         """The non-finite guard's streak of skipped steps of ``name`` (too long a streak stops the run)."""
+        self.eta.advance(name)  # called after every optimizer step: the first ones time the epoch
         streaks = self.state.consecutive_skips
         streaks[name] = 0 if applied else streaks[name] + 1
         if not applied:
@@ -355,6 +375,11 @@ class Trainer:
         bar = Progress(self.cfg.common.progress_bar, total, f"epoch {epoch} collect", "step")
         bar.update(collector.paused_steps)
         self.agent.eval()
+
+        def progress(n: int) -> None:
+            bar.update(n)
+            self.eta.advance("collect", n)
+
         try:
             stats = collector.collect_resumable(
                 num_steps,
@@ -362,7 +387,7 @@ class Trainer:
                 None if first else self.agent.actor_critic,
                 self.device,
                 seed=derive_seed(self.seed, "collect", epoch),
-                progress=bar.update,
+                progress=progress,
                 should_stop=self.pauses.wanted,
                 pause=lambda step: self._pause(epoch, "collect", step, None),
             )
