@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from deltairis.cli import doctor
 from deltairis.train.preflight import FAST_PATHS, FastPathResult
 
-MEMORY_KEYS = {"estimate_bytes", "available_bytes", "fits", "grad_acc_steps"}
+MEMORY_KEYS = {"estimate_bytes", "available_bytes", "fits", "grad_acc_steps", "batch_size"}
 
 
 def _command() -> list[str]:
@@ -47,12 +46,11 @@ def test_quick_cpu_report_in_json() -> None:
         p["status"] == "not applicable" and set(p) == {"name", "status", "detail"}
         for p in report["fast_paths"]
     )
-    mem = report["memory"]
-    if mem.get("status") == "unavailable":  # deltairis.train.memory not there yet
-        assert "plan_for_config" in mem["reason"]
-    else:
-        assert set(mem) == {"tokenizer", "world_model", "actor_critic"}
-        assert all(MEMORY_KEYS <= set(m) for m in mem.values())
+    mem = report["memory"]  # the tiny preset's plan on this CPU: every component fits, in one step
+    assert set(mem) == {"tokenizer", "world_model", "actor_critic"}, mem
+    assert all(set(m) == MEMORY_KEYS for m in mem.values())
+    assert all(m["fits"] and m["grad_acc_steps"] == 1 and m["estimate_bytes"] > 0 for m in mem.values())
+    assert [m["batch_size"] for m in mem.values()] == [32, 8, 32]  # the tiny preset's batches
     assert [t["component"] for t in report["timings"]] == ["tokenizer", "world_model", "actor_critic"]
     assert all(t["ok"] and t["fast_s"] > 0 and t["reference_s"] > 0 for t in report["timings"])
     assert report["crafter"]["num_envs"] == 16
@@ -108,15 +106,39 @@ def test_all_passing_exits_0_and_prints_tables(
 
 
 def test_memory_section_reads_the_plan_and_a_misfit_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    plan = {
-        "tokenizer": {"estimate_bytes": 10, "available_bytes": 100, "fits": True, "grad_acc_steps": 1},
-        "world_model": {"estimate_bytes": 300, "available_bytes": 100, "fits": False, "grad_acc_steps": 4},
+    from deltairis.train import memory as mm
+
+    rows = {
+        "tokenizer": mm.ComponentPlan("tokenizer", 32, 10, 100, True, 1, 32, 10),
+        "world_model": mm.ComponentPlan("world_model", 32, 300, 100, False, 4, 8, 80),
+        "actor_critic": mm.ComponentPlan("actor_critic", 86, 300, 100, False, None, None, 200),
     }
-    fake = types.ModuleType("deltairis.train.memory")
-    fake.plan_for_config = lambda cfg, num_actions, device: types.SimpleNamespace(components=plan)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "deltairis.train.memory", fake)
+    plan = mm.MemoryPlan("cpu", 100, 0.15, rows)
+    monkeypatch.setattr(mm, "plan_for_config", lambda cfg, num_actions, device: plan)
     mem = doctor.memory(doctor.preset_config("tiny"), doctor.resolve_device("cpu"))
-    assert mem == plan
+    assert mem == {
+        "tokenizer": {
+            "estimate_bytes": 10,
+            "available_bytes": 100,
+            "fits": True,
+            "grad_acc_steps": 1,
+            "batch_size": 32,
+        },
+        "world_model": {
+            "estimate_bytes": 300,
+            "available_bytes": 100,
+            "fits": False,
+            "grad_acc_steps": 4,
+            "batch_size": 8,
+        },
+        "actor_critic": {
+            "estimate_bytes": 300,
+            "available_bytes": 100,
+            "fits": False,
+            "grad_acc_steps": None,
+            "batch_size": None,
+        },
+    }
     report = {
         "fast_paths": [],
         "versions": {"deltairis._core": "built"},
@@ -124,7 +146,13 @@ def test_memory_section_reads_the_plan_and_a_misfit_fails(monkeypatch: pytest.Mo
         "timings": [],
         "crafter": {"ok": True},
     }
-    assert doctor.failures(report) == ["memory: world_model does not fit"]
+    assert doctor.failures(report) == [
+        "memory: world_model does not fit",
+        "memory: actor_critic does not fit",
+    ]
+    monkeypatch.setattr(mm, "plan_for_config", lambda cfg, num_actions, device: 1 / 0)
+    broken = doctor.memory(doctor.preset_config("tiny"), doctor.resolve_device("cpu"))
+    assert broken["status"] == "unavailable" and "ZeroDivisionError" in broken["reason"]
 
 
 def test_cuda_device_without_cuda_is_a_command_line_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib
 import importlib.metadata
 import json
 import logging
@@ -251,36 +250,26 @@ def timings(agent: Agent, cfg: TrainerConfig, device: torch.device, warmup: int)
 
 # -- memory -----------------------------------------------------------------------------------------------
 def memory(cfg: TrainerConfig, device: torch.device) -> dict[str, Any]:
-    """The memory plan per component, or ``{"status": "unavailable", "reason": ...}``.
+    """The memory plan per component (:func:`deltairis.train.memory.plan_for_config`, as a run makes it
+    before its first collection): ``estimate_bytes``, ``available_bytes``, ``fits``, ``grad_acc_steps``
+    and ``batch_size`` (the split that fits, None when not even a batch of 1 does), or
+    ``{"status": "unavailable", "reason": ...}`` when the plan cannot be made."""
+    from deltairis.train.memory import plan_for_config
 
-    Uses :func:`deltairis.train.memory.plan_for_config` (``MemoryPlan`` per component: ``estimate_bytes``,
-    ``available_bytes``, ``fits``, ``grad_acc_steps``) when that module exists.
-    """
-    try:
-        module = importlib.import_module("deltairis.train.memory")
-        plan_for_config = module.plan_for_config
-    except (ImportError, AttributeError) as exc:
-        return {
-            "status": "unavailable",
-            "reason": f"deltairis.train.memory.plan_for_config is missing ({exc})",
-        }
     try:
         plan = plan_for_config(cfg, DEFAULT_NUM_ACTIONS[cfg.agent.preset], device)
-        per = getattr(plan, "components", plan)
-        items = (
-            per.items()
-            if hasattr(per, "items")
-            else ((getattr(p, "name", str(i)), p) for i, p in enumerate(per))
-        )
-        out: dict[str, Any] = {}
-        for name, p in items:
-            get = (lambda k, p=p: p[k]) if isinstance(p, dict) else (lambda k, p=p: getattr(p, k))
-            out[str(name)] = {
-                k: get(k) for k in ("estimate_bytes", "available_bytes", "fits", "grad_acc_steps")
-            }
-        return out
-    except Exception as exc:  # noqa: BLE001 - an unexpected plan shape is reported, not a crash
+    except Exception as exc:  # noqa: BLE001 - a plan that cannot be made is reported, not a crash
         return {"status": "unavailable", "reason": f"{type(exc).__name__}: {exc}"}
+    return {
+        name: {
+            "estimate_bytes": p.estimate_bytes,
+            "available_bytes": p.available_bytes,
+            "fits": p.fits,
+            "grad_acc_steps": p.grad_acc_steps,
+            "batch_size": p.micro_batch_size,
+        }
+        for name, p in plan.components.items()
+    }
 
 
 # -- Crafter ----------------------------------------------------------------------------------------------
@@ -404,9 +393,16 @@ def render(report: dict[str, Any]) -> str:
     else:
         out += _table(
             "Memory plan",
-            ("component", "estimate", "available", "fits", "grad_acc_steps"),
+            ("component", "estimate", "available", "fits", "grad_acc_steps", "batch_size"),
             [
-                (n, _bytes(m["estimate_bytes"]), _bytes(m["available_bytes"]), m["fits"], m["grad_acc_steps"])
+                (
+                    n,
+                    _bytes(m["estimate_bytes"]),
+                    _bytes(m["available_bytes"]),
+                    m["fits"],
+                    m["grad_acc_steps"],
+                    m["batch_size"],
+                )
                 for n, m in mem.items()
             ],
         )

@@ -195,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         if play:
             cfg, env_cfg, agent, desc = _resolve(args, run_dir, device)
+            if agent is not None and cfg is not None:  # CUDA: failing fast paths fall back to the reference
+                from deltairis.train.run_checks import preflight_for_inference
+
+                preflight_for_inference(agent, cfg, device)
             env_id = str(env_cfg.test.id) if env_cfg.name == "atari" else None
             if env_id is not None:
                 atari_game(env_id)  # an unknown game fails before any episode is played

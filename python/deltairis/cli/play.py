@@ -289,6 +289,7 @@ def _play_window(run_dir: Path, args: argparse.Namespace, device: str) -> int:
     from deltairis.cli import play_window as pw
     from deltairis.cli.common import load_run
     from deltairis.train.env_config import make_env
+    from deltairis.train.run_checks import preflight_for_inference
 
     record_dir = args.record_dir or run_dir / "media" / "recordings"
     scale = 8 if args.scale is None else args.scale
@@ -300,6 +301,7 @@ def _play_window(run_dir: Path, args: argparse.Namespace, device: str) -> int:
         # The same loading options as the GIF export (--preset / --env-id outside a run folder).
         options = {k: getattr(args, k) for k in ("preset", "env_id") if hasattr(args, k)}
         cfg, agent = load_run(run_dir, args.checkpoint, device, **options)
+        preflight_for_inference(agent, cfg, device)  # CUDA: a failing fast path falls back to the reference
         temperature = (
             args.temperature if args.temperature is not None else float(cfg.collection.test.temperature)
         )
@@ -349,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from deltairis.cli.common import load_run
     from deltairis.errors import CheckpointError, ConfigError
     from deltairis.runtime import resolve_device
+    from deltairis.train.run_checks import preflight_for_inference
 
     run_dir = args.run_dir.resolve()
     try:
@@ -369,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths = play_episodes(run_dir, args)
         else:
             cfg, agent = load_run(run_dir, args.checkpoint, device, preset=args.preset, env_id=args.env_id)
+            preflight_for_inference(agent, cfg, device)  # CUDA: failing fast paths fall back
             if args.mode == "env":
                 frames, texts = play_env(agent, cfg, args, device)
             else:

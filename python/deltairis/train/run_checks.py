@@ -213,8 +213,10 @@ def preflight_for_inference(
     from deltairis.train.configuration import typed_config
 
     device = torch.device(device)
+    if not pf.fast_paths_active(device):
+        return []
     typed = typed_config(cfg)
-    if not pf.fast_paths_active(device) or not typed.common.preflight:
+    if not typed.common.preflight:
         return []
     results = pf.run_preflight(agent, typed, device, paths=INFERENCE_PATHS)
     pf.apply_fallbacks(results, agent, typed)
