@@ -2,8 +2,9 @@
 on its slice of the batch) equals the single-process step on the whole batch, to 1e-5 relative on every
 parameter, buffer (codebook EMA, target critic) and gradient; also for an odd split (5 rows over 2 ranks).
 
-The relative error of a tensor is ``max|a - b| / max|b|`` (the maximum norm); the measured maxima are
-printed (``pytest -s``) for the issue's closing note.
+The relative error of a tensor is ``max|a - b| / max|b|`` (the maximum norm), with a floor under
+``max|b|`` for gradients and weights (see ``_max_errors``); the measured maxima are printed (``pytest -s``)
+for the issue's closing note.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ TOLERANCE = 1e-5
 
 
 SIZES = (4, 5)  # 2 + 2 rows and the odd split 2 + 3
+COMPONENTS = ("tokenizer", "world_model", "actor_critic")
 
 
 def _free_port() -> int:
@@ -83,21 +85,52 @@ def _rel(a: torch.Tensor, b: torch.Tensor, floor: float = 0.0) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def _max_errors(got: dict, want: dict) -> dict[str, tuple[float, str]]:
+def initial_parameters() -> dict[str, torch.Tensor]:
+    """The initial agent's parameters (what the optimizers step; buffers such as the codebook are not)."""
+    return {k: p.detach().clone() for k, p in initial_agent().named_parameters()}
+
+
+def _largest_update(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor], name: str) -> float:
+    """The largest ``|w_after - w_before|`` over the parameters of component ``name`` (``before``: the
+    initial parameters): the optimizer step's own scale, with Adam's first step at lr 1e-2 about 1e-2."""
+    return max(
+        (after[k].double() - w.double()).abs().max().item()
+        for k, w in before.items()
+        if k.startswith(f"{name}.") and w.numel()
+    )
+
+
+def _max_errors(
+    got: dict, want: dict, before: dict[str, torch.Tensor], names: tuple[str, ...] = COMPONENTS
+) -> dict[str, tuple[float, str]]:
     """Per component and kind (state / grads / metrics): the largest relative error and where.
 
     Gradients are measured against the component's largest gradient: some are zero in exact arithmetic
     (an attention key bias, as softmax ignores a shift of all scores; a conv bias right before a
     per-channel norm) and hold only rounding noise, which has no size of its own to compare with.
+
+    Weights and buffers after the step are measured against the component's largest parameter update
+    ``|w_after - w_before|`` (``before``: the initial parameters; about lr) where that is larger than the
+    tensor itself, for the same reason: a zero-initialised tensor (every Linear bias of the tokenizer and
+    the world model) whose gradient is such noise moves by that noise only (Adam: ``lr * g / eps``), so
+    after the step its value *is* the noise. Measured: the world model's key biases have gradients of
+    ~1e-10 (largest gradient ~0.5) and values of 4e-10 to 9e-10 after the step, which the two summation
+    orders change by 4e-11 to 4e-10 (relative 0.07 and 0.53 against the value itself, at most 4e-8 against
+    the largest update of ~1e-2). A real error in a tensor the step does move is a part of that tensor's
+    update and so of the component's largest update
+    (``test_an_error_in_a_zero_initialised_weight_is_caught``).
     """
     out = {}
-    for name in ("tokenizer", "world_model", "actor_critic"):
+    for name in names:
         for kind in ("state", "grads", "metrics"):
             g, w = got[name][kind], want[name][kind]
             assert set(g) == set(w), (name, kind)
             floor = 0.0
             if kind == "grads":
                 floor = max(v.abs().max().item() for v in w.values() if v.numel())
+            elif kind == "state":
+                floor = _largest_update(w, before, name)
+                assert floor > 0, f"{name}: the step moved nothing"
             errs = {k: _rel(g[k].float(), w[k].float(), floor) for k in w}
             worst = max(errs, key=errs.get)
             out[f"{name}/{kind}"] = (errs[worst], worst)
@@ -120,7 +153,7 @@ def test_two_ranks_one_step_each_equals_single_process(results: tuple, batch_siz
     for name in ("tokenizer", "world_model", "actor_critic"):
         for k, v in got[0][name]["state"].items():
             assert torch.equal(v, got[1][name]["state"][k]), (name, k)
-    errors = _max_errors(got[0], want)
+    errors = _max_errors(got[0], want, initial_parameters())
     print(f"\nbatch {batch_size} over 2 ranks, max relative error:")
     for key, (err, where) in errors.items():
         print(f"  {key:28s} {err:.2e}  ({where})")
@@ -164,3 +197,26 @@ def test_a_wrong_denominator_would_be_caught() -> None:
     # and inside sharded_losses at world size 1 the means are the plain ones
     with distributed.sharded_losses():
         assert torch.equal(masked_mean(x, mask), full)
+
+
+def test_an_error_in_a_zero_initialised_weight_is_caught(results: tuple) -> None:
+    """The update floor of ``_max_errors`` hides only noise: the key biases' steps are ~1e-7 of the step's
+    scale (zero gradient in exact arithmetic), while an error of 0.1% of its own update in any
+    zero-initialised tensor that the step moves by at least a tenth of the largest update still fails."""
+    ranks, single = results
+    want, got = single[4], ranks[0][4]
+    before = initial_parameters()
+    assert _max_errors(got, want, before)["world_model/state"][0] <= TOLERANCE
+    state = want["world_model"]["state"]
+    largest = _largest_update(state, before, "world_model")
+    zero_init = [k for k, w in before.items() if k.startswith("world_model.") and not w.any()]
+    key_biases = [k for k in zero_init if k.endswith(".key.bias")]
+    assert key_biases and all(state[k].abs().max() < 1e-6 * largest for k in key_biases)
+    moved = [k for k in zero_init if state[k].abs().max() >= 0.1 * largest]
+    assert len(moved) >= 10, moved  # the query, value and projection biases, the heads' biases, ...
+    for k in moved:
+        wrong = {**got["world_model"]["state"], k: state[k] * (1 + 1e-3)}  # the update off by 0.1%
+        err, where = _max_errors(
+            {**got, "world_model": {**got["world_model"], "state": wrong}}, want, before, ("world_model",)
+        )["world_model/state"]
+        assert err > 5 * TOLERANCE and where == k, (k, err, where)  # by construction >= 1e-4
