@@ -138,7 +138,8 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[st
 #: - 2 ranks against 1 process: seed 7: 0 / 0 / 444 (0.10%; 3.2e-6 / 1.1e-5 / 2.0e-3); seeds 8-11: at
 #:   most 16 tokenizer weights (0.015%), 1 world-model weight and 0, 46, 1,953 (0.44%), 389 actor-critic
 #:   weights, never more than 2.1e-3 apart (before it, with PyTorch's default initialisation, seed 7 gave
-#:   84 and 255 actor-critic weights: the count moves with the draws, the 2 * lr bound does not);
+#:   84 and 255 actor-critic weights: the count moves with the draws, the 2 * lr bound does not); 2 ranks
+#:   then 1 (resume, 2 epochs, seed 7): 850 actor-critic weights (0.19%), within 2.0e-3;
 #: - a real bug, loss means with each rank's own denominator instead of the global one (2 ranks, seed 7):
 #:   63,199 of 109,335 / 331,042 of 510,899 / 167,020 of 442,804 weights over 1e-4 (58% / 65% / 38%).
 #:   (Gradients not averaged at all: the ranks diverge and the end-of-epoch hash check stops the run.)
