@@ -7,7 +7,8 @@ memory address, so the unmodified package is not reproducible even against itsel
 
 The reference must run with ``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"`` set before numpy
 is imported (numpy's AVX-512 ``exp`` differs from glibc's in the last bits), so :func:`run_reference`
-runs this file as a subprocess. Cases go in as JSON, trajectories come back as an ``.npz``.
+runs this file as subprocesses (two, to use both cores of a CI machine). Cases go in as JSON,
+trajectories come back as one ``.npz`` per case.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -394,26 +396,86 @@ def scripted_actions(env: Any, steps: int, rng: Any, explore: float = 0.1) -> li
     return actions
 
 
+def case_cost(case: dict[str, Any]) -> float:
+    """Rough CPU cost of ``case`` in the reference, in units of one 64x64 reset (about 0.7 s).
+
+    World generation dominates (its cost follows the area); a step costs about 1/3000 of a reset.
+    """
+    area = case.get("area", (64, 64))
+    episodes = case["episodes"]
+    return len(episodes) * area[0] * area[1] / 4096 + sum(len(a) for a in episodes) / 3000
+
+
+def split_cases(cases: list[dict[str, Any]], workers: int) -> list[list[int]]:
+    """Deterministic split of case indices over ``workers``: costliest first, each to the least loaded
+    worker (ties to the lowest worker); every index appears exactly once, in increasing order per worker."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    loads = [0.0] * workers
+    parts: list[list[int]] = [[] for _ in range(workers)]
+    for i in sorted(range(len(cases)), key=lambda i: (-case_cost(cases[i]), i)):
+        w = min(range(workers), key=lambda w: (loads[w], w))
+        loads[w] += case_cost(cases[i])
+        parts[w].append(i)
+    return [sorted(part) for part in parts if part]
+
+
+def _default_workers() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(2, cpus))
+
+
 def run_reference(
-    cases: list[dict[str, Any]], timeout: float = 600, mode: str = "creation_order"
+    cases: list[dict[str, Any]],
+    timeout: float = 600,
+    mode: str = "creation_order",
+    workers: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the Python reference on ``cases`` in a subprocess with numpy's AVX-512 disabled.
+    """Run the Python reference on ``cases`` in subprocesses with numpy's AVX-512 disabled.
 
     ``mode="creation_order"``: the creation-order oracle (tier 1). ``mode="record"``: the unmodified
     package, recording each despawn's choice in ``e{episode}_despawns`` (tier 2).
 
     Each case: ``{"seed": int, "episodes": [[action, ...], ...], "length": int, "reward": bool}``.
-    Returns one dict of arrays per case (keys ``e{episode}_{field}``).
+    Returns one dict of arrays per case (keys ``e{episode}_{field}``), in the order of ``cases``.
+
+    The cases are split over ``workers`` subprocesses (default: 2, or 1 on a one-CPU machine) by
+    :func:`split_cases`. Each case builds its own ``crafter.Env`` from its seed, so a case's result does
+    not depend on which worker runs it or what ran before it. ``timeout`` bounds the whole call; if a
+    worker fails or the time runs out, every worker still running is killed before the error is raised.
     """
     import numpy as np
 
+    if mode not in ("creation_order", "record"):
+        raise ValueError(f"mode must be 'creation_order' or 'record', got {mode!r}")
+    parts = split_cases(cases, _default_workers() if workers is None else workers)
+    env = dict(os.environ, NPY_DISABLE_CPU_FEATURES=NPY_FLAGS)
     with tempfile.TemporaryDirectory() as tmp:
-        spec = Path(tmp) / "cases.json"
-        if mode not in ("creation_order", "record"):
-            raise ValueError(f"mode must be 'creation_order' or 'record', got {mode!r}")
-        spec.write_text(json.dumps({"cases": cases, "out": tmp, "mode": mode}))
-        env = dict(os.environ, NPY_DISABLE_CPU_FEATURES=NPY_FLAGS)
-        subprocess.run([sys.executable, __file__, str(spec)], check=True, env=env, timeout=timeout)
+        procs: list[tuple[list[str], subprocess.Popen[bytes]]] = []
+        try:
+            for w, part in enumerate(parts):
+                spec = Path(tmp) / f"cases{w}.json"
+                jobs = {str(i): cases[i] for i in part}
+                spec.write_text(json.dumps({"cases": jobs, "out": tmp, "mode": mode}))
+                cmd = [sys.executable, __file__, str(spec)]
+                procs.append((cmd, subprocess.Popen(cmd, env=env)))
+            deadline = time.monotonic() + timeout
+            for cmd, proc in procs:
+                left = max(deadline - time.monotonic(), 0.0)
+                try:
+                    rc = proc.wait(timeout=left)
+                except subprocess.TimeoutExpired:
+                    raise subprocess.TimeoutExpired(cmd, timeout) from None
+                if rc != 0:
+                    raise subprocess.CalledProcessError(rc, cmd)
+        finally:
+            for _, proc in procs:  # no worker outlives the call (or writes into the removed folder)
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
         results = []
         for i in range(len(cases)):
             with np.load(Path(tmp) / f"case{i}.npz") as data:
@@ -422,6 +484,7 @@ def run_reference(
 
 
 def _main(spec_path: str) -> None:
+    """Worker: run the cases of one spec file (``{"cases": {index: case}, "out": dir, "mode": ...}``)."""
     import numpy as np
 
     spec = json.loads(Path(spec_path).read_text())
@@ -429,7 +492,7 @@ def _main(spec_path: str) -> None:
         patch_record_despawns()
     else:
         patch_creation_order()
-    for i, case in enumerate(spec["cases"]):
+    for i, case in spec["cases"].items():
         np.savez(Path(spec["out"]) / f"case{i}.npz", **_run_case(case))
 
 
