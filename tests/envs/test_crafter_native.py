@@ -3,8 +3,9 @@
 Tier 1 of ``docs/crafter_native.md``: trajectories equal byte for byte at every step (observation,
 reward bits, done, discount, inventory, achievements, semantic map, player position) and, after every
 reset, the material map and the object list. The reference is crafter with the creation-order balancing
-patch (``crafter_oracle``), run in a subprocess with numpy's AVX-512 code paths disabled. All reference
-cases run in one subprocess per session (about a minute of Python crafter).
+patch (``crafter_oracle``), run in subprocesses with numpy's AVX-512 code paths disabled. The fast
+fixture's reference cases run once per session (about half a minute of Python crafter, split over two
+subprocesses); the slow long test runs other cases only.
 """
 
 from __future__ import annotations
@@ -155,22 +156,25 @@ RARE_EVENT_CASES = {
 }
 
 
-def _cases(slow: bool) -> dict[str, dict[str, Any]]:
-    rng = np.random.default_rng(1234)
+# Each tier 1 set draws its random actions from its own generator, so the long test's cases differ from
+# the fast fixture's and neither repeats the other (``test_trajectories_match_reference_long`` checks).
+FAST_ACTIONS_SEED = 1234
+LONG_ACTIONS_SEED = 8765
+
+
+def _varied_cases(
+    rng: np.random.Generator, random_seeds: range, night_seeds: range
+) -> dict[str, dict[str, Any]]:
+    """Random-policy cases (two episodes each; the episode counter feeds the seed), mostly resting cases
+    (survive into the night, sleep, wake up) and one case per constructor option, all drawn from ``rng``."""
     cases: dict[str, dict[str, Any]] = {}
-    n_seeds = 16 if slow else 5
-    for s in range(n_seeds):  # random policy, two episodes each (the episode counter feeds the seed)
+    for s in random_seeds:
         cases[f"random{s}"] = {"seed": s, "episodes": [_random_actions(rng, 400) for _ in range(2)]}
-    for s in range(4 if slow else 3):  # mostly resting: survives into the night, sleeps, wakes up
+    for s in night_seeds:
         cases[f"night{s}"] = {
             "seed": 1000 + s,
             "episodes": [_random_actions(rng, 700, 0.75) for _ in range(2)],
         }
-    # Crafting, placing (table, furnace, stone, plant), combat, drinking, eating: seeds picked so the
-    # scripted agent reaches these between them.
-    scripted = [2010, 2023, 2027, 2020] + ([2003, 2007, 2013, 2018, 2024, 2029] if slow else [])
-    for seed in scripted:
-        cases[f"scripted{seed}"] = _scripted_case(seed, 2, 600)
     # Small worlds reach the edges; other view/size settings exercise the general renderer.
     cases["small_area"] = {
         "seed": 7,
@@ -198,24 +202,56 @@ def _cases(slow: bool) -> dict[str, dict[str, Any]]:
     }
     cases["big_seeds"] = {"seed": 2**40 + 3, "episodes": [_random_actions(rng, 50)]}
     cases["negative_seed"] = {"seed": -12345, "episodes": [_random_actions(rng, 50)]}
+    return cases
+
+
+def _scripted_cases(seeds: list[int]) -> dict[str, dict[str, Any]]:
+    """Crafting, placing (table, furnace, stone, plant), combat, drinking, eating: seeds picked so the
+    scripted agent reaches these between them. Its actions come from ``default_rng(seed)`` alone."""
+    return {f"scripted{seed}": _scripted_case(seed, 2, 600) for seed in seeds}
+
+
+def _worldgen_cases(indices: range) -> dict[str, dict[str, Any]]:
+    """World generation only: the material map, the objects and the first observation after reset."""
+    return {f"worldgen{s}": {"seed": 5000 + 7919 * s, "episodes": [[]]} for s in indices}
+
+
+def _fast_cases() -> dict[str, dict[str, Any]]:
+    """The session fixture's cases: every kind once, with the scenarios and the rare events."""
+    rng = np.random.default_rng(FAST_ACTIONS_SEED)
+    cases = _varied_cases(rng, range(5), range(3))
+    cases.update(_scripted_cases([2010, 2023, 2027, 2020]))
     for name in SCENARIOS:
         cases[f"scenario_{name}"] = _scenario_case(name)
     for name, (kind, seed) in RARE_EVENT_CASES.items():
         cases[f"event_{name}"] = _searched_case(kind, seed)
-    for s in range(8 if slow else 4):  # world generation only
-        cases[f"worldgen{s}"] = {"seed": 5000 + 7919 * s, "episodes": [[]]}
+    cases.update(_worldgen_cases(range(4)))
     return cases
 
 
-def _reference(slow: bool) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    cases = _cases(slow)
+def _long_cases() -> dict[str, dict[str, Any]]:
+    """The long test's cases: only what the fast fixture does not check. The scenarios and rare events do
+    not depend on the random draws, so they are not repeated; the rest is drawn from its own generator
+    (more random-policy and resting seeds, every option case again with other actions) or new seeds."""
+    rng = np.random.default_rng(LONG_ACTIONS_SEED)
+    cases = _varied_cases(rng, range(5, 16), range(4))
+    cases.update(_scripted_cases([2003, 2007, 2013, 2018, 2024, 2029]))
+    cases.update(_worldgen_cases(range(4, 8)))
+    return cases
+
+
+def _case_key(case: dict[str, Any]) -> str:
+    return json.dumps(case, sort_keys=True)
+
+
+def _reference(cases: dict[str, dict[str, Any]]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     results = crafter_oracle.run_reference(list(cases.values()))
     return {name: (case, result) for (name, case), result in zip(cases.items(), results)}
 
 
 @pytest.fixture(scope="session")
 def reference() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    return _reference(slow=False)
+    return _reference(_fast_cases())
 
 
 def _native_for(case: dict[str, Any]) -> CrafterNative:
@@ -378,11 +414,19 @@ def test_import_state_rejects_bad_states() -> None:
 
 @pytest.mark.slow
 def test_trajectories_match_reference_long() -> None:
-    """More seeds and scripted episodes (about two more minutes of Python crafter)."""
-    reference = _reference(slow=True)
-    for name, (case, ref) in reference.items():
-        if not name.startswith("worldgen"):
-            assert_same_trajectories(case, ref)
+    """More seeds, scripted episodes, worlds and other random actions for every option case (about a
+    minute more of Python crafter): none of them repeats a case of the fast fixture."""
+    cases = _long_cases()
+    fast = {_case_key(case) for case in _fast_cases().values()}
+    repeated = [name for name, case in cases.items() if _case_key(case) in fast]
+    assert not repeated, f"the long test repeats fast cases: {repeated}"
+    total = {"steps": 0, "night_steps": 0, "sleep_steps": 0, "despawns": 0, "renders": 0}
+    for case, ref in _reference(cases).values():
+        stats = assert_same_trajectories(case, ref)
+        total = {k: total[k] + stats[k] for k in total}
+    # the cases really run long episodes, into the night, asleep, with the extra render() calls
+    assert total["steps"] > 5000 and total["night_steps"] > 100 and total["sleep_steps"] > 50, total
+    assert total["renders"] >= 3, total
 
 
 def test_reference_cases_cover_the_game(reference: dict[str, Any]) -> None:
