@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One folder of cached memory estimates (deltairis.train.memory) for the whole session, inherited by
+    # the runs the tests start as subprocesses: the first trainer of a configuration counts its steps,
+    # the others read the estimate back. Never the user's own cache.
+    if "DELTAIRIS_CACHE_DIR" not in os.environ:
+        os.environ["DELTAIRIS_CACHE_DIR"] = tempfile.mkdtemp(prefix="deltairis-test-cache-")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -436,3 +436,32 @@ def test_available_bytes_on_this_machine() -> None:
     if Path("/proc/meminfo").exists():
         assert avail is not None and 0 < avail <= parse_meminfo(Path("/proc/meminfo").read_text()) * 1.01  # type: ignore[operator]
     assert memory.available_bytes("meta") is None
+
+
+def test_cpu_estimates_are_kept_on_disk_and_a_damaged_entry_is_recomputed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DELTAIRIS_CACHE_DIR", str(tmp_path))
+    first = _estimator("tiny").peak("world_model", 3)
+    entries = list((tmp_path / "memory").glob("*.json"))
+    assert len(entries) == 1
+    # a second process (a fresh estimator) reads it back without counting
+    monkeypatch.setattr(memory.StepEstimator, "_count_fake_step", lambda *a: pytest.fail("counted again"))
+    assert _estimator("tiny").peak("world_model", 3) == first
+    # another batch size or another model is another entry: counting is needed
+    with pytest.raises(pytest.fail.Exception, match="counted again"):
+        _estimator("tiny").peak("world_model", 4)
+    # a damaged entry is recomputed and rewritten
+    monkeypatch.undo()
+    monkeypatch.setenv("DELTAIRIS_CACHE_DIR", str(tmp_path))
+    entries[0].write_text("{not json")
+    assert _estimator("tiny").peak("world_model", 3) == first
+    assert json.loads(entries[0].read_text())["estimate_bytes"] == first.estimate_bytes
+
+
+def test_estimate_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("DELTAIRIS_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert memory.estimate_cache_dir() == tmp_path / "deltairis" / "memory"
+    monkeypatch.setenv("DELTAIRIS_CACHE_DIR", str(tmp_path / "x"))
+    assert memory.estimate_cache_dir() == tmp_path / "x" / "memory"

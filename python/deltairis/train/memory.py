@@ -52,7 +52,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
+import json
+import logging
 import math
+import os
+import tempfile
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -381,6 +386,51 @@ def _build_agent(agent_config: AgentConfig, dtype: torch.dtype) -> Agent:
     return agent.to(dtype) if dtype != torch.float32 else agent
 
 
+#: bump when the counting or the calibration changes: cached CPU estimates are then recomputed
+ESTIMATE_VERSION = 1
+#: settings of a component that do not change the memory of one step
+_SCHEDULE_KEYS = ("start_after_epochs", "steps_per_epoch", "steps_first_epoch", "learning_rate",
+                  "weight_decay", "max_grad_norm", "sampling_alpha", "grad_acc_steps")
+_log = logging.getLogger(__name__)
+
+
+def estimate_cache_dir() -> Path:
+    """Where CPU estimates are kept between processes: ``DELTAIRIS_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/deltairis`` (default ``~/.cache/deltairis``), subfolder ``memory``.
+
+    Counting a step on fake tensors costs seconds (most of it the actor-critic's imagination); its result
+    depends only on the model, the step's shapes, the dtype and the code, so a run, a resume or the next
+    run of the same configuration reads it back instead."""
+    root = os.environ.get("DELTAIRIS_CACHE_DIR")
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "deltairis")
+    return Path(root) / "memory"
+
+
+def _read_cached_estimate(key: str) -> StepEstimate | None:
+    path = estimate_cache_dir() / f"{key}.json"
+    try:
+        fields = json.loads(path.read_text())
+        return StepEstimate(**fields)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:  # a damaged entry is recomputed (and rewritten)
+        _log.debug("ignoring the cached memory estimate %s: %s", path, exc)
+        return None
+
+
+def _write_cached_estimate(key: str, estimate: StepEstimate) -> None:
+    folder = estimate_cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(dataclasses.asdict(estimate), f)
+        os.replace(tmp, folder / f"{key}.json")
+    except OSError as exc:  # a read-only home: estimates are simply not kept
+        _log.debug("cannot keep the memory estimate in %s: %s", folder, exc)
+
+
 class StepEstimator:
     """Estimates of one agent configuration's steps on one device; each (component, batch) is made once.
 
@@ -432,6 +482,34 @@ class StepEstimator:
         return self._fake
 
     def _fake_estimate(self, name: str, batch_size: int) -> StepEstimate:
+        key = self._disk_key(name, batch_size)
+        cached = _read_cached_estimate(key)
+        if cached is not None:
+            return cached
+        estimate = self._count_fake_step(name, batch_size)
+        _write_cached_estimate(key, estimate)
+        return estimate
+
+    def _disk_key(self, name: str, batch_size: int) -> str:
+        """What a CPU estimate depends on: the model, the component's step-shaping settings, the batch,
+        the dtype and the versions of this package and of torch (not the schedule or the learning rate)."""
+        from importlib import metadata
+
+        from deltairis.train.components import component_config
+
+        try:
+            version = metadata.version("delta-iris")
+        except metadata.PackageNotFoundError:  # a source tree on sys.path
+            version = "source"
+
+        step = dataclasses.asdict(component_config(self.training_cfg, name))
+        for k in _SCHEDULE_KEYS:
+            step.pop(k, None)
+        parts = (ESTIMATE_VERSION, version, torch.__version__, repr(self.agent_config), name,
+                 sorted(step.items()), batch_size, str(self.dtype), self.device.type)
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+
+    def _count_fake_step(self, name: str, batch_size: int) -> StepEstimate:
         mode, agent, components = self._fake_components()
         component = components[name]
         counter = _LiveStorageBytes()
