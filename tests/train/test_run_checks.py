@@ -442,3 +442,21 @@ def test_play_and_eval_check_the_inference_paths(monkeypatch: pytest.MonkeyPatch
     off.common.preflight = False
     calls.clear()
     assert preflight_for_inference(agent, off, "cpu") == [] and calls == []
+
+
+def test_memory_plan_off_skips_the_estimate(monkeypatch: pytest.MonkeyPatch, tiny_config, caplog) -> None:
+    asked: list[tuple[str, ...]] = []
+
+    def plan(cfg, num_actions, device, components=("tokenizer", "world_model", "actor_critic"), world_size=1):
+        asked.append(tuple(components))
+        return _plan(tokenizer=(2, 1)) if components else MemoryPlan("cpu", 20 * GiB, 0.15, {})
+
+    monkeypatch.setattr(run_checks, "plan_for_config", plan)
+    cfg = typed_config(tiny_config("common.memory_plan=false"))
+    with caplog.at_level("WARNING"):
+        check = check_memory(cfg, 5, torch.device("cpu"))
+    assert asked == [()] and check.ok and check.cfg is cfg
+    assert "common.memory_plan=false" in caplog.text
+    # on (the default) the same estimate stops the run
+    with pytest.raises(MemoryPlanError):
+        check_memory(typed_config(tiny_config()), 5, torch.device("cpu")).raise_if_not_ok()

@@ -47,6 +47,10 @@ class CommonConfig:
     # Check every enabled GPU fast path against its reference at the start of a CUDA run and switch off
     # those that fail (deltairis.train.preflight); nothing runs on CPU.
     preflight: bool = True
+    # Estimate each component's peak memory before the first collection and stop (exit 2, naming the
+    # component and the grad_acc_steps that fit) when one does not fit (deltairis.train.memory); false
+    # skips it, for an estimate you know to be wrong.
+    memory_plan: bool = True
 
 
 @dataclass

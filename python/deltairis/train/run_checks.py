@@ -84,6 +84,12 @@ def check_memory(
     """The memory plan of ``cfg`` on ``device`` (logged), and with ``training.auto_grad_acc`` the config
     that trains every component that does not fit in its suggested split (a new config; ``cfg`` is not
     changed). Does not raise: :meth:`MemoryCheck.raise_if_not_ok` does."""
+    if not cfg.common.memory_plan:
+        logger.warning(
+            "common.memory_plan=false: no memory plan; a step that does not fit the device ends the run "
+            "(on a CPU possibly by the kernel's OOM killer, without a message)"
+        )
+        return MemoryCheck(cfg, plan_for_config(cfg, num_actions, device, components=(), world_size=world_size))
     plan = plan_for_config(cfg, num_actions, device, world_size=world_size)
     logger.info("%s", plan.summary())
     if plan.fits or not cfg.training.auto_grad_acc:
