@@ -16,6 +16,7 @@ from deltairis.agent import load_agent
 from deltairis.checkpoint import CorruptCheckpointError
 from deltairis.data import ReplayStore
 from deltairis.train.configuration import apply_overrides, load_run_config
+from deltairis.train.step import bf16_autocast
 from deltairis.train.trainer import ResumeError, Trainer, new_run_dir, train
 
 
@@ -167,12 +168,9 @@ def test_new_run_dir_follows_the_reference_layout(tmp_path) -> None:
 def test_bf16_autocast_only_on_cuda(one_epoch_run: Path) -> None:
     cfg = load_run_config(one_epoch_run / "config" / "trainer.yaml")
     assert cfg.training.tokenizer.mixed_precision
-    t = Trainer.__new__(Trainer)
-    t.device = torch.device("cpu")
-    assert not isinstance(t._autocast(True), torch.autocast)
-    t.device = torch.device("cuda")
+    assert not isinstance(bf16_autocast(torch.device("cpu"), True), torch.autocast)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constructing a CUDA autocast without CUDA warns
-        ctx = t._autocast(True)
+        ctx = bf16_autocast(torch.device("cuda"), True)
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
-    assert not isinstance(t._autocast(False), torch.autocast)
+    assert not isinstance(bf16_autocast(torch.device("cuda"), False), torch.autocast)

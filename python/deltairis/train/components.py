@@ -17,7 +17,7 @@ loops over the records and treats them all alike (DIAMOND's ``loss, metrics = co
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +123,14 @@ class Component:
         draw is the step, as before gradient accumulation existed."""
         k = self.grad_acc_steps
         return range(step * k, (step + 1) * k)
+
+    def micro_batches(
+        self, prefetch: StepPrefetcher, step: int, run_seed: int, epoch: int
+    ) -> Iterator[tuple[Any, int]]:
+        """The ``(batch, imagination seed)`` pairs of optimizer step ``step``, taken from ``prefetch`` one
+        at a time: micro-batch ``j`` is taken (and counted) when its loss is about to run."""
+        for draw in self.draws(step):
+            yield prefetch.take(draw), derive_seed(run_seed, self.name, "imagine", epoch, draw)
 
     def prefetcher(
         self,

@@ -268,6 +268,12 @@ class MainRole:
     def env_steps(self) -> int:
         return 0 if self.collector is None else self.collector.total_steps
 
+    def main_collector(self) -> Collector:
+        """The collector, which only the main process of a run has (it collects and checkpoints)."""
+        if self.collector is None:
+            raise RuntimeError("only the main process of a run collects (and checkpoints)")
+        return self.collector
+
     def close(self) -> None:
         if self.collector is not None:
             with contextlib.suppress(Exception):

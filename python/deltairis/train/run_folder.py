@@ -33,9 +33,9 @@ from typing import Any
 
 from deltairis.agent import CHECKPOINT_VERSION, Agent
 from deltairis.checkpoint import atomic_write_bytes, load_torch_file, recover_checkpoint_set
+from deltairis.config.models import AgentConfig
 from deltairis.data.replay_store import INDEX_NAME
 from deltairis.errors import CorruptCheckpointError, ResumeError, RunFolderBusyError
-from deltairis.config.models import AgentConfig
 from deltairis.train.configuration import diff_dicts
 from deltairis.train.state import STATE_VERSION, CheckpointSet
 

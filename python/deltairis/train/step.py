@@ -68,6 +68,13 @@ def gradient_step(
     return accumulated_step(component, [(batch, seed)], 1, max_grad_norm, row_offset, context)
 
 
+def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast where the component asks for it (``training.<name>.mixed_precision``), on CUDA only."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def accumulated_step(
     component: Component,
     micro_batches: Iterable[MicroBatch],

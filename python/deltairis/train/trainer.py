@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from deltairis.train.roles import FollowerRole, MainRole, Role, RunStart, config
 from deltairis.train.run_checks import EpochEta, Preflight
 from deltairis.train.run_folder import new_run_dir
 from deltairis.train.state import Position, TrainerState
-from deltairis.train.step import accumulated_step, sync_torch_rng
+from deltairis.train.step import accumulated_step, bf16_autocast, sync_torch_rng
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class Trainer:
         """
         self.wait_for_checkpoint()  # one write in flight at most; a failed one is raised here
         refuse_non_finite(self.agent, self.epoch, self.ckpt_dir)
-        collector = self._main_collector()
+        collector = self.role.main_collector()
         snapshot = take_checkpoint(self.state, self.agent, self.optimizers, self.stores, collector, position)
         background = self.cfg.common.checkpoint_in_background
         write_checkpoint(self._checkpoint_writer, self.ckpt_dir, snapshot, background)
@@ -287,11 +287,6 @@ class Trainer:
             self._throughput.record(phase, epoch_steps(c, epoch) - step, per_step, seconds)
 
     # -- training --------------------------------------------------------------------------------------
-    def _autocast(self, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-        if enabled and self.device.type == "cuda":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _set_modes(self, training: Component | None) -> None:
         self.agent.eval()
         if training is not None:
@@ -323,18 +318,11 @@ class Trainer:
         bar = Progress(self.cfg.common.progress_bar, steps, f"epoch {epoch} {name}", "it")
         bar.update(start_step)
         k, max_norm = component.grad_acc_steps, component.config.max_grad_norm
-
-        def autocast() -> contextlib.AbstractContextManager[Any]:
-            return self._autocast(component.config.mixed_precision)
-
-        def micro_batches(step: int) -> Iterator[tuple[Any, int]]:
-            # drawn one at a time: micro-batch j is taken (and counted) when its loss is about to run
-            for draw in component.draws(step):
-                yield prefetch.take(draw), derive_seed(self.seed, name, "imagine", epoch, draw)
-
+        autocast = functools.partial(bf16_autocast, self.device, component.config.mixed_precision)
         try:
             for step in range(start_step, steps):
-                res = accumulated_step(component, micro_batches(step), k, max_norm, offset, autocast)
+                batches = component.micro_batches(prefetch, step, self.seed, epoch)
+                res = accumulated_step(component, batches, k, max_norm, offset, autocast)
                 progress.add_step(res.applied, res.grad_norm, res.metrics)
                 self._count_skip(name, epoch, step, res.applied)
                 bar.update(1)
@@ -359,15 +347,9 @@ class Trainer:
             check_skip_streak(name, streaks[name], self.cfg.training.max_consecutive_skips, epoch, step, last)
 
     # -- collection and evaluation (the main process) -------------------------------------------------------
-    def _main_collector(self) -> Collector:
-        collector = self.role.collector
-        if collector is None:
-            raise RuntimeError("only the main process of a run collects (and checkpoints)")
-        return collector
-
     def collect(self, epoch: int) -> dict[str, float]:
         """One epoch's collection into the train store (uniformly random actions in epoch 1)."""
-        c, collector, first = self.cfg.collection.train, self._main_collector(), epoch == 1
+        c, collector, first = self.cfg.collection.train, self.role.main_collector(), epoch == 1
         num_steps = c.num_steps_first_epoch if first else c.num_steps
         if num_steps <= 0:
             return {}
@@ -381,16 +363,12 @@ class Trainer:
             self.eta.advance("collect", n)
 
         try:
+            policy = None if first else self.agent.actor_critic
             stats = collector.collect_resumable(
-                num_steps,
-                c,
-                None if first else self.agent.actor_critic,
-                self.device,
-                seed=derive_seed(self.seed, "collect", epoch),
-                progress=progress,
-                should_stop=self.pauses.wanted,
+                num_steps, c, policy, self.device, seed=derive_seed(self.seed, "collect", epoch),
+                progress=progress, should_stop=self.pauses.wanted,
                 pause=lambda step: self._pause(epoch, "collect", step, None),
-            )
+            )  # fmt: skip
         finally:
             bar.close()
         folder = self.media_dir / "episodes" / "train"
@@ -412,18 +390,11 @@ class Trainer:
             bar = Progress(cfg.common.progress_bar, ctest.num_episodes, f"epoch {epoch} test episodes", "ep")
             try:
                 stats, out = play_test_episodes(
-                    self.agent,
-                    cfg.env,
-                    ctest,
-                    seed=derive_env_seed(self.seed, "test", epoch),
-                    device=self.device,
-                    env_seed=derive_env_seed(self.seed, "test_env", epoch),
-                    store=test_store,
-                    progress=bar.update,
-                    should_stop=self.pauses.stop,
-                    prefix="test/",
+                    self.agent, cfg.env, ctest, seed=derive_env_seed(self.seed, "test", epoch),
+                    device=self.device, env_seed=derive_env_seed(self.seed, "test_env", epoch),
+                    store=test_store, progress=bar.update, should_stop=self.pauses.stop, prefix="test/",
                     strict_metrics=False,
-                )
+                )  # fmt: skip
             finally:
                 bar.close()
             if stats.interrupted:  # a signal: the evaluation is replayed from its start after resuming
