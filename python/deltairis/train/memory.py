@@ -815,8 +815,8 @@ def plan_for_config(
     for name in components:
         c = component_config(training, name)
         if c.steps_per_epoch > 0 or c.steps_first_epoch > 0:
-            configured[name] = (int(c.batch_size), int(getattr(c, "grad_acc_steps", 1) or 1))
-            batch_sizes[name] = math.ceil(int(c.batch_size) / world_size)
+            configured[name] = (c.batch_size, c.grad_acc_steps)
+            batch_sizes[name] = math.ceil(c.batch_size / world_size)
     avail = available(device) if callable(available) else available
     estimator = cached_estimator(agent_config, training, device, dtype)
     plan = plan_memory(estimator, batch_sizes, avail, device, margin)

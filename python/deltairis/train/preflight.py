@@ -161,7 +161,7 @@ class Context:
     def seq_len(self, component: str) -> int:
         c = getattr(self.cfg.training, component)
         if c.seq_len is not None:
-            return int(c.seq_len)
+            return c.seq_len
         return self.agent.config.actor_critic.burn_in + 1
 
     def batch(self, component: str, seed: int = 0) -> Batch:
