@@ -34,6 +34,8 @@ class Quantizer(nn.Module):
         # As in the reference: small uniform values, not unit vectors; every update ends with a
         # normalisation, so the first update pulls each used code almost onto its batch mean.
         codebook = torch.empty(c, e).uniform_(-1.0 / c, 1.0 / c)
+        if not config.reference_init:  # PyTorch-default models (the tiny preset) start from unit vectors
+            codebook = F.normalize(codebook, dim=-1)
         self.register_buffer("codebook", codebook)
         self.register_buffer("codewords_freqs", torch.full((c,), 1.0 / c))
         self.register_buffer("num_codebook_updates", torch.tensor(0, dtype=torch.int64))

@@ -36,7 +36,8 @@ class Tokenizer(nn.Module):
         self.encoder = FrameEncoder(config.encoder)
         self.frame_cnn = FrameEncoder(config.frame_cnn)
         self.decoder = FrameDecoder(config.decoder)
-        self.apply(init_reference_weights)
+        if config.reference_init:
+            self.apply(init_reference_weights)
 
     # -- pieces -----------------------------------------------------------------------------
     def encode(self, obs_prev: torch.Tensor, act: torch.Tensor, obs_next: torch.Tensor) -> torch.Tensor:

@@ -74,7 +74,8 @@ class WorldModel(nn.Module):
         self.head_latents = Head(tcfg.max_blocks, latent_pattern, e, h, config.latent_vocab_size)
         self.head_rewards = Head(tcfg.max_blocks, act_pattern, e, h, config.num_reward_classes)
         self.head_ends = Head(tcfg.max_blocks, act_pattern, e, h, 2)
-        self.apply(init_reference_weights)
+        if config.reference_init:
+            self.apply(init_reference_weights)
 
     @property
     def tokens_per_frame(self) -> int:
