@@ -137,6 +137,7 @@ class MainRole:
         self.run_dir = run_dir.resolve()
         self.collector: Collector | None = None
         self._lock = RunFolderLock(self.run_dir)
+        self._memory_record: dict[str, object] | None = None
 
     def begin(self) -> RunStart:
         """Lock the run folder, read its checkpoint (resume), settle the seed, write the layout and the
@@ -165,7 +166,11 @@ class MainRole:
         try:
             # before the first collection and gradient step: a run that cannot fit stops here (exit 2)
             memory = check_memory(cfg, self._env.num_actions, device, dist.current().world_size)
-            write_json(self.run_dir / MEMORY_PLAN_FILE, memory.as_dict())
+            # A plan that does not fit is recorded at once (the run stops on it); one that fits only once
+            # the stores opened, so that a resume refused later (damaged files) leaves the folder as it was.
+            self._memory_record = memory.as_dict()
+            if not memory.ok:
+                write_json(self.run_dir / MEMORY_PLAN_FILE, self._memory_record)
         except BaseException:
             self._env.close()
             raise
@@ -231,6 +236,8 @@ class MainRole:
             path = start.cfg.collection.path_to_static_dataset
             ids = import_reference_dataset(path, stores["train"])
             logger.info("imported %d episodes from %s", len(ids), path)
+        if self._memory_record is not None:
+            write_json(self.run_dir / MEMORY_PLAN_FILE, self._memory_record)
         return stores
 
     def metrics_sink(self, cfg: TrainerConfig, epoch: int) -> MetricsLogger:
