@@ -30,7 +30,8 @@ def _final_state(trainer_dir) -> dict:
     agent = load_torch_file(ck / "last.pt", "agent")["state_dict"]
     optim = load_torch_file(ck / "optimizer.pt", "optimizer")
     state = load_torch_file(ck / "trainer_state.pt", "state")
-    return {"agent": agent, "optim": optim, "state": state}
+    episodes = (trainer_dir / "episodes.jsonl").read_text()  # one line per finished episode, no duplicate
+    return {"agent": agent, "optim": optim, "state": state, "episodes": episodes}
 
 
 def _assert_same_tree(a, b, where: str = "") -> None:
@@ -159,6 +160,7 @@ def test_sigterm_mid_phase_then_resume_is_bit_identical(
     assert got["state"]["position"] is None and got["state"]["epoch"] == 2
     _assert_same_tree(got["state"]["num_updates"], ref_state["state"]["num_updates"], "num_updates")
     _assert_same_tree(got_store, ref_store, "store")
+    assert got["episodes"] == ref_state["episodes"]  # episodes.jsonl: the same lines, none twice
 
 
 #: every component accumulates 2 micro-batches per optimizer step (4 loss calls per phase of 2 steps)
@@ -214,6 +216,7 @@ def test_periodic_mid_epoch_checkpoints_change_nothing(tiny_overrides, env_name,
     got = _final_state(run_dir)
     _assert_same_tree(got["agent"], ref_state["agent"], "agent")
     _assert_same_tree(got["optim"], ref_state["optim"], "optimizer")
+    assert got["episodes"] == ref_state["episodes"]
 
 
 def test_a_second_signal_while_stopping_changes_nothing() -> None:

@@ -61,9 +61,17 @@ class CollectStats:
     achievements: list[dict[str, int]] = field(default_factory=list)
     finished_episode_ids: list[int] = field(default_factory=list)
     interrupted: bool = False  # a paused collection (see Collector.collect's should_stop)
+    #: the collector's global env-step count at the end of each finished episode (training collection)
+    episode_env_steps: list[int] = field(default_factory=list)
 
-    def add_finished(self, info: dict[str, Any], i: int) -> None:
-        """Record the episode env ``i`` just finished (return, length, Crafter achievements)."""
+    def __setstate__(self, state: dict[str, Any]) -> None:  # paused stats pickled before a field existed
+        self.__dict__.update({"episode_env_steps": [], **state})
+
+    def add_finished(self, info: dict[str, Any], i: int, env_steps: int | None = None) -> None:
+        """Record the episode env ``i`` just finished (return, length, Crafter achievements, and the
+        global env-step count at its end when given)."""
+        if env_steps is not None:
+            self.episode_env_steps.append(int(env_steps))
         self.episode_returns.append(float(info["episode_return"][i]))
         self.episode_lengths.append(int(info["episode_length"][i]))
         final = info["final_info"][i] if "final_info" in info else None
@@ -282,13 +290,14 @@ class Collector:
     ) -> np.ndarray:
         """Buffer one env step of every env; write each finished episode to the store. Returns ``done``."""
         done = np.logical_or(term, trunc)
+        env_steps = self.total_steps + stats.num_steps + self.num_envs  # this step included
         for i in range(self.num_envs):
             p = pending[i]
             p.append(obs_chw[i], act[i], rew[i], term[i], trunc[i])
             if done[i]:
                 self._flush(i, p)
                 stats.finished_episode_ids.append(int(self.episode_ids[i]))
-                stats.add_finished(info, i)
+                stats.add_finished(info, i, env_steps)
                 self.episode_ids[i] = -1
                 pending[i] = _Pending()
         # keep the last burn_in frames of every running episode (right aligned)

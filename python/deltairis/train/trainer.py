@@ -34,6 +34,7 @@ from deltairis.train.checkpointing import refuse_non_finite, take_checkpoint, wr
 from deltairis.train.collector import Collector
 from deltairis.train.components import COMPONENT_NAMES, Component, build_components, epoch_steps
 from deltairis.train.configuration import typed_config
+from deltairis.train.episode_log import EpisodeLog
 from deltairis.train.evaluate import episode_metrics, eval_chunks, eval_losses, play_test_episodes
 from deltairis.train.evaluate import save_reconstructions as write_reconstructions
 from deltairis.train.logging_utils import Progress, save_episodes
@@ -114,6 +115,7 @@ class Trainer:
             set_global_rng_state(start.saved.trainer.rng)
             logger.info("resumed %s at the end of epoch %d", self.run_dir, self.epoch)
         self.metrics = self.role.metrics_sink(cfg, self.epoch)
+        self.episode_log = EpisodeLog.opened(self.run_dir, self.epoch, self.state.position, self.role.is_main)
         #: the run's duration estimate from its first steps (a warning when an epoch takes hours)
         self.eta = EpochEta(cfg, self.device, enabled=self.role.is_main)
         what = (self.run_dir, self.device, self.agent.config.preset, self.num_actions, self.seed)
@@ -373,6 +375,7 @@ class Trainer:
             bar.close()
         folder = self.media_dir / "episodes" / "train"
         save_episodes(stats.finished_episode_ids, self.stores["train"], folder, epoch, c.num_episodes_to_save)
+        self.episode_log.log(stats, "train", epoch, stats.episode_env_steps)
         out = episode_metrics(stats, "train/", strict=False)
         out["collection/steps_per_s"] = stats.steps_per_second
         out["collection/total_env_steps"] = float(collector.total_steps)
@@ -399,6 +402,7 @@ class Trainer:
                 bar.close()
             if stats.interrupted:  # a signal: the evaluation is replayed from its start after resuming
                 self._pause(epoch, "evaluate", 0, None)
+            self.episode_log.log(stats, "test", epoch, self.role.env_steps())
             folder = self.media_dir / "episodes" / "test"
             save_episodes(stats.finished_episode_ids, test_store, folder, epoch, ctest.num_episodes_to_save)
         if test_store.num_episodes == 0:
