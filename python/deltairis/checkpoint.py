@@ -19,6 +19,14 @@ read is reported with :class:`CorruptCheckpointError` and is never overwritten b
 the files are written and synced; the caller serializes the members first (:func:`serialize_members`),
 so nothing it changes afterwards reaches the files, and a failed write is raised by the next
 :meth:`BackgroundWriter.wait`.
+
+Reading is data only: :func:`load_safe` (and :func:`load_torch_file`) read with ``torch.load(...,
+weights_only=True)``, which builds tensors, numbers, strings, bytes and plain containers and never calls
+anything a file names. A file that names other callables is refused without loading it: as
+:class:`UnsafeCheckpointError` (it would run code: crafted or damaged) or, when it only names the NumPy
+types earlier versions pickled, as :class:`LegacyCheckpointError` (load it once with
+``common.trust_checkpoint=true``; :func:`load_trusted` is that one unsafe read). :func:`to_plain` and
+:func:`from_plain` turn NumPy arrays and scalars into such plain data and back, bit for bit.
 """
 
 from __future__ import annotations
@@ -29,13 +37,16 @@ import io
 import json
 import logging
 import os
+import pickletools
 import shutil
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from deltairis.errors import CheckpointWriteError, CorruptCheckpointError
@@ -116,18 +127,202 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, torch_bytes(obj))
 
 
-def load_torch_file(path: Path, what: str) -> Any:
-    """``torch.load`` a checkpoint file on the CPU; unreadable files raise CorruptCheckpointError."""
+class UnsafeCheckpointError(CorruptCheckpointError):
+    """A checkpoint file that is not plain data: loading it would call the functions it names (a crafted
+    or damaged file). It is never loaded, and left untouched."""
+
+
+class LegacyCheckpointError(CorruptCheckpointError):
+    """A checkpoint file in the format of an earlier delta-iris version (pickled NumPy arrays and env
+    objects), which only a full, code-running unpickling reads: ``common.trust_checkpoint=true`` loads it
+    once and rewrites the set in the safe format."""
+
+
+#: what ``torch.save`` of tensors and plain containers names (``torch.load(weights_only=True)`` reads these)
+_PLAIN_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode")
+#: what earlier versions' trainer_state.pt also named: NumPy arrays, scalars and dtypes, and the paused
+#: collection's statistics and pending steps
+_LEGACY_GLOBALS = ("numpy.", "deltairis.train.collector.CollectStats", "deltairis.train.collector._Pending")
+
+TRUST_HINT = (
+    "If you trust this run folder (you, or a job you trust, wrote it), resume it once with "
+    "common.trust_checkpoint=true: that reads it with Python's full unpickling, which runs any code a "
+    "crafted file holds, and rewrites the checkpoint set in the safe format"
+)
+
+
+def _pickle_bytes(path: Path) -> bytes:
+    """The pickle stream of a torch file (``*/data.pkl`` of the zip format, else the file itself)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if not names:
+                raise ValueError("no data.pkl in the archive")
+            return z.read(names[0])
+    return path.read_bytes()
+
+
+def pickle_globals(data: bytes) -> set[str]:
+    """The ``module.name`` of every callable or class a pickle stream names, read without unpickling.
+
+    (``GLOBAL``, and ``STACK_GLOBAL`` with its two strings, memoized or not; a name that cannot be told
+    statically is reported as ``?``.) Raises ``ValueError`` for a stream that is not a pickle.
+    """
+    found: set[str] = set()
+    stack: list[object] = []  # the last pushed strings (and placeholders), enough for STACK_GLOBAL
+    memo: dict[int, object] = {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            name = op.name
+            if name == "GLOBAL":
+                found.add(str(arg).replace(" ", "."))
+                stack.append(None)
+            elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                stack.append(arg)
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1] if stack else None
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = stack[-1] if stack else None
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(int(arg)))
+            elif name == "STACK_GLOBAL":
+                module, qual = (stack[-2], stack[-1]) if len(stack) >= 2 else (None, None)
+                ok = isinstance(module, str) and isinstance(qual, str)
+                found.add(f"{module}.{qual}" if ok else "?")
+                stack.append(None)
+            elif name == "STOP":
+                break
+            else:
+                stack.append(None)
+            del stack[:-8]
+    except Exception as exc:  # pickletools raises ValueError and others on a stream that is no pickle
+        raise ValueError(f"not a pickle stream ({exc})") from exc
+    return found
+
+
+def _unexpected_globals(path: Path) -> set[str] | None:
+    """The names ``path`` holds beyond what plain tensors need (None: the file is no readable pickle)."""
+    try:
+        names = pickle_globals(_pickle_bytes(path))
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError, EOFError):
+        return None
+    return {n for n in names if not n.startswith(_PLAIN_GLOBALS)}
+
+
+def load_safe(path: Path | str, what: str = "checkpoint", *, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors, numbers, strings, bytes, containers.
+
+    Raises (each naming ``path``): ``FileNotFoundError``; :class:`UnsafeCheckpointError` for a file that
+    would run code when loaded (never loaded); :class:`LegacyCheckpointError` for an earlier version's
+    format (see :data:`TRUST_HINT`); :class:`CorruptCheckpointError` for a truncated or damaged file.
+    ``mmap``: map the tensors instead of reading them (a quick check of a large file).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
+        unexpected = _unexpected_globals(path)
+        if unexpected and all(n.startswith(_LEGACY_GLOBALS) for n in unexpected):
+            raise LegacyCheckpointError(
+                f"{what} at {path} was written by an earlier delta-iris version, in a format that can run code "
+                f"when it is loaded; it was not loaded and was left untouched. {TRUST_HINT}."
+            ) from None
+        if unexpected:
+            names = ", ".join(sorted(unexpected)[:5])
+            raise UnsafeCheckpointError(
+                f"{what} at {path} is not plain data: loading it would call {names}. A delta-iris checkpoint "
+                "only holds tensors, numbers and strings, so this file was crafted or damaged; it was not "
+                "loaded (nothing in it ran) and was left untouched. Restore it from a backup you trust."
+            ) from None
         raise CorruptCheckpointError(
             f"{what} at {path} is corrupt or truncated ({type(exc).__name__}: {exc}); it was left untouched. "
             "Restore it from a backup or start a new run."
         ) from exc
+
+
+def load_torch_file(path: Path, what: str) -> Any:
+    """A checkpoint file read as data (:func:`load_safe`); unreadable files raise CorruptCheckpointError."""
+    return load_safe(path, what)
+
+
+def load_trusted(path: Path, what: str) -> Any:
+    """The one code-running read: ``torch.load(weights_only=False)`` of an earlier version's file, only
+    when the user vouched for the run folder (``common.trust_checkpoint=true``)."""
+    path = Path(path)
+    logger.warning(
+        "common.trust_checkpoint=true: loading %s with full unpickling, which runs any code the file holds", path
+    )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)  # trusted by the user: see TRUST_HINT
+    except Exception as exc:
+        raise CorruptCheckpointError(
+            f"{what} at {path} is corrupt or truncated ({type(exc).__name__}: {exc}); it was left untouched."
+        ) from exc
+
+
+_ND_KEY = "__ndarray__"
+_NS_KEY = "__numpy_scalar__"
+_PLAIN_KINDS = "biufcSU"  # NumPy dtype kinds stored as raw bytes (no objects, no structured types)
+
+
+def _dtype(spec: object, where: str) -> np.dtype:
+    try:
+        dtype = np.dtype(str(spec))
+    except TypeError as exc:
+        raise CorruptCheckpointError(f"{where}: invalid dtype {spec!r}") from exc
+    if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None:
+        raise CorruptCheckpointError(f"{where}: dtype {spec!r} is not a plain numeric or string type")
+    return dtype
+
+
+def to_plain(obj: Any) -> Any:
+    """``obj`` with every NumPy array and scalar replaced by bytes in a tagged dict (``weights_only``-loadable).
+
+    Dicts, lists, tuples, tensors, strings, bytes, ints, floats, bools and None are kept; anything else
+    raises ``TypeError`` (it would not be plain data). :func:`from_plain` gives the same values back,
+    dtypes and bits included.
+    """
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in _PLAIN_KINDS or obj.dtype.fields is not None:
+            raise TypeError(f"cannot store a NumPy array of dtype {obj.dtype} as plain data")
+        return {_ND_KEY: obj.tobytes(), "dtype": obj.dtype.str, "shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        if obj.dtype.kind not in _PLAIN_KINDS:
+            raise TypeError(f"cannot store a NumPy scalar of dtype {obj.dtype} as plain data")
+        return {_NS_KEY: obj.tobytes(), "dtype": obj.dtype.str}
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if type(obj) is list:
+        return [to_plain(v) for v in obj]
+    if type(obj) is tuple:  # not a named tuple: its class would be named in the file
+        return tuple(to_plain(v) for v in obj)
+    if obj is None or type(obj) in (bool, int, float, str, bytes) or isinstance(obj, torch.Tensor):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} as plain data")
+
+
+def from_plain(obj: Any, where: str = "checkpoint") -> Any:
+    """The inverse of :func:`to_plain` (``where`` names the file in errors about a damaged value)."""
+    if isinstance(obj, dict):
+        if _ND_KEY in obj:
+            dtype = _dtype(obj.get("dtype"), where)
+            shape = tuple(int(d) for d in obj.get("shape", ()))
+            data = obj[_ND_KEY]
+            if not isinstance(data, bytes) or len(data) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+                raise CorruptCheckpointError(f"{where}: an array of {dtype}{list(shape)} has the wrong size")
+            return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+        if _NS_KEY in obj:
+            dtype = _dtype(obj.get("dtype"), where)
+            data = obj[_NS_KEY]
+            if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+                raise CorruptCheckpointError(f"{where}: a {dtype} scalar has the wrong size")
+            return np.frombuffer(data, dtype=dtype)[0]
+        return {k: from_plain(v, where) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(from_plain(v, where) for v in obj)
+    return obj
 
 
 def non_finite_names(tensors: Mapping[str, torch.Tensor]) -> list[str]:
@@ -267,16 +462,24 @@ def recover_checkpoint_set(directory: Path) -> None:
 
 
 __all__ = [
+    "TRUST_HINT",
     "BackgroundWriter",
     "CheckpointWriteError",
     "CorruptCheckpointError",
+    "LegacyCheckpointError",
+    "UnsafeCheckpointError",
     "atomic_torch_save",
     "atomic_write_bytes",
     "describe_write_error",
     "free_space",
+    "from_plain",
+    "load_safe",
     "load_torch_file",
+    "load_trusted",
     "non_finite_names",
     "recover_checkpoint_set",
+    "pickle_globals",
     "serialize_members",
+    "to_plain",
     "write_checkpoint_set",
 ]

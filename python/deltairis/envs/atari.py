@@ -258,6 +258,61 @@ class AtariPreprocessedEnv:
     def close(self) -> None:
         self.env.close()
 
+    def env_state(self) -> dict[str, Any]:
+        """The exact state as plain data: ALE's ``cloneState(include_rng=True)`` bytes, the ``AtariEnv``'s
+        generator state, and this wrapper's settings, generator, frame buffer and counters."""
+        np_random = self.env._np_random
+        seed = getattr(self.env, "_np_random_seed", None)
+        return {
+            "rom": self.rom,
+            "train": self.train,
+            "noop_max": self.noop_max,
+            "max_episode_frames": self.max_episode_frames,
+            "override_num_noops": self.override_num_noops,
+            "rng": self._rng.bit_generator.state,
+            "pending_seed": self._pending_seed,
+            "buf": self._buf.copy(),
+            "lives": self._lives,
+            "frames": self._frames,
+            "continue_game": self._continue_game,
+            "ale_state": self.env.clone_state(include_rng=True).__getstate__(),  # ALE's serialized bytes
+            "ale_np_random": None if np_random is None else np_random.bit_generator.state,
+            "ale_np_random_seed": None if seed is None else int(seed),
+        }
+
+    def load_env_state(self, state: dict[str, Any]) -> None:
+        """Take what :meth:`env_state` returned; this env then continues byte for byte as the saved one."""
+        from ale_py import ALEState
+
+        rom = str(state["rom"])
+        noop_max, max_frames = int(state["noop_max"]), int(state["max_episode_frames"])
+        _check_settings(noop_max, max_frames)
+        ale_state = ALEState.__new__(ALEState)
+        ale_state.__setstate__(bytes(state["ale_state"]))
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        if rom != self.rom:
+            self.env.close()
+            self.env = _raw_env(rom)
+            self.rom = rom
+            self.action_names = [m.lower() for m in self.env.get_action_meanings()]
+        self.env.restore_state(ale_state)
+        if state["ale_np_random"] is not None:
+            np_random = np.random.default_rng()
+            np_random.bit_generator.state = state["ale_np_random"]
+            self.env._np_random = np_random
+        if state["ale_np_random_seed"] is not None:
+            self.env._np_random_seed = int(state["ale_np_random_seed"])
+        self.train, self.noop_max, self.max_episode_frames = bool(state["train"]), noop_max, max_frames
+        noops = state["override_num_noops"]
+        self.override_num_noops = None if noops is None else int(noops)
+        self._rng = rng
+        seed = state["pending_seed"]
+        self._pending_seed = None if seed is None else int(seed)
+        self._buf[:] = np.asarray(state["buf"], dtype=np.uint8)
+        self._lives, self._frames = int(state["lives"]), int(state["frames"])
+        self._continue_game = bool(state["continue_game"])
+
     def __getstate__(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if k != "env"}
         state["_ale_state"] = self.env.clone_state(include_rng=True)  # an ALEState, picklable
@@ -281,10 +336,12 @@ class AtariPreprocessedEnv:
 class AtariPythonVectorEnv(SyncVectorEnv):
     """``num_envs`` :class:`AtariPreprocessedEnv` stepped in the calling thread (the reference path).
 
-    Picklable (checkpoints): every env pickles its exact emulator and wrapper state (see
-    :class:`AtariPreprocessedEnv`), with the vector env's episode returns, lengths and last
-    observations, so the restored env continues byte for byte.
+    Checkpointed exactly (``env_state`` / ``load_env_state``, plain data; also picklable): every env's
+    emulator and wrapper state (see :class:`AtariPreprocessedEnv`), with the vector env's episode
+    returns, lengths and last observations, so the restored env continues byte for byte.
     """
+
+    state_kind = "atari-python"
 
     def __init__(
         self,

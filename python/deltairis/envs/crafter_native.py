@@ -417,6 +417,51 @@ class NativeCrafterVectorEnv(VectorEnv):
     def close(self) -> None:
         self._closed = True
 
+    state_kind = "crafter-native"
+
+    def env_state(self) -> dict[str, Any]:
+        """The exact state as plain data: the engine's own versioned, checksummed blob
+        (``save_state``), the settings, the last observations and the episode-end scratch."""
+        area, view, size, reward, length = self._config
+        return {
+            "config": {"area": list(area), "view": list(view), "size": list(size), "reward": reward, "length": length},
+            "num_envs": self.num_envs,
+            "default_seed": self._default_seed,
+            "needs_reset": self._needs_reset,
+            "obs": self._obs.copy(),
+            "buffers": {k: v.copy() for k, v in self._buffers.items()},
+            "engine": self._vec.save_state(),
+        }
+
+    def load_env_state(self, state: dict[str, Any]) -> None:
+        """Take what :meth:`env_state` returned (the engine checks its blob's version, checksum and
+        configuration); this env then continues byte for byte as the saved one."""
+        cfg = state["config"]
+        config = (
+            _pair(list(cfg["area"]), "area"),
+            _pair(list(cfg["view"]), "view"),
+            _pair(list(cfg["size"]), "size"),
+            bool(cfg["reward"]),
+            _check_length(int(cfg["length"])),
+        )
+        if int(state["num_envs"]) != self.num_envs:
+            raise ValueError(f"the state is of {state['num_envs']} envs, this vector env has {self.num_envs}")
+        assets = _assets(*config)
+        threads = self._num_threads_arg
+        vec = _native.require_core().CrafterVectorEnv(assets, self.num_envs, 0 if threads is None else threads)
+        engine = state["engine"]
+        if not isinstance(engine, bytes):
+            raise ValueError("the engine state is not bytes")
+        vec.load_state(engine)
+        buffers = {k: np.asarray(state["buffers"][k], dtype=v.dtype).reshape(v.shape) for k, v in self._buffers.items()}
+        obs = np.asarray(state["obs"], dtype=np.uint8).reshape(self._obs.shape)
+        self._config, self._assets, self._vec = config, assets, vec
+        self.num_threads = int(vec.num_threads)
+        self.background_resets = bool(vec.background_resets)
+        self._default_seed = int(state["default_seed"])
+        self._needs_reset = bool(state["needs_reset"])
+        self._obs, self._buffers = obs, buffers
+
     def __getstate__(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if k not in ("_assets", "_vec")}
         state["_engine_state"] = self._vec.save_state()

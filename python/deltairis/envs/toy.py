@@ -159,9 +159,42 @@ class GridGoalEnv:
     def close(self) -> None:
         self._started = False
 
+    def env_state(self) -> dict[str, Any]:
+        """The exact state as plain data (settings, generator, positions, counters)."""
+        return {
+            "grid": self.grid,
+            "max_steps": self.max_steps,
+            "respawn": self.respawn,
+            "rng": self._rng.bit_generator.state,
+            "agent_pos": self.agent_pos.copy(),
+            "goal_pos": self.goal_pos.copy(),
+            "t": self._t,
+            "goals": self._goals,
+            "started": self._started,
+        }
+
+    def load_env_state(self, state: dict[str, Any]) -> None:
+        """Take what :meth:`env_state` returned; this env then continues exactly as the saved one."""
+        grid = int(state["grid"])
+        if grid not in GRID_SIZES:
+            raise ValueError(f"grid must be in [2, 8], got {grid}")
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        self.grid, self.cell = grid, OBS_SHAPE[0] // grid
+        self.max_steps, self.respawn = int(state["max_steps"]), bool(state["respawn"])
+        self._rng = rng
+        self.agent_pos[:] = np.asarray(state["agent_pos"], dtype=np.int64)
+        self.goal_pos[:] = np.asarray(state["goal_pos"], dtype=np.int64)
+        self._t, self._goals, self._started = int(state["t"]), int(state["goals"]), bool(state["started"])
+
 
 class ToyVectorEnv(SyncVectorEnv):
-    """``num_envs`` :class:`GridGoalEnv` behind the :class:`~deltairis.envs.vector.VectorEnv` interface."""
+    """``num_envs`` :class:`GridGoalEnv` behind the :class:`~deltairis.envs.vector.VectorEnv` interface.
+
+    Its exact state is saved as plain data (``env_state`` / ``load_env_state``, see
+    :mod:`deltairis.envs.state_blob`)."""
+
+    state_kind = "toy"
 
     def __init__(
         self, num_envs: int, seed: int | None = 0, max_steps: int = 30, respawn: bool = True, grid: int = GRID

@@ -54,6 +54,9 @@ class VectorEnv(abc.ABC):
     num_envs: int
     num_actions: int
     action_names: list[str]
+    #: the kind of exact state this env saves (``env_state`` / ``load_env_state``, see
+    #: :mod:`deltairis.envs.state_blob`); None: it cannot be checkpointed exactly
+    state_kind: str | None = None
 
     @abc.abstractmethod
     def reset(self, seed: int | None = None) -> np.ndarray:
@@ -250,3 +253,36 @@ class SyncVectorEnv(VectorEnv):
             close = getattr(env, "close", None)
             if close is not None:
                 close()
+
+    # Exact state (checkpoints, see deltairis.envs.state_blob): plain data only. Subclasses name their
+    # ``state_kind``; every single env implements ``env_state()`` / ``load_env_state(state)``.
+    def env_state(self) -> dict[str, Any]:
+        """The exact state of this vector env and of each of its envs, as plain data."""
+        singles = []
+        for env in self.envs:
+            get = getattr(env, "env_state", None)
+            if get is None:
+                raise NotImplementedError(f"{type(env).__name__} cannot save its exact state")
+            singles.append(get())
+        return {
+            "num_envs": self.num_envs,
+            "default_seed": self._default_seed,
+            "needs_reset": self._needs_reset,
+            "ep_return": self._ep_return.copy(),
+            "ep_length": self._ep_length.copy(),
+            "obs": self._obs.copy(),
+            "envs": singles,
+        }
+
+    def load_env_state(self, state: dict[str, Any]) -> None:
+        """Take what :meth:`env_state` returned (of a vector env with the same number of envs)."""
+        if int(state["num_envs"]) != self.num_envs or len(state["envs"]) != self.num_envs:
+            raise ValueError(f"the state is of {state['num_envs']} envs, this vector env has {self.num_envs}")
+        for env, single in zip(self.envs, state["envs"]):
+            env.load_env_state(single)  # type: ignore[attr-defined]
+        seed = state["default_seed"]
+        self._default_seed = None if seed is None else int(seed)
+        self._needs_reset = bool(state["needs_reset"])
+        self._ep_return[:] = np.asarray(state["ep_return"], dtype=np.float64)
+        self._ep_length[:] = np.asarray(state["ep_length"], dtype=np.int64)
+        self._obs[:] = np.asarray(state["obs"], dtype=np.uint8)
