@@ -353,6 +353,26 @@ def _bare_cfg_means_job(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _reference_paths(argv: list[str], texts: list[str]) -> tuple[list[str], list[str]]:
+    """The command line with the reference's override paths (``params.training.learning_rate=...``)
+    rewritten to ours (deltairis.config.reference_paths), before Hydra or the resume path reads them:
+    the options, then the rewritten overrides."""
+    from deltairis.config.reference_paths import rewrite_overrides
+
+    notes: list[str] = []
+    mapped = rewrite_overrides(texts, notes)
+    for note in notes:
+        print(f"deltairis-train: note: {note}", file=sys.stderr)
+    options: list[str] = []
+    todo = list(texts)
+    for arg in argv:  # the overrides are argparse's positional arguments, in order
+        if todo and arg == todo[0]:
+            todo.pop(0)
+        else:
+            options.append(arg)
+    return [*options, *mapped], mapped
+
+
 def _parser() -> argparse.ArgumentParser:
     from hydra._internal.utils import get_args_parser  # the parser hydra.main uses
 
@@ -371,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{__doc__}\n{USAGE}")
         return 0
     try:
+        argv, args.overrides = _reference_paths(argv, args.overrides)
         overrides = _parse_overrides(args.overrides)
         code = _start_distributed(args, overrides)
         if code is not None:

@@ -58,8 +58,12 @@ class AgentSection:
     preset: str = MISSING  # crafter | atari | tiny  -> make_agent_config(preset, num_actions)
     # Nested overrides of the preset's AgentConfig fields, e.g. {actor_critic: {horizon: 10}}.
     overrides: dict[str, Any] = field(default_factory=dict)
-    # Initial weights (our checkpoint or a reference state dict) for a fresh run.
+    # Initial weights of a fresh run (a warm start): our checkpoint or a reference-layout state dict (the
+    # reference's initialization.path_to_checkpoint); only the components chosen below are loaded, strictly.
     path_to_ckpt: str | None = None
+    load_tokenizer: bool = True
+    load_world_model: bool = True
+    load_actor_critic: bool = True
 
 
 @dataclass
