@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from deltairis.agent import Agent, load_agent
+from deltairis.agent import Agent
 from deltairis.errors import CorruptCheckpointError
 from deltairis.seeding import derive_seed
 from deltairis.train.components import Component
@@ -17,6 +17,7 @@ from deltairis.train.configuration import agent_config_from, untyped_config
 from deltairis.train.roles import RunStart
 from deltairis.train.run_folder import check_same_model
 from deltairis.train.state import CheckpointSet
+from deltairis.train.warm_start import COMPONENTS, warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,8 @@ logger = logging.getLogger(__name__)
 def build_agent(start: RunStart, load_initial: bool) -> Agent:
     """The agent of a run on ``start.device``: initialised from the run's seed, then the checkpoint's
     weights (a resume, refused when the config changes a parameter's shape) or, for a fresh run and
-    ``load_initial``, those of ``agent.path_to_ckpt`` (the other ranks get them from rank 0)."""
+    ``load_initial``, those of ``agent.path_to_ckpt`` for the components ``agent.load_<component>`` chooses
+    (a warm start; the other ranks get the weights from rank 0)."""
     agent_cfg = agent_config_from(untyped_config(start.cfg), start.num_actions)
     if start.saved is not None:
         check_same_model(start.saved.agent, agent_cfg)
@@ -33,9 +35,10 @@ def build_agent(start: RunStart, load_initial: bool) -> Agent:
     path = start.cfg.agent.path_to_ckpt
     if start.saved is not None:
         agent.load_state_dict(start.saved.agent["state_dict"], strict=True)
-    elif path and load_initial:
-        agent.load_state_dict(load_agent(path, agent_cfg.preset, start.num_actions).state_dict(), strict=True)
-        logger.info("initialised the agent from %s", path)
+    elif path and load_initial:  # a warm start: the chosen components, strictly (train/warm_start.py)
+        agent_section = start.cfg.agent
+        chosen = [c for c in COMPONENTS if getattr(agent_section, f"load_{c}")]
+        warm_start(agent, path, chosen)
     return agent
 
 
