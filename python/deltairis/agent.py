@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from deltairis.checkpoint import LegacyCheckpointError, UnsafeCheckpointError, load_safe
 from deltairis.config.models import AgentConfig, make_agent_config
 from deltairis.errors import CheckpointError
 from deltairis.models.actor_critic import ActorCritic
@@ -166,7 +167,9 @@ def load_agent(
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_safe(path, "checkpoint")  # weights_only: a file that would run code is refused unread
+    except (UnsafeCheckpointError, LegacyCheckpointError):
+        raise
     except Exception as exc:
         raise CheckpointError(
             f"cannot read checkpoint {path}: the file is corrupt or not a torch file ({exc})"

@@ -59,7 +59,8 @@ def load_run(
 
     Raises:
         ConfigError: not a run folder and no checkpoint, or a preset problem.
-        CheckpointError, FileNotFoundError: the checkpoint cannot be loaded.
+        CheckpointError, FileNotFoundError: the checkpoint cannot be loaded, or a file of the run
+            folder's checkpoint set is not plain data (it would run code: refused, never loaded).
     """
     from deltairis.agent import CheckpointError, load_agent
     from deltairis.train.configuration import ConfigError, load_run_config
@@ -69,6 +70,9 @@ def load_run(
         if run_dir is None:
             raise ConfigError("give a run folder or --checkpoint PATH")
         checkpoint = run_dir / "checkpoints" / "last.pt"
+        from deltairis.train.checkpointing import check_checkpoint_files
+
+        check_checkpoint_files(run_dir / "checkpoints")  # every file of the set is data, or it is refused by name
     if config_path is not None and config_path.is_file():
         cfg = load_run_config(config_path)
         if preset is not None and preset != cfg.agent.preset:

@@ -34,6 +34,10 @@ class CommonConfig:
     device: str = "auto"  # auto: CUDA when available, else CPU; or any torch device string
     seed: int | None = None  # None: drawn once at the start of a run and saved in the run folder
     resume: bool = False  # continue the run in the current / given run folder (scripts/resume.sh)
+    # Resume a run folder written by an earlier version (pickled checkpoint files) once: loads it with
+    # full unpickling, which runs any code a crafted file holds, then rewrites it in the safe format.
+    # Only for a run folder you trust; every other file is always read as data.
+    trust_checkpoint: bool = False
     do_checkpoint: bool = True
     # Also write a mid-epoch checkpoint every this many steps (gradient or collection steps); None: only
     # at the end of every epoch and when SIGTERM/SIGINT stops the run.

@@ -3,15 +3,16 @@
 Per-env auto-reset (see :mod:`deltairis.train.env_config`): each env's running episode is buffered and written
 to the store when it ends (``end`` = termination, ``trunc`` = time limit) or at the end of a collection
 round (an unfinished episode is extended in the next round). The collector's state (current
-observations, store ids of the running episodes, the last ``burn_in`` frames of each, the envs
-themselves when they can be pickled) is saved with every checkpoint so a resumed run continues exactly.
+observations, store ids of the running episodes, the last ``burn_in`` frames of each, the envs' exact
+state as a versioned blob when the backend can save it) is saved with every checkpoint, as plain data, so
+a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from deltairis.checkpoint import from_plain, to_plain
 from deltairis.config.schema import TrainCollectionConfig
-from deltairis.errors import CorruptCheckpointError
+from deltairis.envs.state_blob import pack_env_state, restore_env_state, supports_env_state
 from deltairis.rl.policy import Policy
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,9 @@ class CollectStats:
         return self.num_steps / self.seconds if self.seconds > 0 else 0.0
 
 
+_PENDING_FIELDS = ("obs", "act", "rew", "end", "trunc")
+
+
 class _Pending:
     """Steps of one env not yet written to the store."""
 
@@ -111,6 +116,47 @@ class _Pending:
             np.asarray(self.end, dtype=np.uint8),
             np.asarray(self.trunc, dtype=np.uint8),
         )
+
+
+#: how a checkpoint's env state is named in errors
+ENV_STATE_WHERE = "the env state in checkpoints/trainer_state.pt"
+
+
+def _array(value: Any, dtype: type) -> np.ndarray:
+    """A writable NumPy copy of a saved tensor (or array)."""
+    out = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    return np.array(out, dtype=dtype, copy=True)
+
+
+def paused_to_plain(paused: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An interrupted collection (round, statistics, pending steps, policy state) as plain data."""
+    if paused is None:
+        return None
+    pending = [{k: list(getattr(p, k)) for k in _PENDING_FIELDS} for p in paused["pending"]]
+    return to_plain(
+        {
+            "round": int(paused["round"]),
+            "stats": dataclasses.asdict(paused["stats"]),
+            "pending": pending,
+            "policy": paused["policy"],
+        }
+    )
+
+
+def paused_from_plain(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The inverse of :func:`paused_to_plain` (the same values, types and bits)."""
+    if data is None:
+        return None
+    data = from_plain(data, ENV_STATE_WHERE.replace("env state", "paused collection"))
+    known = {f.name for f in dataclasses.fields(CollectStats)}
+    stats = CollectStats(**{k: v for k, v in data["stats"].items() if k in known})
+    pending = []
+    for fields in data["pending"]:
+        p = _Pending()
+        for k in _PENDING_FIELDS:
+            setattr(p, k, list(fields[k]))
+        pending.append(p)
+    return {"round": int(data["round"]), "stats": stats, "pending": pending, "policy": data["policy"]}
 
 
 class Collector:
@@ -143,48 +189,49 @@ class Collector:
 
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        try:
-            env_bytes: bytes | None = pickle.dumps(self.env)
-        except Exception as exc:  # e.g. C++ envs without pickling support
-            logger.debug("env state cannot be saved (%s); a resumed run restarts its episodes", exc)
-            env_bytes = None
+        """The collector's state as plain data (tensors, numbers, bytes): the checkpoint's ``collector``.
+
+        ``env`` is the env's versioned blob (:mod:`deltairis.envs.state_blob`), None for a backend that
+        cannot save its exact state; ``paused`` an interrupted collection's (see :func:`paused_to_plain`).
+        """
+        env_blob: bytes | None = None
+        if supports_env_state(self.env):
+            try:
+                env_blob = pack_env_state(self.env)
+            except NotImplementedError as exc:  # e.g. a Python backend whose envs cannot save their state
+                logger.debug("env state cannot be saved (%s); a resumed run restarts its episodes", exc)
         return {
-            "obs": self.obs.copy(),
-            "episode_ids": self.episode_ids.copy(),
-            "recent": self.recent.copy(),
-            "recent_len": self.recent_len.copy(),
+            "obs": torch.from_numpy(self.obs.copy()),
+            "episode_ids": torch.from_numpy(self.episode_ids.copy()),
+            "recent": torch.from_numpy(self.recent.copy()),
+            "recent_len": torch.from_numpy(self.recent_len.copy()),
             "total_steps": self.total_steps,
-            "env": env_bytes,
-            "paused": self.paused,
+            "env": env_blob,
+            "paused": paused_to_plain(self.paused),
         }
 
-    def load_state_dict(self, state: dict[str, Any], reset_seed: int) -> None:
-        """Restore a saved state; when the env itself was not saved, restart every episode."""
-        self.total_steps = int(state["total_steps"])
-        self.paused = state.get("paused")
+    def load_state_dict(self, state: dict[str, Any], reset_seed: int, where: str = ENV_STATE_WHERE) -> None:
+        """Restore what :meth:`state_dict` returned; when the env itself was not saved, restart every
+        episode. A damaged or foreign env state raises :class:`EnvStateError` naming ``where``."""
         if state.get("env") is not None:
-            try:
-                env = pickle.loads(state["env"])
-            except Exception as exc:  # a damaged or foreign env state: refuse rather than guess
-                raise CorruptCheckpointError(
-                    f"the collector's env state in the checkpoint cannot be restored ({type(exc).__name__}: {exc})"
-                ) from exc
-            self.env.close()
-            self.env = env
-            self.obs = state["obs"].copy()
-            self.episode_ids = state["episode_ids"].copy()
-            self.recent = state["recent"].copy()
-            self.recent_len = state["recent_len"].copy()
+            restore_env_state(self.env, state["env"], where)  # checked before anything else changes
+            self.total_steps = int(state["total_steps"])
+            self.paused = paused_from_plain(state.get("paused"))
+            self.obs = _array(state["obs"], np.uint8)
+            self.episode_ids = _array(state["episode_ids"], np.int64)
+            self.recent = _array(state["recent"], np.uint8)
+            self.recent_len = _array(state["recent_len"], np.int64)
             return
+        self.total_steps = int(state["total_steps"])
         logger.warning(
-            "the env state was not saved with the checkpoint (backend without pickling): the %d running "
+            "the env state was not saved with the checkpoint (backend without an exact state): the %d running "
             "episodes are left unfinished in the store and new ones start from reset(seed=%d)",
             self.num_envs,
             reset_seed,
         )
-        if self.paused is not None:
+        if state.get("paused") is not None:
             logger.warning("the paused collection cannot go on without the env state: it starts over")
-            self.paused = None
+        self.paused = None
         self.obs = self.env.reset(reset_seed)
         self.episode_ids[:] = -1
         self.recent_len[:] = 0

@@ -148,7 +148,7 @@ class MainRole:
         device = process_device(cfg)  # a device that does not exist fails before the run folder is touched
         self._lock.acquire()  # one writer per run folder
         resume = cfg.common.resume
-        saved = read_checkpoint(self.run_dir) if resume else None
+        saved = read_checkpoint(self.run_dir, trust=cfg.common.trust_checkpoint) if resume else None
         if resume:  # a damaged metrics file: refuse before changing anything
             read_metrics_records(self.run_dir / "metrics.jsonl")
         self.cfg = cfg = settle_seed(cfg, saved, self.run_dir)

@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from deltairis.agent import CHECKPOINT_VERSION, Agent
-from deltairis.checkpoint import atomic_write_bytes, load_torch_file, recover_checkpoint_set
+from deltairis.checkpoint import atomic_write_bytes, recover_checkpoint_set
 from deltairis.config.models import AgentConfig
 from deltairis.data.replay_store import INDEX_NAME
 from deltairis.errors import CorruptCheckpointError, ResumeError, RunFolderBusyError
+from deltairis.train.checkpointing import read_checkpoint_members
 from deltairis.train.configuration import diff_dicts
 from deltairis.train.state import STATE_VERSION, CheckpointSet
 
@@ -144,16 +145,15 @@ def new_run_dir(base: Path | str = "outputs") -> Path:
     return candidate
 
 
-def read_checkpoint(run_dir: Path) -> CheckpointSet:
+def read_checkpoint(run_dir: Path, trust: bool = False) -> CheckpointSet:
     """The checkpoint set of a run folder (trainer state, agent, optimizers), recovered after a crash
-    between its two phases and checked to be one epoch's."""
+    between its two phases, read as data and checked to be one epoch's (``trust``: an earlier version's
+    set is loaded once and rewritten safely, see :func:`deltairis.train.checkpointing.read_checkpoint_members`)."""
     ckpt_dir = run_dir / "checkpoints"
     if not (ckpt_dir / "trainer_state.pt").exists() and not (ckpt_dir / ".journal.json").exists():
         raise ResumeError(f"nothing to resume in {run_dir}: no checkpoints/trainer_state.pt")
     recover_checkpoint_set(ckpt_dir)
-    state = load_torch_file(ckpt_dir / "trainer_state.pt", "trainer state")
-    agent = load_torch_file(ckpt_dir / "last.pt", "agent checkpoint")
-    optim = load_torch_file(ckpt_dir / "optimizer.pt", "optimizer checkpoint")
+    state, agent, optim = read_checkpoint_members(ckpt_dir, trust)
     for name, payload, version in (
         ("trainer_state.pt", state, STATE_VERSION),
         ("last.pt", agent, CHECKPOINT_VERSION),

@@ -17,10 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from deltairis.checkpoint import from_plain, to_plain
 from deltairis.train.components import COMPONENT_NAMES
 
-#: Format version of checkpoints/trainer_state.pt and optimizer.pt.
-STATE_VERSION = 1
+#: Format version of checkpoints/trainer_state.pt and optimizer.pt. Version 2: plain data only (RNG
+#: states and the collector without NumPy pickles, the env state as a blob), readable with
+#: ``torch.load(weights_only=True)``; a trainer_state.pt of version 1 is an earlier version's format.
+STATE_VERSION = 2
+#: the first version of trainer_state.pt that is plain data
+PLAIN_STATE_VERSION = 2
 
 
 def _per_component() -> dict[str, int]:
@@ -73,6 +78,8 @@ class TrainerState:
 
     ``epoch``, the counters and ``position`` change while a run trains; ``rng``, ``collector`` and
     ``dataset_index`` are filled when a checkpoint is taken (and read back when a run resumes).
+    ``collector`` is already plain data (:meth:`deltairis.train.collector.Collector.state_dict`);
+    :meth:`state_dict` makes ``rng`` plain (NumPy's generator state) and :meth:`load_state_dict` undoes it.
     """
 
     seed: int
@@ -95,7 +102,7 @@ class TrainerState:
             "num_updates": dict(self.num_updates),
             "skipped_steps": dict(self.skipped_steps),
             "consecutive_skips": dict(self.consecutive_skips),
-            "rng": self.rng,
+            "rng": None if self.rng is None else to_plain(self.rng),  # NumPy's state as tagged bytes
             "collector": self.collector,
             "dataset_index": dict(self.dataset_index),
             "position": None if self.position is None else self.position.state_dict(),
@@ -109,7 +116,8 @@ class TrainerState:
         self.skipped_steps.update(state.get("skipped_steps", {}))
         self.consecutive_skips.update(state.get("consecutive_skips", {}))
         self.position = Position.from_state_dict(state.get("position"))
-        self.rng = state.get("rng")
+        rng = state.get("rng")
+        self.rng = None if rng is None else from_plain(rng, "the RNG states in trainer_state.pt")
         self.collector = state.get("collector")
         self.dataset_index = dict(state.get("dataset_index", {}))
 
@@ -159,4 +167,4 @@ class CheckpointSet:
         )
 
 
-__all__ = ["STATE_VERSION", "CheckpointSet", "Position", "TrainerState"]
+__all__ = ["PLAIN_STATE_VERSION", "STATE_VERSION", "CheckpointSet", "Position", "TrainerState"]
