@@ -82,7 +82,9 @@ def test_truncate_keeps_what_the_checkpoint_covers_and_a_fresh_run_starts_empty(
         ("train", 1), ("test", 1), ("train", 2), ("test", 2)
     ]  # fmt: skip
     assert log.truncate_to(2, None) == 0
-    assert EpisodeLog.opened(tmp_path, 1, None, main=False).path.read_text() == log.path.read_text()  # rank > 0
+    assert (
+        EpisodeLog.opened(tmp_path, 1, None, main=False).path.read_text() == log.path.read_text()
+    )  # rank > 0
     EpisodeLog.opened(tmp_path, 0, None, main=True)
     assert read_episodes(log.path) == []
 

@@ -14,6 +14,7 @@ Examples::
     deltairis-eval --checkpoint last.pt                           # e.g. the published (Crafter) checkpoint
     deltairis-eval --checkpoint last.pt --preset atari --env-id BreakoutNoFrameskip-v4
     deltairis-eval --env toy --random --episodes 32               # uniformly random baseline
+    deltairis-eval --aggregate multirun/2026-01-01/12-00-00 --output paper  # a sweep, with the baselines
 
 Outside a run folder (no ``config/trainer.yaml``) the default configuration of the checkpoint's preset
 is used (Crafter unless ``--preset atari --env-id GAME``; ``--preset tiny`` plays the toy env).
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--curves", action="store_true", help="add the training curves of RUN/metrics.jsonl to the report"
     )
     p.add_argument("--no-report", action="store_true", help="only print the JSON metrics, write no report")
+    from deltairis.cli.aggregate_cli import add_aggregate_arguments
+
+    add_aggregate_arguments(p)
     return p
 
 
@@ -165,6 +169,10 @@ def _play(
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(levelname)s %(name)s] %(message)s")
+    if args.aggregate is not None:  # many runs and score files: deltairis.cli.aggregate
+        from deltairis.cli.aggregate_cli import run_aggregate
+
+        return run_aggregate(args)
     from deltairis.cli.report import ReportError, atari_game, build_report, load_metrics, write_report
     from deltairis.errors import CheckpointError, ConfigError
     from deltairis.runtime import resolve_device

@@ -83,7 +83,7 @@ def _check_record(record: Any) -> dict[str, Any]:
         raise ValueError(f"split must be one of {SPLITS}, got {record.get('split')!r}")
     for key in ("epoch", "env_steps", "length"):
         if not isinstance(record.get(key), int):
-            raise ValueError(f"{key!r} must be an integer, got {record.get(key)!r}")
+            raise TypeError(f"{key!r} must be an integer, got {record.get(key)!r}")
     ret = record.get("return")
     if not isinstance(ret, (int, float)) or not math.isfinite(float(ret)):
         raise ValueError(f"'return' must be a finite number, got {ret!r}")
