@@ -87,6 +87,8 @@ def _assert_complete_run_folder(job: Path, seed: int) -> None:
     assert os.access(job / "scripts" / "resume.sh", os.X_OK)
     epochs = [json.loads(x)["epoch"] for x in (job / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1]
+    episodes = [json.loads(x) for x in (job / "episodes.jsonl").read_text().splitlines()]
+    assert [(e["split"], e["epoch"]) for e in episodes if e["split"] == "test"] == [("test", 1)] * 2
     assert f"common.seed={seed}" in OmegaConf.load(job / ".hydra" / "overrides.yaml")
     assert "epoch 1" in (job / "train.log").read_text()
 
@@ -111,6 +113,19 @@ def test_two_job_sweep_end_to_end_through_the_entry_point(tmp_path: Path) -> Non
         _assert_complete_run_folder(job, seed)
     assert (sweep / "multirun.yaml").is_file()
     assert not (tmp_path / "outputs").exists()  # no stray single-run folder
+    # deltairis-eval --aggregate over the sweep: one final score per job (its last evaluation's test episodes)
+    from deltairis.cli import eval as eval_cli
+
+    report = tmp_path / "aggregate"
+    assert eval_cli.main(["--aggregate", str(sweep), "--output", str(report), "--reps", "2000"]) == 0
+    agg = json.loads((report / "aggregate.json").read_text())
+    toy = agg["other"]["toy"]["games"]["toy"]
+    assert [r["run"] for r in toy["runs"]] == [str(job) for job in jobs]
+    for r, job in zip(toy["runs"], jobs):
+        test = [json.loads(x) for x in (job / "episodes.jsonl").read_text().splitlines() if '"test"' in x]
+        assert r["score"] == pytest.approx(sum(e["return"] for e in test) / len(test))
+    assert "toy: no random/human reference scores" in "\n".join(agg["notes"])
+    assert (report / "aggregate.md").is_file()
     # Each job folder resumes on its own through its script (the non-Hydra resume path).
     r = subprocess.run(
         ["bash", str(jobs[1] / "scripts" / "resume.sh"), "common.epochs=2"],
