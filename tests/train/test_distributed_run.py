@@ -6,8 +6,11 @@
 - resume with 1 rank from a 2-rank checkpoint and the reverse (a fresh replica is filled from rank 0);
 - a rank killed with SIGKILL mid-epoch: the survivor exits with the distributed exit code and a message
   naming the rank well within the timeout; the last checkpoint is intact and resuming finishes the run;
-- two "nodes": two processes (plain ``RANK``/``WORLD_SIZE`` env) with separate replica folders, where the
-  second process cannot see rank 0's folder at all when mount namespaces are available.
+- two "nodes": two processes (``RANK``/``WORLD_SIZE`` env, ``LOCAL_RANK=0`` on both) with separate replica
+  folders, where the second process cannot see rank 0's folder at all when mount namespaces are available;
+- one replica per node: ``torchrun --nproc_per_node=2`` is one node, where rank 1 reads rank 0's store and
+  no replica is written; 3 ranks as 2 "nodes" (rank 0; ranks 1 and 2 sharing one replica that rank 1
+  writes), rank 1 killed with SIGKILL in the middle of a replica sync, then resumed.
 
 Every subprocess has a hard timeout, and every collective a short one (``distributed.timeout_s``), so a
 failing case never hangs.
@@ -213,11 +216,9 @@ def test_torchrun_two_ranks_equal_a_single_process(runs) -> None:
             assert record[f"perf/rank{rank}/{phase}/samples_per_s"] > 0
     assert record["perf/rank0/collect/steps_per_s"] > 0 and "perf/rank1/collect/steps_per_s" not in record
     assert _records(runs["single1"])[0]["distributed/world_size"] == 1.0
-    # the replica of rank 1 (its own folder) holds rank 0's episodes
-    _same_episodes(
-        _episodes(runs["base"] / "replicas" / "rank1" / "train"),
-        _episodes(runs["ddp1"] / "checkpoints" / "dataset" / "train"),
-    )
+    # one node: rank 1 read rank 0's store, no replica was written
+    assert record["distributed/replicas"] == 0.0
+    assert not (runs["base"] / "replicas").exists()
     # rank 1 wrote nothing in the run folder: one train.log, rank 0's
     assert not list(runs["ddp1"].glob("**/*rank1*"))
 
@@ -233,13 +234,13 @@ def test_resume_with_one_rank_from_a_two_rank_checkpoint(runs, tiny_overrides) -
 def test_resume_with_two_ranks_from_a_one_rank_checkpoint(runs, tiny_overrides) -> None:
     run = runs["base"] / "single_then_ddp"
     shutil.copytree(runs["single1"], run)
-    fresh = runs["base"] / "fresh-replicas"  # nothing there: rank 1's replica is filled from rank 0
+    fresh = runs["base"] / "fresh-replicas"  # one node: rank 1 reads rank 0's store, no replica
     _ok(_torchrun(_resume_args(run, 2, f"distributed.store_dir={fresh}")))
     _check_close("1 rank, then 2 (resume) vs 1 process, 2 epochs", _weights(run), _weights(runs["single2"]))
     records = _records(run)
     assert [r["distributed/world_size"] for r in records] == [1.0, 2.0]
     assert records[1]["distributed/weights_in_sync"] == 1.0
-    _same_episodes(_episodes(fresh / "rank1" / "train"), _episodes(run / "checkpoints" / "dataset" / "train"))
+    assert records[1]["distributed/replicas"] == 0.0 and not fresh.exists()
 
 
 # A rank that kills itself (SIGKILL, no cleanup) at a fixed point of epoch 2 (rank 0: once the checkpoint
@@ -269,13 +270,16 @@ sys.exit(cli.main(sys.argv[3:]))
 """
 
 
-def _start_ranks(argv_of_rank, port: int, cwd_of_rank=None, prefix_of_rank=None) -> list[subprocess.Popen]:
+def _start_ranks(
+    argv_of_rank, port: int, cwd_of_rank=None, prefix_of_rank=None, local_ranks=(0, 1)
+) -> list[subprocess.Popen]:
+    """One process per entry of ``local_ranks`` (its ``LOCAL_RANK``: a 0 starts a new "node")."""
     procs = []
-    for rank in (0, 1):
+    for rank, local in enumerate(local_ranks):
         env = _env(
             RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE="2",
+            LOCAL_RANK=str(local),
+            WORLD_SIZE=str(len(local_ranks)),
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(port),
         )
@@ -331,6 +335,63 @@ def test_a_killed_rank_stops_the_other_with_a_message_and_the_checkpoint_survive
     assert load_torch_file(run / "checkpoints" / "trainer_state.pt", "state")["epoch"] == 2
 
 
+# Rank 1, the writer of node 1's replica, kills itself (SIGKILL) in the sync of epoch 2, once it appended
+# steps to the replica and before it commits them.
+KILL_IN_SYNC_SCRIPT = """
+import os, signal, sys
+from deltairis.cli import train as cli
+import deltairis.train.replicas as rp
+syncs, real_sync, real_append = [0], rp.sync_replicas, rp._append
+def sync(*a, **k):
+    syncs[0] += 1
+    return real_sync(*a, **k)
+def append(*a, **k):
+    real_append(*a, **k)
+    if int(os.environ["RANK"]) == 1 and syncs[0] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+rp.sync_replicas, rp._append = sync, append
+import deltairis.train.trainer as tr
+tr.sync_replicas = sync
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+#: 3 ranks need a batch of at least 3 rows
+THREE_RANK_BATCHES = [f"training.{c}.batch_size=3" for c in ("tokenizer", "world_model", "actor_critic")]
+
+
+def test_ranks_of_a_node_share_one_replica_through_a_kill_and_a_resume(tmp_path, tiny_overrides) -> None:
+    """Node 0: rank 0. Node 1: ranks 1 (writes the replica) and 2 (reads it)."""
+    run, local = tmp_path / "run", tmp_path / "node1"
+    store = f"distributed.store_dir={local}"
+
+    def argv(rank: int) -> list[str]:
+        args = _args(tiny_overrides, run, "common.epochs=2", store, *THREE_RANK_BATCHES)
+        return [sys.executable, "-c", KILL_IN_SYNC_SCRIPT, *args]
+
+    results = _finish(_start_ranks(argv, _free_port(), local_ranks=(0, 0, 1)))
+    assert results[1][0] == -signal.SIGKILL, results[1][1][-4000:]
+    for rank in (0, 2):
+        code, err, _ = results[rank]
+        assert code == DISTRIBUTED_EXIT_CODE, err[-4000:]
+        assert "rank 1" in err.split("distributed error", 1)[1], err[-4000:]
+    assert read_checkpoint(run).trainer.epoch == 1
+    # the killed writer left uncommitted steps in the replica; its committed state is epoch 1's
+    with ReplayStore(local / "rank1" / "train", read_only=True, create=False) as replica:
+        committed_bytes = replica.num_steps * int(np.prod(replica.obs_shape))
+    assert (local / "rank1" / "train" / "obs.u8").stat().st_size > committed_bytes
+    # resume on the same 3 ranks: the replica drops the partial sync and is filled again
+    resume = _resume_args(run, 2, store)
+    cli = [sys.executable, "-m", "deltairis.cli.train", *resume]
+    results = _finish(_start_ranks(lambda rank: cli, _free_port(), local_ranks=(0, 0, 1)))
+    for code, err, _ in results:
+        assert code == 0, err[-6000:]
+    record = _records(run)[-1]
+    assert record["distributed/world_size"] == 3.0 and record["distributed/weights_in_sync"] == 1.0
+    assert record["distributed/replicas"] == 1.0  # node 1's, shared by ranks 1 and 2
+    assert sorted(p.name for p in local.iterdir()) == ["rank1"]
+    _same_episodes(_episodes(local / "rank1" / "train"), _episodes(run / "checkpoints" / "dataset" / "train"))
+
+
 def _can_hide_folders() -> bool:
     if shutil.which("unshare") is None:
         return False
@@ -362,7 +423,11 @@ def test_two_nodes_without_a_shared_folder(tmp_path, tiny_overrides, runs) -> No
 
     results = _finish(
         _start_ranks(
-            argv, _free_port(), cwd_of_rank=lambda r: node0 if r == 0 else node1, prefix_of_rank=prefix
+            argv,
+            _free_port(),
+            cwd_of_rank=lambda r: node0 if r == 0 else node1,
+            prefix_of_rank=prefix,
+            local_ranks=(0, 0),  # two nodes of one rank each
         )
     )
     for code, err, _ in results:
@@ -373,6 +438,7 @@ def test_two_nodes_without_a_shared_folder(tmp_path, tiny_overrides, runs) -> No
         _episodes(node1 / "local" / "rank1" / "train"), _episodes(run / "checkpoints" / "dataset" / "train")
     )
     assert not (node0 / "replicas" / "rank1").exists()
+    assert record["distributed/replicas"] == 1.0
     print(f"\nrun folder hidden from rank 1: {hide}")
     _check_close("2 'nodes' vs 1 process, 1 epoch", _weights(run), _weights(runs["single1"]))
 

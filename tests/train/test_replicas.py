@@ -1,4 +1,4 @@
-"""The pieces of the replay-store replica sync that run in one process (the broadcast itself is covered
+"""The pieces of the replay-store replica sync that run in one process (which store a rank uses included) (the broadcast itself is covered
 end to end by test_distributed_run.py)."""
 
 from __future__ import annotations
@@ -8,9 +8,20 @@ import pytest
 
 from deltairis.data import ReplayStore
 from deltairis.data.fields import STEP_FIELD_NAMES
+from deltairis.distributed import DistContext
 from deltairis.errors import DistributedError
 from deltairis.train import replicas
-from deltairis.train.replicas import _append, _holds_more, _messages, _plan, open_replica, replica_dir
+from deltairis.train.replicas import (
+    Placement,
+    _append,
+    _holds_more,
+    _messages,
+    _plan,
+    check_nodes,
+    open_replica,
+    placement,
+    replica_dir,
+)
 
 
 def _steps(rng: np.random.Generator, t: int) -> tuple[np.ndarray, ...]:
@@ -98,3 +109,34 @@ def test_replica_folders(tmp_path) -> None:
     a = replica_dir(None, tmp_path / "x" / "run", 1)
     b = replica_dir(None, tmp_path / "y" / "run", 1)
     assert a != b and a.name == "rank1" and a.parent.name.startswith("deltairis-replica-run-")
+
+
+def _ctx(rank: int, world: int) -> DistContext:
+    return DistContext(rank=rank, world_size=world, local_rank=rank)
+
+
+def test_placement_follows_local_rank(monkeypatch) -> None:
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert placement(_ctx(2, 4)) == Placement(2, 2)  # no LOCAL_RANK: every rank is its own node
+    # 2 nodes of 2 ranks: rank 0 and its reader, rank 2 writes node 1's replica that rank 3 reads
+    kinds = []
+    for rank, local in enumerate((0, 1, 0, 1)):
+        monkeypatch.setenv("LOCAL_RANK", str(local))
+        kinds.append(placement(_ctx(rank, 4)).kind)
+    assert kinds == ["main", "reads rank 0's store", "writes the node's replica", "reads the node's replica"]
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(DistributedError, match="numbered consecutively"):
+        placement(_ctx(1, 4))  # local rank 3 of global rank 1: no such node
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    with pytest.raises(DistributedError, match="LOCAL_WORLD_SIZE=1"):
+        placement(_ctx(1, 4))
+
+
+def test_ranks_of_a_node_must_share_a_host() -> None:
+    check_nodes([(0, "a"), (0, "a"), (2, "b"), (2, "b")], 0)
+    with pytest.raises(DistributedError, match="rank 3 \\(host c\\) counts rank 2"):
+        check_nodes([(0, "a"), (0, "a"), (2, "b"), (2, "c")], 0)
+    with pytest.raises(DistributedError, match="counts rank 1"):
+        check_nodes([(0, "a"), (0, "a"), (1, "a")], 0)  # rank 1 is not the first rank of a node

@@ -178,8 +178,9 @@ class DistributedConfig:
     # A rank waiting longer than this at a collective or barrier, or for a rank 0 that sends no heartbeat,
     # exits with an error naming the rank (a dead rank is usually noticed at once).
     timeout_s: float = 1800.0
-    # Node-local folder for the replay-store replicas of ranks > 0 (``<store_dir>/rank<r>``); None: a
-    # folder under the system temp dir named after the run folder. Rank 0 keeps the run folder's store.
+    # Node-local folder of the node's replay-store replica (``<store_dir>/rank<r>``, r the node's lowest
+    # rank, its writer; the node's other ranks read it); None: a folder under the system temp dir named
+    # after the run folder. Rank 0's node reads the run folder's store: no replica.
     store_dir: str | None = None
 
 

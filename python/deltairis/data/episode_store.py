@@ -18,7 +18,9 @@ fsync of the directory). Reopening trims the data files to the rows the index na
 point gives back exactly the last committed state.
 
 Within the process that writes, everything appended is visible at once (sampling, ``load_episode``);
-other processes see the committed state.
+other processes see the committed state. A *follower* (``follow=True``: read-only, the store of a writer in
+another process) starts empty and shows the state of the writer's last commit as of its latest
+:meth:`~EpisodeStore.refresh`: it never reads an index or a data row the writer has not committed.
 """
 
 from __future__ import annotations
@@ -132,9 +134,12 @@ class EpisodeStore:
         create: bool = True,
         read_only: bool = False,
         obs_shape: tuple[int, ...] | None = None,
+        follow: bool = False,
     ) -> None:
         self.directory = Path(directory)
-        self.read_only = read_only
+        self.read_only = read_only or follow
+        self.follow = follow
+        self._index_key: tuple[int, int, int] | None = None
         self.lock = threading.RLock()
         self._fds: dict[str, int] = {}
         self._lock_fd: int | None = None
@@ -142,6 +147,9 @@ class EpisodeStore:
         self._closed = False
 
         index_path = self.directory / INDEX_NAME
+        if follow:  # nothing is read before the first refresh(): the writer may not have committed yet
+            self._init_empty(tuple(int(s) for s in (obs_shape or DEFAULT_OBS_SHAPE)))
+            return
         if not self.directory.is_dir():
             if not create or read_only:
                 raise FileNotFoundError(f"no replay store at {self.directory}")
@@ -313,6 +321,41 @@ class EpisodeStore:
         self._check_open()
         if self.read_only:
             raise ReplayStoreError(f"replay store {self.directory} was opened read-only")
+
+    def refresh(self) -> bool:
+        """A follower: take the writer's last commit (episodes, visit counts, frame shape) when the index
+        changed since the last call. Returns whether it did; no commit yet leaves the store empty.
+
+        The writer replaces its index atomically after the data it names is durable, so the state taken
+        is always a complete commit. Raises :class:`ReplayStoreError` when the index is corrupt or names
+        more rows than the data files hold."""
+        with self.lock:
+            self._check_open()
+            if not self.follow:
+                raise ReplayStoreError(
+                    f"replay store {self.directory}: refresh() is for followers (follow=True)"
+                )
+            path = self.directory / INDEX_NAME
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                if self._index_key is None:
+                    return False
+                raise ReplayStoreError(
+                    f"replay store {self.directory}: the index disappeared (was the store deleted?)"
+                ) from None
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if key == self._index_key:
+                return False
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds = {}
+            self._load_index(path)
+            self._open_data_files()
+            self._index_key = key
+            self._view_cache = None
+            self._forget_file_contents()
+            return True
 
     # ------------------------------------------------------------------------------------------------
     # properties

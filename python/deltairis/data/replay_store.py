@@ -20,7 +20,6 @@ import torch
 from deltairis.data import segment_rule
 from deltairis.data.batch import Batch
 from deltairis.data.buffers import BatchBuffers, allocate_batch, check_positive, check_rows
-from deltairis.data.sampler_backends import Backend, Sampler, sampler_class
 from deltairis.data.episode_store import (
     DATA_FILES,
     DEFAULT_OBS_SHAPE,
@@ -33,6 +32,7 @@ from deltairis.data.episode_store import (
     EpisodeStore,
     as_numpy,
 )
+from deltairis.data.sampler_backends import Backend, Sampler, sampler_class
 from deltairis.errors import ReplayStoreError
 
 __all__ = [
@@ -63,6 +63,8 @@ class ReplayStore(EpisodeStore):
         read_only: open without the write lock; appends and commits raise.
         obs_shape: shape of one frame, fixed when the store is created (default (3, 64, 64)); reopening
             with a different explicit shape raises ``ValueError``.
+        follow: a read-only view of a store that another process writes: empty until :meth:`refresh`
+            takes the writer's last commit (one replica shared by the ranks of a node).
     """
 
     def __init__(
@@ -73,13 +75,14 @@ class ReplayStore(EpisodeStore):
         create: bool = True,
         read_only: bool = False,
         obs_shape: tuple[int, ...] | None = None,
+        follow: bool = False,
     ) -> None:
         kind = sampler_class(backend)  # the one backend choice, before anything is opened
         self.backend: str = kind.name
-        super().__init__(directory, create=create, read_only=read_only, obs_shape=obs_shape)
-        self._sampler: Sampler = kind(
-            self.directory, self.obs_shape, 0 if num_threads is None else int(num_threads)
-        )
+        self._sampler_kind = kind
+        self._requested_threads = 0 if num_threads is None else int(num_threads)
+        super().__init__(directory, create=create, read_only=read_only, obs_shape=obs_shape, follow=follow)
+        self._sampler: Sampler = kind(self.directory, self.obs_shape, self._requested_threads)
         logger.info(
             "replay store %s: %d episodes, %d steps (backend %s)",
             self.directory,
@@ -101,6 +104,16 @@ class ReplayStore(EpisodeStore):
 
     def _forget_file_contents(self) -> None:
         self._sampler.reset()
+
+    def refresh(self) -> bool:
+        with self.lock:
+            shape = self.obs_shape
+            changed = super().refresh()
+            if changed and self.obs_shape != shape:  # the frames of the writer's store: a new sampler
+                self._sampler = self._sampler_kind(self.directory, self.obs_shape, self._requested_threads)
+            return changed
+
+    refresh.__doc__ = EpisodeStore.refresh.__doc__
 
     # ------------------------------------------------------------------------------------------------
     # sampling

@@ -1,22 +1,36 @@
-"""Replay-store replicas of ranks > 0 in a multi-process run (``torchrun``), kept equal to rank 0's store.
+"""Replay-store replicas in a multi-process run (``torchrun``): one per node, kept equal to rank 0's store.
 
-Rank 0 collects into the run folder's store. Every rank > 0 keeps a replica of it under a node-local
-folder (``distributed.store_dir``), so no shared filesystem is needed. After rank 0 collected (and when
-a run starts or resumes), :func:`sync_replicas` brings every replica up to rank 0's store:
+Rank 0 collects into the run folder's store. The ranks of one node share one train store
+(:func:`placement`; a node's ranks are those with the same ``RANK - LOCAL_RANK``, as torchrun numbers
+them):
+
+- on rank 0's node, every rank reads rank 0's store itself (no replica);
+- on another node, the node's lowest rank (local rank 0) writes a replica under the node-local folder
+  ``distributed.store_dir`` (``<store_dir>/rank<r>``, ``r`` that rank), so no shared filesystem is
+  needed; the node's other ranks open it read-only.
+
+A rank that does not write a store *follows* one (``ReplayStore(follow=True)``): it sees a commit of the
+writer only when it is complete, and only when it refreshes at the end of a sync. Without ``LOCAL_RANK``
+in the environment every process counts as its own node.
+
+After rank 0 collected (and when a run starts or resumes), :func:`sync_replicas` brings every store
+up to rank 0's:
 
 1. rank 0 sends its episode lengths and the visit counts of every consumer (:func:`from_main`: ranks > 0
    wait as long as rank 0's heartbeat moves);
 2. a replica that holds more than rank 0 (an episode longer, more episodes: left behind by a resume
-   from an earlier checkpoint) or that belongs to another run is emptied; every rank > 0 reports its
-   lengths;
+   from an earlier checkpoint) or that belongs to another run is emptied; every rank reports its node
+   and, when it writes a replica, the replica's lengths; rank 0 commits its store when ranks of its
+   node read it;
 3. rank 0 broadcasts, per episode, the steps past the shortest replica's length (new episodes and the
    steps an unfinished episode gained), in messages of at most :data:`MESSAGE_BYTES` of frames;
 4. each replica appends what it lacks, in episode order (so episode ids match), takes rank 0's visit
-   counts and commits.
+   counts and commits; after a barrier every follower refreshes, checks its episode table against rank
+   0's and takes rank 0's visit counts (in memory: a follower never writes).
 
-Disk per node: every rank > 0 on the node holds a full copy of the train store (the frames dominate:
-``3*64*64 = 12288`` bytes per step). Memory: at most one message (:data:`MESSAGE_BYTES` of frames, plus
-its pickled copy) at a time.
+Disk per node: one copy of the train store on every node but rank 0's (the frames dominate:
+``3*64*64 = 12288`` bytes per step), written once per collection. Memory: at most one message
+(:data:`MESSAGE_BYTES` of frames, plus its pickled copy) at a time.
 """
 
 from __future__ import annotations
@@ -24,7 +38,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +59,63 @@ MESSAGE_BYTES = 64 * 2**20
 MARKER_NAME = "replica_of.json"
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Which train store a rank uses: ``leader`` is the lowest rank of its node (the replica's writer)."""
+
+    rank: int
+    leader: int
+
+    @property
+    def writes(self) -> bool:
+        """Rank 0 (its own store) or the writer of its node's replica."""
+        return self.rank == self.leader
+
+    @property
+    def kind(self) -> str:
+        if self.rank == 0:
+            return "main"
+        if self.leader == 0:
+            return "reads rank 0's store"
+        return "writes the node's replica" if self.writes else "reads the node's replica"
+
+
+def placement(ctx: dist.DistContext | None = None) -> Placement:
+    """This rank's :class:`Placement`, from torchrun's ``LOCAL_RANK`` (absent: the rank is its own node).
+
+    Torchrun numbers the ranks of a node consecutively, so a node's lowest rank is ``RANK - LOCAL_RANK``.
+    """
+    ctx = ctx or dist.current()
+    local = os.environ.get("LOCAL_RANK")
+    if local is None or not ctx.is_distributed:
+        return Placement(ctx.rank, ctx.rank)
+    try:
+        local_rank = int(local)
+    except ValueError:
+        raise DistributedError(f"LOCAL_RANK={local!r} is not an integer") from None
+    size = os.environ.get("LOCAL_WORLD_SIZE")
+    if not 0 <= local_rank <= ctx.rank or (size is not None and size.isdigit() and local_rank >= int(size)):
+        raise DistributedError(
+            f"rank {ctx.rank}: LOCAL_RANK={local_rank} (LOCAL_WORLD_SIZE={size}) does not describe a node "
+            "whose ranks are numbered consecutively, as torchrun numbers them"
+        )
+    return Placement(ctx.rank, ctx.rank - local_rank)
+
+
+def check_nodes(reports: list[tuple[int, str]], rank: int) -> None:
+    """``reports[r]``: rank ``r``'s (leader, host name). Raise :class:`DistributedError` when a rank's
+    leader is not its own leader or runs on another host (``LOCAL_RANK`` lies about the node)."""
+    for r, (leader, host) in enumerate(reports):
+        if not 0 <= leader < len(reports) or reports[leader][0] != leader or reports[leader][1] != host:
+            raise DistributedError(
+                f"rank {rank}: rank {r} (host {host}) counts rank {leader} as the first rank of its node, "
+                f"but rank {leader} reports {reports[leader] if 0 <= leader < len(reports) else 'nothing'}: "
+                "the ranks of a node must share a host and be numbered consecutively (LOCAL_RANK)"
+            )
+
+
 def replica_dir(store_dir: str | None, run_dir: Path, rank: int) -> Path:
-    """The replica folder of ``rank``: ``<store_dir>/rank<r>``, by default under the system temp dir in a
+    """The replica folder written by ``rank`` (its node's lowest): ``<store_dir>/rank<r>``, by default under the system temp dir in a
     folder named after the run folder (its name and a digest of its full path)."""
     if store_dir:
         return Path(store_dir).expanduser().resolve() / f"rank{rank}"
@@ -66,6 +138,18 @@ def open_replica(directory: Path, run_id: str) -> ReplayStore:
             store.clear()
         marker.write_text(json.dumps({"run_id": run_id}))
     return store
+
+
+def open_follower_store(store_dir: str | None, run_dir: Path, main_store: Path, run_id: str) -> ReplayStore:
+    """The train store of a rank > 0 (see the module docstring): rank 0's store ``main_store`` or the
+    node's replica, followed read-only, or the replica itself on the node's lowest rank."""
+    where = placement()
+    if where.leader == 0:
+        return ReplayStore(main_store, backend="auto", follow=True)
+    folder = replica_dir(store_dir, run_dir, where.leader)
+    if where.writes:
+        return open_replica(folder, run_id)
+    return ReplayStore(folder / "train", backend="auto", follow=True)
 
 
 def _summary(store: Any) -> dict[str, Any]:
@@ -125,23 +209,30 @@ def _append(store: Any, ep: int, start: int, arrays: tuple[np.ndarray, ...]) -> 
 
 
 def sync_replicas(store: Any, what: str) -> dict[str, float]:
-    """Bring every rank's replica to rank 0's ``store`` (call on every rank; see the module docstring).
+    """Bring every rank's train store to rank 0's ``store`` (call on every rank; see the module docstring).
 
-    Returns metrics (rank 0): steps and bytes sent. A no-op in a single process.
+    Returns metrics (rank 0): steps sent and the number of replicas. A no-op in a single process.
     """
     ctx = dist.current()
     if not ctx.is_distributed:
         return {}
+    where = placement(ctx)
+    replica = where.writes and not ctx.is_main  # this rank writes its node's replica
     main = dist.from_main(what, _summary(store) if ctx.is_main else None)
     lengths = np.asarray(main["lengths"], dtype=np.int64)
-    if not ctx.is_main and _holds_more(store, lengths):
+    if replica and _holds_more(store, lengths):
         logger.warning(
             "replica %s holds steps rank 0 does not (an earlier run state): emptied", store.directory
         )
         store.clear()
-    reported = dist.gather_objects(None if ctx.is_main else store.lengths)
-    plan = _plan(lengths, [r for r in reported[1:]]) if ctx.is_main else None
-    plan = dist.broadcast_object(plan)
+    reported = dist.gather_objects((where.leader, socket.gethostname(), store.lengths if replica else None))
+    check_nodes([(r[0], r[1]) for r in reported], ctx.rank)
+    replicas = [r[2] for r in reported[1:] if r[2] is not None]
+    followers = [r for r, rep in enumerate(reported) if rep[0] != r]
+    if ctx.is_main and any(reported[r][0] == 0 for r in followers):
+        store.commit()  # the ranks of rank 0's node read its store: they see committed steps only
+    plan = _plan(lengths, replicas) if ctx.is_main and replicas else None
+    plan = dist.broadcast_object(plan) or []
     step_bytes = int(np.prod(store.obs_shape)) + 8 + 4 + 1 + 1
     sent = 0
     for group in _messages(plan, step_bytes):
@@ -154,20 +245,34 @@ def sync_replicas(store: Any, what: str) -> dict[str, float]:
         payload = dist.broadcast_object(payload)
         for ep, start, arrays in payload:
             sent += int(arrays[1].shape[0])
-            if not ctx.is_main:
+            if replica:
                 _append(store, ep, start, arrays)
-    if not ctx.is_main:
-        if not np.array_equal(store.lengths, lengths):
-            raise DistributedError(
-                f"rank {ctx.rank}: replica {store.directory} does not match rank 0's store after the sync "
-                f"({store.num_episodes} episodes, {store.num_steps} steps vs {lengths.shape[0]}, "
-                f"{int(lengths.sum())})"
-            )
-        with store.lock:
-            for consumer, counts in main["counts"].items():
-                store.counts_for(consumer)[:] = counts
+    if replica:
+        _check_table(store, lengths, ctx.rank)
+        _take_counts(store, main["counts"])
         store.commit()
-    return {"distributed/synced_steps": float(sent)}
+    if followers:
+        dist.gather_objects(None)  # every writer committed: the followers may refresh
+    if not where.writes:
+        store.refresh()
+        _check_table(store, lengths, ctx.rank)
+        _take_counts(store, main["counts"])
+    return {"distributed/synced_steps": float(sent), "distributed/replicas": float(len(replicas))}
+
+
+def _check_table(store: Any, lengths: np.ndarray, rank: int) -> None:
+    if not np.array_equal(store.lengths, lengths):
+        raise DistributedError(
+            f"rank {rank}: store {store.directory} does not match rank 0's store after the sync "
+            f"({store.num_episodes} episodes, {store.num_steps} steps vs {lengths.shape[0]}, "
+            f"{int(lengths.sum())})"
+        )
+
+
+def _take_counts(store: Any, counts: dict[str, np.ndarray]) -> None:
+    with store.lock:
+        for consumer, c in counts.items():
+            store.counts_for(consumer)[:] = c
 
 
 def store_digest(store: Any) -> list[tuple[str, Any]]:
@@ -178,4 +283,14 @@ def store_digest(store: Any) -> list[tuple[str, Any]]:
     return items
 
 
-__all__ = ["MESSAGE_BYTES", "open_replica", "replica_dir", "store_digest", "sync_replicas"]
+__all__ = [
+    "MESSAGE_BYTES",
+    "Placement",
+    "check_nodes",
+    "open_follower_store",
+    "open_replica",
+    "placement",
+    "replica_dir",
+    "store_digest",
+    "sync_replicas",
+]

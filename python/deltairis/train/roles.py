@@ -36,7 +36,7 @@ from deltairis.train.configuration import save_config, untyped_config
 from deltairis.train.env_config import make_env
 from deltairis.train.logging_utils import MetricsLogger, read_metrics_records
 from deltairis.train.ranks import NoMetrics, follower_config, rank_device
-from deltairis.train.replicas import open_replica, replica_dir
+from deltairis.train.replicas import open_follower_store
 from deltairis.train.run_checks import MEMORY_PLAN_FILE, MemoryCheck, check_memory, write_json
 from deltairis.train.run_folder import RunFolderLock, make_layout, read_checkpoint, restore_store_index
 from deltairis.train.state import CheckpointSet, Position
@@ -207,7 +207,7 @@ class MainRole:
         )
         ctx = dist.current()
         logger.info(
-            "distributed run: %d ranks (backend %s); ranks > 0 keep replicas of the replay store",
+            "distributed run: %d ranks (backend %s); one replica of the replay store per node but rank 0's",
             ctx.world_size,
             ctx.backend,
         )
@@ -320,9 +320,14 @@ class FollowerRole:
         )
 
     def open_experience(self, start: RunStart, burn_in: int) -> dict[str, ReplayStore]:
-        """A node-local replica of the train store: no env, no collector, no test store."""
-        folder = replica_dir(start.cfg.distributed.store_dir, self.run_dir, dist.current().rank)
-        return {"train": open_replica(folder, start.run_id)}
+        """The train store of this rank's node (rank 0's, or a node-local replica): no env, no collector,
+        no test store."""
+        main_store = self.run_dir / "checkpoints" / "dataset" / "train"
+        return {
+            "train": open_follower_store(
+                start.cfg.distributed.store_dir, self.run_dir, main_store, start.run_id
+            )
+        }
 
     def metrics_sink(self, cfg: TrainerConfig, epoch: int) -> NoMetrics:
         return NoMetrics()
