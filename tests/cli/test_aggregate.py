@@ -169,3 +169,50 @@ def test_nothing_to_aggregate_is_an_error_naming_what_was_skipped(tmp_path: Path
     assert "no such file or folder" in capsys.readouterr().err
     assert eval_cli.main(["--aggregate", str(tmp_path), "--baselines", "muzero"]) == 2
     assert "unknown baselines" in capsys.readouterr().err
+
+
+# -- Atari run folders -----------------------------------------------------------------------------------
+def _atari_run(
+    folder: Path, seed: int, episodes: list[tuple[str, int, int, float]], metrics: list[dict]
+) -> None:
+    from deltairis.train.configuration import compose_config, save_config
+
+    cfg = compose_config(
+        ["env=atari", "params=atari", "env.train.id=PongNoFrameskip-v4", f"common.seed={seed}"]
+    )
+    save_config(cfg, folder / "config" / "trainer.yaml")
+    metrics = metrics or [{"epoch": 600}]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    lines = [
+        {"split": split, "epoch": epoch, "env_steps": steps, "return": ret, "length": 10}
+        for split, epoch, steps, ret in episodes
+    ]
+    (folder / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_atari_run_folders_final_score_rules(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    _atari_run(sweep / "0", 0, [
+        ("train", 575, 95_000, -21.0), ("train", 600, 99_000, -19.0), ("train", 600, 100_000, -17.0),
+        ("test", 575, 95_000, -20.0), ("test", 600, 100_000, -10.0), ("test", 600, 100_000, -12.0),
+    ], [])  # fmt: skip
+    _atari_run(
+        sweep / "1",
+        1,
+        [("train", 600, 100_000, -15.0)],
+        [{"epoch": 575, "test/return_mean": -3.0}, {"epoch": 600}],
+    )
+    _atari_run(sweep / "2", 2, [], [])  # no evaluation at all
+    agg = aggregate([sweep], Settings(reps=2000, baselines=("delta-iris",)))
+    pong = agg["atari"]["games"]["Pong"]
+    assert pong["scores"] == [-11.0, -3.0]  # the last evaluation's test episodes; metrics.jsonl as fallback
+    assert pong["runs"][1]["rule"] == "metrics.jsonl test/return_mean of epoch 575"
+    assert f"{sweep / '2'}: no evaluation" in "\n".join(agg["notes"])
+    ref = _reference_scores()["Pong"]
+    assert agg["hns"]["mean"]["value"] == pytest.approx(
+        (-7.0 - ref["random"]) / (ref["human"] - ref["random"])
+    )
+    delta = agg["atari"]["baselines"]["delta-iris"]
+    assert list(delta["games"]) == ["Pong"] and delta["games"]["Pong"] == pytest.approx(15.0)  # 21 20 15 10 9
+    tail = aggregate([sweep], Settings(reps=2000, baselines=(), final_score="train-tail", tail_steps=1500))
+    assert tail["atari"]["games"]["Pong"]["scores"] == [-18.0, -15.0]  # episodes ending after 98,500 steps
