@@ -72,7 +72,7 @@ def test_delta_iris_results_through_the_cli_match_hand_computed_hns(tmp_path: Pa
     for name in ("aggregate.md", "atari_profile.png", "atari_aggregates.png"):
         assert (out / name).stat().st_size > 0
     md = (out / "aggregate.md").read_text()
-    assert "| IRIS |" in md and "| DIAMOND |" in md and "github.com/eloialonso/iris" in md
+    assert "| IRIS (published) |" in md and "| DIAMOND (published) |" in md and "github.com/eloialonso/iris" in md
     assert eval_cli.main([*argv, "--reps", "100"]) == 2  # fewer resamples than the statistics need
     assert "2000" in capsys.readouterr().err
 

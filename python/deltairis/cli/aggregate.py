@@ -324,13 +324,15 @@ def atari_section(runs: list[Run], settings: Settings, notes: list[str]) -> dict
         if not games:
             continue
         b_hns = {g: [_hns(float(s), g) for s in scores[g]] for g in games}
+        label = f"{doc['method']} (published)"
         baselines[name] = {
             "method": doc["method"],
+            "label": label,
             "source": doc["source"],
             "games": {g: float(np.mean(scores[g])) for g in games},
             "hns": _hns_stats(b_hns, settings),
         }
-        profiles[name] = profile_with_ci(
+        profiles[label] = profile_with_ci(
             list(b_hns.values()), PROFILE_TAUS, reps=profile_reps, seed=settings.seed
         )
     if len(per_game) < len(atari_reference_scores()):

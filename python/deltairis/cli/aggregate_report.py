@@ -47,7 +47,7 @@ def _methods(agg: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     atari = agg["atari"]
     out = {agg["settings"]["label"]: atari["hns"]}
     for b in atari["baselines"].values():
-        out[b["method"]] = b["hns"]
+        out[b["label"]] = b["hns"]
     return out
 
 
@@ -111,9 +111,10 @@ def plot_crafter_curve(curve: Mapping[str, Any], path: Path, seed: int = 0) -> P
     fig = _figure(6.5, 4.2)
     ax = fig.add_subplot()
     xs = np.asarray(curve["env_steps"], dtype=np.float64)
-    for ys in curve["runs"].values():
+    for k, ys in enumerate(curve["runs"].values()):
         pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], color="gray", alpha=0.5, linewidth=0.8)
+        label = "each run" if k == 0 else None
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color="gray", alpha=0.6, linewidth=0.8, label=label)
     mean, lo, hi, at = [], [], [], []
     for k, x in enumerate(xs):
         vals = [ys[k] for ys in curve["runs"].values() if ys[k] is not None]
@@ -164,7 +165,7 @@ def render_markdown(agg: Mapping[str, Any], images: Mapping[str, str]) -> str:
         for label, hns in _methods(agg).items():
             lines.append(f"| {label} | " + " | ".join(_ci(hns[k]) for k in AGGREGATES) + " |")
         base = atari["baselines"]
-        head = "| game | runs | mean score | HNS | " + " | ".join(b["method"] for b in base.values()) + " |"
+        head = "| game | runs | mean score | HNS | " + " | ".join(b["label"] for b in base.values()) + " |"
         lines += ["", head, "|---" * (4 + len(base)) + "|"]
         for game, e in atari["games"].items():
             cells = [game, str(e["n"]), _ci(e, "{:.1f}"), f"{e['hns_mean']:.3f}"]
