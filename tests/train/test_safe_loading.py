@@ -293,3 +293,18 @@ def test_plain_values_round_trip_bit_for_bit() -> None:
     assert back["rng"][0] == "MT19937" and np.array_equal(back["rng"][1], value["rng"][1]) and back["t"] == (1, b"x")
     with pytest.raises(TypeError, match="cannot store a Crafted"):
         to_plain({"x": Crafted(Path("nowhere"))})
+
+
+def test_a_crafted_reference_episode_is_refused_by_name(tmp_path: Path) -> None:
+    from deltairis.data import ReplayStore
+    from deltairis.data.reference_import import import_reference_dataset
+
+    src = tmp_path / "ref"
+    src.mkdir()
+    marker = tmp_path / "marker"
+    torch.save({"observations": Crafted(marker)}, src / "0.pt")
+    store = ReplayStore(tmp_path / "store", create=True)
+    with pytest.raises(ValueError, match=r"0\.pt is not plain data"):
+        import_reference_dataset(src, store)
+    assert not marker.exists() and store.num_episodes == 0
+    store.close()

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deltairis.checkpoint import LegacyCheckpointError, load_safe
 from deltairis.data.fields import STEP_FIELDS
 from deltairis.data.replay_store import ReplayStore
 
@@ -33,6 +34,17 @@ def _to_numpy(x: Any, field: str, path: Path) -> np.ndarray:
     raise ValueError(f"{path}: {field} must be a tensor, got {type(x).__name__}")
 
 
+def _load(path: Path, what: str) -> Any:
+    """A dataset file read as data (``weights_only``): a file that would run code is refused unread."""
+    try:
+        return load_safe(path, what)
+    except LegacyCheckpointError:
+        raise ValueError(
+            f"{path}: {what} holds pickled Python objects (NumPy arrays?), which only a code-running load "
+            "reads; save its arrays as torch tensors"
+        ) from None
+
+
 def _flags(x: np.ndarray, field: str, path: Path) -> np.ndarray:
     if x.dtype.kind not in "biuf" or not np.all((x == 0) | (x == 1)):
         raise ValueError(f"{path}: {field} must hold only 0 and 1")
@@ -48,6 +60,7 @@ def import_reference_dataset(
     (T, 3, 64, 64), ``actions`` (T,), ``rewards`` (T,), ``ends`` (T,) 0/1 and optionally ``truncations``,
     plus ``info.pt``; when ``info.pt`` names ``num_episodes`` the count is checked. Episodes are imported in
     id order. A bad file raises ``ValueError`` naming the file and field before anything is committed.
+    Files are read as data (``torch.load(weights_only=True)``): one that would run code is refused unread.
     """
     src = Path(src_dir)
     if not src.is_dir():
@@ -55,7 +68,7 @@ def import_reference_dataset(
     files = _episode_files(src)
     info_path = src / INFO_NAME
     if info_path.exists():
-        info = torch.load(info_path, map_location="cpu", weights_only=True)
+        info = _load(info_path, "dataset info")
         expected = info.get("num_episodes") if isinstance(info, dict) else None
         if expected is not None and int(expected) != len(files):
             raise ValueError(
@@ -63,7 +76,7 @@ def import_reference_dataset(
             )
     ids: list[int] = []
     for path in files:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = _load(path, "reference episode")
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
         arrays: dict[str, np.ndarray] = {}
