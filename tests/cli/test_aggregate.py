@@ -72,7 +72,11 @@ def test_delta_iris_results_through_the_cli_match_hand_computed_hns(tmp_path: Pa
     for name in ("aggregate.md", "atari_profile.png", "atari_aggregates.png"):
         assert (out / name).stat().st_size > 0
     md = (out / "aggregate.md").read_text()
-    assert "| IRIS (published) |" in md and "| DIAMOND (published) |" in md and "github.com/eloialonso/iris" in md
+    assert (
+        "| IRIS (published) |" in md
+        and "| DIAMOND (published) |" in md
+        and "github.com/eloialonso/iris" in md
+    )
     assert eval_cli.main([*argv, "--reps", "100"]) == 2  # fewer resamples than the statistics need
     assert "2000" in capsys.readouterr().err
 
@@ -132,7 +136,9 @@ def test_crafter_official_score_over_episodes_within_the_budget(tmp_path: Path) 
         ("test", 1000, ["collect_wood"]), ("test", 1000, []),
     ])  # fmt: skip
     _crafter_run(sweep / "1", 1, [("train", 500, ["collect_wood"]), ("train", 900, []), ("test", 1000, [])])
-    _crafter_run(sweep / "2", 2, [("train", 100, ["collect_diamond"])], epochs_done=1)  # still training
+    _crafter_run(
+        sweep / "2", 2, [("train", 60, ["collect_diamond"]), ("train", 100, [])], epochs_done=1
+    )  # still training
     (sweep / "notes").mkdir()  # a folder that is not a run
     agg = aggregate([sweep], Settings(reps=2000, budget=1000, baselines=()))
     c = agg["crafter"]
@@ -150,6 +156,17 @@ def test_crafter_official_score_over_episodes_within_the_budget(tmp_path: Path) 
     assert f"{sweep / 'notes'}: not a run folder (no config/trainer.yaml): skipped" in notes
     used = aggregate([sweep], Settings(reps=2000, budget=1000, baselines=(), include_unfinished=True))
     assert len(used["crafter"]["runs"]) == 3 and "used (--include-unfinished)" in "\n".join(used["notes"])
+    past = aggregate([sweep], Settings(reps=2000, budget=99, baselines=()))  # run 2 went past this budget
+    assert (
+        f"{sweep / '2'}: still training or stopped early (epoch 1 of 2), past the budget of 99 env steps: used"
+        in (past["notes"])
+    )
+    assert past["crafter"]["success_rates"]["collect_diamond"] == 100.0  # run 2 alone: 1 episode by step 99
+    (sweep / "1" / "episodes.jsonl").write_text('{"split": 1}\n{}\n')  # damaged
+    damaged = aggregate([sweep], Settings(reps=2000, budget=1000, baselines=()))
+    assert any(n.startswith(f"{sweep / '1'}: cannot be read (") and "line 1" in n for n in damaged["notes"])
+    assert "Crafter: a single run: its score has no interval over runs" in damaged["notes"]
+    assert damaged["crafter"]["score"] == {"value": pytest.approx(a), "ci": None}
     from deltairis.cli.aggregate_report import write_aggregate
 
     written = write_aggregate(agg, tmp_path / "out")

@@ -38,7 +38,7 @@ import numpy as np
 
 from deltairis.cli.aggregate_stats import aggregate_with_ci, mean_with_ci, profile_with_ci
 from deltairis.cli.report import atari_game, atari_reference_scores
-from deltairis.errors import ReportError
+from deltairis.errors import ConfigError, ReportError, ResumeError
 
 #: How deep below a given folder runs are looked for (a multirun folder's jobs are one level down).
 MAX_DEPTH = 3
@@ -185,7 +185,11 @@ def collect_inputs(paths: Sequence[Path], notes: list[str]) -> list[Run]:
             found = _find_runs(path, notes)
             if not found:
                 notes.append(f"{path}: holds no run folder: skipped")
-            runs += [read_run(p) for p in found]
+            for folder in found:
+                try:
+                    runs.append(read_run(folder))
+                except (ConfigError, ResumeError) as exc:  # an unreadable config or a damaged episodes.jsonl
+                    notes.append(f"{folder}: cannot be read ({exc}): skipped")
         else:
             raise ReportError(f"{path}: no such file or folder")
     return runs
@@ -223,12 +227,22 @@ def _select(runs: list[Run], settings: Settings, notes: list[str]) -> list[Run]:
     for run in runs:
         if not run.finished:
             done, planned = run.epochs
-            what = "used (--include-unfinished)" if settings.include_unfinished else "skipped"
-            notes.append(f"{run.name}: still training or stopped early (epoch {done} of {planned}): {what}")
-            if not settings.include_unfinished:
+            where = f"{run.name}: still training or stopped early (epoch {done} of {planned})"
+            if run.env == "crafter" and _train_steps(run) > settings.budget:
+                # the protocol reads the episodes within the budget only, and those are all there
+                notes.append(f"{where}, past the budget of {settings.budget} env steps: used")
+            elif settings.include_unfinished:
+                notes.append(f"{where}: used (--include-unfinished)")
+            else:
+                notes.append(f"{where}: skipped")
                 continue
         out.append(run)
     return out
+
+
+def _train_steps(run: Run) -> int:
+    """The env steps at the end of the run's last recorded training episode."""
+    return max((e["env_steps"] for e in run.episodes if e["split"] == "train"), default=0)
 
 
 # -- Atari and other envs -------------------------------------------------------------------------------------
@@ -411,7 +425,7 @@ def crafter_curve(runs: list[Run], budget: int, points: int = 20) -> dict[str, A
 
 def crafter_section(runs: list[Run], settings: Settings, notes: list[str]) -> dict[str, Any] | None:
     for run in runs:
-        reached = max((e["env_steps"] for e in run.episodes if e["split"] == "train"), default=0)
+        reached = _train_steps(run)
         if reached < settings.budget and run.finished:
             notes.append(
                 f"{run.name}: its last training episode ended at {reached} env steps, before the budget of "
@@ -426,6 +440,8 @@ def crafter_section(runs: list[Run], settings: Settings, notes: list[str]) -> di
         f"success rates over all training episodes that ended within {settings.budget} env steps, per run; "
         "score exp(mean ln(1 + s)) - 1 per run; mean and bootstrap interval over runs"
     )
+    if len(section["runs"]) < 2:
+        notes.append("Crafter: a single run: its score has no interval over runs")
     section["test"] = _crafter_split(runs, "test", settings, notes)
     section["curve"] = crafter_curve(runs, settings.budget)
     return section
