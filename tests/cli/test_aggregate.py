@@ -94,9 +94,10 @@ def test_a_game_with_fewer_runs_and_an_unknown_game_are_named(tmp_path: Path) ->
     skipped = aggregate([scores], Settings(reps=2000, baselines=(), min_seeds=2))
     assert list(skipped["atari"]["games"]) == ["Pong"]
     assert any("Breakout: 1 runs, fewer than --min-seeds 2: skipped" in n for n in skipped["notes"])
-    scores.write_text(json.dumps({"Tetris": [1.0]}))
-    with pytest.raises(ValueError, match="unknown Atari 100k game 'Tetris'"):
-        aggregate([scores], Settings(reps=2000))
+    scores.write_text(json.dumps({"Tetris": [1.0], "Pong": [0.0, 1.0]}))
+    agg = aggregate([scores], Settings(reps=2000, baselines=()))
+    assert list(agg["atari"]["games"]) == ["Pong"]
+    assert f"{scores}: 'Tetris' is not an Atari 100k game (no random/human score): skipped" in agg["notes"]
 
 
 # -- Crafter ------------------------------------------------------------------------------------------------

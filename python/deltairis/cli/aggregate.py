@@ -122,8 +122,9 @@ def _find_runs(path: Path, notes: list[str], depth: int = 0) -> list[Path]:
     return found
 
 
-def read_score_file(path: Path) -> list[Run]:
-    """The runs of a score file ``{game: [score, ...]}`` (an Atari game name or env id per key)."""
+def read_score_file(path: Path, notes: list[str] | None = None) -> list[Run]:
+    """The runs of a score file ``{game: [score, ...]}`` (an Atari game name or env id per key). A key that
+    is not an Atari 100k game is named in ``notes`` and skipped (an error without ``notes``)."""
     try:
         doc = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -135,7 +136,13 @@ def read_score_file(path: Path) -> list[Run]:
     for key, values in scores.items():
         if not isinstance(values, list) or not values:
             raise ReportError(f"{path}: {key!r} must map to a non-empty list of per-run scores")
-        game = atari_game(key)
+        try:
+            game = atari_game(key)
+        except ReportError:
+            if notes is None:
+                raise
+            notes.append(f"{path}: {key!r} is not an Atari 100k game (no random/human score): skipped")
+            continue
         for k, v in enumerate(values):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ReportError(f"{path}: {key!r} score {k} is not a finite number: {v!r}")
@@ -180,7 +187,7 @@ def collect_inputs(paths: Sequence[Path], notes: list[str]) -> list[Run]:
     for path in paths:
         path = Path(path)
         if path.is_file():
-            runs += read_score_file(path)
+            runs += read_score_file(path, notes)
         elif path.is_dir():
             found = _find_runs(path, notes)
             if not found:
@@ -188,7 +195,11 @@ def collect_inputs(paths: Sequence[Path], notes: list[str]) -> list[Run]:
             for folder in found:
                 try:
                     runs.append(read_run(folder))
-                except (ConfigError, ResumeError) as exc:  # an unreadable config or a damaged episodes.jsonl
+                except (
+                    ConfigError,
+                    ResumeError,
+                    ReportError,
+                ) as exc:  # unreadable config or episodes, unknown game
                     notes.append(f"{folder}: cannot be read ({exc}): skipped")
         else:
             raise ReportError(f"{path}: no such file or folder")
