@@ -119,8 +119,8 @@ def test_warm_start_of_a_run_through_the_reference_paths(reference_file, tmp_pat
     saved agent holds the file's tokenizer and world model."""
     path, sd = reference_file
     run = tmp_path / "run"
-    rc = train_cli.main([*tiny_overrides, "common.epochs=1", "training.should=false", f"hydra.run.dir={run}",
-                         f"params.initialization.path_to_checkpoint={path}",
+    rc = train_cli.main([*tiny_overrides, "common.epochs=1", "common.memory_plan=false", "training.should=false",
+                         f"hydra.run.dir={run}", f"params.initialization.path_to_checkpoint={path}",
                          "params.initialization.load_actor_critic=False"])
     assert rc == 0
     saved = read_state_dict(run / "checkpoints" / "last.pt")
@@ -132,7 +132,7 @@ def test_warm_start_of_a_run_through_the_reference_paths(reference_file, tmp_pat
 def test_a_mis_shaped_warm_start_stops_the_run(tmp_path: Path, capsys, tiny_overrides) -> None:
     path = tmp_path / "wide.pt"
     _random_reference_file(path, **{"world_model.head_hidden": 96})
-    rc = train_cli.main([*tiny_overrides, "common.epochs=1", f"hydra.run.dir={tmp_path / 'run'}",
-                         f"initialization.path_to_checkpoint={path}"])
+    rc = train_cli.main([*tiny_overrides, "common.epochs=1", "common.memory_plan=false",
+                         f"hydra.run.dir={tmp_path / 'run'}", f"initialization.path_to_checkpoint={path}"])
     assert rc == 1
     assert "world_model.head_latents.head_module.0.weight has shape (96, 128)" in capsys.readouterr().err

@@ -80,11 +80,13 @@ class EnvSplitConfig:
     noop_max: int | None = None  # Atari: random no-op frames at reset (1..noop_max)
     respawn: bool | None = None  # toy: the goal reappears after being reached
     grid: int | None = None  # toy: board size in cells a side (2..8)
+    frame_skip: int | None = None  # gymnasium: env steps per agent step (rewards summed)
+    max_pool: bool | None = None  # gymnasium: max of the last two frames of a step (needs frame_skip >= 2)
 
 
 @dataclass
 class EnvConfig:
-    name: str = MISSING  # crafter | atari | toy  (deltairis.envs.make_vector_env)
+    name: str = MISSING  # crafter | atari | toy | gymnasium  (deltairis.envs.make_vector_env)
     backend: str = "auto"
     num_threads: int | None = None
     train: EnvSplitConfig = field(default_factory=EnvSplitConfig)

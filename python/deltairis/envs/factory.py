@@ -10,11 +10,12 @@ from deltairis.envs.vector import VectorEnv
 
 logger = logging.getLogger(__name__)
 
-ENV_NAMES = ("crafter", "atari", "toy")
+ENV_NAMES = ("crafter", "atari", "toy", "gymnasium")
 BACKENDS = {
     "crafter": ("auto", "native", "python"),
     "atari": ("auto", "ale_vector", "python"),
     "toy": ("auto", "python"),
+    "gymnasium": ("auto", "python"),
 }
 
 
@@ -50,7 +51,8 @@ def make_vector_env(
     """Create ``num_envs`` environments behind the :class:`~deltairis.envs.vector.VectorEnv` interface.
 
     Args:
-        name: ``"crafter"``, ``"atari"`` or ``"toy"``.
+        name: ``"crafter"``, ``"atari"``, ``"toy"`` or ``"gymnasium"`` (any registered pixel env with
+            discrete actions, :mod:`deltairis.envs.gymnasium_env`).
         num_envs: number of environments (>= 1).
         seed: env ``i`` is seeded with ``seed + i`` at the first ``reset()``.
         backend: ``"auto"`` (crafter: the native engine when built, which is byte-identical to the
@@ -62,6 +64,7 @@ def make_vector_env(
         **kwargs: env options. Crafter: ``length`` (10,000), ``reward`` (True). Atari: ``id``
             (``"BreakoutNoFrameskip-v4"`` or an ALE name), ``train`` (True: training settings, False: test
             settings), ``noop_max``, ``max_episode_frames``. Toy: ``max_steps`` (30), ``respawn`` (True), ``grid`` (4).
+            Gymnasium: ``id`` (required), ``frame_skip`` (1), ``max_pool`` (False), ``max_episode_steps`` (None).
 
     Raises:
         ValueError: unknown ``name``, ``backend`` or option, or a bad value.
@@ -83,6 +86,12 @@ def make_vector_env(
 
         _check_kwargs(name, kwargs, ("max_steps", "respawn", "grid"))
         return ToyVectorEnv(num_envs, seed=seed, **kwargs)
+
+    if name == "gymnasium":
+        from deltairis.envs.gymnasium_env import GymnasiumVectorEnv
+
+        _check_kwargs(name, kwargs, ("id", "frame_skip", "max_pool", "max_episode_steps"))
+        return GymnasiumVectorEnv(num_envs, seed=seed, **kwargs)
 
     if name == "crafter":
         _check_kwargs(name, kwargs, ("length", "reward", "area", "view", "size"))

@@ -95,20 +95,29 @@ def _check_values(cfg: DictConfig) -> None:
         positive("common.checkpoint_every_steps", cfg.common.checkpoint_every_steps)
     if cfg.wandb.mode not in ("online", "offline", "disabled"):
         raise ConfigError(f"wandb.mode must be online, offline or disabled, got {cfg.wandb.mode!r}")
-    if cfg.env.name not in ("crafter", "atari", "toy"):
-        raise ConfigError(f"env.name must be crafter, atari or toy, got {cfg.env.name!r}")
+    if cfg.env.name not in ("crafter", "atari", "toy", "gymnasium"):
+        raise ConfigError(f"env.name must be crafter, atari, toy or gymnasium, got {cfg.env.name!r}")
     if cfg.env.name == "atari" and not cfg.env.train.id:
         raise ConfigError(
             "env.train.id is required with env=atari (e.g. env.train.id=BreakoutNoFrameskip-v4)"
         )
+    if cfg.env.name == "gymnasium" and not cfg.env.train.id:
+        raise ConfigError("env.train.id is required with env=gymnasium (a registered gymnasium id, e.g. CartPole-v1)")
     for split in ("train", "test"):
         # an Atari game id with another env (`-m env.train.id=A,B` without env=atari) would otherwise
         # train the default env once per "game"
-        game = cfg.env[split].id
-        if cfg.env.name != "atari" and game:
+        s = cfg.env[split]
+        if cfg.env.name not in ("atari", "gymnasium") and s.id:
             raise ConfigError(
-                f"env.{split}.id={game} is an Atari game but env={cfg.env.name}; add env=atari params=atari"
+                f"env.{split}.id={s.id} is an Atari game but env={cfg.env.name}; add env=atari params=atari"
             )
+        for key in ("frame_skip", "max_pool"):
+            if cfg.env.name != "gymnasium" and s[key] is not None:
+                raise ConfigError(f"env.{split}.{key} is a setting of env=gymnasium, not of env={cfg.env.name}")
+        if s.frame_skip is not None:
+            positive(f"env.{split}.frame_skip", s.frame_skip)
+        if s.max_pool and (s.frame_skip or 1) < 2:
+            raise ConfigError(f"env.{split}.max_pool needs env.{split}.frame_skip >= 2")
     if cfg.agent.preset not in ("crafter", "atari", "tiny"):
         raise ConfigError(f"agent.preset must be crafter, atari or tiny, got {cfg.agent.preset!r}")
     tc = cfg.collection.train

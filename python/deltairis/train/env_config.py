@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 class EnvKwargs(TypedDict, total=False):
     """The env-specific keyword arguments of ``make_vector_env`` (each env's own settings)."""
 
-    id: str  # atari
+    id: str  # atari, gymnasium
     train: bool  # atari: the train or the test preprocessing
     noop_max: int  # atari
     max_episode_frames: int  # atari
@@ -35,6 +35,9 @@ class EnvKwargs(TypedDict, total=False):
     max_steps: int  # toy
     respawn: bool  # toy
     grid: int  # toy
+    max_episode_steps: int  # gymnasium
+    frame_skip: int  # gymnasium
+    max_pool: bool  # gymnasium
 
 
 def env_kwargs(env_cfg: EnvConfig | DictConfig, split: str) -> EnvKwargs:
@@ -60,6 +63,16 @@ def env_kwargs(env_cfg: EnvConfig | DictConfig, split: str) -> EnvKwargs:
     elif name == "crafter":
         if s.max_episode_steps is not None:
             kw["length"] = int(s.max_episode_steps)
+    elif name == "gymnasium":
+        if not s.id:
+            raise ConfigError(f"env.{split}.id is required with env=gymnasium (a registered gymnasium id)")
+        kw["id"] = str(s.id)
+        if s.max_episode_steps is not None:
+            kw["max_episode_steps"] = int(s.max_episode_steps)
+        if s.frame_skip is not None:
+            kw["frame_skip"] = int(s.frame_skip)
+        if s.max_pool is not None:
+            kw["max_pool"] = bool(s.max_pool)
     elif name == "toy":
         if s.max_episode_steps is not None:
             kw["max_steps"] = int(s.max_episode_steps)

@@ -1,0 +1,194 @@
+"""``env=gymnasium``: any registered gymnasium env with pixels and discrete actions (deltairis.envs.gymnasium_env),
+with a small custom env registered here and CartPole-v1 (rendered rgb_array frames) shipped with gymnasium."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+gym = pytest.importorskip("gymnasium")
+from gymnasium import spaces
+
+from deltairis.cli import train as train_cli
+from deltairis.envs import make_vector_env
+from deltairis.envs.gymnasium_env import GymnasiumEnv, to_rgb64
+from deltairis.errors import ConfigError
+from deltairis.train.configuration import compose_config
+from deltairis.train.env_config import env_kwargs
+
+BLINK = "DeltaIrisTest/Blink-v0"
+
+
+class Blink(gym.Env):
+    """A 24x40 image env: the lit column (0..2) is the rewarded action (actions start at 1); the frame
+    alternates brightness every step (flicker); an episode ends after ``length`` steps."""
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(self, length: int = 12) -> None:
+        self.observation_space = spaces.Box(0, 255, (24, 40, 3), np.uint8)
+        self.action_space = spaces.Discrete(3, start=1)
+        self.length = length
+        self.t = 0
+        self.target = 0
+
+    def _obs(self) -> np.ndarray:
+        frame = np.zeros((24, 40, 3), np.uint8)
+        frame[:, self.target * 13 : self.target * 13 + 13, 1] = 200 if self.t % 2 else 100
+        return frame
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        self.target = int(self.np_random.integers(3))
+        return self._obs(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        assert self.action_space.contains(action), action
+        reward = float(action - 1 == self.target)
+        self.t += 1
+        self.target = int(self.np_random.integers(3))
+        return self._obs(), reward, self.t >= self.length, False, {"t": self.t}
+
+
+class Vector(gym.Env):
+    """Non-image observations and no rgb_array rendering: refused."""
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+    action_space = spaces.Discrete(2)
+
+
+if BLINK not in gym.registry:
+    gym.register(id=BLINK, entry_point=Blink)
+    gym.register(id="DeltaIrisTest/Vector-v0", entry_point=Vector)
+
+
+def test_frames_actions_and_rewards_of_an_image_env() -> None:
+    env = GymnasiumEnv(BLINK)
+    assert env.action_names == ["action_0", "action_1", "action_2"] and not env.render
+    obs = env.reset(seed=3)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    target = env.env.unwrapped.target
+    lit = obs[:, :, 1].mean(axis=0)  # the lit third of the resized frame
+    assert lit[target * 21 + 10] > 50 and lit[((target + 1) % 3) * 21 + 10] == 0
+    _, reward, done, info = env.step(target)  # action i is sent as start + i
+    assert (reward, done, info["truncated"], info["t"]) == (1.0, False, False, 1)
+    env.close()
+
+
+def test_frame_skip_max_pool_and_time_limits() -> None:
+    env = GymnasiumEnv(BLINK, frame_skip=2, max_pool=True, max_episode_steps=4)
+    env.reset(seed=0)
+    obs, _, _, info = env.step(0)
+    assert info["t"] == 2  # two env steps per agent step
+    assert obs[:, :, 1].max() == 200  # the max of the bright (t=1) and the dim (t=2) frame
+    plain = GymnasiumEnv(BLINK, frame_skip=2)
+    plain.reset(seed=0)
+    assert plain.step(0)[0][:, :, 1].max() == 100  # without max-pooling: the last (dim) frame
+    plain.close()
+    dones = [env.step(0)[2:] for _ in range(3)]
+    assert [d for d, _ in dones] == [False, False, True] and dones[-1][1]["truncated"]  # our limit: truncated
+    env.close()
+    short = GymnasiumEnv(BLINK, frame_skip=5)  # the env's own end (12 steps) stops inside a skip
+    short.reset(seed=0)
+    ends = [short.step(0) for _ in range(3)]
+    assert [e[2] for e in ends] == [False, False, True] and ends[-1][3]["t"] == 12 and not ends[-1][3]["truncated"]
+    with pytest.raises(ValueError, match="max_pool needs frame_skip >= 2"):
+        GymnasiumEnv(BLINK, max_pool=True)
+
+
+def test_rewards_add_up_over_a_skip() -> None:
+    a, b = GymnasiumEnv(BLINK), GymnasiumEnv(BLINK, frame_skip=3)
+    a.reset(seed=5)
+    b.reset(seed=5)
+    total = sum(a.step(1)[1] for _ in range(3))
+    assert b.step(1)[1] == total
+    a.close()
+    b.close()
+
+
+def test_spaces_we_cannot_use_are_named() -> None:
+    with pytest.raises(ValueError, match=r"action space Box\(-2\.0, 2\.0, \(1,\), float32\).*Discrete"):
+        GymnasiumEnv("Pendulum-v1")
+    with pytest.raises(ValueError, match=r"observation space Box\(-1\.0, 1\.0, \(4,\), float32\).*rgb_array"):
+        GymnasiumEnv("DeltaIrisTest/Vector-v0")
+    with pytest.raises(ValueError, match="cannot make env 'NoSuchEnv-v0'"):
+        GymnasiumEnv("NoSuchEnv-v0")
+
+
+def test_rendered_env_shipped_with_gymnasium_vectorised_and_seeded() -> None:
+    envs = [make_vector_env("gymnasium", 2, seed=4, id="CartPole-v1", max_episode_steps=5) for _ in range(2)]
+    obs = [e.reset() for e in envs]
+    assert obs[0].shape == (2, 64, 64, 3) and np.array_equal(obs[0], obs[1])
+    assert envs[0].num_actions == 2 and envs[0].envs[0].render
+    for _ in range(5):
+        steps = [e.step(np.array([0, 1])) for e in envs]
+        assert np.array_equal(steps[0][0], steps[1][0])
+    assert steps[0][3].all() or steps[0][2].all()  # our 5-step limit (or the pole fell)
+    for e in envs:
+        e.close()
+
+
+def test_a_module_path_id_registers_the_env(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "my_blink_envs.py").write_text(
+        "import gymnasium\n"
+        f"gymnasium.register(id='MyBlink-v0', entry_point='{__name__}:Blink')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_blink_envs", raising=False)
+    env = GymnasiumEnv("my_blink_envs:MyBlink-v0")
+    assert env.reset(seed=0).shape == (64, 64, 3)
+    env.close()
+
+
+def test_grey_and_float_frames_become_rgb() -> None:
+    grey = np.tile(np.arange(64, dtype=np.uint8)[None, :], (32, 1))
+    out = to_rgb64(grey)
+    assert out.shape == (64, 64, 3) and np.array_equal(out[..., 0], out[..., 2])
+    assert to_rgb64(np.ones((64, 64, 3), np.float32)).max() == 255
+
+
+def test_config_of_the_gymnasium_group() -> None:
+    cfg = compose_config(["env=gymnasium", "env.train.id=CartPole-v1", "env.train.frame_skip=4",
+                          "env.train.max_pool=true", "env.train.max_episode_steps=100"])
+    assert env_kwargs(cfg.env, "test") == {"id": "CartPole-v1", "max_episode_steps": 100, "frame_skip": 4,
+                                          "max_pool": True}
+    with pytest.raises(ConfigError, match="env.train.id is required with env=gymnasium"):
+        compose_config(["env=gymnasium"])
+    with pytest.raises(ConfigError, match="env.train.frame_skip is a setting of env=gymnasium"):
+        compose_config(["env=toy", "env.train.frame_skip=2"])
+    with pytest.raises(ConfigError, match="env.train.max_pool needs env.train.frame_skip >= 2"):
+        compose_config(["env=gymnasium", "env.train.id=CartPole-v1", "env.train.max_pool=true"])
+
+
+#: a one-epoch run of seconds on a CPU (the tiny run of tests/train/conftest.py on env=gymnasium)
+TINY_GYM = [
+    "env=gymnasium", "params=tiny", "common.device=cpu", "wandb.mode=disabled", "common.progress_bar=false",
+    "common.seed=7", "common.epochs=1", "common.memory_plan=false", "collection.train.num_envs=2", "collection.train.num_steps_first_epoch=64",
+    "collection.train.num_steps=16", "collection.test.num_envs=2", "collection.test.num_episodes=2",
+    "collection.train.num_episodes_to_save=1", "collection.test.num_episodes_to_save=1",
+    "training.tokenizer.steps_first_epoch=2", "training.tokenizer.steps_per_epoch=2", "training.tokenizer.batch_size=2",
+    "training.tokenizer.seq_len=3", "training.world_model.steps_first_epoch=2", "training.world_model.steps_per_epoch=2",
+    "training.world_model.batch_size=2", "training.world_model.seq_len=4", "training.actor_critic.start_after_epochs=0",
+    "training.actor_critic.steps_first_epoch=2", "training.actor_critic.steps_per_epoch=2",
+    "training.actor_critic.batch_size=2", "evaluation.every=1", "evaluation.num_batches=1",
+    "evaluation.num_reconstructions=2", "+agent.overrides.actor_critic.horizon=3",
+]
+
+
+@pytest.mark.parametrize("extra", [
+    ["env.train.id=CartPole-v1", "env.train.max_episode_steps=20"],
+    [f"env.train.id={BLINK}", "env.train.frame_skip=2", "env.train.max_pool=true"],
+], ids=["CartPole-v1", "custom"])
+def test_a_tiny_run_end_to_end(extra: list[str], tmp_path: Path) -> None:
+    import json
+
+    assert train_cli.main([*TINY_GYM, *extra, f"hydra.run.dir={tmp_path / 'run'}"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["epoch"] == 1 and metrics["train/num_episodes"] >= 1
+    assert np.isfinite(metrics["world_model/loss"]) and "test/return_mean" in metrics
