@@ -62,6 +62,38 @@ def test_native_crafter_continues_identically(threads: int) -> None:
     _continues_identically(make, 41, 45, 17)
 
 
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    return type(a) is type(b) and a == b
+
+
+def test_python_crafter_continues_identically() -> None:
+    """The Python fallback: its world, objects, generator and counters come back. Crafter itself picks
+    which creature of a chunk despawns (every 10th step) in memory-address order, so the continuation
+    stays between two balancing steps (steps 12 to 19 of the episode)."""
+    pytest.importorskip("crafter")
+    from deltairis.envs.crafter_python import CrafterPythonVectorEnv
+
+    env = CrafterPythonVectorEnv(1, seed=3, length=40)
+    env.reset()
+    rng = np.random.default_rng(0)
+    _steps(env, rng.integers(0, 17, (11, 1)))
+    blob = pack_env_state(env)
+    actions = rng.integers(0, 17, (8, 1))
+    expected = _steps(env, actions)
+    other = CrafterPythonVectorEnv(1, seed=8, length=40)
+    other.reset()
+    restore_env_state(other, blob, "the test blob")
+    assert _same(read_env_state(pack_env_state(other), "x")[1], read_env_state(blob, "x")[1])
+    assert_identical(_steps(other, actions), expected)
+    assert _same(read_env_state(pack_env_state(other), "x")[1], read_env_state(pack_env_state(env), "x")[1])
+
+
 def test_atari_reference_path_continues_identically() -> None:
     pytest.importorskip("ale_py")
     from deltairis.envs.atari import AtariPythonVectorEnv
