@@ -78,7 +78,7 @@ CRAFTER: dict[str, object] = {
 }
 
 #: params/atari.yaml: where it differs from params/crafter.yaml
-ATARI = {**CRAFTER, **{
+ATARI = {**CRAFTER, 
     "common.epochs": 600, "collection.train.num_envs": 1, "collection.train.stop_after_epochs": 491,
     "collection.train.config.num_steps": 200, "collection.train.config.num_steps_first_epoch": 2000,
     "collection.test.num_envs": 8, "collection.test.config.num_episodes": 32,
@@ -99,8 +99,8 @@ ATARI = {**CRAFTER, **{
     "world_model.transformer_config.max_blocks": 26, "world_model.transformer_config.num_heads": 4,
     "world_model.transformer_config.embed_dim": 256, "world_model.frame_cnn_config.latent_dim": 4,
     "actor_critic.imagination_horizon": 20, "actor_critic.gamma": 0.995, "actor_critic.entropy_weight": 0.002,
-    "actor_critic.two_hot_rets": False, "actor_critic.model.two_hot_rets": False,
-}}
+    "actor_critic.two_hot_rets": False, "actor_critic.model.two_hot_rets": False
+}
 
 #: env/atari.yaml and env/crafter.yaml (top level: no ``params.``)
 ENV_ATARI = {
@@ -319,3 +319,49 @@ def test_resume_through_the_reference_spelling(tmp_path: Path, monkeypatch, caps
     assert cfg.common.resume is True and cfg.common.epochs == 5 and cfg.common.seed == 11
     assert cfg.agent.preset == "tiny"
     assert not (run / "outputs").exists() and json.dumps(OmegaConf.to_container(cfg))
+
+
+def test_two_reference_paths_for_one_of_our_keys_must_agree() -> None:
+    same = rewrite_overrides(["params.actor_critic.burn_in_length=7", "params.collection.test.config.burn_in_length=7"])
+    assert compose_config(same).agent.overrides.actor_critic.burn_in == 7
+    with pytest.raises(ConfigError, match=r"burn_in_length=5 and collection\.train\.config\.burn_in_length=7"):
+        rewrite_overrides(["params.actor_critic.burn_in_length=5", "params.collection.train.config.burn_in_length=7"])
+
+
+def test_a_group_sweep_with_a_path_whose_meaning_depends_on_it() -> None:
+    # the same meaning under every swept choice: fine
+    assert rewrite_overrides(["env=atari,crafter", "env.train.noop_max=3"])[-1] == "env.train.noop_max=3"
+    with pytest.raises(ConfigError, match=r"env\.train\.max_episode_steps means different keys"):
+        rewrite_overrides(["env=atari,crafter", "env.train.max_episode_steps=30"])
+    with pytest.raises(ConfigError, match=r"sequence_length means different keys .*params="):
+        rewrite_overrides(["params=atari,crafter", "params.training.world_model.sequence_length=30"])
+
+
+#: a seconds-long tiny run on the toy env (as tests/train/conftest.py's), written the reference's way
+TINY_REFERENCE_SPELLING = [
+    "env=toy", "params=tiny", "params.common.device=cpu", "wandb.mode=disabled", "common.progress_bar=false",
+    "common.memory_plan=false", "params.common.seed=3", "params.common.epochs=1",
+    "params.collection.train.num_envs=2", "params.collection.train.config.num_steps_first_epoch=40",
+    "params.collection.train.config.num_steps=10", "params.collection.test.num_envs=2",
+    "params.collection.test.config.num_episodes=2", "params.evaluation.every=1", "evaluation.num_batches=1",
+    "evaluation.num_reconstructions=2", "params.actor_critic.imagination_horizon=2",
+    *(f"params.training.{c}.{k}={v}" for c in ("tokenizer", "world_model", "actor_critic")
+      for k, v in (("steps_first_epoch", 1), ("steps_per_epoch", 1), ("batch_num_samples", 2))),
+    # our key: the reference's world_model.sequence_length also sizes the transformer (max_blocks), which
+    # must hold the burn-in and the imagination
+    "params.training.tokenizer.sequence_length=3", "training.world_model.seq_len=4",
+    "params.training.actor_critic.start_after_epochs=0",
+]
+
+
+def test_a_run_and_its_resume_written_the_reference_way(tmp_path: Path, monkeypatch) -> None:
+    """A run started and resumed with the reference's spellings (its scripts/resume.sh line)."""
+    run = tmp_path / "run"
+    assert train_cli.main([*TINY_REFERENCE_SPELLING, f"hydra.run.dir={run}"]) == 0
+    saved = OmegaConf.load(run / "config" / "trainer.yaml")
+    assert saved.training.world_model.batch_size == 2 and saved.agent.overrides.actor_critic.horizon == 2
+    monkeypatch.chdir(run)
+    assert train_cli.main(["params.common.resume=True", "hydra.output_subdir=null", "hydra.run.dir=.",
+                           "params.common.epochs=2"]) == 0
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]

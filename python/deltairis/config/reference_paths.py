@@ -237,14 +237,26 @@ def _split(text: str) -> tuple[str, str, str] | None:
     return prefix, key[len(prefix) :], value
 
 
-def _choice(texts: Sequence[str], group: str) -> str | None:
-    """The (last) choice of a config group on the command line; None when absent or swept."""
-    found = None
+def _choices(texts: Sequence[str], group: str, default: str) -> list[str]:
+    """The choice(s) of a config group on the command line: the last one given (each value of a sweep
+    ``a,b``), or the default."""
+    found = default
     for text in texts:
         parts = _split(text)
         if parts and parts[1] == group:
             found = parts[2]
-    return None if found is None or "," in found or "(" in found else found
+    return [v.strip() for v in found.split(",")]
+
+
+def _one(options: dict[str, object], what: str, key: str) -> object:
+    """The one meaning a reference path has under every swept group choice; a ConfigError otherwise."""
+    distinct = {repr(v) for v in options.values()}
+    if len(distinct) > 1:
+        raise ConfigError(
+            f"{key} means different keys under the swept {what} choices {sorted(options)}; sweep them in "
+            "separate commands"
+        )
+    return next(iter(options.values()))
 
 
 def _values(text: str) -> tuple[bool, list[object]]:
@@ -253,7 +265,7 @@ def _values(text: str) -> tuple[bool, list[object]]:
 
     try:
         item = OverridesParser.create().parse_overrides([text])[0]
-    except Exception as exc:  # noqa: BLE001 (Hydra raises several types for a bad override)
+    except Exception as exc:
         raise ConfigError(f"invalid override {text!r}: {exc}") from exc
     if item.is_sweep_override():
         try:
@@ -261,6 +273,23 @@ def _values(text: str) -> tuple[bool, list[object]]:
         except Exception:  # noqa: BLE001 (interval sweeps have no value list)
             return True, []
     return False, [item.value()]
+
+
+def _check_conflicts(pending: Sequence[tuple[str, str, str, Rule, str]]) -> None:
+    """Two reference paths that set one of our keys to different values (the reference keeps them apart,
+    e.g. the collectors' and the actor-critic's ``burn_in_length``): a ConfigError naming both."""
+    seen: dict[str, tuple[str, str]] = {}
+    for _, prefix, path, rule, value in pending:
+        if not path or prefix.startswith("~") or rule.targets == (path,):
+            continue
+        for target in rule.targets:
+            if target in seen and seen[target][1] != value:
+                other, other_value = seen[target]
+                raise ConfigError(
+                    f"{other}={other_value} and {path}={value} both set {target}, which is one setting here; "
+                    "give them the same value"
+                )
+            seen[target] = (path, value)
 
 
 def rewrite_overrides(texts: Sequence[str], notes: list[str] | None = None) -> list[str]:
@@ -274,8 +303,8 @@ def rewrite_overrides(texts: Sequence[str], notes: list[str] | None = None) -> l
     Raises:
         ConfigError: a refused key (the message names it and why), or a value we do not implement.
     """
-    env = _choice(texts, "env") or "crafter"
-    preset = _choice(texts, "params") or "crafter"
+    envs = _choices(texts, "env", "crafter")
+    presets = _choices(texts, "params", "crafter")
     out: list[str] = []
     # our keys the command line sets itself: an interpolation of the reference never overrides them
     explicit: set[str] = set()
@@ -287,7 +316,11 @@ def rewrite_overrides(texts: Sequence[str], notes: list[str] | None = None) -> l
             continue
         prefix, key, value = parts
         path = key.removeprefix("params.")
-        rule = env_rule(env, path) if path.startswith("env.") else MAPPED.get(path)
+        if path.startswith("env."):
+            rule = _one({e: env_rule(e, path) for e in envs}, "env=", key)
+            assert rule is None or isinstance(rule, Rule)
+        else:
+            rule = MAPPED.get(path)
         if path in REFUSED:
             raise ConfigError(f"{key} (a key of the reference's configs) is not supported: {REFUSED[path]}")
         if rule is None and path in NO_EFFECT:
@@ -298,6 +331,7 @@ def rewrite_overrides(texts: Sequence[str], notes: list[str] | None = None) -> l
             rule = _same(path)  # one of our keys (or an unknown one, which Hydra rejects naming it)
         explicit.update(rule.targets)
         pending.append((text, prefix, path, rule, value))
+    _check_conflicts(pending)
     for text, prefix, path, rule, value in pending:
         if not path:
             out.append(text)
@@ -311,7 +345,9 @@ def rewrite_overrides(texts: Sequence[str], notes: list[str] | None = None) -> l
                     f"{text.split('=', 1)[0].lstrip('+~')}={shown} is not supported (only "
                     f"{' or '.join(rule.only)}): {rule.why}"
                 )
-        targets = [*rule.targets, *(t for t in PRESET_EXTRAS.get(preset, {}).get(path, ()) if t not in explicit)]
+        extras = _one({p: PRESET_EXTRAS.get(p, {}).get(path, ()) for p in presets}, "params=", path)
+        assert isinstance(extras, tuple)
+        targets = [*rule.targets, *(t for t in extras if t not in explicit)]
         if not targets:
             continue
         if prefix.startswith("~"):
