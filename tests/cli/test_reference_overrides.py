@@ -365,3 +365,26 @@ def test_a_run_and_its_resume_written_the_reference_way(tmp_path: Path, monkeypa
                            "params.common.epochs=2"]) == 0
     epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
+
+
+def test_the_compose_api_takes_the_reference_paths_too() -> None:
+    from deltairis.train.configuration import apply_overrides
+
+    cfg = compose_config(["env=atari", "params=atari", "env.train.id=PongNoFrameskip-v4",
+                          "params.training.world_model.batch_num_samples=16", "env.test.max_episode_steps=900"])
+    assert cfg.training.world_model.batch_size == 16 and cfg.env.test.max_episode_frames == 900
+    # a resume does not compose (no group choice on its command line): a time limit the env would not
+    # read is an error, not ignored
+    with pytest.raises(ConfigError, match=r"env\.train\.max_episode_steps is not used with env=atari"):
+        apply_overrides(cfg, ["env.train.max_episode_steps=5"])
+    toy = compose_config(["env=toy", "params=tiny"])
+    with pytest.raises(ConfigError, match=r"env\.test\.max_episode_frames is an Atari setting"):
+        apply_overrides(toy, ["env.test.max_episode_frames=5"])
+
+
+def test_the_reference_top_level_wandb_keys_are_ours() -> None:
+    """trainer.yaml of the reference: wandb.{mode,project,entity,name,group,tags,notes} (no params.)."""
+    cfg = compose_config(["wandb.mode=disabled", "wandb.project=p", "wandb.entity=e", "wandb.name=n", "wandb.group=g",
+                          "wandb.tags=[a,b]", "wandb.notes=x"])
+    assert (cfg.wandb.mode, cfg.wandb.project, cfg.wandb.entity, cfg.wandb.name, cfg.wandb.group,
+            list(cfg.wandb.tags), cfg.wandb.notes) == ("disabled", "p", "e", "n", "g", ["a", "b"], "x")

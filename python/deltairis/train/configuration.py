@@ -47,14 +47,20 @@ def format_error(exc: Exception) -> str:
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``trainer.yaml`` with Hydra overrides and validate it against the schema.
+    """Compose ``trainer.yaml`` with Hydra overrides and validate it against the schema. The reference's
+    override paths (``params.training.world_model.batch_num_samples=16``, ...) are mapped onto ours first
+    (:func:`deltairis.config.reference_paths.rewrite_overrides`), as ``deltairis-train`` does.
 
     Raises:
-        ConfigError: unknown key, wrong type, missing mandatory value or bad override syntax.
+        ConfigError: unknown key, wrong type, missing mandatory value, bad override syntax or a reference
+            path we cannot honour.
     """
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
+    from deltairis.config.reference_paths import rewrite_overrides
+
+    overrides = rewrite_overrides(list(overrides))
     _register_schema()
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
@@ -110,6 +116,17 @@ def _check_values(cfg: DictConfig) -> None:
         if cfg.env.name not in ("atari", "gymnasium") and s.id:
             raise ConfigError(
                 f"env.{split}.id={s.id} is an Atari game but env={cfg.env.name}; add env=atari params=atari"
+            )
+        # the time limit of Atari counts raw frames, of the other envs agent steps: the other key would be ignored
+        if cfg.env.name == "atari" and s.max_episode_steps is not None:
+            raise ConfigError(
+                f"env.{split}.max_episode_steps is not used with env=atari: set env.{split}.max_episode_frames "
+                "(raw emulator frames, what the reference's env.train.max_episode_steps counts)"
+            )
+        if cfg.env.name != "atari" and s.max_episode_frames is not None:
+            raise ConfigError(
+                f"env.{split}.max_episode_frames is an Atari setting; env={cfg.env.name} counts "
+                f"env.{split}.max_episode_steps"
             )
         for key in ("frame_skip", "max_pool"):
             if cfg.env.name != "gymnasium" and s[key] is not None:
