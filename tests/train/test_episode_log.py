@@ -150,3 +150,20 @@ def test_resuming_a_finished_run_keeps_its_episodes(tiny_run: Path, tiny_config)
     before = (tiny_run / EPISODES_FILE).read_text()
     Trainer(tiny_config("common.epochs=1", "common.resume=true"), tiny_run).run()  # nothing to do
     assert (tiny_run / EPISODES_FILE).read_text() == before
+
+
+def test_a_damaged_episodes_file_refuses_the_resume_before_anything_changes(
+    tiny_run: Path, tiny_config
+) -> None:
+    from deltairis.train.trainer import Trainer
+
+    path, metrics = tiny_run / EPISODES_FILE, tiny_run / "metrics.jsonl"
+    good, metrics_before = path.read_text(), metrics.read_text()
+    damaged = '{"split": "train", "epoch": "one"}\n' + good
+    path.write_text(damaged)
+    try:
+        with pytest.raises(ResumeError, match=r"episodes.jsonl line 1 is damaged"):
+            Trainer(tiny_config("common.epochs=2", "common.resume=true"), tiny_run)
+        assert path.read_text() == damaged and metrics.read_text() == metrics_before
+    finally:
+        path.write_text(good)

@@ -34,6 +34,7 @@ from deltairis.seeding import derive_env_seed
 from deltairis.train.collector import Collector
 from deltairis.train.configuration import save_config, untyped_config
 from deltairis.train.env_config import make_env
+from deltairis.train.episode_log import EPISODES_FILE, read_episodes
 from deltairis.train.logging_utils import MetricsLogger, read_metrics_records
 from deltairis.train.ranks import NoMetrics, follower_config, rank_device
 from deltairis.train.replicas import open_follower_store
@@ -149,8 +150,9 @@ class MainRole:
         self._lock.acquire()  # one writer per run folder
         resume = cfg.common.resume
         saved = read_checkpoint(self.run_dir, trust=cfg.common.trust_checkpoint) if resume else None
-        if resume:  # a damaged metrics file: refuse before changing anything
+        if resume:  # a damaged metrics or episodes file: refuse before changing anything
             read_metrics_records(self.run_dir / "metrics.jsonl")
+            read_episodes(self.run_dir / EPISODES_FILE)
         self.cfg = cfg = settle_seed(cfg, saved, self.run_dir)
         if dist.current().is_distributed:
             dist.set_timeout(cfg.distributed.timeout_s)
