@@ -139,10 +139,31 @@ class LegacyCheckpointError(CorruptCheckpointError):
 
 
 #: what ``torch.save`` of tensors and plain containers names (``torch.load(weights_only=True)`` reads these)
-_PLAIN_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode")
-#: what earlier versions' trainer_state.pt also named: NumPy arrays, scalars and dtypes, and the paused
-#: collection's statistics and pending steps
-_LEGACY_GLOBALS = ("numpy.", "deltairis.train.collector.CollectStats", "deltairis.train.collector._Pending")
+_PLAIN_NAMES = frozenset({"collections.OrderedDict", "_codecs.encode", "torch.Size", "torch.device"})
+#: what earlier versions' trainer_state.pt also named: NumPy arrays, scalars and dtypes (NumPy 1 and 2
+#: module names), and the paused collection's statistics and pending steps
+_LEGACY_NAMES = frozenset(
+    {
+        f"numpy.{core}.multiarray.{name}"
+        for core in ("core", "_core")
+        for name in ("_reconstruct", "scalar")
+    }
+    | {"numpy.ndarray", "numpy.dtype", "deltairis.train.collector.CollectStats", "deltairis.train.collector._Pending"}
+)
+
+
+def _is_plain_name(name: str) -> bool:
+    """A name ``torch.save`` writes for tensors: rebuild functions, storages, dtypes, containers."""
+    if name in _PLAIN_NAMES or name.startswith("torch._utils._rebuild_"):
+        return True
+    module, _, attr = name.rpartition(".")
+    return module == "torch" and (attr.endswith("Storage") or isinstance(getattr(torch, attr, None), torch.dtype))
+
+
+def _is_legacy_name(name: str) -> bool:
+    """A name an earlier version's checkpoint files held beyond plain tensors (NumPy values, collector records)."""
+    return name in _LEGACY_NAMES or name.startswith("numpy.dtypes.") and name.endswith("DType")
+
 
 TRUST_HINT = (
     "If you trust this run folder (you, or a job you trust, wrote it), resume it once with "
@@ -206,7 +227,7 @@ def _unexpected_globals(path: Path) -> set[str] | None:
         names = pickle_globals(_pickle_bytes(path))
     except (OSError, ValueError, zipfile.BadZipFile, KeyError, EOFError):
         return None
-    return {n for n in names if not n.startswith(_PLAIN_GLOBALS)}
+    return {n for n in names if not _is_plain_name(n)}
 
 
 def load_safe(path: Path | str, what: str = "checkpoint", *, mmap: bool = False) -> Any:
@@ -224,7 +245,7 @@ def load_safe(path: Path | str, what: str = "checkpoint", *, mmap: bool = False)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         unexpected = _unexpected_globals(path)
-        if unexpected and all(n.startswith(_LEGACY_GLOBALS) for n in unexpected):
+        if unexpected and all(_is_legacy_name(n) for n in unexpected):
             raise LegacyCheckpointError(
                 f"{what} at {path} was written by an earlier delta-iris version, in a format that can run code "
                 f"when it is loaded; it was not loaded and was left untouched. {TRUST_HINT}."
@@ -247,10 +268,27 @@ def load_torch_file(path: Path, what: str) -> Any:
     return load_safe(path, what)
 
 
+def refuse_foreign_names(names: set[str], allowed: Callable[[str], bool], what: str) -> None:
+    """Raise :class:`UnsafeCheckpointError` when a pickle names something ``allowed`` does not accept:
+    even a trusted load only takes what an earlier delta-iris version wrote."""
+    foreign = sorted(n for n in names if not allowed(n))
+    if foreign:
+        raise UnsafeCheckpointError(
+            f"{what} names {', '.join(foreign[:5])}, which no delta-iris version wrote: it was crafted or "
+            "damaged, and is not loaded even with common.trust_checkpoint=true; it was left untouched"
+        )
+
+
 def load_trusted(path: Path, what: str) -> Any:
-    """The one code-running read: ``torch.load(weights_only=False)`` of an earlier version's file, only
-    when the user vouched for the run folder (``common.trust_checkpoint=true``)."""
+    """The one code-running read of a file: ``torch.load(weights_only=False)`` of an earlier version's
+    file, only when the user vouched for the run folder (``common.trust_checkpoint=true``). A file that
+    names anything beyond tensors and the NumPy values earlier versions pickled is refused first."""
     path = Path(path)
+    try:
+        names = pickle_globals(_pickle_bytes(path))
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError, EOFError) as exc:
+        raise CorruptCheckpointError(f"{what} at {path} is not a readable torch file ({exc}); it was left untouched") from exc
+    refuse_foreign_names(names, lambda n: _is_plain_name(n) or _is_legacy_name(n), f"{what} at {path}")
     logger.warning(
         "common.trust_checkpoint=true: loading %s with full unpickling, which runs any code the file holds", path
     )
@@ -479,6 +517,7 @@ __all__ = [
     "non_finite_names",
     "recover_checkpoint_set",
     "pickle_globals",
+    "refuse_foreign_names",
     "serialize_members",
     "to_plain",
     "write_checkpoint_set",

@@ -202,6 +202,33 @@ def test_trust_checkpoint_rewrites_the_set_safely_and_resumes_bit_identically(
     assert sa["collector"]["env"] == sb["collector"]["env"] and torch.equal(sa["rng"]["torch"], sb["rng"]["torch"])
 
 
+@pytest.mark.parametrize("where", ["trainer_state.pt", "optimizer.pt", "env"])
+def test_even_trust_checkpoint_refuses_what_no_version_wrote(
+    previous_format_run: Path, tmp_path: Path, capsys, where: str
+) -> None:
+    """The override only unpickles the names an earlier version's files and envs held: a crafted file
+    (or a crafted env pickle inside an earlier version's trainer_state.pt) is still refused unread."""
+    run = tmp_path / "run"
+    shutil.copytree(previous_format_run, run)
+    marker = tmp_path / "marker"
+    if where == "env":
+        path = run / "checkpoints" / "trainer_state.pt"
+        state = torch.load(path, weights_only=False)  # the test's own file
+        state["collector"]["env"] = pickle.dumps(Crafted(marker))
+        torch.save(state, path)
+    else:
+        _plant(run, where, marker)
+    before = _snapshot(run)
+    assert train_cli.main(["common.resume=true", f"hydra.run.dir={run}", "common.epochs=2",
+                           "common.trust_checkpoint=true"]) == 1
+    err = capsys.readouterr().err
+    refusal = "not plain data: loading it would call io.open" if where == "trainer_state.pt" else (
+        "names io.open, which no delta-iris version wrote"
+    )
+    assert refusal in err, err[-2000:]
+    assert not marker.exists() and _snapshot(run) == before
+
+
 def test_the_upgrade_is_atomic(previous_format_run: Path, tmp_path: Path, monkeypatch) -> None:
     """A write that fails half way leaves the previous set as it was (the journaled set writer)."""
     import deltairis.checkpoint as ck

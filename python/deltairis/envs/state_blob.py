@@ -37,6 +37,42 @@ class EnvStateError(CorruptCheckpointError):
     """An env state blob that cannot be restored: not a blob, another version, another env, or damaged."""
 
 
+#: what earlier versions' pickled envs named (checked before ``common.trust_checkpoint=true`` unpickles
+#: one): our env classes and their truncation rules, NumPy arrays and generators, ALE's state
+_LEGACY_ENV_NAMES = frozenset(
+    {
+        "deltairis.envs.toy.ToyVectorEnv",
+        "deltairis.envs.toy.GridGoalEnv",
+        "deltairis.envs.vector._default_truncated",
+        "deltairis.envs.crafter_native.NativeCrafterVectorEnv",
+        "deltairis.envs.crafter_native.CrafterNative",
+        "deltairis.envs.atari.AtariPythonVectorEnv",
+        "deltairis.envs.atari.AtariPreprocessedEnv",
+        "ale_py._ale_py.ALEState",
+        "_codecs.encode",
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.random._pcg64.PCG64",
+        "numpy.random._mt19937.MT19937",
+        "numpy.random._pickle.__bit_generator_ctor",
+        "numpy.random._pickle.__generator_ctor",
+        "numpy.random._pickle.__randomstate_ctor",
+        "numpy.random.bit_generator.SeedSequence",
+        "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
+    }
+    | {
+        f"numpy.{core}.{name}"
+        for core in ("core", "_core")
+        for name in ("multiarray._reconstruct", "multiarray.scalar", "numeric._frombuffer")
+    }
+)
+
+
+def legacy_env_name_allowed(name: str) -> bool:
+    """Whether an earlier version's env pickle could name ``name`` (anything else: crafted)."""
+    return name in _LEGACY_ENV_NAMES or name.startswith("numpy.dtypes.") and name.endswith("DType")
+
+
 def supports_env_state(env: Any) -> bool:
     """Whether ``env`` can save and restore its exact state (``env_state`` does not raise NotImplementedError)."""
     return isinstance(getattr(env, "state_kind", None), str) and callable(getattr(env, "env_state", None))
@@ -102,6 +138,7 @@ __all__ = [
     "ENV_STATE_VERSION",
     "MAGIC",
     "EnvStateError",
+    "legacy_env_name_allowed",
     "pack_env_state",
     "read_env_state",
     "restore_env_state",

@@ -38,12 +38,14 @@ from deltairis.checkpoint import (
     load_safe,
     load_trusted,
     non_finite_names,
+    pickle_globals,
+    refuse_foreign_names,
     serialize_members,
     write_checkpoint_set,
 )
 from deltairis.data import ReplayStore
 from deltairis.data.replay_store import INDEX_NAME
-from deltairis.envs.state_blob import pack_env_state, read_env_state, supports_env_state
+from deltairis.envs.state_blob import legacy_env_name_allowed, pack_env_state, read_env_state, supports_env_state
 from deltairis.errors import NonFiniteError
 from deltairis.seeding import global_rng_state
 from deltairis.train.collector import ENV_STATE_WHERE, Collector, paused_to_plain
@@ -154,6 +156,12 @@ def _upgrade_collector(collector: Mapping[str, Any]) -> dict[str, Any]:
     """An earlier version's collector state (NumPy arrays, a pickled env, pickled objects) as plain data."""
     env_blob = None
     if collector.get("env") is not None:
+        what = "the pickled env state in trainer_state.pt"
+        try:
+            names = pickle_globals(collector["env"])
+        except ValueError as exc:
+            raise CorruptCheckpointError(f"{what} is not a pickle ({exc}); the run folder was left untouched") from exc
+        refuse_foreign_names(names, legacy_env_name_allowed, what)  # what an earlier version pickled, nothing else
         env = pickle.loads(collector["env"])  # only under common.trust_checkpoint=true (see upgrade_legacy_set)
         try:
             env_blob = pack_env_state(env) if supports_env_state(env) else None
