@@ -72,8 +72,11 @@ rp::ChunkTable chunk_table(I64 num_rows, const py::array& lengths, const py::arr
 void gather(rp::Reader& self, I64 num_rows, const py::array& lengths, const py::array& ep_chunk_begin,
             const py::array& chunk_offset, const py::array& chunk_row, const py::array& chunk_len,
             const py::array& episode, const py::array& start, const py::array& obs, const py::array& act,
-            const py::array& rew, const py::array& end, const py::array& trunc, const py::array& mask) {
-  const rp::ChunkTable t = chunk_table(num_rows, lengths, ep_chunk_begin, chunk_offset, chunk_row, chunk_len);
+            const py::array& rew, const py::array& end, const py::array& trunc, const py::array& mask,
+            I64 num_blocks) {
+  rp::ChunkTable t = chunk_table(num_rows, lengths, ep_chunk_begin, chunk_offset, chunk_row, chunk_len);
+  if (num_blocks < 0) throw py::value_error("num_blocks must be >= 0");
+  t.num_blocks = num_blocks;
   const auto b = size_if(episode, 1, 0);
   const auto l = size_if(act, 2, 1);
   const I64* ep = input<I64>(episode, "episode_id", {kAnySize});
@@ -114,7 +117,7 @@ void register_replay(py::module_& m) {
       .def("gather", &gather, py::arg("num_rows"), py::arg("lengths"), py::arg("ep_chunk_begin"),
            py::arg("chunk_offset"), py::arg("chunk_row"), py::arg("chunk_len"), py::arg("episode_id"),
            py::arg("start"), py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("end"), py::arg("trunc"),
-           py::arg("mask_padding"), "Copy segments into the caller's buffers (GIL released); padding is zero with mask False.");
+           py::arg("mask_padding"), py::arg("num_blocks") = 0, "Copy segments into the caller's buffers (GIL released); padding is zero with mask False.");
 }
 
 }  // namespace bindings

@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "core/info.h"
+#include "replay/lz4.h"
 
 namespace deltairis {
 namespace replay {
@@ -120,7 +121,9 @@ void add_counts(std::int64_t* counts, std::int64_t n, const std::int64_t* episod
 
 Reader::Reader(const std::vector<std::string>& paths, std::int64_t frame_bytes, int num_threads)
     : paths_(paths), frame_bytes_(frame_bytes), pool_(resolve_num_threads(num_threads)) {
-  if (paths.size() != 5) invalid("ReplayReader needs 5 paths: obs, act, rew, end, trunc");
+  if (paths.size() != 5 && paths.size() != 6)
+    invalid("ReplayReader needs 5 paths (obs, act, rew, end, trunc) or 6 (and the frames' block table)");
+  compressed_ = paths.size() == 6;
   if (frame_bytes < 1) invalid("frame_bytes must be >= 1");
   for (const auto& p : paths) {
     int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
@@ -144,27 +147,35 @@ void Reader::unmap() {
   maps_.clear();
   map_bytes_.clear();
   mapped_rows_ = 0;
+  mapped_blocks_ = 0;
 }
 
-void Reader::ensure_mapped(std::int64_t num_rows) {
-  if (num_rows <= mapped_rows_) return;
+void Reader::ensure_mapped(std::int64_t num_rows, std::int64_t num_blocks) {
+  if (num_rows <= mapped_rows_ && num_blocks <= mapped_blocks_) return;
   unmap();
-  static constexpr std::int64_t kItem[5] = {0, 8, 4, 1, 1};
+  static constexpr std::int64_t kItem[6] = {0, 8, 4, 1, 1, 32};  // the block table: 4 int64 a row
+  const int files = compressed_ ? 6 : 5;
   std::int64_t rows = INT64_MAX;  // rows readable in every file (>= num_rows)
-  std::vector<void*> maps(5, nullptr);
-  std::vector<std::size_t> bytes(5, 0);
+  std::int64_t blocks = 0;
+  std::vector<void*> maps(files, nullptr);
+  std::vector<std::size_t> bytes(files, 0);
   auto fail = [&](const std::string& msg) {
-    for (std::size_t i = 0; i < 5; ++i)
+    for (std::size_t i = 0; i < maps.size(); ++i)
       if (maps[i] != nullptr) ::munmap(maps[i], bytes[i]);
     throw std::runtime_error(msg);
   };
-  for (int i = 1; i < 5; ++i) {
+  for (int i = 1; i < files; ++i) {
     struct stat st;
     if (::fstat(fds_[i], &st) != 0)
       fail("replay store: cannot stat " + paths_[i] + ": " + std::strerror(errno));
     const std::int64_t file_rows = static_cast<std::int64_t>(st.st_size) / kItem[i];
-    if (file_rows < num_rows) fail("replay store: " + paths_[i] + " is shorter than the episode table says");
-    rows = std::min(rows, file_rows);
+    const std::int64_t need = i == 5 ? num_blocks : num_rows;
+    if (file_rows < need) fail("replay store: " + paths_[i] + " is shorter than the episode table says");
+    if (i == 5 && file_rows == 0) continue;  // an empty block table: nothing to map
+    if (i == 5)
+      blocks = file_rows;
+    else
+      rows = std::min(rows, file_rows);
     bytes[i] = static_cast<std::size_t>(file_rows * kItem[i]);
     void* p = ::mmap(nullptr, bytes[i], PROT_READ, MAP_SHARED, fds_[i], 0);
     if (p == MAP_FAILED) {
@@ -176,11 +187,48 @@ void Reader::ensure_mapped(std::int64_t num_rows) {
   maps_ = maps;
   map_bytes_ = bytes;
   mapped_rows_ = rows;
+  mapped_blocks_ = blocks;
 }
 
-void Reader::read_rows(std::int64_t row, std::int64_t count, std::uint8_t* obs, std::int64_t* act, float* rew,
-                       std::uint8_t* end, std::uint8_t* trunc) const {
-  pread_all(fds_[0], paths_[0], obs, count * frame_bytes_, row * frame_bytes_);
+void Reader::read_compressed(std::int64_t row, std::int64_t count, std::int64_t num_blocks,
+                             std::uint8_t* obs) const {
+  const std::int64_t* table = static_cast<const std::int64_t*>(maps_[5]);
+  // The last block whose first row is <= row (rows of the table are in file order).
+  std::int64_t lo = 0, hi = num_blocks;
+  while (hi - lo > 1) {
+    const std::int64_t mid = lo + (hi - lo) / 2;
+    if (table[4 * mid] <= row) lo = mid; else hi = mid;
+  }
+  thread_local std::vector<std::uint8_t> packed, frames;
+  const std::int64_t fb = frame_bytes_;
+  for (std::int64_t k = lo, pos = row; pos < row + count; ++k) {
+    if (k >= num_blocks) throw std::runtime_error("replay store: " + paths_[5] + " holds fewer blocks than the rows");
+    const std::int64_t first = table[4 * k], n = table[4 * k + 1], offset = table[4 * k + 2], size = table[4 * k + 3];
+    if (n < 1 || size < 1 || first > pos || first + n <= pos)
+      throw std::runtime_error("replay store: the block table " + paths_[5] + " is inconsistent");
+    const std::int64_t take = std::min(first + n, row + count) - pos;
+    packed.resize(static_cast<std::size_t>(size));
+    pread_all(fds_[0], paths_[0], packed.data(), size, offset);
+    std::uint8_t* out = obs + (pos - row) * fb;
+    std::uint8_t* target = out;
+    if (first != pos || take != n) {  // the segment holds part of the block: decode aside, copy the part
+      frames.resize(static_cast<std::size_t>(n * fb));
+      target = frames.data();
+    }
+    if (!lz4_decode_block(packed.data(), size, target, n * fb))
+      throw std::runtime_error("replay store: a compressed frame block of " + paths_[0] + " does not decode (at byte " +
+                               std::to_string(offset) + ")");
+    if (target != out) std::memcpy(out, target + (pos - first) * fb, static_cast<std::size_t>(take * fb));
+    pos += take;
+  }
+}
+
+void Reader::read_rows(std::int64_t row, std::int64_t count, std::int64_t num_blocks, std::uint8_t* obs,
+                       std::int64_t* act, float* rew, std::uint8_t* end, std::uint8_t* trunc) const {
+  if (compressed_)
+    read_compressed(row, count, num_blocks, obs);
+  else
+    pread_all(fds_[0], paths_[0], obs, count * frame_bytes_, row * frame_bytes_);
   std::memcpy(act, static_cast<const std::int64_t*>(maps_[1]) + row, static_cast<std::size_t>(count) * 8);
   std::memcpy(rew, static_cast<const float*>(maps_[2]) + row, static_cast<std::size_t>(count) * 4);
   std::memcpy(end, static_cast<const std::uint8_t*>(maps_[3]) + row, static_cast<std::size_t>(count));
@@ -197,7 +245,8 @@ void Reader::gather(const ChunkTable& table, const std::int64_t* episode, const 
     if (start[b] <= -kMaxAbsStart || start[b] >= kMaxAbsStart) invalid("start is out of range");
     check_episode(table, episode[b]);
   }
-  if (batch > 0) ensure_mapped(table.num_rows);
+  if (compressed_ && table.num_rows > 0 && table.num_blocks < 1) invalid("num_blocks must be >= 1 for compressed frames");
+  if (batch > 0) ensure_mapped(table.num_rows, compressed_ ? table.num_blocks : 0);
   const std::int64_t fb = frame_bytes_;
   pool_.parallel_for(static_cast<std::size_t>(batch), [&](std::size_t bi) {
     const std::int64_t b = static_cast<std::int64_t>(bi);
@@ -235,8 +284,8 @@ void Reader::gather(const ChunkTable& table, const std::int64_t* episode, const 
       const std::int64_t chunk_end = table.offset[c] + table.len[c];
       const std::int64_t n = std::min(hi, chunk_end) - pos;
       const std::int64_t j = pos - s;
-      read_rows(table.row[c] + (pos - table.offset[c]), n, obs + j * fb, act + j, rew + j, end + j,
-                trunc + j);
+      read_rows(table.row[c] + (pos - table.offset[c]), n, table.num_blocks, obs + j * fb, act + j, rew + j,
+                end + j, trunc + j);
       pos += n;
     }
   });

@@ -46,6 +46,7 @@ struct ChunkTable {
   const std::int64_t* offset = nullptr;    // (C,) first episode step of the chunk
   const std::int64_t* row = nullptr;       // (C,) first file row of the chunk
   const std::int64_t* len = nullptr;       // (C,)
+  std::int64_t num_blocks = 0;             // compressed frames: rows of the block table in use
 };
 
 // Destinations of a gather, each (B, L[, frame_bytes]) contiguous.
@@ -60,10 +61,14 @@ struct GatherOutputs {
 
 // Frames are read with pread (one call per run of consecutive rows, no mapping, so resident memory does
 // not grow with the store); the per-step scalars (14 bytes a step, 0.1 % of the data) are memory-mapped,
-// read-only, and the mapping follows the files as they grow.
+// read-only, and the mapping follows the files as they grow. Compressed frames (a sixth path: the block
+// table, int64 rows (first_row, num_rows, byte_offset, num_bytes) of LZ4 blocks in the first file) are
+// read a block at a time and decoded by the gather threads, straight into the output when the segment
+// holds the whole block.
 class Reader {
  public:
-  // paths: obs, act, rew, end, trunc files (opened read-only). num_threads <= 0: default.
+  // paths: obs, act, rew, end, trunc files (opened read-only), then for compressed frames the block
+  // table (obs is then the blocks' file). num_threads <= 0: default.
   Reader(const std::vector<std::string>& paths, std::int64_t frame_bytes, int num_threads);
   ~Reader();
   Reader(const Reader&) = delete;
@@ -80,16 +85,21 @@ class Reader {
               std::int64_t batch, std::int64_t seq_len, const GatherOutputs& out);
 
  private:
-  void read_rows(std::int64_t row, std::int64_t count, std::uint8_t* obs, std::int64_t* act, float* rew,
-                 std::uint8_t* end, std::uint8_t* trunc) const;
-  // Maps the scalar files so that rows [0, num_rows) are readable.
-  void ensure_mapped(std::int64_t num_rows);
+  void read_rows(std::int64_t row, std::int64_t count, std::int64_t num_blocks, std::uint8_t* obs,
+                 std::int64_t* act, float* rew, std::uint8_t* end, std::uint8_t* trunc) const;
+  // Frames of rows [row, row + count) from the compressed blocks (the first num_blocks of the table).
+  void read_compressed(std::int64_t row, std::int64_t count, std::int64_t num_blocks, std::uint8_t* obs) const;
+  // Maps the scalar files (and the block table) so that rows [0, num_rows) and blocks [0, num_blocks)
+  // are readable.
+  void ensure_mapped(std::int64_t num_rows, std::int64_t num_blocks);
   void unmap();
 
   std::vector<int> fds_;
   std::vector<void*> maps_;  // act, rew, end, trunc (index 1..4 of the paths); nullptr: none
   std::vector<std::size_t> map_bytes_;
   std::int64_t mapped_rows_ = 0;
+  std::int64_t mapped_blocks_ = 0;
+  bool compressed_ = false;
   std::vector<std::string> paths_;
   std::int64_t frame_bytes_;
   ThreadPool pool_;

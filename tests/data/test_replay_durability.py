@@ -41,11 +41,12 @@ WRITER = textwrap.dedent(
         }
 
     directory, inject, rounds, pre_rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    compression = sys.argv[5]
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
 
-    store = ReplayStore(directory, backend="numpy")
+    store = ReplayStore(directory, backend="numpy", compression=compression)
 
     def one_round(i):
         ep = episode(i)
@@ -97,12 +98,17 @@ def episode(i: int) -> dict[str, np.ndarray]:
 
 
 def run_writer(
-    directory: Path, inject: str, rounds: int, kill_after: float | None = None, pre_rounds: int = 0
+    directory: Path,
+    inject: str,
+    rounds: int,
+    kill_after: float | None = None,
+    pre_rounds: int = 0,
+    compression: str = "none",
 ) -> list[int]:
     """Runs the writer; kills it (SIGKILL) ``kill_after`` seconds after it is ready. Returns printed counts."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(directory), inject, str(rounds), str(pre_rounds)],
+        [sys.executable, "-c", WRITER, str(directory), inject, str(rounds), str(pre_rounds), compression],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -134,17 +140,26 @@ def check_committed(directory: Path, backend: str, at_least: int, at_most: int) 
             got = store.load_episode(i)
             for f in FIELDS:
                 np.testing.assert_array_equal(getattr(got, f), full[f][:want], err_msg=f"episode {i} {f}")
+            if i >= n - 2:  # the newest episodes through the backend's gather too
+                batch = store.gather(np.array([i]), np.array([0]), np.array([want]))
+                np.testing.assert_array_equal(batch.obs[0].numpy(), full["obs"][:want], err_msg=f"gather {i}")
         assert store.num_steps == int(store.lengths.sum())
-        for field, (name, dtype) in DATA_FILES.items():
-            row = dtype.itemsize * (3 * 64 * 64 if field == "obs" else 1)
-            assert (directory / name).stat().st_size == store.num_steps * row
+        if store.compression == "none":
+            for field, (name, dtype) in DATA_FILES.items():
+                row = dtype.itemsize * (3 * 64 * 64 if field == "obs" else 1)
+                assert (directory / name).stat().st_size == store.num_steps * row
+        for name, size in store.data_files().values():  # the writer's open trimmed every file
+            assert (directory / name).stat().st_size == size, name
     return n
 
 
-def test_kill_at_random_times(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_kill_at_random_times(compression: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for _ in range(2):
-        printed = run_writer(tmp_path, "none", rounds=10_000, kill_after=float(rng.uniform(0.1, 0.6)))
+        printed = run_writer(
+            tmp_path, "none", rounds=10_000, kill_after=float(rng.uniform(0.1, 0.6)), compression=compression
+        )
         assert printed, "the writer was killed before its first commit; raise kill_after"
         # The kill may land after a commit but before its line was printed: one more round at most.
         for backend in [b if isinstance(b, str) else b.values[0] for b in BACKENDS]:
@@ -161,16 +176,21 @@ def one_round(store: ReplayStore, i: int) -> None:
     store.commit()
 
 
+@pytest.mark.parametrize("compression", ["none", "lz4"])
 @pytest.mark.parametrize(
     ("inject", "survives"), [("append", False), ("before_rename", False), ("after_rename", True)]
 )
-def test_kill_at_injected_points(inject: str, survives: bool, tmp_path: Path) -> None:
-    printed = run_writer(tmp_path, inject, rounds=5, pre_rounds=3)
+def test_kill_at_injected_points(inject: str, survives: bool, compression: str, tmp_path: Path) -> None:
+    printed = run_writer(tmp_path, inject, rounds=5, pre_rounds=3, compression=compression)
     assert printed == []  # died inside the first round after the 3 clean ones
     n = check_committed(tmp_path, "numpy", at_least=3, at_most=4)
     assert n == (4 if survives else 3)
+    if compression != "none":  # the C++ sampler decodes the same committed blocks
+        for backend in [b if isinstance(b, str) else b.values[0] for b in BACKENDS]:
+            if backend == "cpp" and cpp_available():
+                check_committed(tmp_path, "cpp", at_least=n, at_most=n)
     # The store keeps working after the crash, and the temp index is cleaned up.
-    with ReplayStore(tmp_path) as store:
+    with ReplayStore(tmp_path, compression=compression) as store:
         assert not (tmp_path / (INDEX_NAME + ".tmp")).exists()
         one_round(store, n)
     check_committed(tmp_path, "numpy", at_least=n + 1, at_most=n + 1)

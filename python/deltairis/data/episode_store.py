@@ -8,9 +8,12 @@ Layout of a store directory::
     end.u8      termination flags, uint8 per step
     trunc.u8    truncation (time limit) flags, uint8 per step
     index.npz   the committed state: rows in use, episode lengths, chunk table, visit counts
+                (and, with compressed frames, the blocks and bytes of obs.lz4 / obs.blk in use)
     lock        held (flock) by the one process that has the store open for writing
 
-(the data files are those of :data:`deltairis.data.fields.STEP_FIELDS`). Steps are appended at the end
+(the data files are those of :data:`deltairis.data.fields.STEP_FIELDS`; a store created with
+``compression="lz4"`` keeps its frames in LZ4 blocks instead, :mod:`deltairis.data.frame_codec`, and
+reopening it with another setting is refused). Steps are appended at the end
 of the data files in arrival order; an episode is a list of *chunks* (runs of consecutive file rows), so
 an unfinished episode can grow across collection rounds while other episodes are appended in between.
 ``commit()`` fsyncs the data files, then replaces ``index.npz`` atomically (temp file, fsync, rename,
@@ -39,6 +42,7 @@ import numpy as np
 import torch
 
 from deltairis.checkpoint import free_space
+from deltairis.data import frame_codec
 from deltairis.data.fields import FIELDS_BY_NAME, STEP_FIELD_NAMES, STEP_FIELDS
 from deltairis.errors import ReplayStoreError
 
@@ -48,6 +52,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: the format version of a store with compressed frames (earlier versions refuse it by its version)
+COMPRESSED_FORMAT_VERSION = 2
 INDEX_NAME = "index.npz"
 LOCK_NAME = "lock"
 # field -> (file name, dtype of one element), from the field table
@@ -84,6 +90,7 @@ class ChunkView:
     chunk_offset: np.ndarray  # int64 (C,) first episode step of each chunk
     chunk_row: np.ndarray  # int64 (C,) first file row of each chunk
     chunk_len: np.ndarray  # int64 (C,)
+    n_blocks: int = 0  # compressed frames: blocks of obs.blk in use
 
 
 def as_numpy(x: Any, name: str) -> np.ndarray:
@@ -135,8 +142,10 @@ class EpisodeStore:
         read_only: bool = False,
         obs_shape: tuple[int, ...] | None = None,
         follow: bool = False,
+        compression: str | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self._wanted_compression = None if compression is None else frame_codec.check_compression(compression)
         self.read_only = read_only or follow
         self.follow = follow
         self._index_key: tuple[int, int, int] | None = None
@@ -148,7 +157,7 @@ class EpisodeStore:
 
         index_path = self.directory / INDEX_NAME
         if follow:  # nothing is read before the first refresh(): the writer may not have committed yet
-            self._init_empty(tuple(int(s) for s in (obs_shape or DEFAULT_OBS_SHAPE)))
+            self._init_empty(tuple(int(s) for s in (obs_shape or DEFAULT_OBS_SHAPE)), compression or "none")
             return
         if not self.directory.is_dir():
             if not create or read_only:
@@ -171,8 +180,11 @@ class EpisodeStore:
                     raise ValueError(
                         f"obs_shape {tuple(obs_shape)} does not match the store's frames {self.obs_shape}"
                     )
+                self._check_compression()
             else:
-                self._init_empty(tuple(int(s) for s in (obs_shape or DEFAULT_OBS_SHAPE)))
+                self._init_empty(
+                    tuple(int(s) for s in (obs_shape or DEFAULT_OBS_SHAPE)), compression or "none"
+                )
             self._open_data_files()
             if not read_only:  # left behind by a crash during commit
                 (self.directory / (INDEX_NAME + ".tmp")).unlink(missing_ok=True)
@@ -201,10 +213,23 @@ class EpisodeStore:
             ) from exc
         self._lock_fd = fd
 
-    def _init_empty(self, obs_shape: tuple[int, ...]) -> None:
+    def _check_compression(self) -> None:
+        wanted = self._wanted_compression
+        if wanted is not None and wanted != self.compression:
+            raise ReplayStoreError(
+                f"replay store {self.directory} was written with compression '{self.compression}', not "
+                f"'{wanted}': open it with compression='{self.compression}' (data.compression) or convert it "
+                f"with `deltairis-store convert {self.directory} --compression {wanted}`"
+            )
+
+    def _init_empty(self, obs_shape: tuple[int, ...], compression: str) -> None:
         if len(obs_shape) == 0 or any(s < 1 for s in obs_shape):
             raise ValueError(f"obs_shape must be a non-empty tuple of positive sizes, got {obs_shape}")
         self.obs_shape = obs_shape
+        self.compression = compression
+        self._blocks = np.zeros((0, frame_codec.BLOCK_COLUMNS), dtype=np.int64)  # compressed frames
+        self._n_blocks = 0
+        self._obs_bytes = 0
         self._n_rows = 0
         self._committed_rows = 0
         self._lengths: list[int] = []
@@ -219,12 +244,20 @@ class EpisodeStore:
                 arrays = {k: np.asarray(z[k]) for k in z.files if k != "meta"}
         except Exception as exc:
             raise ReplayStoreError(f"corrupt replay index {path}: {exc}") from exc
-        if meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version")
+        if version not in (FORMAT_VERSION, COMPRESSED_FORMAT_VERSION):
             raise ReplayStoreError(
-                f"replay index {path} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}"
+                f"replay index {path} has format version {version}, expected {FORMAT_VERSION} or "
+                f"{COMPRESSED_FORMAT_VERSION}"
             )
         try:
-            self._init_empty(tuple(int(s) for s in meta["obs_shape"]))
+            compression = str(meta.get("compression", "none"))
+            if compression not in frame_codec.COMPRESSIONS or (compression != "none") != (
+                version == COMPRESSED_FORMAT_VERSION
+            ):
+                raise ValueError(f"compression {compression!r} in a store of format version {version}")
+            self._init_empty(tuple(int(s) for s in meta["obs_shape"]), compression)
+            n_blocks, obs_bytes = int(meta.get("n_blocks", 0)), int(meta.get("obs_bytes", 0))
             n_rows = int(meta["n_rows"])
             lengths = arrays["lengths"].astype(np.int64)
             chunks = arrays["chunks"].astype(np.int64).reshape(-1, 4)  # (C, 4)
@@ -251,18 +284,26 @@ class EpisodeStore:
         for i, c in enumerate(self._chunks):
             self._last_chunk[c[0]] = i
         self._counts = {name: counts[i].copy() for i, name in enumerate(meta["consumers"])}
+        self._n_blocks, self._obs_bytes = n_blocks, obs_bytes
 
     def _row_bytes(self, field: str) -> int:
         return FIELDS_BY_NAME[field].row_bytes(self.obs_shape)
 
+    def data_files(self) -> dict[str, tuple[str, int]]:
+        """Per data file key (a step field, or ``"blocks"``): its file name and the bytes in use."""
+        out = {f.name: (str(f.file), self._n_rows * f.row_bytes(self.obs_shape)) for f in STEP_FIELDS}
+        if self.compression != "none":
+            out["obs"] = (frame_codec.FRAMES_FILE[self.compression], self._obs_bytes)
+            out["blocks"] = (frame_codec.BLOCKS_FILE, self._n_blocks * frame_codec.BLOCK_COLUMNS * 8)
+        return out
+
     def _open_data_files(self) -> None:
-        for f in STEP_FIELDS:
-            path = self.directory / f.file  # type: ignore[operator]
-            want = self._n_rows * f.row_bytes(self.obs_shape)
+        for key, (name, want) in self.data_files().items():
+            path = self.directory / name
             if self.read_only:
                 if not path.exists():
                     if want:
-                        raise ReplayStoreError(f"replay store {self.directory} is missing {f.file}")
+                        raise ReplayStoreError(f"replay store {self.directory} is missing {name}")
                     continue
                 fd = os.open(path, os.O_RDONLY)
             else:
@@ -270,11 +311,11 @@ class EpisodeStore:
                     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
                 except OSError as exc:
                     raise ReplayStoreError(f"cannot open {path} for writing: {exc.strerror}") from exc
-            self._fds[f.name] = fd
+            self._fds[key] = fd
             size = os.fstat(fd).st_size
             if size < want:
                 raise ReplayStoreError(
-                    f"replay store {self.directory} is corrupt: {f.file} holds {size} bytes, "
+                    f"replay store {self.directory} is corrupt: {name} holds {size} bytes, "
                     f"the index needs {want}"
                 )
             if size > want and not self.read_only:
@@ -283,9 +324,18 @@ class EpisodeStore:
                     "replay store %s: dropping %d uncommitted bytes of %s",
                     self.directory,
                     size - want,
-                    f.file,
+                    name,
                 )
                 os.ftruncate(fd, want)
+        if self.compression != "none":
+            self._load_blocks()
+
+    def _load_blocks(self) -> None:
+        blocks = np.zeros((self._n_blocks, frame_codec.BLOCK_COLUMNS), dtype=np.int64)
+        if self._n_blocks:
+            _pread_all(self._fds["blocks"], memoryview(blocks).cast("B"), 0)
+        frame_codec.check_blocks(blocks, self._n_rows, self._obs_bytes, str(self.directory))
+        self._blocks = blocks
 
     def close(self) -> None:
         """Close the files and release the write lock; uncommitted appends are dropped at the next open."""
@@ -412,14 +462,20 @@ class EpisodeStore:
         """Write the steps after the last row; on failure trims the files back and raises. Returns the row."""
         row = self._n_rows
         t = data["act"].shape[0]
+        sizes = {key: size for key, (_, size) in self.data_files().items()}
+        writes = {field: memoryview(data[field]).cast("B") for field in FIELDS}
+        blocks = None
+        if self.compression != "none":
+            payload, blocks = frame_codec.encode(data["obs"], row, self._obs_bytes)
+            writes["obs"] = memoryview(payload)
+            writes["blocks"] = memoryview(blocks).cast("B")
         try:
-            for field in FIELDS:
-                buf = memoryview(data[field]).cast("B")
-                _pwrite_all(self._fds[field], buf, row * self._row_bytes(field))
+            for key, buf in writes.items():
+                _pwrite_all(self._fds[key], buf, sizes[key])
         except OSError as exc:
-            for field in FIELDS:
+            for key, size in sizes.items():
                 try:
-                    os.ftruncate(self._fds[field], row * self._row_bytes(field))
+                    os.ftruncate(self._fds[key], size)
                 except OSError:
                     pass
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -433,6 +489,15 @@ class EpisodeStore:
                 f"([Errno {exc.errno}] {exc.strerror}; {free_space(self.directory)}); nothing was appended and "
                 "the committed state is intact"
             ) from exc
+        if blocks is not None:
+            n, k = self._n_blocks, blocks.shape[0]
+            if n + k > self._blocks.shape[0]:  # grow by doubling: appends cost O(1) amortised
+                grown = np.zeros((max(2 * self._blocks.shape[0], n + k), blocks.shape[1]), dtype=np.int64)
+                grown[:n] = self._blocks[:n]
+                self._blocks = grown
+            self._blocks[n : n + k] = blocks
+            self._n_blocks += k
+            self._obs_bytes += len(writes["obs"])
         self._n_rows += t
         return row
 
@@ -505,7 +570,7 @@ class EpisodeStore:
         with self.lock:
             self._check_writable()
             consumers = list(self._counts)
-            self._init_empty(self.obs_shape)
+            self._init_empty(self.obs_shape, self.compression)
             self._counts = {name: np.zeros(0, dtype=np.int64) for name in consumers}
             self._view_cache = None
             self._forget_file_contents()
@@ -525,12 +590,19 @@ class EpisodeStore:
     def _index_payload(self) -> dict[str, np.ndarray]:
         names = sorted(self._counts)
         n = self.num_episodes
-        meta = {
+        meta: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "obs_shape": list(self.obs_shape),
             "n_rows": self._n_rows,
             "consumers": names,
         }
+        if self.compression != "none":
+            meta.update(
+                format_version=COMPRESSED_FORMAT_VERSION,
+                compression=self.compression,
+                n_blocks=self._n_blocks,
+                obs_bytes=self._obs_bytes,
+            )
         counts = np.zeros((len(names), n), dtype=np.int64)
         for i, name in enumerate(names):
             c = self._counts[name]
@@ -571,6 +643,7 @@ class EpisodeStore:
                     chunk_offset=np.ascontiguousarray(chunks[:, 1]),
                     chunk_row=np.ascontiguousarray(chunks[:, 2]),
                     chunk_len=np.ascontiguousarray(chunks[:, 3]),
+                    n_blocks=self._n_blocks,
                 )
             return self._view_cache
 
@@ -591,11 +664,30 @@ class EpisodeStore:
                         int(view.chunk_row[c]),
                         int(view.chunk_len[c]),
                     )
+                    if f.frame and self.compression != "none":
+                        self._read_frames(row, n, arr[offset : offset + n])
+                        continue
                     _pread_all(
                         self._fds[f.name], memoryview(arr[offset : offset + n]).cast("B"), row * row_bytes
                     )
                 arrays[f.name] = arr
         return Episode(**arrays)
+
+    def _read_frames(self, row: int, count: int, out: np.ndarray) -> None:
+        """Frames of file rows [row, row + count) of a compressed store into ``out`` (count, *frame)."""
+        flat = out.reshape(count, -1)
+        for k in frame_codec.block_span(self._blocks[: self._n_blocks], row, count):
+            first, n, off, size = (int(v) for v in self._blocks[k])
+            data = bytearray(size)
+            _pread_all(self._fds["obs"], memoryview(data), off)
+            frames = frame_codec.decode(data, n, flat.shape[1])
+            lo, hi = max(row, first), min(row + count, first + n)
+            flat[lo - row : hi - row] = frames[lo - first : hi - first]
+
+    def compressed_blocks(self) -> np.ndarray:
+        """The block table of the compressed frames in use, int64 (K, 4) (a copy; empty without)."""
+        with self.lock:
+            return self._blocks[: self._n_blocks].copy()
 
     # ------------------------------------------------------------------------------------------------
     # visit counts

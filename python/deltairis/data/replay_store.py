@@ -65,6 +65,10 @@ class ReplayStore(EpisodeStore):
             with a different explicit shape raises ``ValueError``.
         follow: a read-only view of a store that another process writes: empty until :meth:`refresh`
             takes the writer's last commit (one replica shared by the ranks of a node).
+        compression: how frames are stored, ``"none"`` or ``"lz4"`` (:mod:`deltairis.data.frame_codec`),
+            fixed when the store is created (None: ``"none"`` for a new store, else the store's own);
+            reopening with another setting raises :class:`ReplayStoreError` naming both. Batches are
+            byte-identical either way.
     """
 
     def __init__(
@@ -76,13 +80,21 @@ class ReplayStore(EpisodeStore):
         read_only: bool = False,
         obs_shape: tuple[int, ...] | None = None,
         follow: bool = False,
+        compression: str | None = None,
     ) -> None:
         kind = sampler_class(backend)  # the one backend choice, before anything is opened
         self.backend: str = kind.name
         self._sampler_kind = kind
         self._requested_threads = 0 if num_threads is None else int(num_threads)
-        super().__init__(directory, create=create, read_only=read_only, obs_shape=obs_shape, follow=follow)
-        self._sampler: Sampler = kind(self.directory, self.obs_shape, self._requested_threads)
+        super().__init__(
+            directory,
+            create=create,
+            read_only=read_only,
+            obs_shape=obs_shape,
+            follow=follow,
+            compression=compression,
+        )
+        self._sampler: Sampler = self._new_sampler()
         logger.info(
             "replay store %s: %d episodes, %d steps (backend %s)",
             self.directory,
@@ -105,12 +117,15 @@ class ReplayStore(EpisodeStore):
     def _forget_file_contents(self) -> None:
         self._sampler.reset()
 
+    def _new_sampler(self) -> Sampler:
+        return self._sampler_kind(self.directory, self.obs_shape, self._requested_threads, self.compression)
+
     def refresh(self) -> bool:
         with self.lock:
-            shape = self.obs_shape
+            before = (self.obs_shape, self.compression)
             changed = super().refresh()
-            if changed and self.obs_shape != shape:  # the frames of the writer's store: a new sampler
-                self._sampler = self._sampler_kind(self.directory, self.obs_shape, self._requested_threads)
+            if changed and (self.obs_shape, self.compression) != before:  # the writer's frames: a new sampler
+                self._sampler = self._new_sampler()
             return changed
 
     refresh.__doc__ = EpisodeStore.refresh.__doc__

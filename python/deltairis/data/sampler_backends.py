@@ -15,9 +15,9 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 
 from deltairis import _native
-from deltairis.data import segment_rule
-from deltairis.data.fields import GATHERED_FIELDS, STEP_FIELDS
+from deltairis.data import frame_codec, segment_rule
 from deltairis.data.episode_store import ChunkView
+from deltairis.data.fields import GATHERED_FIELDS, STEP_FIELDS
 
 Backend = Literal["auto", "cpp", "numpy"]
 
@@ -27,7 +27,9 @@ class Sampler(Protocol):
 
     name: ClassVar[str]
 
-    def __init__(self, directory: Path, obs_shape: tuple[int, ...], num_threads: int) -> None: ...
+    def __init__(
+        self, directory: Path, obs_shape: tuple[int, ...], num_threads: int, compression: str = "none"
+    ) -> None: ...
 
     @property
     def num_threads(self) -> int: ...
@@ -78,9 +80,14 @@ class CppSampler:
 
     name: ClassVar[str] = "cpp"
 
-    def __init__(self, directory: Path, obs_shape: tuple[int, ...], num_threads: int) -> None:
+    def __init__(
+        self, directory: Path, obs_shape: tuple[int, ...], num_threads: int, compression: str = "none"
+    ) -> None:
         self._core = _native.require_core()
         self._paths = [str(directory / f.file) for f in STEP_FIELDS]  # type: ignore[operator]
+        if compression != "none":  # the frames' blocks, then their table (the reader decodes them)
+            self._paths[0] = str(directory / frame_codec.FRAMES_FILE[compression])
+            self._paths.append(str(directory / frame_codec.BLOCKS_FILE))
         self._frame_bytes = math.prod(obs_shape)
         self._requested_threads = num_threads
         self._reader: Any = None
@@ -136,6 +143,7 @@ class CppSampler:
             np.ascontiguousarray(episode_id, dtype=np.int64),
             np.ascontiguousarray(start, dtype=np.int64),
             *(out[f.name] for f in GATHERED_FIELDS),  # the reader's output arguments, in table order
+            num_blocks=view.n_blocks,
         )
 
     def reset(self) -> None:
@@ -147,9 +155,12 @@ class NumpySampler:
 
     name: ClassVar[str] = "numpy"
 
-    def __init__(self, directory: Path, obs_shape: tuple[int, ...], num_threads: int) -> None:
+    def __init__(
+        self, directory: Path, obs_shape: tuple[int, ...], num_threads: int, compression: str = "none"
+    ) -> None:
         self._directory = directory
         self._obs_shape = obs_shape
+        self._compression = compression
         self._maps: dict[str, np.ndarray] = {}
         self._map_rows = -1
 
@@ -175,9 +186,10 @@ class NumpySampler:
         rows, mask = segment_rule.segment_rows(
             episode_id, start, seq_len, view.lengths, view.ep_chunk_begin, view.chunk_offset, view.chunk_row
         )
-        segment_rule.gather_numpy(self._arrays(view.n_rows), rows, mask, out)
+        segment_rule.gather_numpy(self._arrays(view), rows, mask, out)
 
-    def _arrays(self, n_rows: int) -> dict[str, np.ndarray]:
+    def _arrays(self, view: ChunkView) -> dict[str, Any]:
+        n_rows = view.n_rows
         if self._map_rows < n_rows:
             self._maps = {
                 f.name: np.memmap(
@@ -187,7 +199,19 @@ class NumpySampler:
                     shape=(n_rows, *f.step_shape(self._obs_shape)),
                 )
                 for f in STEP_FIELDS
+                if not (f.frame and self._compression != "none")
             }
+            if self._compression != "none":  # frames decoded from the blocks the rows touch
+                blocks = np.fromfile(
+                    self._directory / frame_codec.BLOCKS_FILE,
+                    dtype=np.int64,
+                    count=view.n_blocks * frame_codec.BLOCK_COLUMNS,
+                ).reshape(view.n_blocks, frame_codec.BLOCK_COLUMNS)
+                size = int(blocks[-1, 2] + blocks[-1, 3])
+                data = np.memmap(
+                    self._directory / frame_codec.FRAMES_FILE[self._compression], np.uint8, "r", shape=(size,)
+                )
+                self._maps["obs"] = frame_codec.CompressedFrames(data, blocks, self._obs_shape)
             self._map_rows = n_rows
         return self._maps
 
