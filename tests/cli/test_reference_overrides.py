@@ -276,6 +276,11 @@ def test_a_sweep_over_a_shared_key_stays_one_job_per_value() -> None:
     for job, lr in zip(sets, (1e-3, 3e-3)):
         cfg = compose_config(job)
         assert [cfg.training[c].learning_rate for c in ("tokenizer", "world_model", "actor_critic")] == [lr] * 3
+    # a component set by its own key keeps its value in every job
+    lines = rewrite_overrides(["params.training.learning_rate=1e-3,3e-3", "training.tokenizer.learning_rate=5e-4"])
+    for job, lr in zip(train_cli._job_override_sets(lines, multirun=True), (1e-3, 3e-3)):
+        cfg = compose_config(job)
+        assert [cfg.training[c].learning_rate for c in ("tokenizer", "world_model", "actor_critic")] == [5e-4, lr, lr]
 
 
 def test_cfg_job_shows_our_keys(capsys) -> None:
@@ -388,3 +393,13 @@ def test_the_reference_top_level_wandb_keys_are_ours() -> None:
                           "wandb.tags=[a,b]", "wandb.notes=x"])
     assert (cfg.wandb.mode, cfg.wandb.project, cfg.wandb.entity, cfg.wandb.name, cfg.wandb.group,
             list(cfg.wandb.tags), cfg.wandb.notes) == ("disabled", "p", "e", "n", "g", ["a", "b"], "x")
+
+
+def test_a_sweep_of_the_reference_learning_rate_is_checked_per_job(tmp_path: Path, capsys) -> None:
+    """Through Hydra's sweeper: the second job's learning rate reaches every component (and is refused
+    before any job starts, naming a component's key)."""
+    rc = train_cli.main(["-m", "env=toy", "params=tiny", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                         "params.training.learning_rate=1e-3,-1", "training.tokenizer.learning_rate=1e-3"])
+    assert rc == 2
+    assert "training.world_model.learning_rate must be > 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()

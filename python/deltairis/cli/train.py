@@ -7,6 +7,9 @@ Examples::
     deltairis-train env=atari params=atari env.train.id=BreakoutNoFrameskip-v4
     deltairis-train env=toy params=tiny common.device=cpu wandb.mode=disabled
     deltairis-train hydra.run.dir=outputs/my-run common.resume=true   # what scripts/resume.sh does
+    deltairis-train params.training.world_model.batch_num_samples=16  # the reference's paths work too
+    deltairis-train agent.path_to_ckpt=last.pt agent.load_actor_critic=false   # warm start (fresh actor-critic)
+    deltairis-train env=gymnasium params=tiny env.train.id=CartPole-v1  # any pixel gymnasium env
     deltairis-train -m env=toy params=tiny common.seed=0,1            # a sweep: one run folder per job
     deltairis-train -m env=atari params=atari env.train.id=BreakoutNoFrameskip-v4,PongNoFrameskip-v4 \\
         common.seed=0,1,2 hydra/launcher=submitit_slurm              # as a SLURM job array (.[slurm] extra)
@@ -99,6 +102,10 @@ Run folder:     hydra.run.dir=DIR (default outputs/YYYY-MM-DD/hh-mm-ss)
 Sweep:          -m / --multirun with comma lists (common.seed=0,1,2) or ranges (common.seed=range(5)); one run
                 folder per job in hydra.sweep.dir (default multirun/YYYY-MM-DD/hh-mm-ss)/N
 Resume:         common.resume=true [hydra.run.dir=RUN]   (or RUN/scripts/resume.sh)
+Warm start:     agent.path_to_ckpt=FILE|RUN [agent.load_tokenizer|load_world_model|load_actor_critic=false]
+Reference:      the reference's paths (params.common.epochs=..., params.training.learning_rate=...,
+                params.initialization.path_to_checkpoint=..., ...) are mapped onto ours (README
+                "Coming from the reference"); a key we cannot honour exits 2 naming it
 --cfg [job]     print the composed configuration and exit (--cfg hydra / --cfg all: Hydra's part too)
 --info [WHAT]   Hydra's information (all|config|defaults|defaults-tree|plugins|searchpath)
 -sc install=bash   shell completion (eval "$(deltairis-train -sc install=bash)")

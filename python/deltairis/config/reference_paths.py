@@ -308,6 +308,7 @@ def rewrite_overrides(texts: Sequence[str], notes: list[str] | None = None) -> l
     out: list[str] = []
     # our keys the command line sets itself: an interpolation of the reference never overrides them
     explicit: set[str] = set()
+    own: set[str] = set()  # our keys the command line sets by their own name
     pending: list[tuple[str, str, str, Rule, str]] = []
     for text in texts:
         parts = _split(text)
@@ -330,6 +331,8 @@ def rewrite_overrides(texts: Sequence[str], notes: list[str] | None = None) -> l
         if rule is None:
             rule = _same(path)  # one of our keys (or an unknown one, which Hydra rejects naming it)
         explicit.update(rule.targets)
+        if rule.targets == (path,):
+            own.add(path)
         pending.append((text, prefix, path, rule, value))
     _check_conflicts(pending)
     for text, prefix, path, rule, value in pending:
@@ -354,10 +357,12 @@ def rewrite_overrides(texts: Sequence[str], notes: list[str] | None = None) -> l
             out.extend(f"~{t}" for t in targets)
             continue
         sweep = len(targets) > 1 and _values(text)[0]
-        for i, target in enumerate(targets):
+        # a sweep goes on one target (one not set by its own name elsewhere); the others follow it
+        anchor = next((t for t in targets if t not in own), targets[0])
+        for target in targets:
             # our own key keeps its prefix; a mapped one exists in our config (``++`` adds a model override)
             add = prefix if target == path else "++" if target.startswith(_AO) or prefix == "++" else ""
-            linked = "${" + targets[0] + "}" if sweep and i else value
+            linked = "${" + anchor + "}" if sweep and target != anchor else value
             out.append(f"{add}{target}={linked}")
     return out
 
