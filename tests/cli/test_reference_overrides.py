@@ -260,8 +260,19 @@ def test_preset_interpolations_of_the_reference() -> None:
     assert (cfg.training.world_model.seq_len, cfg.training.tokenizer.seq_len) == (25, 25)
     assert cfg.agent.overrides.world_model.transformer.max_blocks == 25
     cfg = compose_config(rewrite_overrides(["params.training.tokenizer.sequence_length=9",
-                                            "params.training.world_model.sequence_length=25"]))
+                                            "params.training.world_model.sequence_length=25",
+                                            "params.world_model.transformer_config.max_blocks=30"]))
     assert cfg.training.tokenizer.seq_len == 9  # set on the command line: not overridden
+    assert cfg.agent.overrides.world_model.transformer.max_blocks == 30
+    # the world model's vocabulary follows the codebook; the test episodes saved follow the train ones
+    cfg = compose_config(rewrite_overrides(["params.tokenizer.codebook_size=512",
+                                            "params.collection.train.num_episodes_to_save=3"]))
+    agent = agent_config_from(cfg, 17)
+    assert (agent.tokenizer.codebook_size, agent.world_model.latent_vocab_size) == (512, 512)
+    assert (cfg.collection.train.num_episodes_to_save, cfg.collection.test.num_episodes_to_save) == (3, 3)
+    cfg = compose_config(rewrite_overrides(["params.collection.test.num_episodes_to_save=1",
+                                            "params.collection.train.num_episodes_to_save=3"]))
+    assert (cfg.collection.train.num_episodes_to_save, cfg.collection.test.num_episodes_to_save) == (3, 1)
     # atari: codes are revived during the tokenizer's first-epoch steps
     cfg = compose_config(rewrite_overrides(["env=atari", "params=atari", "env.train.id=PongNoFrameskip-v4",
                                             "params.training.tokenizer.steps_first_epoch=300"]))

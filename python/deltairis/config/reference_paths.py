@@ -17,7 +17,8 @@ Every key of the reference's public configs has a row here, one of:
 A few rows depend on the group choices of the same command line (``env=``, ``params=``): the reference's
 ``env.train.max_episode_steps`` of Atari counts raw frames (our ``max_episode_frames``), its Crafter
 tokenizer reads the world model's ``sequence_length`` and its Atari tokenizer revives codes for
-``steps_first_epoch`` updates. Those follow the reference's interpolations (:data:`PRESET_EXTRAS`).
+``steps_first_epoch`` updates. Those follow the reference's interpolations (:data:`INTERPOLATIONS`,
+:data:`PRESET_EXTRAS`).
 """
 
 from __future__ import annotations
@@ -80,10 +81,6 @@ def _build_mapped() -> dict[str, Rule]:
         for key in ("batch_num_samples", "sequence_length", "priority_alpha", "grad_acc_steps", "max_grad_norm",
                     "weight_decay", "start_after_epochs", "steps_first_epoch", "steps_per_epoch"):
             m[f"training.{c}.{key}"] = _same(f"training.{c}.{renamed.get(key, key)}")
-    # the reference's world model has as many blocks as its training sequences (an interpolation)
-    m["training.world_model.sequence_length"] = Rule(
-        ("training.world_model.seq_len", f"{_AO}world_model.transformer.max_blocks")
-    )
 
     m["evaluation.should"] = _same("evaluation.should")
     m["evaluation.every"] = _same("evaluation.every")
@@ -96,8 +93,6 @@ def _build_mapped() -> dict[str, Rule]:
     m["tokenizer.num_tokens"] = Rule((f"{t}tokens_per_frame", f"{_AO}world_model.tokens_per_frame"))
     for key in ("decoder_act_channels", "codebook_size", "codebook_dim", "max_codebook_updates_with_revival"):
         m[f"tokenizer.{key}"] = Rule((f"{t}{key}",))
-    # the reference's world model reads its vocabulary size from the tokenizer's codebook (an interpolation)
-    m["tokenizer.codebook_size"] = Rule((f"{t}codebook_size", f"{_AO}world_model.latent_vocab_size"))
     m["tokenizer.encoder_config.image_channels"] = Rule((), ("7",), "two RGB frames and an action plane: 2*3+1")
     for key in _CNN_KEYS:
         m[f"tokenizer.encoder_config.{key}"] = Rule((f"{t}encoder.{key}",))
@@ -176,8 +171,17 @@ REFUSED: dict[str, str] = {
     },
 }
 
-#: extra targets of a reference path under one ``params=`` preset (the reference's interpolations), each
-#: added only when the command line does not set that key itself
+#: the reference's interpolations: more keys a reference path sets, each only when the command line does
+#: not set that key itself (in the reference an explicit value replaces the interpolation)
+INTERPOLATIONS: dict[str, tuple[str, ...]] = {
+    # the world model has as many blocks as its training sequences
+    "training.world_model.sequence_length": (f"{_AO}world_model.transformer.max_blocks",),
+    # the world model's vocabulary is the tokenizer's codebook
+    "tokenizer.codebook_size": (f"{_AO}world_model.latent_vocab_size",),
+    "collection.train.num_episodes_to_save": ("collection.test.num_episodes_to_save",),
+}
+
+#: the same under one ``params=`` preset only
 PRESET_EXTRAS: dict[str, dict[str, tuple[str, ...]]] = {
     "crafter": {"training.world_model.sequence_length": ("training.tokenizer.seq_len",)},
     "atari": {"training.tokenizer.steps_first_epoch": (f"{_AO}tokenizer.max_codebook_updates_with_revival",)},
@@ -350,7 +354,8 @@ def rewrite_overrides(texts: Sequence[str], notes: list[str] | None = None) -> l
                 )
         extras = _one({p: PRESET_EXTRAS.get(p, {}).get(path, ()) for p in presets}, "params=", path)
         assert isinstance(extras, tuple)
-        targets = [*rule.targets, *(t for t in extras if t not in explicit)]
+        linked = (*INTERPOLATIONS.get(path, ()), *extras)
+        targets = [*rule.targets, *(t for t in linked if t not in explicit)]
         if not targets:
             continue
         if prefix.startswith("~"):
@@ -362,9 +367,9 @@ def rewrite_overrides(texts: Sequence[str], notes: list[str] | None = None) -> l
         for target in targets:
             # our own key keeps its prefix; a mapped one exists in our config (``++`` adds a model override)
             add = prefix if target == path else "++" if target.startswith(_AO) or prefix == "++" else ""
-            linked = "${" + anchor + "}" if sweep and target != anchor else value
-            out.append(f"{add}{target}={linked}")
+            text_value = "${" + anchor + "}" if sweep and target != anchor else value
+            out.append(f"{add}{target}={text_value}")
     return out
 
 
-__all__ = ["MAPPED", "NO_EFFECT", "PRESET_EXTRAS", "REFUSED", "Rule", "env_rule", "rewrite_overrides"]
+__all__ = ["INTERPOLATIONS", "MAPPED", "NO_EFFECT", "PRESET_EXTRAS", "REFUSED", "Rule", "env_rule", "rewrite_overrides"]
