@@ -58,7 +58,7 @@ def test_toy_env_continues_identically(before: int) -> None:
 @pytest.mark.skipif(not crafter_native.native_available(), reason="no native Crafter")
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_crafter_continues_identically(threads: int) -> None:
-    make = lambda: crafter_native.NativeCrafterVectorEnv(2, seed=7, num_threads=threads, length=30)  # noqa: E731
+    make = lambda: crafter_native.NativeCrafterVectorEnv(2, seed=7, num_threads=threads, length=30)
     _continues_identically(make, 41, 45, 17)
 
 
@@ -98,7 +98,7 @@ def test_atari_reference_path_continues_identically() -> None:
     pytest.importorskip("ale_py")
     from deltairis.envs.atari import AtariPythonVectorEnv
 
-    make = lambda: AtariPythonVectorEnv(2, seed=5, train=True, max_episode_frames=240)  # noqa: E731
+    make = lambda: AtariPythonVectorEnv(2, seed=5, train=True, max_episode_frames=240)
     _continues_identically(make, 60, 110, 4)
 
 
@@ -135,7 +135,9 @@ def _other_kind(blob: bytes) -> bytes:
     head = len(MAGIC) + 6
     n = struct.unpack_from("<H", blob, len(MAGIC) + 4)[0]
     payload = blob[head + n + 32 :]
-    return blob[: len(MAGIC) + 4] + struct.pack("<H", 4) + b"tyo!" + hashlib.sha256(payload).digest() + payload
+    return (
+        blob[: len(MAGIC) + 4] + struct.pack("<H", 4) + b"tyo!" + hashlib.sha256(payload).digest() + payload
+    )
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,9 @@ def _resume(run: Path) -> int:
 
 
 def _play(run: Path) -> int:
-    return play_cli.main(["--run-dir", str(run), "--headless", "--steps", "2", "--output", str(run.parent / "p.gif")])
+    return play_cli.main(
+        ["--run-dir", str(run), "--headless", "--steps", "2", "--output", str(run.parent / "p.gif")]
+    )
 
 
 def _eval(run: Path) -> int:
@@ -127,7 +129,11 @@ def test_resume_sh_refuses_a_crafted_trainer_state(finished_run: Path, tmp_path:
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
     r = subprocess.run(
         ["bash", str(run / "scripts" / "resume.sh"), "common.epochs=2"],
-        check=False, capture_output=True, text=True, env=env, timeout=300,
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert r.returncode == 1, r.stderr[-2000:]
     assert "trainer_state.pt is not plain data: loading it would call io.open" in r.stderr, r.stderr[-2000:]
@@ -168,7 +174,9 @@ def previous_format_run(finished_run: Path, tmp_path_factory) -> Path:
     return run
 
 
-def test_a_previous_format_set_is_refused_naming_the_override(previous_format_run: Path, tmp_path, capsys) -> None:
+def test_a_previous_format_set_is_refused_naming_the_override(
+    previous_format_run: Path, tmp_path, capsys
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(previous_format_run, run)
     before = _snapshot(run)
@@ -188,18 +196,27 @@ def test_trust_checkpoint_rewrites_the_set_safely_and_resumes_bit_identically(
     shutil.copytree(finished_run, safe)
     shutil.copytree(previous_format_run, old)
     assert _resume(safe) == 0
-    assert train_cli.main(["common.resume=true", f"hydra.run.dir={old}", "common.epochs=2",
-                           "common.trust_checkpoint=true"]) == 0
+    assert (
+        train_cli.main(
+            ["common.resume=true", f"hydra.run.dir={old}", "common.epochs=2", "common.trust_checkpoint=true"]
+        )
+        == 0
+    )
     assert "full unpickling" in capsys.readouterr().err
     for name in MEMBERS:  # the rewritten (then resumed) set is data
         load_safe(old / "checkpoints" / name, name)
-    assert not list((old / "checkpoints").glob("*.next")) and not (old / "checkpoints" / ".journal.json").exists()
+    assert (
+        not list((old / "checkpoints").glob("*.next"))
+        and not (old / "checkpoints" / ".journal.json").exists()
+    )
     a = load_safe(safe / "checkpoints" / "last.pt")["state_dict"]
     b = load_safe(old / "checkpoints" / "last.pt")["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     sa = load_safe(safe / "checkpoints" / "trainer_state.pt")
     sb = load_safe(old / "checkpoints" / "trainer_state.pt")
-    assert sa["collector"]["env"] == sb["collector"]["env"] and torch.equal(sa["rng"]["torch"], sb["rng"]["torch"])
+    assert sa["collector"]["env"] == sb["collector"]["env"] and torch.equal(
+        sa["rng"]["torch"], sb["rng"]["torch"]
+    )
 
 
 @pytest.mark.parametrize("where", ["trainer_state.pt", "optimizer.pt", "env"])
@@ -219,11 +236,17 @@ def test_even_trust_checkpoint_refuses_what_no_version_wrote(
     else:
         _plant(run, where, marker)
     before = _snapshot(run)
-    assert train_cli.main(["common.resume=true", f"hydra.run.dir={run}", "common.epochs=2",
-                           "common.trust_checkpoint=true"]) == 1
+    assert (
+        train_cli.main(
+            ["common.resume=true", f"hydra.run.dir={run}", "common.epochs=2", "common.trust_checkpoint=true"]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
-    refusal = "not plain data: loading it would call io.open" if where == "trainer_state.pt" else (
-        "names io.open, which no delta-iris version wrote"
+    refusal = (
+        "not plain data: loading it would call io.open"
+        if where == "trainer_state.pt"
+        else ("names io.open, which no delta-iris version wrote")
     )
     assert refusal in err, err[-2000:]
     assert not marker.exists() and _snapshot(run) == before
@@ -275,7 +298,13 @@ def _unsafe_calls(path: Path) -> list[tuple[str, str, int]]:
             if isinstance(child, ast.Call):
                 f = child.func
                 dotted = ast.unparse(f)
-                if dotted in ("pickle.load", "pickle.loads", "pickle.Unpickler", "cloudpickle.loads", "dill.loads"):
+                if dotted in (
+                    "pickle.load",
+                    "pickle.loads",
+                    "pickle.Unpickler",
+                    "cloudpickle.loads",
+                    "dill.loads",
+                ):
                     out.append((func, dotted, child.lineno))
                 elif dotted == "torch.load" or dotted.endswith("serialization.load"):
                     kw = {k.arg: k.value for k in child.keywords}
@@ -311,13 +340,22 @@ def test_the_checker_sees_an_unsafe_call(tmp_path: Path) -> None:
 def test_plain_values_round_trip_bit_for_bit() -> None:
     from deltairis.checkpoint import from_plain, to_plain
 
-    value = {"a": np.arange(5, dtype=np.uint16), "s": np.float32(0.1), "rng": np.random.get_state(), "t": (1, b"x")}
+    value = {
+        "a": np.arange(5, dtype=np.uint16),
+        "s": np.float32(0.1),
+        "rng": np.random.get_state(),
+        "t": (1, b"x"),
+    }
     buf = io.BytesIO()
     torch.save(to_plain(value), buf)
     back = from_plain(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     assert back["a"].dtype == np.uint16 and np.array_equal(back["a"], value["a"])
     assert type(back["s"]) is np.float32 and back["s"].tobytes() == value["s"].tobytes()
-    assert back["rng"][0] == "MT19937" and np.array_equal(back["rng"][1], value["rng"][1]) and back["t"] == (1, b"x")
+    assert (
+        back["rng"][0] == "MT19937"
+        and np.array_equal(back["rng"][1], value["rng"][1])
+        and back["t"] == (1, b"x")
+    )
     with pytest.raises(TypeError, match="cannot store a Crafted"):
         to_plain({"x": Crafted(Path("nowhere"))})
 

@@ -451,7 +451,7 @@ class NativeCrafterVectorEnv(VectorEnv):
         vec = _native.require_core().CrafterVectorEnv(assets, self.num_envs, 0 if threads is None else threads)
         engine = state["engine"]
         if not isinstance(engine, bytes):
-            raise ValueError("the engine state is not bytes")
+            raise ValueError("the engine state is not bytes")  # noqa: TRY004 (project rule: bad input -> ValueError)
         vec.load_state(engine)
         buffers = {k: np.asarray(state["buffers"][k], dtype=v.dtype).reshape(v.shape) for k, v in self._buffers.items()}
         obs = np.asarray(state["obs"], dtype=np.uint8).reshape(self._obs.shape)

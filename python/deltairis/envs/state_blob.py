@@ -112,7 +112,9 @@ def read_env_state(blob: object, where: str) -> tuple[str, dict[str, Any]]:
     except EnvStateError:
         raise
     except Exception as exc:
-        raise EnvStateError(f"{where} cannot be read ({type(exc).__name__}: {exc}); it was not loaded") from exc
+        raise EnvStateError(
+            f"{where} cannot be read ({type(exc).__name__}: {exc}); it was not loaded"
+        ) from exc
     if not isinstance(state, dict):
         raise EnvStateError(f"{where} holds a {type(state).__name__}, not an env state")
     return kind, state

@@ -45,7 +45,12 @@ from deltairis.checkpoint import (
 )
 from deltairis.data import ReplayStore
 from deltairis.data.replay_store import INDEX_NAME
-from deltairis.envs.state_blob import legacy_env_name_allowed, pack_env_state, read_env_state, supports_env_state
+from deltairis.envs.state_blob import (
+    legacy_env_name_allowed,
+    pack_env_state,
+    read_env_state,
+    supports_env_state,
+)
 from deltairis.errors import NonFiniteError
 from deltairis.seeding import global_rng_state
 from deltairis.train.collector import ENV_STATE_WHERE, Collector, paused_to_plain
