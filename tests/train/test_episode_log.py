@@ -120,7 +120,13 @@ def tiny_run(tmp_path_factory, tiny_config) -> Path:
     from deltairis.train.trainer import Trainer
 
     run_dir = tmp_path_factory.mktemp("episodes") / "run"
-    Trainer(tiny_config("common.epochs=1"), run_dir).run()
+    cfg = tiny_config(
+        "common.epochs=1",
+        "training.should=false",
+        "env.test.max_episode_steps=8",
+        "env.train.max_episode_steps=8",
+    )
+    Trainer(cfg, run_dir).run()  # collect and evaluate (short episodes: several end in each collection)
     return run_dir
 
 
