@@ -232,5 +232,14 @@ def test_atari_run_folders_final_score_rules(tmp_path: Path) -> None:
     )
     delta = agg["atari"]["baselines"]["delta-iris"]
     assert list(delta["games"]) == ["Pong"] and delta["games"]["Pong"] == pytest.approx(15.0)  # 21 20 15 10 9
+    from deltairis.train.run_folder import RunFolderLock
+
+    lock = RunFolderLock(sweep / "0").acquire()  # a training process in run 0 (e.g. resumed for more epochs)
+    try:
+        busy = aggregate([sweep], Settings(reps=2000, baselines=()))
+    finally:
+        lock.release()
+    assert f"{sweep / '0'}: in use by a training process (epoch 600 of 600): skipped" in busy["notes"]
+    assert busy["atari"]["games"]["Pong"]["scores"] == [-3.0]
     tail = aggregate([sweep], Settings(reps=2000, baselines=(), final_score="train-tail", tail_steps=1500))
     assert tail["atari"]["games"]["Pong"]["scores"] == [-18.0, -15.0]  # episodes ending after 98,500 steps

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,8 @@ class Run:
     game: str
     seed: int | None = None
     finished: bool = True
+    #: a training process holds the run folder's lock right now
+    in_use: bool = False
     epochs: tuple[int, int] = (0, 0)  # (done, planned)
     episodes: list[dict[str, Any]] = field(default_factory=list)
     metrics: list[dict[str, Any]] = field(default_factory=list)
@@ -150,6 +153,27 @@ def read_score_file(path: Path, notes: list[str] | None = None) -> list[Run]:
     return runs
 
 
+def _locked(run_dir: Path) -> bool:
+    """Whether a training process holds the run folder's lock (``RUN/.lock``, an exclusive ``flock``)."""
+    import fcntl
+
+    from deltairis.train.run_folder import LOCK_NAME
+
+    try:
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: no process ever trained here, or it cannot be read
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # taken and dropped at once
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def read_run(path: Path) -> Run:
     """A run folder: its config (env, game, seed, planned epochs), metrics.jsonl and episodes.jsonl."""
     from deltairis.train.configuration import load_run_config
@@ -168,6 +192,7 @@ def read_run(path: Path) -> Run:
             if isinstance(record, dict) and "epoch" in record:
                 metrics.append(record)
     done = max((int(r["epoch"]) for r in metrics), default=0)
+    in_use = _locked(path)
     planned = int(cfg.common.epochs)
     seed = cfg.common.seed
     return Run(
@@ -175,7 +200,8 @@ def read_run(path: Path) -> Run:
         env=env,
         game=game,
         seed=None if seed is None else int(seed),
-        finished=done >= planned,
+        finished=done >= planned and not in_use,
+        in_use=in_use,
         epochs=(done, planned),
         episodes=read_episodes(path / EPISODES_FILE),
         metrics=metrics,
@@ -238,7 +264,8 @@ def _select(runs: list[Run], settings: Settings, notes: list[str]) -> list[Run]:
     for run in runs:
         if not run.finished:
             done, planned = run.epochs
-            where = f"{run.name}: still training or stopped early (epoch {done} of {planned})"
+            state = "in use by a training process" if run.in_use else "still training or stopped early"
+            where = f"{run.name}: {state} (epoch {done} of {planned})"
             if run.env == "crafter" and _train_steps(run) > settings.budget:
                 # the protocol reads the episodes within the budget only, and those are all there
                 notes.append(f"{where}, past the budget of {settings.budget} env steps: used")
