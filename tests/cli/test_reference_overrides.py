@@ -414,3 +414,20 @@ def test_a_sweep_of_the_reference_learning_rate_is_checked_per_job(tmp_path: Pat
     assert rc == 2
     assert "training.world_model.learning_rate must be > 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_resume_maps_the_reference_paths_under_the_runs_own_groups(tmp_path: Path, capsys) -> None:
+    """No group choice on a resume's command line: the run's saved env and preset decide (an Atari run's
+    max_episode_steps counts raw frames; the Crafter tokenizer interpolation does not apply to Atari)."""
+    from deltairis.train.configuration import save_config
+
+    run = tmp_path / "run"
+    save_config(compose_config(["env=atari", "params=atari", "env.train.id=PongNoFrameskip-v4"]),
+                run / "config" / "trainer.yaml")
+    rc = train_cli.main(["--cfg", "job", "params.common.resume=True", f"hydra.run.dir={run}",
+                         "env.train.max_episode_steps=5000", "params.training.world_model.sequence_length=30"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    cfg = OmegaConf.create(out.out)
+    assert cfg.env.train.max_episode_frames == 5000 and cfg.env.train.max_episode_steps is None
+    assert cfg.training.world_model.seq_len == 30 and cfg.training.tokenizer.seq_len == 21

@@ -290,13 +290,19 @@ def _value(overrides: Sequence[Override], key: str) -> str | None:
     return None if value is None else str(value)
 
 
-def _resume(texts: list[str], overrides: list[Override], print_cfg: str | None) -> int:
-    """``common.resume=true``: the run folder's saved config plus the other job overrides (no composition)."""
+def _resume(texts: list[str], overrides: list[Override], print_cfg: str | None, given: list[str]) -> int:
+    """``common.resume=true``: the run folder's saved config plus the other job overrides (no composition).
+    The reference's paths among the ``given`` overrides are mapped under the run's own env and preset."""
+    from deltairis.config.reference_paths import rewrite_overrides
+
     run_dir = Path(_value(overrides, "hydra.run.dir") or Path.cwd()).resolve()
+    saved = load_run_config(run_dir / "config" / "trainer.yaml")
+    groups = [f"env={saved.env.name}", f"params={saved.agent.preset}"]
+    texts = rewrite_overrides([*groups, *given])[len(groups) :]  # the group choices come out first, as given
+    overrides = _parse_overrides(texts)
     # Hydra settings (output_subdir, job.chdir, ...) mean nothing for a resumed run
     skip = [o.is_hydra_override() or o.key_or_group == "common.resume" for o in overrides]
     rest = [text for text, skipped in zip(texts, skip) if not skipped]
-    saved = load_run_config(run_dir / "config" / "trainer.yaml")
     cfg = apply_overrides(saved, [*rest, "common.resume=true"])
     if print_cfg is not None:
         print(OmegaConf.to_yaml(cfg, resolve=True))
@@ -398,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{__doc__}\n{USAGE}")
         return 0
     try:
+        given = list(args.overrides)
         argv, args.overrides = _reference_paths(argv, args.overrides)
         overrides = _parse_overrides(args.overrides)
         code = _start_distributed(args, overrides)
@@ -410,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "scripts/resume.sh"
                 )
             if not (args.info or args.shell_completion or args.hydra_help or args.cfg == "hydra"):
-                return _resume(args.overrides, overrides, args.cfg)
+                return _resume(args.overrides, overrides, args.cfg, given)
         return _run_hydra(argv)
     except (Exception, KeyboardInterrupt) as exc:
         code = _report(exc)
