@@ -93,7 +93,8 @@ logger = logging.getLogger(__name__)
 USAGE = """usage: deltairis-train [-m] [--cfg job|hydra|all] [--info [WHAT]] [-sc install=bash] [--help]
                        [--hydra-help] [key=value ...]
 
-Config groups:  env=crafter|atari|toy|gymnasium   params=crafter|atari|tiny   hydra/launcher=basic|submitit_local|submitit_slurm
+Config groups:  env=crafter|atari|toy|gymnasium   params=crafter|atari|tiny
+                hydra/launcher=basic|submitit_local|submitit_slurm
 Common keys:    common.epochs=N common.seed=N common.device=auto|cpu|cuda wandb.mode=online|offline|disabled
                 env.train.id=BreakoutNoFrameskip-v4 collection.train.num_steps=N training.tokenizer.batch_size=N ...
                 (every key of deltairis/config/trainer.yaml and the selected groups; unknown keys and

@@ -76,10 +76,23 @@ def _build_mapped() -> dict[str, Rule]:
 
     m["training.should"] = _same("training.should")
     m["training.learning_rate"] = Rule(tuple(f"training.{c}.learning_rate" for c in COMPONENTS))
-    renamed = {"batch_num_samples": "batch_size", "sequence_length": "seq_len", "priority_alpha": "sampling_alpha"}
+    renamed = {
+        "batch_num_samples": "batch_size",
+        "sequence_length": "seq_len",
+        "priority_alpha": "sampling_alpha",
+    }
     for c in COMPONENTS:
-        for key in ("batch_num_samples", "sequence_length", "priority_alpha", "grad_acc_steps", "max_grad_norm",
-                    "weight_decay", "start_after_epochs", "steps_first_epoch", "steps_per_epoch"):
+        for key in (
+            "batch_num_samples",
+            "sequence_length",
+            "priority_alpha",
+            "grad_acc_steps",
+            "max_grad_norm",
+            "weight_decay",
+            "start_after_epochs",
+            "steps_first_epoch",
+            "steps_per_epoch",
+        ):
             m[f"training.{c}.{key}"] = _same(f"training.{c}.{renamed.get(key, key)}")
 
     m["evaluation.should"] = _same("evaluation.should")
@@ -93,7 +106,9 @@ def _build_mapped() -> dict[str, Rule]:
     m["tokenizer.num_tokens"] = Rule((f"{t}tokens_per_frame", f"{_AO}world_model.tokens_per_frame"))
     for key in ("decoder_act_channels", "codebook_size", "codebook_dim", "max_codebook_updates_with_revival"):
         m[f"tokenizer.{key}"] = Rule((f"{t}{key}",))
-    m["tokenizer.encoder_config.image_channels"] = Rule((), ("7",), "two RGB frames and an action plane: 2*3+1")
+    m["tokenizer.encoder_config.image_channels"] = Rule(
+        (), ("7",), "two RGB frames and an action plane: 2*3+1"
+    )
     for key in _CNN_KEYS:
         m[f"tokenizer.encoder_config.{key}"] = Rule((f"{t}encoder.{key}",))
         m[f"tokenizer.frame_cnn_config.{key}"] = Rule((f"{t}frame_cnn.{key}",))
@@ -113,7 +128,8 @@ def _build_mapped() -> dict[str, Rule]:
         m[f"world_model.transformer_config.{key}"] = Rule((f"{w}transformer.{key}",))
     for key in ("embed_pdrop", "resid_pdrop", "attn_pdrop"):
         m[f"world_model.transformer_config.{key}"] = Rule(
-            (), ("0.0", "0"),
+            (),
+            ("0.0", "0"),
             "our transformer has one dropout rate for its embeddings and residual branches and none in "
             f"attention: set {w}transformer.dropout instead",
         )
@@ -122,12 +138,22 @@ def _build_mapped() -> dict[str, Rule]:
         m[f"world_model.frame_cnn_config.{key}"] = Rule((f"{w}frame_cnn.{key}",))
 
     a = f"{_AO}actor_critic."
-    for ref, ours in (("burn_in_length", "burn_in"), ("imagination_horizon", "horizon"), ("gamma", "gamma"),
-                      ("lambda_", "lambda_"), ("entropy_weight", "entropy_weight"), ("two_hot_rets", "two_hot_values"),
-                      ("model.two_hot_rets", "two_hot_values")):
+    for ref, ours in (
+        ("burn_in_length", "burn_in"),
+        ("imagination_horizon", "horizon"),
+        ("gamma", "gamma"),
+        ("lambda_", "lambda_"),
+        ("entropy_weight", "entropy_weight"),
+        ("two_hot_rets", "two_hot_values"),
+        ("model.two_hot_rets", "two_hot_values"),
+    ):
         m[f"actor_critic.{ref}"] = Rule((f"{a}{ours}",))
-    m["actor_critic.model.num_actions"] = Rule((), ("null",), "the number of actions comes from the environment")
-    m["actor_critic.model.frame_encoder_config.image_channels"] = Rule((), ("3",), "our environments give RGB frames")
+    m["actor_critic.model.num_actions"] = Rule(
+        (), ("null",), "the number of actions comes from the environment"
+    )
+    m["actor_critic.model.frame_encoder_config.image_channels"] = Rule(
+        (), ("3",), "our environments give RGB frames"
+    )
     for key in _CNN_KEYS:
         m[f"actor_critic.model.frame_encoder_config.{key}"] = Rule((f"{a}frame_cnn.{key}",))
     return m
@@ -148,6 +174,7 @@ _EVAL = (
     "our evaluation uses the training value (training.{c}.{key}); set that one, or evaluation.num_batches "
     "to cap the evaluation batches"
 )
+_MIRROR = "our decoder mirrors the encoder's layers: set tokenizer.encoder_config.{key}"
 #: reference path (without ``params.``) -> why we refuse it
 REFUSED: dict[str, str] = {
     "tokenizer._target_": _TARGET,
@@ -162,8 +189,8 @@ REFUSED: dict[str, str] = {
     "tokenizer.decoder_config.latent_dim": (
         "derived: frame_cnn_config.latent_dim + decoder_act_channels + encoder_config.latent_dim (set those)"
     ),
-    "tokenizer.decoder_config.mult": "our decoder mirrors the encoder's layers: set tokenizer.encoder_config.mult",
-    "tokenizer.decoder_config.down": "our decoder mirrors the encoder's layers: set tokenizer.encoder_config.down",
+    "tokenizer.decoder_config.mult": _MIRROR.format(key="mult"),
+    "tokenizer.decoder_config.down": _MIRROR.format(key="down"),
     **{
         f"evaluation.{c}.{key}": _EVAL.format(c=c, key={"batch_num_samples": "batch_size"}.get(key, key))
         for c in ("tokenizer", "world_model")
@@ -187,7 +214,15 @@ PRESET_EXTRAS: dict[str, dict[str, tuple[str, ...]]] = {
     "atari": {"training.tokenizer.steps_first_epoch": (f"{_AO}tokenizer.max_codebook_updates_with_revival",)},
 }
 
-_ENV_SPLIT_KEYS = ("id", "size", "max_episode_steps", "noop_max", "frame_skip", "done_on_life_loss", "clip_reward")
+_ENV_SPLIT_KEYS = (
+    "id",
+    "size",
+    "max_episode_steps",
+    "noop_max",
+    "frame_skip",
+    "done_on_life_loss",
+    "clip_reward",
+)
 
 
 def env_rule(env: str | None, path: str) -> Rule | None:
@@ -372,4 +407,13 @@ def rewrite_overrides(texts: Sequence[str], notes: list[str] | None = None) -> l
     return out
 
 
-__all__ = ["INTERPOLATIONS", "MAPPED", "NO_EFFECT", "PRESET_EXTRAS", "REFUSED", "Rule", "env_rule", "rewrite_overrides"]
+__all__ = [
+    "INTERPOLATIONS",
+    "MAPPED",
+    "NO_EFFECT",
+    "PRESET_EXTRAS",
+    "REFUSED",
+    "Rule",
+    "env_rule",
+    "rewrite_overrides",
+]

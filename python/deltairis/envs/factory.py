@@ -64,7 +64,8 @@ def make_vector_env(
         **kwargs: env options. Crafter: ``length`` (10,000), ``reward`` (True). Atari: ``id``
             (``"BreakoutNoFrameskip-v4"`` or an ALE name), ``train`` (True: training settings, False: test
             settings), ``noop_max``, ``max_episode_frames``. Toy: ``max_steps`` (30), ``respawn`` (True), ``grid`` (4).
-            Gymnasium: ``id`` (required), ``frame_skip`` (1), ``max_pool`` (False), ``max_episode_steps`` (None).
+            Gymnasium: ``id`` (required), ``frame_skip`` (1), ``max_pool`` (False),
+            ``max_episode_steps`` (None).
 
     Raises:
         ValueError: unknown ``name``, ``backend`` or option, or a bad value.

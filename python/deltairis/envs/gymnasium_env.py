@@ -70,7 +70,8 @@ def to_rgb64(frame: np.ndarray) -> np.ndarray:
 
 
 class GymnasiumEnv:
-    """One gymnasium env as a :class:`~deltairis.envs.vector.SingleEnv` (64x64 RGB frames, discrete actions)."""
+    """One gymnasium env as a :class:`~deltairis.envs.vector.SingleEnv` (64x64 RGB frames, discrete
+    actions)."""
 
     def __init__(
         self,
@@ -86,7 +87,9 @@ class GymnasiumEnv:
         check_positive_int(frame_skip, "frame_skip")
         check_positive_int(max_episode_steps, "max_episode_steps", allow_none=True)
         if max_pool and frame_skip < 2:
-            raise ValueError("max_pool needs frame_skip >= 2 (it takes the maximum of the last two frames of a step)")
+            raise ValueError(
+                "max_pool needs frame_skip >= 2 (it takes the maximum of the last two frames of a step)"
+            )
         kwargs = dict(make_kwargs or {})
         try:
             env = gymnasium.make(env_id, **kwargs)
@@ -95,7 +98,8 @@ class GymnasiumEnv:
         if not isinstance(env.action_space, spaces.Discrete):
             env.close()
             raise ValueError(
-                f"env {env_id!r} has action space {env.action_space}: only Discrete action spaces are supported "
+                f"env {env_id!r} has action space {env.action_space}: only Discrete action spaces are "
+                "supported "
                 "(continuous or multi-discrete actions would need another policy head)"
             )
         self.render = not _is_image_space(env.observation_space)
@@ -105,7 +109,8 @@ class GymnasiumEnv:
                 space = env.observation_space
                 env.close()
                 raise ValueError(
-                    f"env {env_id!r} has observation space {space}, which is not an image (uint8 (H, W, 3)), and "
+                    f"env {env_id!r} has observation space {space}, which is not an image "
+                    "(uint8 (H, W, 3)), and "
                     f"it does not render rgb_array (render modes: {modes}): no frames to learn from"
                 )
             env.close()

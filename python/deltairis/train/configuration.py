@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from deltairis.config.models import AgentConfig, make_agent_config
 from deltairis.config.schema import OPTIMIZERS, TrainerConfig
+from deltairis.data.frame_codec import COMPRESSIONS
 from deltairis.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,9 @@ def _check_values(cfg: DictConfig) -> None:
             "env.train.id is required with env=atari (e.g. env.train.id=BreakoutNoFrameskip-v4)"
         )
     if cfg.env.name == "gymnasium" and not cfg.env.train.id:
-        raise ConfigError("env.train.id is required with env=gymnasium (a registered gymnasium id, e.g. CartPole-v1)")
+        raise ConfigError(
+            "env.train.id is required with env=gymnasium (a registered gymnasium id, e.g. CartPole-v1)"
+        )
     for split in ("train", "test"):
         # an Atari game id with another env (`-m env.train.id=A,B` without env=atari) would otherwise
         # train the default env once per "game"
@@ -117,11 +120,12 @@ def _check_values(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"env.{split}.id={s.id} is an Atari game but env={cfg.env.name}; add env=atari params=atari"
             )
-        # the time limit of Atari counts raw frames, of the other envs agent steps: the other key would be ignored
+        # Atari's time limit counts raw frames, the other envs' agent steps: the other key would be ignored
         if cfg.env.name == "atari" and s.max_episode_steps is not None:
             raise ConfigError(
-                f"env.{split}.max_episode_steps is not used with env=atari: set env.{split}.max_episode_frames "
-                "(raw emulator frames, what the reference's env.train.max_episode_steps counts)"
+                f"env.{split}.max_episode_steps is not used with env=atari: set "
+                f"env.{split}.max_episode_frames (raw emulator frames, what the reference's "
+                "env.train.max_episode_steps counts)"
             )
         if cfg.env.name != "atari" and s.max_episode_frames is not None:
             raise ConfigError(
@@ -130,7 +134,9 @@ def _check_values(cfg: DictConfig) -> None:
             )
         for key in ("frame_skip", "max_pool"):
             if cfg.env.name != "gymnasium" and s[key] is not None:
-                raise ConfigError(f"env.{split}.{key} is a setting of env=gymnasium, not of env={cfg.env.name}")
+                raise ConfigError(
+                    f"env.{split}.{key} is a setting of env=gymnasium, not of env={cfg.env.name}"
+                )
         if s.frame_skip is not None:
             positive(f"env.{split}.frame_skip", s.frame_skip)
         if s.max_pool and (s.frame_skip or 1) < 2:
@@ -173,6 +179,10 @@ def _check_values(cfg: DictConfig) -> None:
     if cfg.evaluation.num_batches is not None:
         positive("evaluation.num_batches", cfg.evaluation.num_batches, allow_zero=True)
     positive("distributed.timeout_s", cfg.distributed.timeout_s)
+    if cfg.data.compression not in COMPRESSIONS:
+        raise ConfigError(
+            f"data.compression must be one of {', '.join(COMPRESSIONS)}, got {cfg.data.compression!r}"
+        )
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:

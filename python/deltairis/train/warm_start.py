@@ -47,11 +47,15 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {file}: the file is corrupt or not a torch file ({exc})") from exc
+        raise CheckpointError(
+            f"cannot read checkpoint {file}: the file is corrupt or not a torch file ({exc})"
+        ) from exc
     if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
         payload = payload.get("state_dict")
     if not isinstance(payload, Mapping):
-        raise CheckpointError(f"checkpoint {file} holds a {type(payload).__name__}, expected an agent state dict")
+        raise CheckpointError(
+            f"checkpoint {file} holds a {type(payload).__name__}, expected an agent state dict"
+        )
     return {str(k): v for k, v in payload.items()}
 
 
@@ -71,10 +75,14 @@ def _component_state(
     missing = sorted(set(expected) - set(sub))
     unexpected = sorted(set(sub) - set(expected))
     if missing:
-        problems.append("missing " + ", ".join(prefix + k for k in missing[:10]) + (" ..." if len(missing) > 10 else ""))
+        problems.append(
+            "missing " + ", ".join(prefix + k for k in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        )
     if unexpected:
         problems.append(
-            "unexpected " + ", ".join(prefix + k for k in unexpected[:10]) + (" ..." if len(unexpected) > 10 else "")
+            "unexpected "
+            + ", ".join(prefix + k for k in unexpected[:10])
+            + (" ..." if len(unexpected) > 10 else "")
         )
     for key in sorted(set(expected) & set(sub)):
         value, want = sub[key], expected[key]
@@ -82,12 +90,15 @@ def _component_state(
             problems.append(f"{prefix}{key} is a {type(value).__name__}, not a tensor")
         elif tuple(value.shape) != tuple(want.shape):
             problems.append(
-                f"{prefix}{key} has shape {tuple(value.shape)} in the checkpoint, the model has {tuple(want.shape)}"
+                f"{prefix}{key} has shape {tuple(value.shape)} in the checkpoint, "
+                f"the model has {tuple(want.shape)}"
             )
         elif value.is_floating_point() != want.is_floating_point():
             problems.append(f"{prefix}{key} has dtype {value.dtype}, the model has {want.dtype}")
         elif key.endswith(".sa.mask") and not torch.equal(value.bool(), want.bool().cpu()):
-            problems.append(f"{prefix}{key} is another attention mask than this model's (transformer attention type)")
+            problems.append(
+                f"{prefix}{key} is another attention mask than this model's (transformer attention type)"
+            )
     if problems:
         raise CheckpointError(
             f"{what}: the {name} does not match this run's model ({'; '.join(problems)}); set the model "
@@ -107,7 +118,9 @@ def warm_start(agent: Agent, path: str | os.PathLike[str], components: Sequence[
         raise ValueError(f"unknown agent components {unknown}; expected some of {list(COMPONENTS)}")
     chosen = [c for c in COMPONENTS if c in components]
     if not chosen:
-        logger.warning("agent.path_to_ckpt=%s is set but no component is chosen (agent.load_*): nothing loaded", path)
+        logger.warning(
+            "agent.path_to_ckpt=%s is set but no component is chosen (agent.load_*): nothing loaded", path
+        )
         return []
     file = checkpoint_file(path)
     state_dict = read_state_dict(file)
@@ -117,7 +130,10 @@ def warm_start(agent: Agent, path: str | os.PathLike[str], components: Sequence[
         getattr(agent, name).load_state_dict(sub, strict=True)
     kept = [c for c in COMPONENTS if c not in chosen]
     logger.info(
-        "warm start from %s: loaded %s%s", file, ", ".join(chosen), f" (fresh: {', '.join(kept)})" if kept else ""
+        "warm start from %s: loaded %s%s",
+        file,
+        ", ".join(chosen),
+        f" (fresh: {', '.join(kept)})" if kept else "",
     )
     return chosen
 
