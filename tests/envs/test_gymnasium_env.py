@@ -1,5 +1,6 @@
-"""``env=gymnasium``: any registered gymnasium env with pixels and discrete actions (deltairis.envs.gymnasium_env),
-with a small custom env registered here and CartPole-v1 (rendered rgb_array frames) shipped with gymnasium."""
+"""``env=gymnasium``: any registered gymnasium env with pixels and discrete actions
+(deltairis.envs.gymnasium_env), with a small custom env registered here and CartPole-v1 (rendered rgb_array
+frames) shipped with gymnasium."""
 
 from __future__ import annotations
 
@@ -97,7 +98,11 @@ def test_frame_skip_max_pool_and_time_limits() -> None:
     short = GymnasiumEnv(BLINK, frame_skip=5)  # the env's own end (12 steps) stops inside a skip
     short.reset(seed=0)
     ends = [short.step(0) for _ in range(3)]
-    assert [e[2] for e in ends] == [False, False, True] and ends[-1][3]["t"] == 12 and not ends[-1][3]["truncated"]
+    assert (
+        [e[2] for e in ends] == [False, False, True]
+        and ends[-1][3]["t"] == 12
+        and not ends[-1][3]["truncated"]
+    )
     with pytest.raises(ValueError, match="max_pool needs frame_skip >= 2"):
         GymnasiumEnv(BLINK, max_pool=True)
 
@@ -136,8 +141,7 @@ def test_rendered_env_shipped_with_gymnasium_vectorised_and_seeded() -> None:
 
 def test_a_module_path_id_registers_the_env(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "my_blink_envs.py").write_text(
-        "import gymnasium\n"
-        f"gymnasium.register(id='MyBlink-v0', entry_point='{__name__}:Blink')\n"
+        f"import gymnasium\ngymnasium.register(id='MyBlink-v0', entry_point='{__name__}:Blink')\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "my_blink_envs", raising=False)
@@ -154,10 +158,21 @@ def test_grey_and_float_frames_become_rgb() -> None:
 
 
 def test_config_of_the_gymnasium_group() -> None:
-    cfg = compose_config(["env=gymnasium", "env.train.id=CartPole-v1", "env.train.frame_skip=4",
-                          "env.train.max_pool=true", "env.train.max_episode_steps=100"])
-    assert env_kwargs(cfg.env, "test") == {"id": "CartPole-v1", "max_episode_steps": 100, "frame_skip": 4,
-                                          "max_pool": True}
+    cfg = compose_config(
+        [
+            "env=gymnasium",
+            "env.train.id=CartPole-v1",
+            "env.train.frame_skip=4",
+            "env.train.max_pool=true",
+            "env.train.max_episode_steps=100",
+        ]
+    )
+    assert env_kwargs(cfg.env, "test") == {
+        "id": "CartPole-v1",
+        "max_episode_steps": 100,
+        "frame_skip": 4,
+        "max_pool": True,
+    }
     with pytest.raises(ConfigError, match="env.train.id is required with env=gymnasium"):
         compose_config(["env=gymnasium"])
     with pytest.raises(ConfigError, match="env.train.frame_skip is a setting of env=gymnasium"):
@@ -168,23 +183,48 @@ def test_config_of_the_gymnasium_group() -> None:
 
 #: a one-epoch run of seconds on a CPU (the tiny run of tests/train/conftest.py on env=gymnasium)
 TINY_GYM = [
-    "env=gymnasium", "params=tiny", "common.device=cpu", "wandb.mode=disabled", "common.progress_bar=false",
-    "common.seed=7", "common.epochs=1", "common.memory_plan=false", "collection.train.num_envs=2", "collection.train.num_steps_first_epoch=64",
-    "collection.train.num_steps=16", "collection.test.num_envs=2", "collection.test.num_episodes=2",
-    "collection.train.num_episodes_to_save=1", "collection.test.num_episodes_to_save=1",
-    "training.tokenizer.steps_first_epoch=2", "training.tokenizer.steps_per_epoch=2", "training.tokenizer.batch_size=2",
-    "training.tokenizer.seq_len=3", "training.world_model.steps_first_epoch=2", "training.world_model.steps_per_epoch=2",
-    "training.world_model.batch_size=2", "training.world_model.seq_len=4", "training.actor_critic.start_after_epochs=0",
-    "training.actor_critic.steps_first_epoch=2", "training.actor_critic.steps_per_epoch=2",
-    "training.actor_critic.batch_size=2", "evaluation.every=1", "evaluation.num_batches=1",
-    "evaluation.num_reconstructions=2", "+agent.overrides.actor_critic.horizon=3",
+    "env=gymnasium",
+    "params=tiny",
+    "common.device=cpu",
+    "wandb.mode=disabled",
+    "common.progress_bar=false",
+    "common.seed=7",
+    "common.epochs=1",
+    "common.memory_plan=false",
+    "collection.train.num_envs=2",
+    "collection.train.num_steps_first_epoch=64",
+    "collection.train.num_steps=16",
+    "collection.test.num_envs=2",
+    "collection.test.num_episodes=2",
+    "collection.train.num_episodes_to_save=1",
+    "collection.test.num_episodes_to_save=1",
+    "training.tokenizer.steps_first_epoch=2",
+    "training.tokenizer.steps_per_epoch=2",
+    "training.tokenizer.batch_size=2",
+    "training.tokenizer.seq_len=3",
+    "training.world_model.steps_first_epoch=2",
+    "training.world_model.steps_per_epoch=2",
+    "training.world_model.batch_size=2",
+    "training.world_model.seq_len=4",
+    "training.actor_critic.start_after_epochs=0",
+    "training.actor_critic.steps_first_epoch=2",
+    "training.actor_critic.steps_per_epoch=2",
+    "training.actor_critic.batch_size=2",
+    "evaluation.every=1",
+    "evaluation.num_batches=1",
+    "evaluation.num_reconstructions=2",
+    "+agent.overrides.actor_critic.horizon=3",
 ]
 
 
-@pytest.mark.parametrize("extra", [
-    ["env.train.id=CartPole-v1", "env.train.max_episode_steps=20"],
-    [f"env.train.id={BLINK}", "env.train.frame_skip=2", "env.train.max_pool=true"],
-], ids=["CartPole-v1", "custom"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["env.train.id=CartPole-v1", "env.train.max_episode_steps=20"],
+        [f"env.train.id={BLINK}", "env.train.frame_skip=2", "env.train.max_pool=true"],
+    ],
+    ids=["CartPole-v1", "custom"],
+)
 def test_a_tiny_run_end_to_end(extra: list[str], tmp_path: Path) -> None:
     import json
 

@@ -27,7 +27,9 @@ def _agent(seed: int, **overrides: object) -> Agent:
         from deltairis.train.configuration import compose_config
 
         lines = [f"++agent.overrides.{k}={v}" for k, v in overrides.items()]
-        cfg = agent_config_from(OmegaConf.to_object(compose_config(["env=toy", "params=tiny", *lines])), NUM_ACTIONS)
+        cfg = agent_config_from(
+            OmegaConf.to_object(compose_config(["env=toy", "params=tiny", *lines])), NUM_ACTIONS
+        )
     return Agent(cfg)
 
 
@@ -71,7 +73,10 @@ def test_our_checkpoint_and_a_run_folder(tmp_path: Path) -> None:
     for where in (tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "run"):
         agent = _agent(0)
         assert warm_start(agent, where, ["tokenizer", "world_model", "actor_critic"]) == [
-            "tokenizer", "world_model", "actor_critic"]
+            "tokenizer",
+            "world_model",
+            "actor_critic",
+        ]
         assert all(torch.equal(v, sd[k]) for k, v in agent.state_dict().items())
     assert set(read_state_dict(tmp_path / "run")) == set(sd)
 
@@ -82,7 +87,9 @@ def test_float64_model_takes_the_weights_in_its_dtype(reference_file) -> None:
     warm_start(agent, path, ["actor_critic"])
     params = agent.actor_critic.state_dict()
     assert {v.dtype for v in params.values() if v.is_floating_point()} == {torch.float64}
-    assert all(torch.equal(v.float(), sd[f"actor_critic.{k}"]) for k, v in params.items() if v.is_floating_point())
+    assert all(
+        torch.equal(v.float(), sd[f"actor_critic.{k}"]) for k, v in params.items() if v.is_floating_point()
+    )
 
 
 def test_a_mis_shaped_component_names_the_tensor(tmp_path: Path) -> None:
@@ -90,7 +97,9 @@ def test_a_mis_shaped_component_names_the_tensor(tmp_path: Path) -> None:
     sd = _random_reference_file(path, **{"world_model.head_hidden": 96})
     agent = _agent(0)
     before = {k: v.clone() for k, v in agent.state_dict().items()}
-    with pytest.raises(CheckpointError, match=r"world_model\.head_latents\.head_module\.0\.weight has shape \(96, 128\)"):
+    with pytest.raises(
+        CheckpointError, match=r"world_model\.head_latents\.head_module\.0\.weight has shape \(96, 128\)"
+    ):
         warm_start(agent, path, ["tokenizer", "world_model"])
     # checked before anything is loaded: the tokenizer (which fits) was not loaded either
     assert all(torch.equal(v, before[k]) for k, v in agent.state_dict().items())
@@ -114,14 +123,24 @@ def test_a_file_without_the_component_or_unreadable(tmp_path: Path, reference_fi
         warm_start(_agent(0), tmp_path / "missing.pt", ["tokenizer"])
 
 
-def test_warm_start_of_a_run_through_the_reference_paths(reference_file, tmp_path: Path, tiny_overrides) -> None:
+def test_warm_start_of_a_run_through_the_reference_paths(
+    reference_file, tmp_path: Path, tiny_overrides
+) -> None:
     """A fresh tiny run (no training) from a reference-layout file, keeping a fresh actor-critic: the
     saved agent holds the file's tokenizer and world model."""
     path, sd = reference_file
     run = tmp_path / "run"
-    rc = train_cli.main([*tiny_overrides, "common.epochs=1", "common.memory_plan=false", "training.should=false",
-                         f"hydra.run.dir={run}", f"params.initialization.path_to_checkpoint={path}",
-                         "params.initialization.load_actor_critic=False"])
+    rc = train_cli.main(
+        [
+            *tiny_overrides,
+            "common.epochs=1",
+            "common.memory_plan=false",
+            "training.should=false",
+            f"hydra.run.dir={run}",
+            f"params.initialization.path_to_checkpoint={path}",
+            "params.initialization.load_actor_critic=False",
+        ]
+    )
     assert rc == 0
     saved = read_state_dict(run / "checkpoints" / "last.pt")
     assert all(torch.equal(saved[k], sd[k]) for k in sd if k.startswith(("tokenizer.", "world_model.")))
@@ -132,7 +151,14 @@ def test_warm_start_of_a_run_through_the_reference_paths(reference_file, tmp_pat
 def test_a_mis_shaped_warm_start_stops_the_run(tmp_path: Path, capsys, tiny_overrides) -> None:
     path = tmp_path / "wide.pt"
     _random_reference_file(path, **{"world_model.head_hidden": 96})
-    rc = train_cli.main([*tiny_overrides, "common.epochs=1", "common.memory_plan=false",
-                         f"hydra.run.dir={tmp_path / 'run'}", f"initialization.path_to_checkpoint={path}"])
+    rc = train_cli.main(
+        [
+            *tiny_overrides,
+            "common.epochs=1",
+            "common.memory_plan=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"initialization.path_to_checkpoint={path}",
+        ]
+    )
     assert rc == 1
     assert "world_model.head_latents.head_module.0.weight has shape (96, 128)" in capsys.readouterr().err
