@@ -30,7 +30,11 @@ bool lz4_decode_block(const std::uint8_t* src, std::int64_t src_size, std::uint8
     std::int64_t literals = token >> 4;
     if (literals == 15 && !read_length(ip, iend, literals)) return false;
     if (literals > iend - ip || literals > oend - op) return false;
-    std::memcpy(op, ip, static_cast<std::size_t>(literals));
+    if (literals <= 16 && iend - ip >= 16 && oend - op >= 16) {
+      std::memcpy(op, ip, 16);  // one fixed-size copy (bytes past the run are rewritten later)
+    } else {
+      std::memcpy(op, ip, static_cast<std::size_t>(literals));
+    }
     ip += literals;
     op += literals;
     if (ip == iend) break;  // the last sequence has literals only
@@ -43,7 +47,12 @@ bool lz4_decode_block(const std::uint8_t* src, std::int64_t src_size, std::uint8
     length += 4;
     if (length > oend - op) return false;
     const std::uint8_t* match = op - offset;
-    if (offset >= length) {
+    if (offset >= 16 && oend - op >= length + 16) {
+      // 16-byte pieces, each at least 16 bytes behind what it writes; the last may run past the match
+      // (by < 16 bytes, inside the output), rewritten by the sequences that follow
+      for (std::int64_t done = 0; done < length; done += 16) std::memcpy(op + done, match + done, 16);
+      op += length;
+    } else if (offset >= length) {
       std::memcpy(op, match, static_cast<std::size_t>(length));
       op += length;
     } else {

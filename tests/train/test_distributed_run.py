@@ -355,17 +355,22 @@ tr.sync_replicas = sync
 sys.exit(cli.main(sys.argv[1:]))
 """
 
+#: frames and the other fields of one stored step (toy env frames are 3x64x64)
+STEP_BYTES = 3 * 64 * 64 + 8 + 4 + 1 + 1
 #: 3 ranks need a batch of at least 3 rows
 THREE_RANK_BATCHES = [f"training.{c}.batch_size=3" for c in ("tokenizer", "world_model", "actor_critic")]
 
 
 def test_ranks_of_a_node_share_one_replica_through_a_kill_and_a_resume(tmp_path, tiny_overrides) -> None:
-    """Node 0: rank 0. Node 1: ranks 1 (writes the replica) and 2 (reads it)."""
+    """Node 0: rank 0. Node 1: ranks 1 (writes the replica) and 2 (reads it). Frames compressed (LZ4): the
+    sync sends rank 0's blocks as they are."""
     run, local = tmp_path / "run", tmp_path / "node1"
     store = f"distributed.store_dir={local}"
 
     def argv(rank: int) -> list[str]:
-        args = _args(tiny_overrides, run, "common.epochs=2", store, *THREE_RANK_BATCHES)
+        args = _args(
+            tiny_overrides, run, "common.epochs=2", store, "data.compression=lz4", *THREE_RANK_BATCHES
+        )
         return [sys.executable, "-c", KILL_IN_SYNC_SCRIPT, *args]
 
     results = _finish(_start_ranks(argv, _free_port(), local_ranks=(0, 0, 1)))
@@ -377,8 +382,8 @@ def test_ranks_of_a_node_share_one_replica_through_a_kill_and_a_resume(tmp_path,
     assert read_checkpoint(run).trainer.epoch == 1
     # the killed writer left uncommitted steps in the replica; its committed state is epoch 1's
     with ReplayStore(local / "rank1" / "train", read_only=True, create=False) as replica:
-        committed_bytes = replica.num_steps * int(np.prod(replica.obs_shape))
-    assert (local / "rank1" / "train" / "obs.u8").stat().st_size > committed_bytes
+        committed_bytes = replica.data_files()["obs"][1]
+    assert (local / "rank1" / "train" / "obs.lz4").stat().st_size > committed_bytes
     # resume on the same 3 ranks: the replica drops the partial sync and is filled again
     resume = _resume_args(run, 2, store)
     cli = [sys.executable, "-m", "deltairis.cli.train", *resume]
@@ -388,7 +393,11 @@ def test_ranks_of_a_node_share_one_replica_through_a_kill_and_a_resume(tmp_path,
     record = _records(run)[-1]
     assert record["distributed/world_size"] == 3.0 and record["distributed/weights_in_sync"] == 1.0
     assert record["distributed/replicas"] == 1.0  # node 1's, shared by ranks 1 and 2
+    assert 0 < record["distributed/synced_bytes"] < record["distributed/synced_steps"] * STEP_BYTES
     assert sorted(p.name for p in local.iterdir()) == ["rank1"]
+    assert (local / "rank1" / "train" / "obs.lz4").exists() and not (
+        local / "rank1" / "train" / "obs.u8"
+    ).exists()
     _same_episodes(_episodes(local / "rank1" / "train"), _episodes(run / "checkpoints" / "dataset" / "train"))
 
 

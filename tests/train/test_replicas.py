@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from deltairis.data import ReplayStore
+from deltairis.data.frame_codec import PackedFrames
 from deltairis.data.fields import STEP_FIELD_NAMES
 from deltairis.distributed import DistContext
 from deltairis.errors import DistributedError
@@ -16,6 +17,8 @@ from deltairis.train.replicas import (
     _append,
     _holds_more,
     _messages,
+    _nbytes,
+    _part,
     _plan,
     check_nodes,
     open_replica,
@@ -140,3 +143,51 @@ def test_ranks_of_a_node_must_share_a_host() -> None:
         check_nodes([(0, "a"), (0, "a"), (2, "b"), (2, "c")], 0)
     with pytest.raises(DistributedError, match="counts rank 1"):
         check_nodes([(0, "a"), (0, "a"), (1, "a")], 0)  # rank 1 is not the first rank of a node
+
+
+def _block_bytes(directory) -> list[bytes]:
+    data = (directory / "obs.lz4").read_bytes()
+    table = np.fromfile(directory / "obs.blk", dtype=np.int64).reshape(-1, 4)
+    return sorted(data[off : off + size] for _, _, off, size in table.tolist())
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_compressed_frames_are_sent_as_the_blocks_rank_0_holds(tmp_path, compression: str) -> None:
+    rng = np.random.default_rng(4)
+
+    def store(name: str) -> ReplayStore:
+        return ReplayStore(tmp_path / name, backend="numpy", obs_shape=(3, 4, 4), compression=compression)
+
+    def steps(t: int) -> tuple[np.ndarray, ...]:  # flat frames, which compress
+        obs = np.repeat(rng.integers(0, 256, (t, 3), dtype=np.uint8), 16, axis=1).reshape(t, 3, 4, 4)
+        return (obs, *_steps(rng, t)[1:])
+
+    main, replica, partial = store("main"), store("replica"), store("partial")
+    a = main.add_episode(*steps(11))
+    main.add_episode(*steps(3))
+    main.extend_episode(a, *steps(9))  # episode 0: two appends, episode 1 in between
+    e0 = main.load_episode(0)
+    replica.add_episode(*(getattr(e0, f)[:11] for f in STEP_FIELD_NAMES))  # up to a block boundary
+    partial.add_episode(*(getattr(e0, f)[:2] for f in STEP_FIELD_NAMES))  # inside a block
+    lz4 = compression == "lz4"
+    sent = {}
+    for target, others in ((replica, [replica.lengths]), (partial, [replica.lengths, partial.lengths])):
+        sent[target] = 0
+        for ep, start, stop in _plan(main.lengths, others):
+            part = _part(main, ep, start, stop)
+            # blocks as rank 0 holds them when the part starts and ends at block boundaries
+            assert isinstance(part[0], PackedFrames) == (lz4 and start in (0, 11))
+            sent[target] += _nbytes(part)
+            _append(target, ep, start, part)
+        assert np.array_equal(target.lengths, main.lengths)
+        for i in range(main.num_episodes):
+            x, y = main.load_episode(i), target.load_episode(i)
+            assert all(np.array_equal(getattr(x, f), getattr(y, f)) for f in STEP_FIELD_NAMES)
+    if lz4:  # the replica holds rank 0's blocks, byte for byte
+        replica.commit()
+        main.commit()
+        assert _block_bytes(tmp_path / "replica") == _block_bytes(tmp_path / "main")
+    raw = 12 * 3 * 4 * 4 + 12 * 14  # episode 0's last 9 steps and episode 1: frames and the other fields
+    assert (sent[replica] < raw) if lz4 else (sent[replica] == raw)
+    for s in (main, replica, partial):
+        s.close()

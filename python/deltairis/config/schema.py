@@ -187,6 +187,16 @@ class DistributedConfig:
 
 
 @dataclass
+class DataConfig:
+    """How the run's replay stores keep their data."""
+
+    # Frames on disk: "none" (raw) or "lz4" (LZ4 blocks of at most 8 steps, decoded by the sampler;
+    # README "Replay storage"). Fixed when a run's stores are created: a store written with one setting
+    # is refused with another (deltairis-store convert changes it).
+    compression: str = "none"
+
+
+@dataclass
 class TrainerConfig:
     common: CommonConfig = field(default_factory=CommonConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -196,6 +206,7 @@ class TrainerConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
 
 __all__ = [
@@ -203,6 +214,7 @@ __all__ = [
     "CollectionConfig",
     "CommonConfig",
     "ComponentTrainingConfig",
+    "DataConfig",
     "DistributedConfig",
     "EnvConfig",
     "EnvSplitConfig",

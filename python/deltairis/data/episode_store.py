@@ -32,6 +32,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass, fields
@@ -432,7 +433,17 @@ class EpisodeStore:
     # ------------------------------------------------------------------------------------------------
     def _validate_steps(
         self, obs: Any, act: Any, rew: Any, end: Any, trunc: Any, allow_empty: bool
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, Any]:
+        if isinstance(obs, frame_codec.PackedFrames):  # blocks of a compressed store, kept as they are
+            if obs.frame_bytes != math.prod(self.obs_shape):
+                raise ValueError(
+                    f"packed frames of {obs.frame_bytes} bytes, the store's hold {self.obs_shape}"
+                )
+            packed = obs
+            obs = np.zeros((obs.num_steps, *self.obs_shape), np.uint8)  # checked like frames, never written
+            out = self._validate_steps(obs, act, rew, end, trunc, allow_empty)
+            out["obs"] = packed if self.compression != "none" else packed.unpack(self.obs_shape)
+            return out
         obs = as_numpy(obs, "obs")
         if obs.dtype != np.uint8:
             raise ValueError(f"obs must have dtype uint8, got {obs.dtype}")
@@ -458,14 +469,21 @@ class EpisodeStore:
             out[f.name] = np.ascontiguousarray(x, dtype=f.dtype)
         return out
 
-    def _append_rows(self, data: dict[str, np.ndarray]) -> int:
+    def _append_rows(self, data: dict[str, Any]) -> int:
         """Write the steps after the last row; on failure trims the files back and raises. Returns the row."""
         row = self._n_rows
         t = data["act"].shape[0]
         sizes = {key: size for key, (_, size) in self.data_files().items()}
-        writes = {field: memoryview(data[field]).cast("B") for field in FIELDS}
+        packed = data["obs"] if isinstance(data["obs"], frame_codec.PackedFrames) else None
+        writes = {
+            field: memoryview(data[field]).cast("B") for field in FIELDS if packed is None or field != "obs"
+        }
         blocks = None
-        if self.compression != "none":
+        if packed is not None:
+            payload, blocks = b"".join(packed.blocks), packed.table(row, self._obs_bytes)
+            writes["obs"] = memoryview(payload)
+            writes["blocks"] = memoryview(blocks).cast("B")
+        elif self.compression != "none":
             payload, blocks = frame_codec.encode(data["obs"], row, self._obs_bytes)
             writes["obs"] = memoryview(payload)
             writes["blocks"] = memoryview(blocks).cast("B")
@@ -683,6 +701,32 @@ class EpisodeStore:
             frames = frame_codec.decode(data, n, flat.shape[1])
             lo, hi = max(row, first), min(row + count, first + n)
             flat[lo - row : hi - row] = frames[lo - first : hi - first]
+
+    def packed_frames(self, episode_id: int, start: int, stop: int) -> frame_codec.PackedFrames | None:
+        """Steps [start, stop) of an episode's frames as the blocks this store holds them in, or None
+        (frames not compressed, or the steps do not begin and end at block boundaries)."""
+        with self.lock:
+            if self.compression == "none" or not 0 <= start < stop:
+                return None
+            ep = self._check_episode_id(episode_id)
+            view = self.view()
+            blocks, data = [], []
+            for c in range(int(view.ep_chunk_begin[ep]), int(view.ep_chunk_begin[ep + 1])):
+                lo = max(start, int(view.chunk_offset[c]))
+                hi = min(stop, int(view.chunk_offset[c] + view.chunk_len[c]))
+                if lo >= hi:
+                    continue
+                row = int(view.chunk_row[c]) + lo - int(view.chunk_offset[c])
+                span = frame_codec.block_span(self._blocks[: self._n_blocks], row, hi - lo)
+                table = self._blocks[span.start : span.stop]
+                if int(table[0, 0]) != row or int(table[-1, 0] + table[-1, 1]) != row + hi - lo:
+                    return None
+                for first, n, off, size in table.tolist():
+                    buf = bytearray(size)
+                    _pread_all(self._fds["obs"], memoryview(buf), off)
+                    blocks.append(bytes(buf))
+                    data.append(n)
+            return frame_codec.PackedFrames(tuple(blocks), tuple(data), math.prod(self.obs_shape))
 
     def compressed_blocks(self) -> np.ndarray:
         """The block table of the compressed frames in use, int64 (K, 4) (a copy; empty without)."""

@@ -16,6 +16,7 @@ in its gather threads: both give back the exact bytes appended.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -105,6 +106,39 @@ def block_span(blocks: np.ndarray, row: int, count: int) -> range:
     lo = int(np.searchsorted(first, row, side="right")) - 1
     hi = int(np.searchsorted(first, row + count - 1, side="right"))
     return range(lo, hi)
+
+
+@dataclass(frozen=True)
+class PackedFrames:
+    """Frames of consecutive steps as the LZ4 blocks of a store (a replica sync sends them as they are):
+    ``add_episode``/``extend_episode`` of a compressed store take them in place of ``obs``."""
+
+    blocks: tuple[bytes, ...]
+    rows: tuple[int, ...]  # steps of each block
+    frame_bytes: int
+
+    @property
+    def num_steps(self) -> int:
+        return sum(self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(b) for b in self.blocks)
+
+    def table(self, first_row: int, first_byte: int) -> np.ndarray:
+        """Block-table rows of these blocks appended at ``first_row`` and byte ``first_byte``."""
+        rows = np.asarray(self.rows, dtype=np.int64)
+        sizes = np.asarray([len(b) for b in self.blocks], dtype=np.int64)
+        if rows.size == 0 or np.any(rows < 1) or np.any(rows > BLOCK_STEPS) or np.any(sizes < 1):
+            raise ReplayStoreError("packed frames: every block must hold 1 to 8 steps and some bytes")
+        first = first_row + np.concatenate(([0], np.cumsum(rows)[:-1]))
+        offset = first_byte + np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        return np.stack([first, rows, offset, sizes], axis=1)
+
+    def unpack(self, obs_shape: tuple[int, ...]) -> np.ndarray:
+        """The frames, uint8 (T, *obs_shape)."""
+        frames = [decode(b, n, self.frame_bytes) for b, n in zip(self.blocks, self.rows)]
+        return np.concatenate(frames).reshape(self.num_steps, *obs_shape)
 
 
 class CompressedFrames:

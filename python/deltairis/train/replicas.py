@@ -23,7 +23,8 @@ up to rank 0's:
    and, when it writes a replica, the replica's lengths; rank 0 commits its store when ranks of its
    node read it;
 3. rank 0 broadcasts, per episode, the steps past the shortest replica's length (new episodes and the
-   steps an unfinished episode gained), in messages of at most :data:`MESSAGE_BYTES` of frames;
+   steps an unfinished episode gained), in messages of at most :data:`MESSAGE_BYTES` of frames; the
+   frames of a compressed store go as the LZ4 blocks it holds (not decoded, not encoded again);
 4. each replica appends what it lacks, in episode order (so episode ids match), takes rank 0's visit
    counts and commits; after a barrier every follower refreshes, checks its episode table against rank
    0's and takes rank 0's visit counts (in memory: a follower never writes).
@@ -39,6 +40,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -50,7 +52,8 @@ import numpy as np
 from deltairis import distributed as dist
 from deltairis.data import ReplayStore
 from deltairis.data.fields import STEP_FIELD_NAMES
-from deltairis.errors import DistributedError
+from deltairis.data.frame_codec import PackedFrames
+from deltairis.errors import DistributedError, ReplayStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +126,18 @@ def replica_dir(store_dir: str | None, run_dir: Path, rank: int) -> Path:
     return Path(tempfile.gettempdir()) / f"deltairis-replica-{run_dir.name}-{digest}" / f"rank{rank}"
 
 
-def open_replica(directory: Path, run_id: str) -> ReplayStore:
-    """The replica store in ``directory``, emptied when it was made for another run (``run_id``)."""
+def open_replica(directory: Path, run_id: str, compression: str = "none") -> ReplayStore:
+    """The replica store in ``directory``, emptied when it was made for another run (``run_id``); made
+    anew when its frames are stored otherwise than ``compression`` (rank 0's setting)."""
     directory.mkdir(parents=True, exist_ok=True)
-    store = ReplayStore(directory / "train", backend="auto", create=True)
+    try:
+        store = ReplayStore(directory / "train", backend="auto", create=True, compression=compression)
+    except ReplayStoreError as exc:
+        if "written with compression" not in str(exc):
+            raise
+        logger.warning("replica %s: frames stored otherwise than rank 0's (%s): made anew", directory, exc)
+        shutil.rmtree(directory / "train")
+        store = ReplayStore(directory / "train", backend="auto", create=True, compression=compression)
     marker = directory / MARKER_NAME
     try:
         found = json.loads(marker.read_text()).get("run_id") if marker.exists() else None
@@ -140,15 +151,18 @@ def open_replica(directory: Path, run_id: str) -> ReplayStore:
     return store
 
 
-def open_follower_store(store_dir: str | None, run_dir: Path, main_store: Path, run_id: str) -> ReplayStore:
+def open_follower_store(
+    store_dir: str | None, run_dir: Path, main_store: Path, run_id: str, compression: str = "none"
+) -> ReplayStore:
     """The train store of a rank > 0 (see the module docstring): rank 0's store ``main_store`` or the
-    node's replica, followed read-only, or the replica itself on the node's lowest rank."""
+    node's replica, followed read-only, or the replica itself on the node's lowest rank (its frames
+    stored as ``compression``, rank 0's setting; a follower takes its writer's)."""
     where = placement()
     if where.leader == 0:
         return ReplayStore(main_store, backend="auto", follow=True)
     folder = replica_dir(store_dir, run_dir, where.leader)
     if where.writes:
-        return open_replica(folder, run_id)
+        return open_replica(folder, run_id, compression)
     return ReplayStore(folder / "train", backend="auto", follow=True)
 
 
@@ -188,14 +202,31 @@ def _messages(plan: list[tuple[int, int, int]], step_bytes: int) -> list[list[tu
     return [g for g in groups if g]
 
 
-def _append(store: Any, ep: int, start: int, arrays: tuple[np.ndarray, ...]) -> None:
+def _part(store: Any, ep: int, start: int, stop: int) -> tuple[Any, ...]:
+    """Steps [start, stop) of episode ``ep`` of rank 0's store, as sent: the frames as the compressed
+    blocks the store holds them in when it can (:class:`~deltairis.data.frame_codec.PackedFrames`), else
+    as arrays like the other fields."""
+    e = store.load_episode(ep)
+    packed = store.packed_frames(ep, start, stop)
+    if packed is not None:
+        return (packed, *(getattr(e, f)[start:stop] for f in STEP_FIELD_NAMES[1:]))
+    return tuple(getattr(e, f)[start:stop] for f in STEP_FIELD_NAMES)
+
+
+def _nbytes(arrays: tuple[Any, ...]) -> int:
+    return sum(a.nbytes for a in arrays)
+
+
+def _append(store: Any, ep: int, start: int, arrays: tuple[Any, ...]) -> None:
     have = int(store.lengths[ep]) if ep < store.num_episodes else 0
     skip = have - start
     if skip < 0:
         raise DistributedError(
             f"replica {store.directory}: episode {ep} has {have} steps, rank 0 sent from {start}"
         )
-    part = tuple(a[skip:] for a in arrays)
+    if skip and isinstance(arrays[0], PackedFrames):  # this replica holds part of it: frames as arrays
+        arrays = (arrays[0].unpack(store.obs_shape), *arrays[1:])
+    part = tuple(a[skip:] for a in arrays) if skip else arrays
     if part[1].shape[0] == 0:
         return
     if ep < store.num_episodes:
@@ -234,17 +265,15 @@ def sync_replicas(store: Any, what: str) -> dict[str, float]:
     plan = _plan(lengths, replicas) if ctx.is_main and replicas else None
     plan = dist.broadcast_object(plan) or []
     step_bytes = int(np.prod(store.obs_shape)) + 8 + 4 + 1 + 1
-    sent = 0
+    sent = sent_bytes = 0
     for group in _messages(plan, step_bytes):
         payload = None
         if ctx.is_main:
-            payload = []
-            for ep, start, stop in group:
-                e = store.load_episode(ep)
-                payload.append((ep, start, tuple(getattr(e, f)[start:stop] for f in STEP_FIELD_NAMES)))
+            payload = [(ep, start, _part(store, ep, start, stop)) for ep, start, stop in group]
         payload = dist.broadcast_object(payload)
         for ep, start, arrays in payload:
             sent += int(arrays[1].shape[0])
+            sent_bytes += _nbytes(arrays)
             if replica:
                 _append(store, ep, start, arrays)
     if replica:
@@ -257,7 +286,11 @@ def sync_replicas(store: Any, what: str) -> dict[str, float]:
         store.refresh()
         _check_table(store, lengths, ctx.rank)
         _take_counts(store, main["counts"])
-    return {"distributed/synced_steps": float(sent), "distributed/replicas": float(len(replicas))}
+    return {
+        "distributed/synced_steps": float(sent),
+        "distributed/synced_bytes": float(sent_bytes),
+        "distributed/replicas": float(len(replicas)),
+    }
 
 
 def _check_table(store: Any, lengths: np.ndarray, rank: int) -> None:

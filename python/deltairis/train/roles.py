@@ -221,7 +221,9 @@ class MainRole:
         if saved is not None and "train" in saved.trainer.dataset_index:
             restore_store_index(dataset_dir / "train", saved.trainer.dataset_index["train"])
         stores = {
-            split: ReplayStore(dataset_dir / split, backend="auto", create=True)
+            split: ReplayStore(
+                dataset_dir / split, backend="auto", create=True, compression=start.cfg.data.compression
+            )
             for split in ("train", "test")
         }
         self.collector = Collector(
@@ -327,7 +329,11 @@ class FollowerRole:
         main_store = self.run_dir / "checkpoints" / "dataset" / "train"
         return {
             "train": open_follower_store(
-                start.cfg.distributed.store_dir, self.run_dir, main_store, start.run_id
+                start.cfg.distributed.store_dir,
+                self.run_dir,
+                main_store,
+                start.run_id,
+                start.cfg.data.compression,
             )
         }
 
