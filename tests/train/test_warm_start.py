@@ -162,3 +162,20 @@ def test_a_mis_shaped_warm_start_stops_the_run(tmp_path: Path, capsys, tiny_over
     )
     assert rc == 1
     assert "world_model.head_latents.head_module.0.weight has shape (96, 128)" in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_stops_before_a_run_folder_is_made(
+    tmp_path: Path, capsys, tiny_overrides
+) -> None:
+    run = tmp_path / "run"
+    rc = train_cli.main(
+        [
+            *tiny_overrides,
+            f"hydra.run.dir={run}",
+            f"params.initialization.path_to_checkpoint={tmp_path / 'nope.pt'}",
+        ]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "agent.path_to_ckpt (initialization.path_to_checkpoint)" in err and "nope.pt" in err
+    assert not run.exists()

@@ -197,14 +197,27 @@ class CheckConfig(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
         with _known_errors_exit():
-            validate_config(_job_config(config))
+            _check_fresh_run(validate_config(_job_config(config)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         loader = GlobalHydra.instance().config_loader()
         with _known_errors_exit():
             for job in _job_override_sets(list(config.hydra.overrides.task), True):
                 # what the sweeper composes for each job (Hydra's part of the command line included)
-                validate_config(_job_config(loader.load_sweep_config(config, job)))
+                _check_fresh_run(validate_config(_job_config(loader.load_sweep_config(config, job))))
+
+
+def _check_fresh_run(cfg: DictConfig) -> None:
+    """What only a fresh run (Hydra's path; a resume does not compose) needs: a warm start's checkpoint
+    exists, so that a mistyped path stops before a run folder is made."""
+    from deltairis.train.warm_start import checkpoint_file
+
+    path = cfg.agent.path_to_ckpt
+    if path and not cfg.common.resume:
+        try:
+            checkpoint_file(path)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"agent.path_to_ckpt (initialization.path_to_checkpoint): {exc}") from exc
 
 
 def _train_in(cfg: TrainerConfig, run_dir: Path) -> None:
