@@ -191,3 +191,14 @@ def test_compressed_frames_are_sent_as_the_blocks_rank_0_holds(tmp_path, compres
     assert (sent[replica] < raw) if lz4 else (sent[replica] == raw)
     for s in (main, replica, partial):
         s.close()
+
+
+def test_a_replica_stored_otherwise_than_rank_0s_store_is_made_anew(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    replica = open_replica(tmp_path / "rank1", "run", "none")  # frames of 3x64x64, the default
+    replica.add_episode(rng.integers(0, 256, (3, 3, 64, 64), dtype=np.uint8), *_steps(rng, 3)[1:])
+    replica.commit()
+    replica.close()
+    again = open_replica(tmp_path / "rank1", "run", "lz4")  # rank 0 now stores LZ4 blocks
+    assert again.compression == "lz4" and again.num_episodes == 0
+    again.close()

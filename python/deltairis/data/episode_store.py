@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -149,7 +150,7 @@ class EpisodeStore:
         self._wanted_compression = None if compression is None else frame_codec.check_compression(compression)
         self.read_only = read_only or follow
         self.follow = follow
-        self._index_key: tuple[int, int, int] | None = None
+        self._index_key: bytes | None = None  # a follower: the digest of the index it took
         self.lock = threading.RLock()
         self._fds: dict[str, int] = {}
         self._lock_fd: int | None = None
@@ -388,14 +389,13 @@ class EpisodeStore:
                 )
             path = self.directory / INDEX_NAME
             try:
-                st = os.stat(path)
+                key = hashlib.sha256(path.read_bytes()).digest()  # the commit, whatever its file times
             except FileNotFoundError:
                 if self._index_key is None:
                     return False
                 raise ReplayStoreError(
                     f"replay store {self.directory}: the index disappeared (was the store deleted?)"
                 ) from None
-            key = (st.st_ino, st.st_mtime_ns, st.st_size)
             if key == self._index_key:
                 return False
             for fd in self._fds.values():
