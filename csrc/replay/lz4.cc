@@ -21,6 +21,13 @@ inline bool read_length(const std::uint8_t*& ip, const std::uint8_t* end, std::i
 }  // namespace
 
 bool lz4_decode_block(const std::uint8_t* src, std::int64_t src_size, std::uint8_t* dst, std::int64_t dst_size) {
+  return lz4_decode_block_prefix(src, src_size, dst, dst_size, dst_size);
+}
+
+bool lz4_decode_block_prefix(const std::uint8_t* src, std::int64_t src_size, std::uint8_t* dst,
+                             std::int64_t dst_size, std::int64_t want) {
+  if (want < 1 || want > dst_size) return false;
+  std::uint8_t* const stop = dst + want;
   const std::uint8_t* ip = src;
   const std::uint8_t* const iend = src + src_size;
   std::uint8_t* op = dst;
@@ -38,6 +45,7 @@ bool lz4_decode_block(const std::uint8_t* src, std::int64_t src_size, std::uint8
     ip += literals;
     op += literals;
     if (ip == iend) break;  // the last sequence has literals only
+    if (op >= stop && stop != oend) return true;  // the prefix asked for is decoded
     if (iend - ip < 2) return false;
     const std::int64_t offset = static_cast<std::int64_t>(ip[0]) | (static_cast<std::int64_t>(ip[1]) << 8);
     ip += 2;
@@ -67,6 +75,7 @@ bool lz4_decode_block(const std::uint8_t* src, std::int64_t src_size, std::uint8
         distance += n;
       }
     }
+    if (op >= stop && stop != oend) return true;
   }
   return op == oend;
 }

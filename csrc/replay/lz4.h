@@ -15,5 +15,11 @@ namespace replay {
 // and write stayed within the buffers (damaged input: false, nothing outside dst is written).
 bool lz4_decode_block(const std::uint8_t* src, std::int64_t src_size, std::uint8_t* dst, std::int64_t dst_size);
 
+// The first `want` bytes of the block only (0 < want <= dst_size): decoding stops at the first sequence
+// that reaches them. dst has room for the whole block (dst_size); bytes past `want` may be written.
+// Returns false on damaged input (as above, checked up to where it stops).
+bool lz4_decode_block_prefix(const std::uint8_t* src, std::int64_t src_size, std::uint8_t* dst,
+                             std::int64_t dst_size, std::int64_t want);
+
 }  // namespace replay
 }  // namespace deltairis

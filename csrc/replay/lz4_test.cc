@@ -60,6 +60,20 @@ TEST(Lz4, FarMatchCopiedInPieces) {
   for (int i = 0; i < 16; ++i) CHECK_EQ(out[60 + i], static_cast<std::uint8_t>(200 + i));
 }
 
+TEST(Lz4, PrefixStopsAtTheBytesAskedFor) {
+  const Bytes block = {0x27, 'a', 'b', 0x02, 0x00, 0x10, '!'};
+  const Bytes whole = text("ababababababa!");
+  for (int want = 1; want <= 14; ++want) {
+    Bytes out(14, 0);
+    CHECK(lz4_decode_block_prefix(block.data(), 7, out.data(), 14, want));
+    CHECK(Bytes(out.begin(), out.begin() + want) == Bytes(whole.begin(), whole.begin() + want));
+  }
+  Bytes out(14);
+  CHECK(!lz4_decode_block_prefix(block.data(), 7, out.data(), 14, 0));
+  CHECK(!lz4_decode_block_prefix(block.data(), 7, out.data(), 14, 15));
+  CHECK(!lz4_decode_block_prefix(block.data(), 4, out.data(), 14, 13));  // cut short before the bytes
+}
+
 TEST(Lz4, DamagedBlocksAreRefused) {
   Bytes out(14, 0xEE);
   CHECK(!decode({0x27, 'a', 'b', 0x00, 0x00, 0x10, '!'}, out));  // offset 0

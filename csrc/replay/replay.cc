@@ -199,23 +199,34 @@ void Reader::read_compressed(std::int64_t row, std::int64_t count, std::int64_t 
     const std::int64_t mid = lo + (hi - lo) / 2;
     if (table[4 * mid] <= row) lo = mid; else hi = mid;
   }
+  // The blocks holding the rows are consecutive in the table and in the file: one read for all of them.
+  std::int64_t last = lo;
+  while (last + 1 < num_blocks && table[4 * (last + 1)] < row + count) ++last;
+  const std::int64_t begin = table[4 * lo + 2];
+  const std::int64_t span = table[4 * last + 2] + table[4 * last + 3] - begin;
+  if (span < 1 || span > (last - lo + 1) * (frame_bytes_ * 8 + (frame_bytes_ * 8) / 255 + 64))
+    throw std::runtime_error("replay store: the block table " + paths_[5] + " is inconsistent");
   thread_local std::vector<std::uint8_t> packed, frames;
+  packed.resize(static_cast<std::size_t>(span));
+  pread_all(fds_[0], paths_[0], packed.data(), span, begin);
   const std::int64_t fb = frame_bytes_;
   for (std::int64_t k = lo, pos = row; pos < row + count; ++k) {
-    if (k >= num_blocks) throw std::runtime_error("replay store: " + paths_[5] + " holds fewer blocks than the rows");
+    if (k > last) throw std::runtime_error("replay store: " + paths_[5] + " holds fewer blocks than the rows");
     const std::int64_t first = table[4 * k], n = table[4 * k + 1], offset = table[4 * k + 2], size = table[4 * k + 3];
-    if (n < 1 || size < 1 || first > pos || first + n <= pos)
+    if (n < 1 || size < 1 || first > pos || first + n <= pos || offset < begin || offset + size > begin + span)
       throw std::runtime_error("replay store: the block table " + paths_[5] + " is inconsistent");
     const std::int64_t take = std::min(first + n, row + count) - pos;
-    packed.resize(static_cast<std::size_t>(size));
-    pread_all(fds_[0], paths_[0], packed.data(), size, offset);
     std::uint8_t* out = obs + (pos - row) * fb;
     std::uint8_t* target = out;
     if (first != pos || take != n) {  // the segment holds part of the block: decode aside, copy the part
       frames.resize(static_cast<std::size_t>(n * fb));
       target = frames.data();
     }
-    if (!lz4_decode_block(packed.data(), size, target, n * fb))
+    // a block the segment ends in is decoded only up to the segment's last frame
+    const bool ok = target == out ? lz4_decode_block(packed.data() + (offset - begin), size, target, n * fb)
+                                  : lz4_decode_block_prefix(packed.data() + (offset - begin), size, target, n * fb,
+                                                            (pos - first + take) * fb);
+    if (!ok)
       throw std::runtime_error("replay store: a compressed frame block of " + paths_[0] + " does not decode (at byte " +
                                std::to_string(offset) + ")");
     if (target != out) std::memcpy(out, target + (pos - first) * fb, static_cast<std::size_t>(take * fb));
