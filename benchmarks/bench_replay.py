@@ -14,7 +14,13 @@ per session in a temporary folder, next to the same episodes saved the way the r
 
 ``extra_info``: ``bytes_per_batch``, ``gb_per_s`` and ``batches_per_s`` (from the median time; frames +
 actions/rewards/flags), the store size. ``test_store_footprint`` records the on-disk size against the raw bytes and the resident memory
-growth while sampling. Run: ``python -m pytest benchmarks/bench_replay.py --benchmark-only``
+growth while sampling.
+
+Compressed frames (``data.compression``): two stores of the same real Crafter frames (native engine,
+random actions; ``DELTAIRIS_BENCH_REAL_FRAMES`` steps, default 20_000), one per setting, written by the same
+appends (an episode in 4 appends, one commit). Group ``replay-frames-<B>x<L>``: ``compressed[none]`` and
+``compressed[lz4]`` (C++, 2 gather threads); group ``replay-append``: one episode appended and committed;
+``test_compressed_footprint``: bytes per stored step and per step a replica sync sends, per setting. Run: ``python -m pytest benchmarks/bench_replay.py --benchmark-only``
 (``--benchmark-json=out.json`` keeps the figures).
 """
 
@@ -28,9 +34,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from deltairis.data import ReplayStore
 from deltairis.data import segment_rule as ref_sampling
 from deltairis.data.sampler_backends import cpp_available
+from deltairis.envs import make_vector_env
+from deltairis.train.replicas import _nbytes, _part
 
 FRAMES = int(os.environ.get("DELTAIRIS_BENCH_FRAMES", "200000"))
 FRAME_BYTES = 3 * 64 * 64
@@ -214,6 +223,106 @@ def test_store_footprint(benchmark, data: Fixture) -> None:
         benchmark.extra_info[f"rss_growth_mb_{backend}"] = (_rss_bytes() - before) / 1e6
         store.close()
     store = ReplayStore(data.store_dir, read_only=True)
+    benchmark.group = "replay-footprint"
+    benchmark(store.load_episode, 0)
+    store.close()
+
+
+REAL_FRAMES = int(os.environ.get("DELTAIRIS_BENCH_REAL_FRAMES", "20000"))
+COMPRESSIONS = ("none", "lz4")
+
+
+def _crafter_frames(n: int) -> np.ndarray:
+    env = make_vector_env("crafter", 1, seed=1)
+    rng = np.random.default_rng(0)
+    out = [env.reset()[0]]
+    for _ in range(min(n, 3000) - 1):  # distinct frames; longer stores cycle through them
+        out.append(env.step(rng.integers(0, env.num_actions, 1))[0][0])
+    env.close()
+    return np.ascontiguousarray(np.stack(out).transpose(0, 3, 1, 2))
+
+
+def _episode_parts(frames: np.ndarray, rng: np.random.Generator, first: int, t: int) -> list[tuple]:
+    idx = (np.arange(t) + first) % frames.shape[0]
+    return [
+        (
+            frames[p],
+            rng.integers(0, 17, len(p)),
+            rng.standard_normal(len(p)).astype(np.float32),
+            np.zeros(len(p), np.uint8),
+            np.zeros(len(p), np.uint8),
+        )
+        for p in np.array_split(idx, 4)
+    ]
+
+
+def _add(store: ReplayStore, parts: list[tuple]) -> None:
+    ep = store.add_episode(*parts[0])
+    for part in parts[1:]:
+        store.extend_episode(ep, *part)
+    store.commit()
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    root = tmp_path_factory.mktemp("replay_real")
+    frames = _crafter_frames(REAL_FRAMES)
+    rng = np.random.default_rng(0)
+    stores = {c: ReplayStore(root / c, compression=c) for c in COMPRESSIONS}
+    total = 0
+    while total < REAL_FRAMES:
+        t = int(rng.integers(100, 1000))
+        parts = _episode_parts(frames, rng, total, t)
+        for store in stores.values():
+            _add(store, parts)
+        total += t
+    for store in stores.values():
+        store.close()
+    yield {"root": root, "frames": frames, "steps": total}
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.skipif(not cpp_available(), reason="deltairis._core not built")
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+@pytest.mark.parametrize(("batch_size", "seq_len"), SHAPES)
+def test_compressed(benchmark, real: dict, compression: str, batch_size: int, seq_len: int) -> None:
+    store = ReplayStore(real["root"] / compression, backend="cpp", num_threads=2, read_only=True)
+    out = store.allocate_batch(batch_size, seq_len)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        store.sample("bench", batch_size, seq_len, alpha=ALPHA, seed=rng, out=out)
+    benchmark.group = f"replay-frames-{batch_size}x{seq_len}"
+    benchmark(store.sample, "bench", batch_size, seq_len, alpha=ALPHA, seed=rng, out=out)
+    benchmark.extra_info.update(
+        compression=compression, num_threads=store.num_threads, store_steps=real["steps"]
+    )
+    benchmark.extra_info["batches_per_s"] = 1.0 / benchmark.stats.stats.median
+    store.close()
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+def test_append_commit(benchmark, real: dict, tmp_path: Path, compression: str) -> None:
+    store = ReplayStore(tmp_path / compression, compression=compression)
+    rng = np.random.default_rng(2)
+    parts = _episode_parts(real["frames"], rng, 0, 500)
+    benchmark.group = "replay-append"
+    benchmark.pedantic(_add, args=(store, parts), rounds=10, iterations=1)
+    benchmark.extra_info.update(compression=compression, steps_per_round=500)
+    benchmark.extra_info["us_per_step"] = benchmark.stats.stats.median / 500 * 1e6
+    store.close()
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+def test_compressed_footprint(benchmark, real: dict, compression: str) -> None:
+    directory = real["root"] / compression
+    store = ReplayStore(directory, backend="numpy", read_only=True)
+    on_disk = sum(p.stat().st_size for p in directory.iterdir() if p.name != "index.npz")
+    sent = sum(_nbytes(_part(store, e, 0, int(n))) for e, n in enumerate(store.lengths.tolist()))
+    benchmark.extra_info.update(
+        compression=compression,
+        bytes_per_step=on_disk / store.num_steps,
+        sync_bytes_per_step=sent / store.num_steps,
+    )
     benchmark.group = "replay-footprint"
     benchmark(store.load_episode, 0)
     store.close()
