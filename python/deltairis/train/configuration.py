@@ -92,97 +92,108 @@ def validate_config(cfg: DictConfig | TrainerConfig) -> DictConfig:
     return merged
 
 
-def _check_values(cfg: DictConfig) -> None:
-    def positive(key: str, value: float, allow_zero: bool = False) -> None:
-        if value < 0 or (value == 0 and not allow_zero):
-            raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
-    positive("common.epochs", cfg.common.epochs)
+
+def _check_values(cfg: DictConfig) -> None:
+    """The value checks the schema's types cannot express, section by section (a ConfigError names the key)."""
+    _positive("common.epochs", cfg.common.epochs)
     if cfg.common.checkpoint_every_steps is not None:
-        positive("common.checkpoint_every_steps", cfg.common.checkpoint_every_steps)
+        _positive("common.checkpoint_every_steps", cfg.common.checkpoint_every_steps)
     if cfg.wandb.mode not in ("online", "offline", "disabled"):
         raise ConfigError(f"wandb.mode must be online, offline or disabled, got {cfg.wandb.mode!r}")
-    if cfg.env.name not in ("crafter", "atari", "toy", "gymnasium"):
-        raise ConfigError(f"env.name must be crafter, atari, toy or gymnasium, got {cfg.env.name!r}")
-    if cfg.env.name == "atari" and not cfg.env.train.id:
+    _check_env(cfg.env)
+    if cfg.agent.preset not in ("crafter", "atari", "tiny"):
+        raise ConfigError(f"agent.preset must be crafter, atari or tiny, got {cfg.agent.preset!r}")
+    _check_collection(cfg.collection)
+    for name in ("tokenizer", "world_model", "actor_critic"):
+        _check_component(name, cfg.training[name])
+    _positive("training.max_consecutive_skips", cfg.training.max_consecutive_skips, allow_zero=True)
+    _positive("evaluation.every", cfg.evaluation.every)
+    if cfg.evaluation.num_batches is not None:
+        _positive("evaluation.num_batches", cfg.evaluation.num_batches, allow_zero=True)
+    _positive("distributed.timeout_s", cfg.distributed.timeout_s)
+    if cfg.data.compression not in COMPRESSIONS:
+        raise ConfigError(
+            f"data.compression must be one of {', '.join(COMPRESSIONS)}, got {cfg.data.compression!r}"
+        )
+
+
+def _check_env(env: DictConfig) -> None:
+    if env.name not in ("crafter", "atari", "toy", "gymnasium"):
+        raise ConfigError(f"env.name must be crafter, atari, toy or gymnasium, got {env.name!r}")
+    if env.name == "atari" and not env.train.id:
         raise ConfigError(
             "env.train.id is required with env=atari (e.g. env.train.id=BreakoutNoFrameskip-v4)"
         )
-    if cfg.env.name == "gymnasium" and not cfg.env.train.id:
+    if env.name == "gymnasium" and not env.train.id:
         raise ConfigError(
             "env.train.id is required with env=gymnasium (a registered gymnasium id, e.g. CartPole-v1)"
         )
     for split in ("train", "test"):
         # an Atari game id with another env (`-m env.train.id=A,B` without env=atari) would otherwise
         # train the default env once per "game"
-        s = cfg.env[split]
-        if cfg.env.name not in ("atari", "gymnasium") and s.id:
+        s = env[split]
+        if env.name not in ("atari", "gymnasium") and s.id:
             raise ConfigError(
-                f"env.{split}.id={s.id} is an Atari game but env={cfg.env.name}; add env=atari params=atari"
+                f"env.{split}.id={s.id} is an Atari game but env={env.name}; add env=atari params=atari"
             )
         # Atari's time limit counts raw frames, the other envs' agent steps: the other key would be ignored
-        if cfg.env.name == "atari" and s.max_episode_steps is not None:
+        if env.name == "atari" and s.max_episode_steps is not None:
             raise ConfigError(
                 f"env.{split}.max_episode_steps is not used with env=atari: set "
                 f"env.{split}.max_episode_frames (raw emulator frames, what the reference's "
                 "env.train.max_episode_steps counts)"
             )
-        if cfg.env.name != "atari" and s.max_episode_frames is not None:
+        if env.name != "atari" and s.max_episode_frames is not None:
             raise ConfigError(
-                f"env.{split}.max_episode_frames is an Atari setting; env={cfg.env.name} counts "
+                f"env.{split}.max_episode_frames is an Atari setting; env={env.name} counts "
                 f"env.{split}.max_episode_steps"
             )
         for key in ("frame_skip", "max_pool"):
-            if cfg.env.name != "gymnasium" and s[key] is not None:
-                raise ConfigError(
-                    f"env.{split}.{key} is a setting of env=gymnasium, not of env={cfg.env.name}"
-                )
+            if env.name != "gymnasium" and s[key] is not None:
+                raise ConfigError(f"env.{split}.{key} is a setting of env=gymnasium, not of env={env.name}")
         if s.frame_skip is not None:
-            positive(f"env.{split}.frame_skip", s.frame_skip)
+            _positive(f"env.{split}.frame_skip", s.frame_skip)
         if s.max_pool and (s.frame_skip or 1) < 2:
             raise ConfigError(f"env.{split}.max_pool needs env.{split}.frame_skip >= 2")
-    if cfg.agent.preset not in ("crafter", "atari", "tiny"):
-        raise ConfigError(f"agent.preset must be crafter, atari or tiny, got {cfg.agent.preset!r}")
-    tc = cfg.collection.train
-    positive("collection.train.num_envs", tc.num_envs)
-    positive("collection.train.num_steps", tc.num_steps, allow_zero=True)
-    positive("collection.train.num_steps_first_epoch", tc.num_steps_first_epoch)
-    positive("collection.test.num_envs", cfg.collection.test.num_envs)
-    positive("collection.test.num_episodes", cfg.collection.test.num_episodes, allow_zero=True)
+
+
+def _check_collection(collection: DictConfig) -> None:
+    tc = collection.train
+    _positive("collection.train.num_envs", tc.num_envs)
+    _positive("collection.train.num_steps", tc.num_steps, allow_zero=True)
+    _positive("collection.train.num_steps_first_epoch", tc.num_steps_first_epoch)
+    _positive("collection.test.num_envs", collection.test.num_envs)
+    _positive("collection.test.num_episodes", collection.test.num_episodes, allow_zero=True)
     for split in ("train", "test"):
-        c = cfg.collection[split]
+        c = collection[split]
         if not 0.0 <= c.epsilon <= 1.0:
             raise ConfigError(f"collection.{split}.epsilon must be in [0, 1], got {c.epsilon}")
-        positive(f"collection.{split}.temperature", c.temperature)
-    for name in ("tokenizer", "world_model", "actor_critic"):
-        c = cfg.training[name]
-        for key in ("steps_per_epoch", "steps_first_epoch", "start_after_epochs"):
-            positive(f"training.{name}.{key}", c[key], allow_zero=True)
-        positive(f"training.{name}.batch_size", c.batch_size)
-        if c.grad_acc_steps < 1:
-            raise ConfigError(
-                f"training.{name}.grad_acc_steps must be an integer >= 1 (micro-batches per optimizer "
-                f"step), got {c.grad_acc_steps}"
-            )
-        if c.seq_len is not None:
-            positive(f"training.{name}.seq_len", c.seq_len)
-        positive(f"training.{name}.learning_rate", c.learning_rate)
-        positive(f"training.{name}.weight_decay", c.weight_decay, allow_zero=True)
-        if c.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"training.{name}.optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}"
-            )
-        positive(f"training.{name}.max_grad_norm", c.max_grad_norm)
-        positive(f"training.{name}.sampling_alpha", c.sampling_alpha, allow_zero=True)
-    positive("training.max_consecutive_skips", cfg.training.max_consecutive_skips, allow_zero=True)
-    positive("evaluation.every", cfg.evaluation.every)
-    if cfg.evaluation.num_batches is not None:
-        positive("evaluation.num_batches", cfg.evaluation.num_batches, allow_zero=True)
-    positive("distributed.timeout_s", cfg.distributed.timeout_s)
-    if cfg.data.compression not in COMPRESSIONS:
+        _positive(f"collection.{split}.temperature", c.temperature)
+
+
+def _check_component(name: str, c: DictConfig) -> None:
+    for key in ("steps_per_epoch", "steps_first_epoch", "start_after_epochs"):
+        _positive(f"training.{name}.{key}", c[key], allow_zero=True)
+    _positive(f"training.{name}.batch_size", c.batch_size)
+    if c.grad_acc_steps < 1:
         raise ConfigError(
-            f"data.compression must be one of {', '.join(COMPRESSIONS)}, got {cfg.data.compression!r}"
+            f"training.{name}.grad_acc_steps must be an integer >= 1 (micro-batches per optimizer "
+            f"step), got {c.grad_acc_steps}"
         )
+    if c.seq_len is not None:
+        _positive(f"training.{name}.seq_len", c.seq_len)
+    _positive(f"training.{name}.learning_rate", c.learning_rate)
+    _positive(f"training.{name}.weight_decay", c.weight_decay, allow_zero=True)
+    if c.optimizer not in OPTIMIZERS:
+        raise ConfigError(
+            f"training.{name}.optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}"
+        )
+    _positive(f"training.{name}.max_grad_norm", c.max_grad_norm)
+    _positive(f"training.{name}.sampling_alpha", c.sampling_alpha, allow_zero=True)
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:

@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from deltairis import distributed as dist
-from deltairis.config.schema import TrainerConfig
+from deltairis.config.schema import ComponentTrainingConfig, TrainerConfig
 from deltairis.data import ReplayStore
 from deltairis.errors import ConfigError
 from deltairis.train.replicas import store_digest
@@ -68,6 +68,12 @@ class Throughput:
         """``steps`` unit steps of ``phase`` (env or gradient steps), each of ``rows_per_step`` batch rows."""
         if seconds > 0:
             self.phases[phase] = (float(steps), float(steps * rows_per_step), seconds)
+
+    def record_training(self, name: str, config: ComponentTrainingConfig, steps: int, seconds: float) -> None:
+        """``steps`` optimizer steps of component ``name``: the rows this rank trained on per step are its
+        slice of the global batch times the micro-batches of a step."""
+        rows = dist.current().row_slice(config.batch_size)
+        self.record(name, steps, (rows.stop - rows.start) * config.grad_acc_steps, seconds)
 
     def metrics(self, rank: int) -> dict[str, float]:
         out = {}

@@ -276,17 +276,14 @@ class Trainer:
     def _record_perf(
         self, phase: str, epoch: int, step: int, out: dict[str, float], seconds: float, env_steps: int
     ) -> None:
-        """This rank's throughput of a phase: collect (env steps), or a component's gradient steps and
-        the batch rows this rank trained on (its slice of the global batch)."""
+        """This rank's throughput in a phase: the collection's env steps, a component's optimizer steps."""
         if not out:
             return
         if phase == "collect":
             self._throughput.record(phase, self.role.env_steps() - env_steps, 1, seconds)
         elif phase in self.components:
             c = self.components[phase].config
-            rows = self.dist.row_slice(c.batch_size)
-            per_step = (rows.stop - rows.start) * c.grad_acc_steps  # every micro-batch's rows
-            self._throughput.record(phase, epoch_steps(c, epoch) - step, per_step, seconds)
+            self._throughput.record_training(phase, c, epoch_steps(c, epoch) - step, seconds)
 
     # -- training --------------------------------------------------------------------------------------
     def _set_modes(self, training: Component | None) -> None:
