@@ -13,6 +13,7 @@ import pytest
 
 gym = pytest.importorskip("gymnasium")
 from gymnasium import spaces
+from tiny_run import TINY_SETTINGS
 
 from deltairis.cli import train as train_cli
 from deltairis.envs import make_vector_env
@@ -181,40 +182,8 @@ def test_config_of_the_gymnasium_group() -> None:
         compose_config(["env=gymnasium", "env.train.id=CartPole-v1", "env.train.max_pool=true"])
 
 
-#: a one-epoch run of seconds on a CPU (the tiny run of tests/train/conftest.py on env=gymnasium)
-TINY_GYM = [
-    "env=gymnasium",
-    "params=tiny",
-    "common.device=cpu",
-    "wandb.mode=disabled",
-    "common.progress_bar=false",
-    "common.seed=7",
-    "common.epochs=1",
-    "common.memory_plan=false",
-    "collection.train.num_envs=2",
-    "collection.train.num_steps_first_epoch=64",
-    "collection.train.num_steps=16",
-    "collection.test.num_envs=2",
-    "collection.test.num_episodes=2",
-    "collection.train.num_episodes_to_save=1",
-    "collection.test.num_episodes_to_save=1",
-    "training.tokenizer.steps_first_epoch=2",
-    "training.tokenizer.steps_per_epoch=2",
-    "training.tokenizer.batch_size=2",
-    "training.tokenizer.seq_len=3",
-    "training.world_model.steps_first_epoch=2",
-    "training.world_model.steps_per_epoch=2",
-    "training.world_model.batch_size=2",
-    "training.world_model.seq_len=4",
-    "training.actor_critic.start_after_epochs=0",
-    "training.actor_critic.steps_first_epoch=2",
-    "training.actor_critic.steps_per_epoch=2",
-    "training.actor_critic.batch_size=2",
-    "evaluation.every=1",
-    "evaluation.num_batches=1",
-    "evaluation.num_reconstructions=2",
-    "+agent.overrides.actor_critic.horizon=3",
-]
+#: a one-epoch run of seconds on a CPU (the shared tiny run on env=gymnasium)
+TINY_GYM = ["env=gymnasium", *TINY_SETTINGS, "common.epochs=1", "common.memory_plan=false"]
 
 
 @pytest.mark.parametrize(

@@ -15,18 +15,11 @@ import shutil
 from pathlib import Path
 
 from deltairis.data import frame_codec
+from deltairis.data.episode_store import _fsync_dir
 from deltairis.data.fields import STEP_FIELD_NAMES
 from deltairis.data.replay_store import INDEX_NAME, ReplayStore
 
 logger = logging.getLogger(__name__)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def convert_store(directory: Path, compression: str) -> bool:
