@@ -14,6 +14,7 @@ from deltairis.cli.store import main
 from deltairis.data import ReplayStore, ReplayStoreError
 from deltairis.data.fields import STEP_FIELD_NAMES
 from deltairis.data.replay_store import INDEX_NAME
+from deltairis.data.store_convert import convert_store, finish_conversion
 from deltairis.train.configuration import apply_overrides, load_run_config
 from deltairis.train.trainer import Trainer, train
 
@@ -94,3 +95,27 @@ def test_a_compressed_run_converted_resumes_uncompressed(tmp_path: Path, tiny_co
     assert trainer.epoch == 1 and trainer.stores["train"].compression == "none"
     trainer.run()  # at epoch 1 of 1: nothing to do, closes
     _same(_episodes(dataset / "train"), before)
+
+
+def test_conversion_reports_its_progress_in_steps(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(1)
+    store = tmp_path / "s"
+    lengths = (3, 7, 1, 4)
+    with ReplayStore(store, backend="numpy", obs_shape=OBS) as s:
+        for t in lengths:
+            s.add_episode(
+                rng.integers(0, 4, (t, *OBS), dtype=np.uint8), np.arange(t), np.ones(t, np.float32),
+                np.zeros(t, np.uint8), np.zeros(t, np.uint8),
+            )  # fmt: skip
+        s.commit()
+    seen: list[tuple[int, int]] = []
+    assert convert_store(store, "lz4", lambda done, total: seen.append((done, total)))
+    finish_conversion(store)
+    # one call per episode, cumulative steps of the episodes rewritten, out of the store's steps
+    assert seen == [(int(np.sum(lengths[: i + 1])), sum(lengths)) for i in range(len(lengths))]
+    assert not convert_store(store, "lz4", lambda done, total: seen.append((done, total)))  # nothing to do
+    assert len(seen) == len(lengths)
+    # the command line draws a bar unless told not to; both convert
+    assert main(["convert", str(store), "--compression", "none", "--no-progress"]) == 0
+    assert main(["convert", str(store), "--compression", "lz4"]) == 0
+    assert "store converted to lz4" in capsys.readouterr().out

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from deltairis.checkpoint import load_torch_file, torch_bytes, write_checkpoint_set
 from deltairis.data import frame_codec
 from deltairis.data.replay_store import INDEX_NAME
-from deltairis.data.store_convert import convert_store, finish_conversion
+from deltairis.data.store_convert import ConvertProgress, convert_store, finish_conversion
 from deltairis.errors import DeltaIrisError
 from deltairis.train.configuration import load_run_config, save_config
 from deltairis.train.run_folder import RunFolderLock, read_checkpoint, restore_store_index
@@ -33,8 +33,33 @@ logger = logging.getLogger("deltairis.cli.store")
 CHECKPOINT_FILES = ("last.pt", "optimizer.pt", "trainer_state.pt")
 
 
-def convert_run(run_dir: Path, compression: str) -> list[str]:
+class _Bar:
+    """One tqdm bar per store being rewritten (steps), or nothing."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.bar, self.desc = enabled, None, ""
+
+    def start(self, desc: str) -> ConvertProgress | None:
+        self.close()
+        self.desc = desc
+        return self.update if self.enabled else None
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="step", dynamic_ncols=True, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def convert_run(run_dir: Path, compression: str, bar: _Bar | None = None) -> list[str]:
     """Convert the stores of the run folder ``run_dir`` (see the module docstring); returns what was done."""
+    bar = bar or _Bar(False)
     done: list[str] = []
     lock = RunFolderLock(run_dir).acquire()
     try:
@@ -48,7 +73,7 @@ def convert_run(run_dir: Path, compression: str) -> list[str]:
         for split in ("train", "test"):
             store = ckpt_dir / "dataset" / split
             present = (store / INDEX_NAME).exists() or store.with_name(split + ".converting").exists()
-            if present and convert_store(store, compression):
+            if present and convert_store(store, compression, bar.start(f"{split} store")):
                 done.append(f"{split} store converted to {compression}")
         if saved is not None and (train / INDEX_NAME).exists():
             new_index = (train / INDEX_NAME).read_bytes()
@@ -78,14 +103,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     convert = sub.add_parser("convert", help="rewrite replay stores with another frame setting")
     convert.add_argument("path", type=Path, help="a run folder, or one replay store folder")
     convert.add_argument("--compression", required=True, choices=frame_codec.COMPRESSIONS)
+    convert.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    bar = _Bar(not args.no_progress)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     path: Path = args.path
     try:
         if (path / "config" / "trainer.yaml").exists():
-            done = convert_run(path, args.compression)
+            done = convert_run(path, args.compression, bar)
         elif (path / INDEX_NAME).exists() or path.with_name(path.name + ".converting").exists():
-            done = [f"store converted to {args.compression}"] if convert_store(path, args.compression) else []
+            converted = convert_store(path, args.compression, bar.start(path.name))
+            done = [f"store converted to {args.compression}"] if converted else []
             finish_conversion(path)
         else:
             print(
@@ -95,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DeltaIrisError, OSError, ValueError) as exc:
         print(f"deltairis-store: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        bar.close()
     print("; ".join(done) if done else f"{path}: already stored with compression {args.compression}")
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from deltairis.data import frame_codec
@@ -22,7 +23,11 @@ from deltairis.data.replay_store import INDEX_NAME, ReplayStore
 logger = logging.getLogger(__name__)
 
 
-def convert_store(directory: Path, compression: str) -> bool:
+#: ``progress(steps_done, steps_total)``, called after every episode rewritten (for a progress bar)
+ConvertProgress = Callable[[int, int], None]
+
+
+def convert_store(directory: Path, compression: str, progress: ConvertProgress | None = None) -> bool:
     """Rewrite the store in ``directory`` with ``compression``; returns False when it already had it.
 
     The store must not be open for writing elsewhere (its lock is taken while it is read). On return
@@ -45,6 +50,8 @@ def convert_store(directory: Path, compression: str) -> bool:
             for i in range(src.num_episodes):
                 e = src.load_episode(i)
                 dst.add_episode(*(getattr(e, f) for f in STEP_FIELD_NAMES))
+                if progress is not None:
+                    progress(dst.num_steps, src.num_steps)
             for consumer in src.consumers:
                 dst.counts_for(consumer)[:] = src.visit_counts(consumer)
             dst.commit()
@@ -67,4 +74,4 @@ def finish_conversion(directory: Path) -> None:
     shutil.rmtree(Path(directory).with_name(Path(directory).name + ".old"), ignore_errors=True)
 
 
-__all__ = ["convert_store", "finish_conversion"]
+__all__ = ["ConvertProgress", "convert_store", "finish_conversion"]
