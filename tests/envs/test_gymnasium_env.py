@@ -4,6 +4,7 @@ frames) shipped with gymnasium."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -201,3 +202,19 @@ def test_a_tiny_run_end_to_end(extra: list[str], tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert metrics["epoch"] == 1 and metrics["train/num_episodes"] >= 1
     assert np.isfinite(metrics["world_model/loss"]) and "test/return_mean" in metrics
+    if "env.train.id=CartPole-v1" in extra:  # deltairis-eval plays its checkpoint outside the run folder too
+        from deltairis.cli import eval as eval_cli
+
+        last = tmp_path / "run" / "checkpoints" / "last.pt"
+        args = ["--checkpoint", str(last), "--env", "gymnasium", "--env-id", "CartPole-v1", "--preset", "tiny",
+                "--episodes", "2", "--num-envs", "2", "--no-report"]  # fmt: skip
+        assert eval_cli.main(args) == 0
+
+
+def test_eval_of_a_gymnasium_env_needs_its_id(capsys) -> None:
+    from deltairis.cli import eval as eval_cli
+
+    assert eval_cli.main(["--env", "gymnasium", "--random", "--no-report"]) == 2
+    assert "--env gymnasium needs --env-id" in capsys.readouterr().err
+    assert eval_cli.main(["--env", "gymnasium", "--env-id", BLINK, "--random", "--episodes", "2", "--no-report"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_episodes"] == 2

@@ -15,7 +15,8 @@ logger = logging.getLogger("deltairis.cli")
 
 #: The environment (``env=`` group) and parameters (``params=`` group) that go with each model preset.
 PRESET_GROUPS = {"crafter": ("crafter", "crafter"), "atari": ("atari", "atari"), "tiny": ("toy", "tiny")}
-#: The model preset of each environment (``--env`` of deltairis-eval).
+#: The model preset of each environment (``--env`` of deltairis-eval); ``gymnasium`` has none of its own
+#: (a checkpoint's preset is read from it, or given with ``--preset``).
 ENV_PRESET = {"crafter": "crafter", "atari": "atari", "toy": "tiny"}
 
 
@@ -72,7 +73,9 @@ def load_run(
         checkpoint = run_dir / "checkpoints" / "last.pt"
         from deltairis.train.checkpointing import check_checkpoint_files
 
-        check_checkpoint_files(run_dir / "checkpoints")  # every file of the set is data, or it is refused by name
+        check_checkpoint_files(
+            run_dir / "checkpoints"
+        )  # every file of the set is data, or it is refused by name
     if config_path is not None and config_path.is_file():
         cfg = load_run_config(config_path)
         if preset is not None and preset != cfg.agent.preset:
@@ -128,7 +131,7 @@ def load_run(
 
 
 def env_config(name: str, env_id: str | None) -> DictConfig:
-    """The ``env`` section of the default config for ``name`` (crafter | atari | toy)."""
+    """The ``env`` section of the default config for ``name`` (crafter | atari | toy | gymnasium)."""
     from deltairis.train.configuration import compose_config
 
     overrides = [f"env={name}"]

@@ -14,6 +14,7 @@ Examples::
     deltairis-eval --checkpoint last.pt                           # e.g. the published (Crafter) checkpoint
     deltairis-eval --checkpoint last.pt --preset atari --env-id BreakoutNoFrameskip-v4
     deltairis-eval --env toy --random --episodes 32               # uniformly random baseline
+    deltairis-eval --env gymnasium --env-id CartPole-v1 --random  # the same on any pixel gymnasium env
     deltairis-eval --aggregate multirun/2026-01-01/12-00-00 --output paper  # a sweep, with the baselines
 
 Outside a run folder (no ``config/trainer.yaml``) the default configuration of the checkpoint's preset
@@ -49,9 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", type=Path, help="agent checkpoint (default: RUN/checkpoints/last.pt)")
     p.add_argument(
-        "--env", choices=["crafter", "atari", "toy"], help="environment (default: the run's / the preset's)"
+        "--env",
+        choices=["crafter", "atari", "toy", "gymnasium"],
+        help="environment (default: the run's / the preset's)",
     )
-    p.add_argument("--env-id", help="Atari game id, e.g. BreakoutNoFrameskip-v4")
+    p.add_argument(
+        "--env-id",
+        help="Atari game id (e.g. BreakoutNoFrameskip-v4), or a registered gymnasium id with --env gymnasium",
+    )
     p.add_argument(
         "--preset",
         choices=["crafter", "atari", "tiny"],
@@ -111,7 +117,11 @@ def _resolve(args: argparse.Namespace, run_dir: Path | None, device: str) -> tup
     from deltairis.errors import ConfigError
     from deltairis.train.configuration import load_run_config
 
-    preset = args.preset or (ENV_PRESET[args.env] if args.env else None)
+    if args.env == "gymnasium" and not args.env_id:
+        raise ConfigError(
+            "--env gymnasium needs --env-id: a registered gymnasium id, e.g. --env-id CartPole-v1"
+        )
+    preset = args.preset or (ENV_PRESET.get(args.env) if args.env else None)
     cfg = agent = None
     if run_dir is not None or (args.checkpoint is not None and not args.random):
         if args.random:
