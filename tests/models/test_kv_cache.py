@@ -31,7 +31,7 @@ def test_advance_and_reset_keep_size_lens_and_remaining_in_step() -> None:
     buffer = cache.k
     assert cache.reset() is cache
     assert (cache.size, cache.remaining) == (0, 10) and cache.lens.tolist() == [0, 0]
-    assert cache.k is buffer and bool((cache.k == 1.0).all())  # buffers reused, not cleared
+    assert cache.k is buffer and not bool(cache.k.any()) and not bool(cache.v.any())  # reused, zeroed
 
 
 def test_reset_cache_attends_only_to_new_tokens() -> None:
@@ -49,6 +49,26 @@ def test_reset_cache_attends_only_to_new_tokens() -> None:
     y_fresh = ops.attention_kvcache(q, k, v, fresh.k[0], fresh.v[0], fresh.lens, backend="torch")
     torch.testing.assert_close(y, y_fresh)
     torch.testing.assert_close(cache.k[0, :, :, :tq], k)  # the new keys were written at position 0
+
+
+def test_a_nan_left_in_the_cache_does_not_reach_the_next_rollout() -> None:
+    """A rollout whose step the non-finite guard skipped can leave NaN keys/values in the reused cache; after
+    reset() the next rollout's output is finite and equal to a fresh cache's (masked positions hold 0)."""
+    g = torch.Generator().manual_seed(1)
+    b, h, d = 3, 2, 4
+    cache = KVCache.empty(1, b, h, 8, d, "cpu")
+    cache.k.fill_(float("nan"))
+    cache.v.fill_(float("nan"))
+    cache.advance(6)
+    cache.reset()
+    fresh = KVCache.empty(1, b, h, 8, d, "cpu")
+    for c in (cache, fresh):  # rows of different lengths: the shorter rows mask positions of the longer
+        c.lens.copy_(torch.tensor([2, 0, 1], dtype=torch.int32))
+    q, k, v = (torch.randn(b, h, 2, d, generator=g) for _ in range(3))
+    y = ops.attention_kvcache(q, k, v, cache.k[0], cache.v[0], cache.lens, backend="torch")
+    y_fresh = ops.attention_kvcache(q, k, v, fresh.k[0], fresh.v[0], fresh.lens, backend="torch")
+    assert bool(torch.isfinite(y).all())
+    torch.testing.assert_close(y, y_fresh, rtol=0, atol=0)
 
 
 def test_writing_beyond_capacity_is_refused_by_the_attention_op() -> None:

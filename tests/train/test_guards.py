@@ -76,6 +76,23 @@ def test_a_nan_batch_skips_that_step_only(trainer: Trainer, monkeypatch: pytest.
     assert torch.isfinite(torch.tensor(m["tokenizer/loss"]))
 
 
+def test_a_skipped_actor_critic_step_leaves_the_target_critic(trainer: Trainer, monkeypatch) -> None:
+    """The actor-critic's loss call moves the target network toward the online one (the reference's
+    order); a step the guard skips puts it back, so a skipped step changes no weight at all."""
+    ac = trainer.agent.actor_critic
+    online, target = _params(ac.model), _params(ac.target_model)
+    _poison_batches(monkeypatch, trainer, {0, 1})  # both actor-critic steps of epoch 1
+    m = trainer.train_component("actor_critic", 1)
+    assert m["actor_critic/skipped_steps"] == 2.0 and trainer.num_updates["actor_critic"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(_params(ac.model), online))
+    assert all(torch.equal(a, b) for a, b in zip(_params(ac.target_model), target))
+    # an applied step does move the target (so the check above can fail)
+    monkeypatch.undo()  # clean batches again
+    m = trainer.train_component("actor_critic", 2)
+    assert m["actor_critic/skipped_steps"] == 0.0 and trainer.num_updates["actor_critic"] == 2
+    assert any(not torch.equal(a, b) for a, b in zip(_params(ac.target_model), target))
+
+
 def test_consecutive_non_finite_steps_stop_the_run_naming_component_step_and_checkpoint(
     trainer: Trainer,
 ) -> None:

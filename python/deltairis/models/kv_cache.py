@@ -51,7 +51,11 @@ class KVCache:
         return self.max_tokens - self.size
 
     def reset(self) -> KVCache:
-        """Forget every cached token (the buffers are reused; stale values are never attended)."""
+        """Forget every cached token. The buffers are reused and zeroed: a masked position gets an attention
+        weight of exactly 0, and 0 times a stale NaN (left by a rollout whose step the non-finite guard
+        skipped) would be NaN in every later rollout; 0 times 0 changes nothing."""
+        self.k.zero_()
+        self.v.zero_()
         self.lens.zero_()
         self.size = 0
         return self

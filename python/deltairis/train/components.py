@@ -9,8 +9,9 @@ loops over the records and treats them all alike (DIAMOND's ``loss, metrics = co
   samples those of the whole batch; the others ignore both);
 - ``after_loss()``, when set, runs after the loss and before the optimizer step (the actor-critic's
   target EMA, where the reference does it);
-- ``loss_buffers`` are the buffers the loss call updates (the tokenizer's codebook EMA); a step the
-  non-finite guard skips puts them back as they were;
+- ``loss_buffers`` are the tensors the loss call updates besides the gradients (the tokenizer's codebook
+  EMA, the actor-critic's target network moved by ``after_loss``); a step the non-finite guard skips puts
+  them back as they were, so it changes no weight;
 - ``optimizer`` comes from :func:`deltairis.models.configure_optimizer` with the component's
   ``training.<name>`` settings (``learning_rate``, ``weight_decay``, ``optimizer``).
 """
@@ -83,6 +84,7 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
         pad_mode="left",
         evaluated=False,
         make_after_loss=lambda agent: lambda: agent.actor_critic.update_target(),
+        loss_buffers=lambda agent: list(agent.actor_critic.target_model.parameters()),
     ),
 )
 
