@@ -109,6 +109,27 @@ def test_frame_skip_max_pool_and_time_limits() -> None:
         GymnasiumEnv(BLINK, max_pool=True)
 
 
+def test_make_kwargs_reach_gymnasium_make() -> None:
+    """``env.<split>.make_kwargs`` (the test split follows the train one) become gymnasium.make's keyword
+    arguments: Blink's ``length`` ends its episodes after 5 steps instead of 12."""
+    cfg = compose_config(["env=gymnasium", f"env.train.id={BLINK}", "+env.train.make_kwargs.length=5"])
+    for split in ("train", "test"):
+        kw = env_kwargs(cfg.env, split)
+        assert kw["make_kwargs"] == {"length": 5} and type(kw["make_kwargs"]) is dict
+    venv = make_vector_env("gymnasium", 2, seed=0, **env_kwargs(cfg.env, "train"))
+    try:
+        venv.reset()
+        ends = [bool(venv.step(np.zeros(2, dtype=np.int64))[2][0]) for _ in range(5)]
+    finally:
+        venv.close()
+    assert ends == [False] * 4 + [True]
+    assert "make_kwargs" not in env_kwargs(compose_config(["env=gymnasium", f"env.train.id={BLINK}"]).env, "train")
+    with pytest.raises(ConfigError, match="env.train.make_kwargs is a setting of env=gymnasium"):
+        compose_config(["env=toy", "+env.train.make_kwargs.length=5"])
+    with pytest.raises(ValueError, match="gymnasium cannot make env"):
+        GymnasiumEnv(BLINK, make_kwargs={"no_such_argument": 1})
+
+
 def test_rewards_add_up_over_a_skip() -> None:
     a, b = GymnasiumEnv(BLINK), GymnasiumEnv(BLINK, frame_skip=3)
     a.reset(seed=5)

@@ -82,6 +82,8 @@ class EnvSplitConfig:
     grid: int | None = None  # toy: board size in cells a side (2..8)
     frame_skip: int | None = None  # gymnasium: env steps per agent step (rewards summed)
     max_pool: bool | None = None  # gymnasium: max of the last two frames of a step (needs frame_skip >= 2)
+    # gymnasium: keyword arguments of gymnasium.make (e.g. +env.train.make_kwargs.difficulty=2)
+    make_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -91,7 +91,7 @@ def make_vector_env(
     if name == "gymnasium":
         from deltairis.envs.gymnasium_env import GymnasiumVectorEnv
 
-        _check_kwargs(name, kwargs, ("id", "frame_skip", "max_pool", "max_episode_steps"))
+        _check_kwargs(name, kwargs, ("id", "frame_skip", "max_pool", "max_episode_steps", "make_kwargs"))
         return GymnasiumVectorEnv(num_envs, seed=seed, **kwargs)
 
     if name == "crafter":

@@ -176,13 +176,17 @@ class GymnasiumVectorEnv(SyncVectorEnv):
         frame_skip: int = 1,
         max_pool: bool = False,
         max_episode_steps: int | None = None,
+        make_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if not id:
             raise ValueError("env id is required for gymnasium envs (env.train.id=<registered id>)")
         check_positive_int(num_envs, "num_envs")
         env_id = str(id)
         super().__init__(
-            [lambda: GymnasiumEnv(env_id, frame_skip, max_pool, max_episode_steps) for _ in range(num_envs)],
+            [
+                lambda: GymnasiumEnv(env_id, frame_skip, max_pool, max_episode_steps, make_kwargs)
+                for _ in range(num_envs)
+            ],
             seed=seed,
         )
         self.env_id = env_id

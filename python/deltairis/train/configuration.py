@@ -152,6 +152,8 @@ def _check_env(env: DictConfig) -> None:
                 f"env.{split}.max_episode_frames is an Atari setting; env={env.name} counts "
                 f"env.{split}.max_episode_steps"
             )
+        if env.name != "gymnasium" and s.make_kwargs:
+            raise ConfigError(f"env.{split}.make_kwargs is a setting of env=gymnasium, not of env={env.name}")
         for key in ("frame_skip", "max_pool"):
             if env.name != "gymnasium" and s[key] is not None:
                 raise ConfigError(f"env.{split}.{key} is a setting of env=gymnasium, not of env={env.name}")

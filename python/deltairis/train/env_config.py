@@ -11,9 +11,9 @@ others finish, and no step is thrown away.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from deltairis.config.schema import EnvConfig, EnvSplitConfig
 from deltairis.errors import ConfigError
@@ -38,6 +38,12 @@ class EnvKwargs(TypedDict, total=False):
     max_episode_steps: int  # gymnasium
     frame_skip: int  # gymnasium
     max_pool: bool  # gymnasium
+    make_kwargs: dict[str, Any]  # gymnasium: gymnasium.make's keyword arguments
+
+
+def _plain_dict(value: Any) -> dict[str, Any]:
+    """A config mapping as plain Python values (``gymnasium.make`` gets no OmegaConf nodes)."""
+    return dict(OmegaConf.to_container(value, resolve=True)) if isinstance(value, DictConfig) else dict(value)
 
 
 def env_kwargs(env_cfg: EnvConfig | DictConfig, split: str) -> EnvKwargs:
@@ -73,6 +79,8 @@ def env_kwargs(env_cfg: EnvConfig | DictConfig, split: str) -> EnvKwargs:
             kw["frame_skip"] = int(s.frame_skip)
         if s.max_pool is not None:
             kw["max_pool"] = bool(s.max_pool)
+        if s.make_kwargs:
+            kw["make_kwargs"] = _plain_dict(s.make_kwargs)
     elif name == "toy":
         if s.max_episode_steps is not None:
             kw["max_steps"] = int(s.max_episode_steps)
