@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -30,3 +31,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _deterministic_torch() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_kernel_switched_off() -> Iterator[None]:
+    """A preflight fallback switches a kernel off for the rest of the process (deltairis.ops); a test's
+    switches end with the test."""
+    from deltairis.ops import _dispatch
+
+    yield
+    _dispatch._SWITCHED_OFF.clear()

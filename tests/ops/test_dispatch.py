@@ -174,3 +174,27 @@ def test_triton_imported_compiled_cannot_run_cpu_tensors(
     with pytest.raises(RuntimeError, match="imported before TRITON_INTERPRET=1"):
         ops.twohot_expectation(torch.randn(2, 5), backend="triton")
     assert spy_kernel == []
+
+
+def test_a_switched_off_kernel_runs_its_reference_under_every_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deltairis.ops import _dispatch
+
+    monkeypatch.setattr(_dispatch, "_SWITCHED_OFF", set())
+    calls: list[str] = []
+    monkeypatch.setattr(_dispatch, "triton_available", lambda: True)
+    monkeypatch.setattr(_dispatch, "interpreter_enabled", lambda: True)
+    monkeypatch.setattr(_dispatch, "triton_interpreted", lambda: True)
+    monkeypatch.setattr(_dispatch, "load_kernel", lambda module, name: lambda *a: calls.append(name))
+    x = torch.zeros(2)
+
+    def pick(op: str, backend: str | None) -> bool:
+        return _dispatch.choose(op, (x,), backend, lambda: None, ("m", f"{op}_triton")) is not None
+
+    assert pick("a", "triton") and pick("b", "triton")
+    undo = ops.switch_off_kernel("a")
+    assert ops.kernels_switched_off() == {"a"}
+    assert not pick("a", "triton") and not pick("a", None) and not pick("a", "auto")  # the reference
+    assert pick("b", "triton")  # the other kernels stay on
+    assert ops.switch_off_kernel("a")() is None and ops.kernels_switched_off() == {"a"}  # already off: no-op
+    undo()
+    assert ops.kernels_switched_off() == frozenset() and pick("a", "triton")

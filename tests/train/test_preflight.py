@@ -139,17 +139,25 @@ def test_wrong_kernel_values_fail_and_the_reference_is_used(
     assert calls == []  # the frame CNNs run nn.GroupNorm + nn.SiLU
 
 
-def test_kernel_failure_switches_the_backend_to_torch(on_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kernel_failure_switches_only_that_kernel_off(on_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deltairis.ops import _dispatch
+
+    kernels_in_use = pf._kernels_in_use
     monkeypatch.setattr(pf, "_kernels_in_use", lambda op: None)
     monkeypatch.setattr(
         ops, "twohot_expectation", lambda logits, **kw: ops.twohot_expectation_ref(logits, **kw) + 1
     )
     monkeypatch.delenv("DELTAIRIS_BACKEND", raising=False)
+    monkeypatch.setattr(_dispatch, "_SWITCHED_OFF", set())  # this process's switches, put back afterwards
     agent, cfg = small_agent(), small_cfg()
     (result,) = pf.run_preflight(agent, cfg, "cpu", paths=["triton.twohot_expectation"])
     assert result.failed and "symlog" in result.status
+    assert ops.kernels_switched_off() == frozenset()  # the check itself leaves nothing switched off
     pf.apply_fallbacks([result], agent, cfg)
-    assert os.environ["DELTAIRIS_BACKEND"] == "torch" and ops.requested_backend(None) == "torch"
+    assert ops.kernels_switched_off() == {"twohot_expectation"}  # that kernel only ...
+    assert ops.requested_backend(None) == "auto" and "DELTAIRIS_BACKEND" not in os.environ  # ... no global switch
+    assert "switched off" in (kernels_in_use("twohot_expectation") or "")  # a later preflight skips it
+    assert kernels_in_use("sample_categorical") is None
 
 
 def test_later_checks_run_without_the_failed_paths(on_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -275,6 +283,14 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     out["bad"] = [r.as_dict() for r in bad]
     out["off"] = pf.apply_fallbacks(bad, agent, cfg)
     out["backend"] = os.environ["DELTAIRIS_BACKEND"]
+    out["switched_off"] = sorted(_dispatch.kernels_switched_off())
+    logits = torch.randn(3, 5)
+    kw = dict(backend=None, supported=lambda: None)
+    out["kernels"] = {  # the failed op runs its reference, the others keep their kernel
+        op: _dispatch.choose(op, (logits,), kernel=kernel, **kw) is not None
+        for op, kernel in (("twohot_expectation", ("twohot", "twohot_expectation_triton")),
+                           ("sample_categorical", ("sampling", "sample_categorical_triton")))
+    }
     print(json.dumps(out))
     """
 )
@@ -299,4 +315,6 @@ def test_kernel_checks_run_in_the_triton_interpreter(tmp_path: Path) -> None:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [r["status"] for r in out["good"]] == ["ok"] * 3, out["good"]
     assert out["bad"][0]["status"].startswith("failed:") and "symlog" in out["bad"][0]["status"]
-    assert out["off"] == ["triton.twohot_expectation"] and out["backend"] == "torch"
+    assert out["off"] == ["triton.twohot_expectation"] and out["backend"] == "triton"  # no global switch
+    assert out["switched_off"] == ["twohot_expectation"]
+    assert out["kernels"] == {"twohot_expectation": False, "sample_categorical": True}

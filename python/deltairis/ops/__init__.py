@@ -3,7 +3,14 @@
 See :mod:`deltairis.ops._dispatch` for how the backend is chosen.
 """
 
-from deltairis.ops._dispatch import BACKENDS, interpreter_enabled, requested_backend, triton_available
+from deltairis.ops._dispatch import (
+    BACKENDS,
+    interpreter_enabled,
+    kernels_switched_off,
+    requested_backend,
+    switch_off_kernel,
+    triton_available,
+)
 from deltairis.ops.attention import attention, attention_kvcache, attention_kvcache_ref, attention_ref
 from deltairis.ops.groupnorm import group_norm_silu, group_norm_silu_ref
 from deltairis.ops.sampling import counter_uniform, sample_categorical, sample_categorical_ref
@@ -19,9 +26,11 @@ __all__ = [
     "group_norm_silu",
     "group_norm_silu_ref",
     "interpreter_enabled",
+    "kernels_switched_off",
     "requested_backend",
     "sample_categorical",
     "sample_categorical_ref",
+    "switch_off_kernel",
     "symexp",
     "symlog",
     "triton_available",

@@ -13,6 +13,10 @@ Each op ``f`` has a pure-PyTorch reference ``f_ref`` and, optionally, a Triton k
   flash / memory-efficient SDPA is 2-4x faster than our Triton kernel on an H200, see
   ``benchmarks/bench_ops.py``) pass ``auto_uses_kernel=False`` and get the reference under ``auto``.
 
+A kernel can also be switched off for the rest of the process, one op at a time
+(:func:`switch_off_kernel`: the run's preflight does this for a kernel that failed its check); that op then
+always runs its reference, whatever the backend, and the other kernels stay on.
+
 Nothing here imports Triton or queries CUDA at import time.
 """
 
@@ -96,6 +100,25 @@ def _interpret_env(interpreted: bool) -> Iterator[None]:
             os.environ["TRITON_INTERPRET"] = old
 
 
+#: ops whose kernel is switched off for this process (:func:`switch_off_kernel`)
+_SWITCHED_OFF: set[str] = set()
+
+
+def switch_off_kernel(op: str) -> Callable[[], None]:
+    """Make ``op`` (e.g. ``"twohot_expectation"``) run its PyTorch reference from now on, under every
+    backend, leaving the other ops' kernels on; returns what switches it back (a no-op when it was off)."""
+    if op in _SWITCHED_OFF:
+        return lambda: None
+    _SWITCHED_OFF.add(op)
+    logger.debug("kernel of %s switched off", op)
+    return lambda: _SWITCHED_OFF.discard(op)
+
+
+def kernels_switched_off() -> frozenset[str]:
+    """The ops whose kernel :func:`switch_off_kernel` switched off."""
+    return frozenset(_SWITCHED_OFF)
+
+
 # (module, name) -> (kernel module, callable): skips the import machinery on the hot path.
 _KERNELS: dict[tuple[str, str], tuple[ModuleType, Callable[..., Any]]] = {}
 
@@ -148,7 +171,7 @@ def choose(
     ``auto_uses_kernel=False``: ``auto`` always picks the reference (the kernel only on request).
     """
     name = requested_backend(backend)
-    if name == "torch":
+    if name == "torch" or op in _SWITCHED_OFF:
         return None
     tensors = list(tensors)
     on_cuda = all(t.is_cuda for t in tensors)

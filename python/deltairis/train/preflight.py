@@ -13,8 +13,8 @@ one warning naming it and its error, so the run goes on on the reference path:
 =============================  ==========================================================================
 path                           switched off by
 =============================  ==========================================================================
-``triton.attention``           ``DELTAIRIS_BACKEND=torch`` for the process (every kernel: the dispatcher
-``triton.attention_kvcache``   has no per-op switch)
+``triton.attention``           ``ops.switch_off_kernel(op)``: that op runs its PyTorch reference for the
+``triton.attention_kvcache``   rest of the process; the other kernels stay on
 ``triton.sample_categorical``
 ``triton.twohot_expectation``
 ``triton.group_norm_silu``     ``set_frame_cnn_options(agent, fused_norm=False)`` (its only user)
@@ -45,7 +45,6 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -214,6 +213,8 @@ def _kernels_in_use(op: str) -> str | None:
     backend = ops.requested_backend(None)
     if backend == "torch":
         return "DELTAIRIS_BACKEND=torch"
+    if op in ops.kernels_switched_off():
+        return "its kernel is switched off for this process (it failed a preflight check)"
     if not ops.triton_available():
         return "Triton is not installed"
     if op == "attention" and backend == "auto":
@@ -568,7 +569,7 @@ def fallback_of(name: str) -> str:
     if name in ("triton.group_norm_silu",):
         return "fused_norm=False in every frame CNN"
     if name in KERNEL_PATHS:
-        return "DELTAIRIS_BACKEND=torch for this process (every Triton kernel: there is no per-op switch)"
+        return f"the PyTorch reference of {name.split('.', 1)[1]} for this process (the other kernels stay on)"
     if name == "frame_cnn":
         return "channels_last=False, fused_norm=False in every frame CNN"
     if name == "cuda_graphs":
@@ -590,16 +591,7 @@ def _switch_off(
             set_frame_cnn_options(agent, fused_norm=False)
         return lambda: _restore_frame_cnn_state(saved)
     if name in KERNEL_PATHS:
-        old = os.environ.get("DELTAIRIS_BACKEND")
-        os.environ["DELTAIRIS_BACKEND"] = "torch"
-
-        def undo_env() -> None:
-            if old is None:
-                os.environ.pop("DELTAIRIS_BACKEND", None)
-            else:
-                os.environ["DELTAIRIS_BACKEND"] = old
-
-        return undo_env
+        return ops.switch_off_kernel(name.split(".", 1)[1])
     if name == "cuda_graphs":
         if actor_critic_loss is None:
             return lambda: None
