@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from deltairis.agent import Agent, save_agent
+from deltairis.checkpoint import UnsafeCheckpointError
 from deltairis.cli import train as train_cli
 from deltairis.config.models import make_agent_config
 from deltairis.errors import CheckpointError
@@ -121,6 +122,27 @@ def test_a_file_without_the_component_or_unreadable(tmp_path: Path, reference_fi
         warm_start(_agent(0), broken, ["tokenizer"])
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         warm_start(_agent(0), tmp_path / "missing.pt", ["tokenizer"])
+
+
+class _Crafted:
+    """Unpickling it would call ``open(marker, "w")``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_crafted_warm_start_file_is_refused_unread(tmp_path: Path) -> None:
+    marker, crafted = tmp_path / "marker", tmp_path / "crafted.pt"
+    torch.save({"tokenizer.x": _Crafted(marker)}, crafted)
+    agent = _agent(0)
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    with pytest.raises(UnsafeCheckpointError, match="crafted.pt"):
+        warm_start(agent, crafted, ["tokenizer"])
+    assert not marker.exists()  # nothing ran
+    assert all(torch.equal(v, before[k]) for k, v in agent.state_dict().items())  # nothing loaded
 
 
 def test_warm_start_of_a_run_through_the_reference_paths(

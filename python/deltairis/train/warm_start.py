@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from deltairis.agent import CHECKPOINT_FORMAT, Agent
-from deltairis.errors import CheckpointError
+from deltairis.checkpoint import UnsafeCheckpointError, load_safe
+from deltairis.errors import CheckpointError, CorruptCheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +46,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     ``weights_only=True``: tensors and plain containers only, no code runs)."""
     file = checkpoint_file(path)
     try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read checkpoint {file}: the file is corrupt or not a torch file ({exc})"
-        ) from exc
+        payload = load_safe(file, "warm-start checkpoint")
+    except UnsafeCheckpointError:
+        raise  # names the file and what it would have run; nothing was loaded
+    except CorruptCheckpointError as exc:
+        raise CheckpointError(f"cannot read checkpoint {file}: {exc}") from exc
     if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
         payload = payload.get("state_dict")
     if not isinstance(payload, Mapping):
