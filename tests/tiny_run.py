@@ -1,6 +1,10 @@
-"""The settings of a tiny training run, shared by the tests that train end to end (any env)."""
+"""The settings of a tiny training run, shared by the tests that train end to end (any env), and a
+snapshot of a run folder for the tests that check a refused command changed nothing."""
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 #: The tiny preset cut to a 1-epoch run of seconds on a CPU: 64 random steps collected, 2 updates per component
 #: (any env: prepend its ``env=`` choice).
@@ -38,3 +42,14 @@ TINY_SETTINGS = [
 
 #: the tiny run on the built-in toy env
 TINY = ["env=toy", *TINY_SETTINGS]
+
+
+def run_folder_snapshot(run: Path) -> dict[str, str]:
+    """A hash of every file of the run folder ``run``, except those a refused start still touches: the
+    log, the lock files and the TensorBoard event files."""
+    files = [p for p in run.rglob("*") if p.is_file() and p.name not in ("train.log", "lock", ".lock")]
+    return {
+        str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in files
+        if "tensorboard" not in p.parts
+    }

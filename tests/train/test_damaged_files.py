@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_run import run_folder_snapshot
 
 from deltairis.cli import train as train_cli
 from deltairis.errors import DeltaIrisError
@@ -20,11 +21,6 @@ def finished_run(tmp_path_factory, tiny_config) -> Path:
     run = tmp_path_factory.mktemp("damaged") / "run"
     train(tiny_config("common.epochs=2"), run)
     return run
-
-
-def _snapshot(run: Path) -> dict[str, bytes]:
-    files = [p for p in run.rglob("*") if p.is_file() and p.name not in ("train.log", "lock", ".lock")]
-    return {str(p.relative_to(run)): p.read_bytes() for p in files if "tensorboard" not in p.parts}
 
 
 def _truncate(path: Path) -> None:
@@ -68,10 +64,10 @@ def test_damaged_file_is_named_and_nothing_is_overwritten(
     if not path.exists():  # the journal only exists mid-write: make one that points at the members
         path.write_text("{}")
     damage(path)
-    before = _snapshot(run)
+    before = run_folder_snapshot(run)
     with pytest.raises(DeltaIrisError, match=message):
         Trainer(tiny_config("common.epochs=3", "common.resume=true"), run)
-    assert _snapshot(run) == before
+    assert run_folder_snapshot(run) == before
 
 
 def test_a_damaged_train_index_is_restored_from_the_checkpoints_copy(
@@ -98,10 +94,10 @@ def test_damaged_config_is_named_by_the_cli(finished_run, tmp_path, capsys) -> N
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     (run / "config" / "trainer.yaml").write_text("common: [unclosed\n")
-    before = _snapshot(run)
+    before = run_folder_snapshot(run)
     code = train_cli.main([f"hydra.run.dir={run}", "common.resume=true"])
     assert code == 2 and "trainer.yaml" in capsys.readouterr().err
-    assert _snapshot(run) == before
+    assert run_folder_snapshot(run) == before
 
 
 def test_damaged_metrics_line_is_named_but_a_torn_last_line_is_dropped(
@@ -115,10 +111,10 @@ def test_damaged_metrics_line_is_named_but_a_torn_last_line_is_dropped(
     lines = metrics.read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(x)["epoch"] in (1, 2) for x in lines)
     metrics.write_text("{oops\n" + "\n".join(lines) + "\n")
-    before = _snapshot(run)
+    before = run_folder_snapshot(run)
     with pytest.raises(DeltaIrisError, match=r"metrics\.jsonl line 1 is damaged"):
         Trainer(tiny_config("common.epochs=3", "common.resume=true"), run)
-    assert _snapshot(run) == before
+    assert run_folder_snapshot(run) == before
     metrics.write_text("\n".join(lines) + '\n{"epoch": 3, "torn')  # a crash mid-write of the last line
     t = Trainer(tiny_config("common.epochs=3", "common.resume=true"), run)
     t.close()

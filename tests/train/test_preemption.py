@@ -85,6 +85,26 @@ def _run(overrides, env: str, run_dir, *extra, resume: bool = False) -> Trainer:
     return t
 
 
+def _resume_to_the_end_and_compare(tiny_overrides, env_name: str, run_dir, reference, *extra: str) -> None:
+    """Resume the interrupted run to its end; its weights, optimizer state, counts, store and
+    episodes.jsonl must be those of the uninterrupted ``reference`` run, bit for bit."""
+    t = _run(tiny_overrides, env_name, run_dir, *extra, resume=True)
+    t.run()
+    t = _run(tiny_overrides, env_name, run_dir, *extra, resume=True)
+    try:
+        got_store = _store_contents(t)
+    finally:
+        t.close()
+    ref_state, ref_store = reference
+    got = _final_state(run_dir)
+    _assert_same_tree(got["agent"], ref_state["agent"], "agent")
+    _assert_same_tree(got["optim"], ref_state["optim"], "optimizer")
+    assert got["state"]["position"] is None and got["state"]["epoch"] == 2
+    _assert_same_tree(got["state"]["num_updates"], ref_state["state"]["num_updates"], "num_updates")
+    _assert_same_tree(got_store, ref_store, "store")
+    assert got["episodes"] == ref_state["episodes"]  # episodes.jsonl: the same lines, none twice
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_overrides, env_name):
     run_dir = tmp_path_factory.mktemp(f"uninterrupted-{env_name}") / "run"
@@ -146,21 +166,7 @@ def test_sigterm_mid_phase_then_resume_is_bit_identical(
     monkeypatch.undo()
     position = load_torch_file(run_dir / "checkpoints" / "trainer_state.pt", "state")["position"]
     assert position["phase"] == phase and position["step"] > 0  # stopped mid-phase, not at a boundary
-    t = _run(tiny_overrides, env_name, run_dir, resume=True)
-    t.run()
-    t = _run(tiny_overrides, env_name, run_dir, resume=True)
-    try:
-        got_store = _store_contents(t)
-    finally:
-        t.close()
-    ref_state, ref_store = reference
-    got = _final_state(run_dir)
-    _assert_same_tree(got["agent"], ref_state["agent"], "agent")
-    _assert_same_tree(got["optim"], ref_state["optim"], "optimizer")
-    assert got["state"]["position"] is None and got["state"]["epoch"] == 2
-    _assert_same_tree(got["state"]["num_updates"], ref_state["state"]["num_updates"], "num_updates")
-    _assert_same_tree(got_store, ref_store, "store")
-    assert got["episodes"] == ref_state["episodes"]  # episodes.jsonl: the same lines, none twice
+    _resume_to_the_end_and_compare(tiny_overrides, env_name, run_dir, reference)
 
 
 #: every component accumulates 2 micro-batches per optimizer step (4 loss calls per phase of 2 steps)
@@ -193,20 +199,7 @@ def test_sigterm_mid_step_with_grad_acc_pauses_after_the_whole_step_and_resumes_
     monkeypatch.undo()
     state = load_torch_file(run_dir / "checkpoints" / "trainer_state.pt", "state")
     assert state["position"]["phase"] == phase and state["position"]["step"] == 1
-    t = _run(tiny_overrides, "toy", run_dir, *GRAD_ACC, resume=True)
-    t.run()
-    t = _run(tiny_overrides, "toy", run_dir, *GRAD_ACC, resume=True)
-    try:
-        got_store = _store_contents(t)
-    finally:
-        t.close()
-    ref_state, ref_store = reference_grad_acc
-    got = _final_state(run_dir)
-    _assert_same_tree(got["agent"], ref_state["agent"], "agent")
-    _assert_same_tree(got["optim"], ref_state["optim"], "optimizer")
-    assert got["state"]["position"] is None and got["state"]["epoch"] == 2
-    _assert_same_tree(got["state"]["num_updates"], ref_state["state"]["num_updates"], "num_updates")
-    _assert_same_tree(got_store, ref_store, "store")
+    _resume_to_the_end_and_compare(tiny_overrides, "toy", run_dir, reference_grad_acc, *GRAD_ACC)
 
 
 def test_periodic_mid_epoch_checkpoints_change_nothing(tiny_overrides, env_name, run_dir, reference) -> None:

@@ -11,7 +11,6 @@ resumes bit for bit as the safe set does. No module of the package unpickles out
 from __future__ import annotations
 
 import ast
-import hashlib
 import io
 import os
 import pickle
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tiny_run import run_folder_snapshot
 
 import deltairis
 from deltairis.checkpoint import LegacyCheckpointError, load_safe
@@ -58,16 +58,6 @@ def finished_run(tmp_path_factory, tiny_config) -> Path:
     run = tmp_path_factory.mktemp("safe") / "run"
     train(tiny_config("common.epochs=1"), run)
     return run
-
-
-def _snapshot(run: Path) -> dict[str, str]:
-    """A hash of every file of the run folder (but the log, the lock files and the event files)."""
-    files = [p for p in run.rglob("*") if p.is_file() and p.name not in ("train.log", "lock", ".lock")]
-    return {
-        str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in files
-        if "tensorboard" not in p.parts
-    }
 
 
 def _plant(run: Path, where: str, marker: Path) -> str:
@@ -108,14 +98,14 @@ def test_a_crafted_file_is_refused_by_name_and_never_runs(
     shutil.copytree(finished_run, run)
     marker = tmp_path / "marker"
     name = _plant(run, where, marker)
-    before = _snapshot(run)
+    before = run_folder_snapshot(run)
     call, status = ENTRY_POINTS[entry]
     assert call(run) == status
     err = capsys.readouterr().err
     assert str(run / "checkpoints" / name) in err, err[-2000:]
     assert ("env state" in err) if where == "env" else ("not plain data" in err), err[-2000:]
     assert not marker.exists()
-    assert _snapshot(run) == before
+    assert run_folder_snapshot(run) == before
 
 
 def test_resume_sh_refuses_a_crafted_trainer_state(finished_run: Path, tmp_path: Path) -> None:
@@ -125,7 +115,7 @@ def test_resume_sh_refuses_a_crafted_trainer_state(finished_run: Path, tmp_path:
     marker = tmp_path / "marker"
     raw = pickle.dumps(Crafted(marker))  # a bare pickle, not even a torch file
     (run / "checkpoints" / "trainer_state.pt").write_bytes(raw)
-    before = _snapshot(run)
+    before = run_folder_snapshot(run)
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
     r = subprocess.run(
         ["bash", str(run / "scripts" / "resume.sh"), "common.epochs=2"],
@@ -137,7 +127,7 @@ def test_resume_sh_refuses_a_crafted_trainer_state(finished_run: Path, tmp_path:
     )
     assert r.returncode == 1, r.stderr[-2000:]
     assert "trainer_state.pt is not plain data: loading it would call io.open" in r.stderr, r.stderr[-2000:]
-    assert not marker.exists() and _snapshot(run) == before
+    assert not marker.exists() and run_folder_snapshot(run) == before
 
 
 # -- the previous format ---------------------------------------------------------------------------------
@@ -179,12 +169,12 @@ def test_a_previous_format_set_is_refused_naming_the_override(
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(previous_format_run, run)
-    before = _snapshot(run)
+    before = run_folder_snapshot(run)
     assert _resume(run) == 1
     err = capsys.readouterr().err
     assert "trainer_state.pt was written by an earlier delta-iris version" in err
     assert "common.trust_checkpoint=true" in err and "runs any code a crafted file holds" in err
-    assert _snapshot(run) == before
+    assert run_folder_snapshot(run) == before
     # play and eval only read last.pt (data in both formats): they go on, with a warning
     assert _play(run) == 0
 
@@ -235,7 +225,7 @@ def test_even_trust_checkpoint_refuses_what_no_version_wrote(
         torch.save(state, path)
     else:
         _plant(run, where, marker)
-    before = _snapshot(run)
+    before = run_folder_snapshot(run)
     assert (
         train_cli.main(
             ["common.resume=true", f"hydra.run.dir={run}", "common.epochs=2", "common.trust_checkpoint=true"]
@@ -249,7 +239,7 @@ def test_even_trust_checkpoint_refuses_what_no_version_wrote(
         else ("names io.open, which no delta-iris version wrote")
     )
     assert refusal in err, err[-2000:]
-    assert not marker.exists() and _snapshot(run) == before
+    assert not marker.exists() and run_folder_snapshot(run) == before
 
 
 def test_the_upgrade_is_atomic(previous_format_run: Path, tmp_path: Path, monkeypatch) -> None:
@@ -258,7 +248,7 @@ def test_the_upgrade_is_atomic(previous_format_run: Path, tmp_path: Path, monkey
 
     run = tmp_path / "run"
     shutil.copytree(previous_format_run, run)
-    before = _snapshot(run)
+    before = run_folder_snapshot(run)
     calls = [0]
     real = ck._write_synced
 
@@ -271,7 +261,7 @@ def test_the_upgrade_is_atomic(previous_format_run: Path, tmp_path: Path, monkey
     monkeypatch.setattr(ck, "_write_synced", failing)
     with pytest.raises(CheckpointWriteError, match="the previous checkpoint set is intact"):
         upgrade_legacy_set(run / "checkpoints")
-    assert _snapshot(run) == before
+    assert run_folder_snapshot(run) == before
     with pytest.raises(LegacyCheckpointError, match="trust_checkpoint"):
         load_safe(run / "checkpoints" / "trainer_state.pt", "trainer state")
 
